@@ -1,0 +1,159 @@
+"""On-disk cache for superpixel maps.
+
+One compressed ``.npz`` per subject, named ``superpixels_<subject>_<key[:16]>.npz``. The key is the
+SHA-256 of a JSON document holding:
+
+* the SHA-256 of the superpixel input array (shape, dtype and bytes),
+* the SHA-256 of the volume's source file when ``Volume.source`` is a regular file,
+* the method, its parameters and the body threshold (:class:`~episodes.superpixels.SuperpixelParams`),
+* the modality / intensity convention,
+* the library version (``episodes.__version__``) and :data:`CACHE_FORMAT`.
+
+Changing any of them gives a new key, so stale entries are never read (they stay on disk until the
+folder is cleaned). The full key is also stored inside the file and checked on load. Files are written
+atomically: a temporary file in the same folder, flushed and ``fsync``-ed, then ``os.replace``-d, so an
+interrupted run never leaves a partial entry under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .superpixels import SuperpixelParams
+    from .volumes import Volume
+
+__all__ = [
+    "CACHE_FORMAT",
+    "library_version",
+    "array_digest",
+    "file_digest",
+    "superpixel_cache_key",
+    "cache_path",
+    "save_superpixels",
+    "load_superpixels",
+]
+
+#: Bumped when the cached content or the superpixel pipeline changes meaning.
+CACHE_FORMAT = 1
+
+
+def library_version() -> str:
+    """The installed library version, part of every cache key."""
+    from . import __version__
+
+    return str(__version__)
+
+
+def array_digest(array: np.ndarray) -> str:
+    """SHA-256 of an array's shape, dtype and C-order bytes."""
+    arr = np.ascontiguousarray(array)
+    h = hashlib.sha256()
+    h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
+
+
+def superpixel_cache_key(volume: Volume, image: np.ndarray, params: SuperpixelParams) -> str:
+    """Cache key for the superpixels of ``volume`` computed on ``image`` with ``params``."""
+    source = volume.source
+    source_hash = file_digest(source) if source is not None and Path(source).is_file() else None
+    doc = {
+        "format": CACHE_FORMAT,
+        "version": library_version(),
+        "image": array_digest(image),
+        "source": source_hash,
+        "modality": volume.modality,
+        "intensity": volume.intensity,
+        "threshold": params.threshold_for(volume),
+        **params.to_dict(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _safe(subject: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", subject)
+
+
+def cache_path(cache_dir: str | Path, subject: str, key: str) -> Path:
+    """Where the entry for ``subject`` with ``key`` lives."""
+    return Path(cache_dir) / f"superpixels_{_safe(subject)}_{key[:16]}.npz"
+
+
+def save_superpixels(
+    cache_dir: str | Path,
+    subject: str,
+    key: str,
+    superpixels: np.ndarray,
+    *,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one ``(Z, H, W)`` int32 map atomically; returns the final path."""
+    path = cache_path(cache_dir, subject, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                superpixels=np.asarray(superpixels, dtype=np.int32),
+                key=np.array(key),
+                meta=np.array(json.dumps(dict(meta or {}), sort_keys=True, default=str)),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_superpixels(
+    cache_dir: str | Path, subject: str, key: str, *, expected_shape: tuple[int, ...] | None = None
+) -> np.ndarray | None:
+    """The cached map, or ``None`` on a miss.
+
+    A corrupt or mismatching entry (wrong stored key or shape) is reported with a warning, deleted
+    and treated as a miss, so the caller recomputes it.
+    """
+    path = cache_path(cache_dir, subject, key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored_key = str(data["key"])
+            seg = np.asarray(data["superpixels"], dtype=np.int32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"{path}: unreadable superpixel cache entry ({exc}); recomputing", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    problem = None
+    if stored_key != key:
+        problem = "stored key differs"
+    elif expected_shape is not None and seg.shape != tuple(expected_shape):
+        problem = f"shape {seg.shape} != expected {tuple(expected_shape)}"
+    if problem:
+        warnings.warn(f"{path}: stale superpixel cache entry ({problem}); recomputing", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return seg

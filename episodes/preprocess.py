@@ -1,0 +1,136 @@
+"""SSL-ALPNet intensity preprocessing and in-plane resampling.
+
+* **MR** (``intensity="raw"``): clip at the 99.5th percentile (the "off-resonance" cut,
+  skipped when the volume was already clipped upstream it is a no-op), then per-volume
+  z-score ``(x - mean) / std``.
+* **CT**: HU (``intensity="hu"``) are windowed to [-125, 275] and scaled to [0, 255];
+  ``window255`` images (the BTCV PNGs) are already there. Then z-score with
+  :class:`NormStats` fitted on the **training split** (:func:`fit_ct_stats`), never on
+  the test scans. A missing ``ct_stats`` is an error, not a silent per-volume fallback.
+* Slices are resized in-plane to ``size x size`` (bilinear for images, nearest for
+  labels); spacing and affine are updated so written predictions keep the geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .volumes import Volume, VolumeError
+
+__all__ = [
+    "CT_WINDOW",
+    "MR_PERCENTILE",
+    "NormStats",
+    "window_ct",
+    "clip_percentile",
+    "fit_ct_stats",
+    "resize_volume",
+    "preprocess",
+    "to_unit_range",
+]
+
+CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+MR_PERCENTILE: float = 99.5
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Global intensity mean/std (CT, fitted on the training split)."""
+
+    mean: float
+    std: float
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.mean) or not np.isfinite(self.std) or self.std <= 0:
+            raise ValueError(f"invalid normalisation stats mean={self.mean} std={self.std}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+def window_ct(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
+    """Clip HU to ``window`` and scale to [0, 255] (float32)."""
+    lo, hi = window
+    return ((np.clip(hu, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+
+
+def clip_percentile(image: np.ndarray, percentile: float = MR_PERCENTILE) -> np.ndarray:
+    """Clip values above the ``percentile``-th percentile."""
+    return np.minimum(image, np.percentile(image, percentile)).astype(np.float32)
+
+
+def _ct_255(volume: Volume) -> np.ndarray:
+    if volume.intensity == "hu":
+        return window_ct(volume.image)
+    if volume.intensity == "window255":
+        return volume.image.astype(np.float32)
+    raise VolumeError(f"subject {volume.subject}: CT volume has intensity {volume.intensity!r}")
+
+
+def fit_ct_stats(volumes: Iterable[Volume]) -> NormStats:
+    """Mean/std over all voxels of the (windowed, [0, 255]) CT training volumes."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for v in volumes:
+        if v.modality != "CT":
+            raise VolumeError(f"subject {v.subject}: fit_ct_stats needs CT volumes, got {v.modality}")
+        x = _ct_255(v).astype(np.float64)
+        total += float(x.sum())
+        total_sq += float((x * x).sum())
+        count += x.size
+    if count == 0:
+        raise ValueError("fit_ct_stats: no volumes given")
+    mean = total / count
+    return NormStats(mean=mean, std=float(np.sqrt(max(total_sq / count - mean * mean, 1e-12))))
+
+
+def resize_volume(volume: Volume, size: int) -> Volume:
+    """Resize every slice to ``size x size`` (bilinear image, nearest label)."""
+    z, h, w = volume.shape
+    if (h, w) == (size, size):
+        return volume
+    img = torch.from_numpy(np.ascontiguousarray(volume.image))[:, None]
+    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    lab = None
+    if volume.label is not None:
+        lab_t = torch.from_numpy(volume.label.astype(np.int64))[:, None].float()
+        lab = F.interpolate(lab_t, size=(size, size), mode="nearest")[:, 0].numpy().astype(np.int16)
+    sz, sh, sw = volume.spacing
+    fh, fw = h / size, w / size
+    affine = volume.affine.copy()
+    affine[:3, 0] *= fh
+    affine[:3, 1] *= fw
+    return volume.with_arrays(img, lab, spacing=(sz, sh * fh, sw * fw), affine=affine)
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] (constant images become 0)."""
+    lo, hi = float(image.min()), float(image.max())
+    if hi - lo < 1e-8:
+        return np.zeros_like(image, dtype=np.float32)
+    return ((image - lo) / (hi - lo)).astype(np.float32)
+
+
+def preprocess(volume: Volume, *, size: int | None = 256, ct_stats: NormStats | None = None) -> Volume:
+    """Normalise intensities (SSL-ALPNet recipe) and resize slices to ``size`` (``None`` keeps size)."""
+    if volume.normalized:
+        raise VolumeError(f"subject {volume.subject}: volume is already normalised")
+    if volume.modality == "MR":
+        x = clip_percentile(volume.image)
+        mean, std = float(x.mean()), float(x.std())
+        if std < 1e-8:
+            raise VolumeError(f"subject {volume.subject}: constant MR image, cannot z-score")
+        x = (x - mean) / std
+    else:
+        if ct_stats is None:
+            raise ValueError(
+                f"subject {volume.subject}: CT needs ct_stats fitted on the training split "
+                "(episodes.preprocess.fit_ct_stats(train_volumes))"
+            )
+        x = (_ct_255(volume) - ct_stats.mean) / ct_stats.std
+    out = volume.with_arrays(x.astype(np.float32), volume.label, normalized=True)
+    return resize_volume(out, size) if size is not None else out

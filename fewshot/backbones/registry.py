@@ -1,0 +1,137 @@
+"""Strict name -> builder registry and :func:`create_backbone`.
+
+Builders are functions ``(in_channels: int = 3, truncate: str | None = None) -> StagedBackbone``
+registered with :func:`register_backbone`. Registering a name twice raises; asking for an
+unknown name raises ``KeyError`` listing the registered names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fewshot.backbones.staged import StagedBackbone
+
+__all__ = ["BackboneSpec", "register_backbone", "list_backbones", "get_backbone_spec", "create_backbone"]
+
+logger = logging.getLogger("fewshot")
+
+_BUILTIN_MODULES = ("resnet", "vgg", "cbr", "unet")
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    Attributes:
+        name: registry name.
+        builder: ``(in_channels, truncate) -> StagedBackbone``.
+        imagenet_file: official torchvision weights filename for ``init="imagenet"``
+            (looked up in ``torch.hub.get_dir()/checkpoints``), ``None`` if there is none.
+    """
+
+    name: str
+    builder: Callable[..., StagedBackbone]
+    imagenet_file: str | None = None
+
+
+def register_backbone(
+    name: str, *, imagenet_file: str | None = None
+) -> Callable[[Callable[..., StagedBackbone]], Callable[..., StagedBackbone]]:
+    """Decorator registering a builder under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+
+    def decorator(builder: Callable[..., StagedBackbone]) -> Callable[..., StagedBackbone]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered ({_REGISTRY[name].builder!r})")
+        _REGISTRY[name] = BackboneSpec(name, builder, imagenet_file)
+        return builder
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(f"fewshot.backbones.{mod}")
+
+
+def list_backbones() -> list[str]:
+    """Sorted names of all registered backbones."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` registered under ``name``.
+
+    Raises:
+        KeyError: unknown name (the message lists the registered names).
+    """
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; choices: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create_backbone(
+    name: str,
+    *,
+    init: str = "random",
+    weights: str | Path | None = None,
+    in_channels: int = 3,
+    truncate: str | None = None,
+    seed: int = 0,
+    weights_sha256: str | None = None,
+) -> StagedBackbone:
+    """Build a registered backbone and initialise it.
+
+    Args:
+        name: registry name, see :func:`list_backbones`.
+        init: ``random`` (= ``random:kaiming``), ``random:xavier``, ``random:uniform``,
+            ``imagenet``, ``genesis``, ``meanvar`` or ``transfuse:<k>``; see
+            :mod:`fewshot.backbones.init`.
+        weights: weights file (required for ``genesis``; optional source for ``imagenet``,
+            ``meanvar``, ``transfuse:<k>``).
+        in_channels: input channels; pretrained stems are adapted (1 channel: RGB kernels summed).
+        truncate: keep stages up to and including this one (e.g. ``"layer3"``, ``"block3"``).
+        seed: seed of every random draw.
+        weights_sha256: expected sha256 (full hex or a prefix) of the weights file.
+
+    Returns:
+        The backbone, with ``init_report`` filled; ``forward`` gives one feature per stage.
+    """
+    from fewshot.backbones.init import apply_init
+
+    spec = get_backbone_spec(name)
+    backbone = spec.builder(in_channels=in_channels, truncate=truncate)
+    report = apply_init(
+        backbone,
+        init=init,
+        seed=seed,
+        weights=weights,
+        imagenet_file=spec.imagenet_file,
+        weights_sha256=weights_sha256,
+    )
+    backbone.init_report = report
+    logger.info(
+        "backbone %s (in_channels=%d, truncate=%s): init=%s source=%s sha256=%s loaded=%d randomized=%d seed=%s",
+        name,
+        in_channels,
+        truncate,
+        report.init,
+        report.source,
+        report.sha256,
+        len(report.loaded),
+        len(report.randomized),
+        report.seed,
+    )
+    return backbone

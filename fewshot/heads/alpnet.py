@@ -1,0 +1,116 @@
+"""ALPNet head (Ouyang et al., ECCV'20, SSL-ALPNet): adaptive local prototype pooling.
+
+Follows ``models/alpmodule.py`` / ``models/grid_proto_fewshot.py`` of
+cheng-01037/Self-supervised-Fewshot-Medical-Image-Segmentation:
+
+* support masks are resized to the feature resolution (we use anti-aliased bilinear, the
+  original plain bilinear);
+* features and masks are average-pooled with ``kernel = stride = window``: 4x4 in training
+  (32 / ``proto_grid_size`` 8), 2x2 at test (``val_wsize``); switched by ``.train()/.eval()``;
+* a cell is a local prototype when its pooled mask mean is ``> threshold`` (0.95);
+* foreground = local prototypes + the global MAP prototype of every shot (``gridconv+``);
+  background = local prototypes only (``gridconv``). Where no background cell passes we fall
+  back to the global background prototype (SSL-ALPNet crashes and skips the batch);
+* score ``= sum_p softmax_p(s_p) * s_p`` with ``s = 20 * cos``; logits ``[bg, fg]`` at the
+  feature resolution;
+* the alignment loss (``align=True``) re-segments the support with the same ALP classifier
+  using the query's predicted mask, unweighted CE as in SSL-ALPNet.
+
+Empty support mask: the foreground has no local prototype and a zero global prototype, so the
+foreground score is 0 everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from fewshot.backbones.base import FeatureInfo
+from fewshot.heads.base import FewShotHead, HeadOutput, apply_2d, broadcast_support
+from fewshot.heads.functional import alignment_loss, alp_segment
+from fewshot.heads.panet import make_reduction
+
+__all__ = ["ALPNetHead"]
+
+
+class ALPNetHead(FewShotHead):
+    """Adaptive local prototype head.
+
+    Args:
+        feature_info: the backbone's feature description.
+        feature_dim: channels after the bias-free 1x1 reduction (0 = none).
+        scale: cosine temperature.
+        align: compute the alignment loss in training mode.
+        window_train: pooling window in training mode (4 in SSL-ALPNet).
+        window_test: pooling window in eval mode (2 in SSL-ALPNet).
+        threshold: pooled-mask mean a cell must exceed to become a prototype.
+        feature_index: which backbone feature map to use (default the last).
+        align_class_weights: optional CE weights ``(w_bg, w_fg)`` of the alignment loss.
+    """
+
+    def __init__(
+        self,
+        feature_info: Sequence[FeatureInfo],
+        *,
+        feature_dim: int = 256,
+        scale: float = 20.0,
+        align: bool = True,
+        window_train: int = 4,
+        window_test: int = 2,
+        threshold: float = 0.95,
+        feature_index: int = -1,
+        align_class_weights: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(feature_info)
+        if window_train < 1 or window_test < 1:
+            raise ValueError(f"windows must be >= 1, got train={window_train}, test={window_test}")
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        self.feature_index = self._resolve_index(feature_index)
+        self.reduce = make_reduction(self.feature_info[self.feature_index].channels, feature_dim)
+        self.scale = float(scale)
+        self.align = bool(align)
+        self.does_alignment = self.align
+        self.window_train = int(window_train)
+        self.window_test = int(window_test)
+        self.threshold = float(threshold)
+        self.align_class_weights = align_class_weights
+
+    @property
+    def window(self) -> int:
+        """The pooling window of the current mode (``window_train`` if ``self.training``)."""
+        return self.window_train if self.training else self.window_test
+
+    def segment(self, query_features: Tensor, support_features: Tensor, support_masks: Tensor) -> Tensor:
+        """ALP classifier on reduced features: ``(N,C,h,w)``, ``(N,K,C,h,w)``, ``(N,K,H,W)`` -> ``(N,2,h,w)``."""
+        return alp_segment(
+            query_features,
+            support_features,
+            support_masks,
+            window=self.window,
+            threshold=self.threshold,
+            scale=self.scale,
+        )
+
+    def forward(
+        self, support_features: Sequence[Tensor], support_masks: Tensor, query_features: Sequence[Tensor]
+    ) -> HeadOutput:
+        self._check_inputs(support_features, query_features)
+        q = apply_2d(self.reduce, query_features[self.feature_index])
+        n = q.shape[0]
+        s = broadcast_support(apply_2d(self.reduce, support_features[self.feature_index]), n)
+        masks = broadcast_support(support_masks, n)
+        logits = self.segment(q, s, masks)
+        loss = None
+        if self.align and self.training:
+            loss = alignment_loss(
+                q, logits, s, masks, segment=self.segment, class_weights=self.align_class_weights
+            )
+        return HeadOutput(logits, loss)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, window_train={self.window_train}, window_test={self.window_test}, "
+            f"threshold={self.threshold}, scale={self.scale}, align={self.align}"
+        )

@@ -1,0 +1,169 @@
+"""The Lightning module: one self-supervised episode batch per step.
+
+Loss (SSL-ALPNet): class-weighted cross-entropy of the query prediction against the
+superpixel pseudo-label (weights ``(bg, fg) = (0.05, 1.0)``) plus ``align_weight`` times
+the head's prototype alignment loss (PANet/ALPNet "PAR"), when the head returns one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fewshot.config import OptimConfig
+
+__all__ = ["FewShotModule", "CHECKPOINT_KEY", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
+
+#: Key of the plain-data section this library adds to every Lightning checkpoint.
+CHECKPOINT_KEY = "fewshot"
+
+IGNORE_INDEX = 255
+
+
+def flatten_episode_batch(
+    support_images: Tensor, support_masks: Tensor, query_images: Tensor, query_masks: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fold the ``Q`` queries of each episode into the batch, repeating its support.
+
+    Args:
+        support_images: ``(B, K, C, H, W)``; support_masks: ``(B, K, H, W)``;
+        query_images: ``(B, Q, C, H, W)``; query_masks: ``(B, Q, H, W)``.
+
+    Returns:
+        ``(B*Q, K, C, H, W)``, ``(B*Q, K, H, W)``, ``(B*Q, C, H, W)``, ``(B*Q, H, W)``.
+    """
+    if support_images.ndim != 5 or query_images.ndim != 5:
+        raise ValueError(
+            f"expected support (B, K, C, H, W) and query (B, Q, C, H, W) images, got "
+            f"{tuple(support_images.shape)} and {tuple(query_images.shape)}"
+        )
+    b, q = query_images.shape[:2]
+    if support_images.shape[0] != b or support_masks.shape[:2] != support_images.shape[:2]:
+        raise ValueError(
+            f"support images {tuple(support_images.shape)} / masks {tuple(support_masks.shape)} do not "
+            f"match query batch {b}"
+        )
+    if query_masks.shape[:2] != (b, q):
+        raise ValueError(f"query masks {tuple(query_masks.shape)} do not match query images (B={b}, Q={q})")
+    s_img = support_images.repeat_interleave(q, dim=0)
+    s_msk = support_masks.repeat_interleave(q, dim=0)
+    return s_img, s_msk, query_images.flatten(0, 1), query_masks.flatten(0, 1)
+
+
+def weighted_ce(logits: Tensor, target: Tensor, weights: tuple[float, float]) -> Tensor:
+    """Cross-entropy of ``logits (N, 2, H, W)`` against ``target (N, H, W)`` (255 ignored)."""
+    w = torch.tensor(weights, dtype=torch.float32, device=logits.device)
+    return F.cross_entropy(logits.float(), target.long(), weight=w, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def foreground_dice(logits: Tensor, target: Tensor) -> Tensor:
+    """Foreground Dice of ``argmax(logits)`` vs ``target`` over the whole batch (1 if both empty)."""
+    valid = target != IGNORE_INDEX
+    pred = (logits.argmax(1) == 1) & valid
+    gt = (target == 1) & valid
+    tp = (pred & gt).sum()
+    den = pred.sum() + gt.sum()
+    return torch.where(den > 0, 2.0 * tp / den.clamp(min=1), torch.ones((), device=logits.device))
+
+
+class FewShotModule(pl.LightningModule):
+    """Trains an injected few-shot segmenter on episode batches.
+
+    Args:
+        model: a ``fewshot.models.FewShotSegmenter`` (``forward(support_images, support_masks,
+            query_images) -> SegmentationOutput(logits, align_loss)``).
+        optim: optimiser/loss settings.
+        config_dict: the resolved experiment config (plain dict), stored in checkpoints.
+        extras: more plain data for checkpoints (CT ``norm_stats``, superpixel stats...).
+        channels_last: convert model and inputs to ``torch.channels_last``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        config_dict: dict[str, Any],
+        *,
+        extras: dict[str, Any] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.config_dict = dict(config_dict)
+        self.extras = dict(extras or {})
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, support_images: Tensor, support_masks: Tensor, query_images: Tensor) -> Any:
+        return self.model(support_images, support_masks, query_images)
+
+    def _to_memory_format(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        s_img, s_msk, q_img, q_msk = flatten_episode_batch(
+            batch.support_images, batch.support_masks, batch.query_images, batch.query_masks
+        )
+        out = self.model(s_img, s_msk.float(), self._to_memory_format(q_img))
+        ce = weighted_ce(out.logits, q_msk, self.optim.ce_weights)
+        align = out.align_loss if out.align_loss is not None else torch.zeros((), device=ce.device)
+        loss = ce + self.optim.align_weight * align.float()
+        n = q_img.shape[0]
+        self.log("loss", loss, prog_bar=True, batch_size=n)
+        self.log("ce", ce, batch_size=n)
+        self.log("align", align, batch_size=n)
+        self.log("fg_dice", foreground_dice(out.logits.detach(), q_msk), prog_bar=True, batch_size=n)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n)  # type: ignore[union-attr]
+        return loss
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if hasattr(batch, "to"):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def configure_optimizers(self) -> Any:
+        o = self.optim
+        opt = torch.optim.SGD(
+            self.model.parameters(),
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            nesterov=o.nesterov,
+        )
+        # SSL-ALPNet's MultiStepLR with milestones every ``lr_step`` steps is exactly StepLR; StepLR
+        # has no schedule horizon in its state, so resuming with a larger ``max_steps`` keeps decaying.
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Plain-data checkpoint section: config, model config, backbone init report, version."""
+        from fewshot import __version__
+
+        model_config = getattr(self.model, "config", None)
+        backbone = getattr(self.model, "backbone", None)
+        report = getattr(backbone, "init_report", None)
+        return {
+            "config": self.config_dict,
+            "model_config": _plain(model_config),
+            "init_report": report.to_dict() if report is not None else None,
+            "library_version": __version__,
+            **_plain(self.extras),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_payload()
+
+
+def _plain(value: Any) -> Any:
+    from fewshot.config import _plain as plain
+
+    return plain(value)
