@@ -23,10 +23,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 __all__ = ["PRESETS", "AugmentationConfig", "Augmenter", "build_augmenter"]
 
@@ -115,7 +115,9 @@ class Augmenter:
         img = np.asarray(image, dtype=np.float32)
         msk = np.asarray(mask)
         if img.ndim != 2 or msk.shape != img.shape:
-            raise ValueError(f"expected (H, W) image and mask of the same shape, got {img.shape} and {msk.shape}")
+            raise ValueError(
+                f"expected (H, W) image and mask of the same shape, got {img.shape} and {msk.shape}"
+            )
         msk = (msk > 0).astype(np.uint8)
         if self._pipeline is None:
             return img.copy(), msk.copy()
@@ -162,7 +164,9 @@ def _build_pipeline(cfg: AugmentationConfig) -> Any:
             ),
             A.RandomGamma(gamma_limit=(cfg.gamma[0] * 100.0, cfg.gamma[1] * 100.0), p=cfg.p_gamma),
             A.RandomBrightnessContrast(
-                brightness_limit=cfg.brightness_contrast, contrast_limit=cfg.brightness_contrast, p=cfg.p_extra
+                brightness_limit=cfg.brightness_contrast,
+                contrast_limit=cfg.brightness_contrast,
+                p=cfg.p_extra,
             ),
             A.GaussNoise(std_range=(0.0, cfg.noise_std), p=cfg.p_extra),
             A.GaussianBlur(blur_limit=(3, 5), sigma_limit=cfg.blur_sigma, p=cfg.p_extra),

@@ -24,8 +24,9 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,13 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_FORMAT",
-    "library_version",
     "array_digest",
-    "file_digest",
-    "superpixel_cache_key",
     "cache_path",
-    "save_superpixels",
+    "file_digest",
+    "library_version",
     "load_superpixels",
+    "save_superpixels",
+    "superpixel_cache_key",
 ]
 
 #: Bumped when the cached content or the superpixel pipeline changes meaning.
@@ -60,7 +61,7 @@ def array_digest(array: np.ndarray) -> str:
     arr = np.ascontiguousarray(array)
     h = hashlib.sha256()
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.tobytes())
     return h.hexdigest()
 
 

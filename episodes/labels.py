@@ -59,6 +59,10 @@ class LabelMap:
             raise ValueError(f"label map {self.name!r}: 0 is background, organ values must be > 0")
         object.__setattr__(self, "organs", MappingProxyType(dict(self.organs)))
 
+    def __reduce__(self) -> tuple[type, tuple[str, dict[str, int]]]:
+        # MappingProxyType cannot be pickled (DataLoader workers, ddp_spawn): rebuild from a dict.
+        return (LabelMap, (self.name, dict(self.organs)))
+
     def value(self, organ: str) -> int:
         """Label value of ``organ`` (any alias); ``KeyError`` listing the choices if unknown."""
         key = canonical_organ(organ)

@@ -29,29 +29,30 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .volumes import Volume, VolumeError
 
 __all__ = [
-    "METHODS",
     "DEFAULT_PARAMS",
     "FAST_SLIC_INSTALL",
+    "METHODS",
     "SuperpixelParams",
     "SuperpixelStats",
     "body_mask",
-    "default_body_threshold",
-    "superpixel_input",
-    "compute_superpixels",
-    "compute_volume_superpixels",
     "compute_dataset_superpixels",
     "compute_dataset_superpixels_with_stats",
+    "compute_superpixels",
+    "compute_volume_superpixels",
+    "default_body_threshold",
+    "superpixel_input",
 ]
 
 #: Supported methods.
@@ -65,8 +66,7 @@ DEFAULT_PARAMS: Mapping[str, Mapping[str, Any]] = {
 }
 
 FAST_SLIC_INSTALL = (
-    'pip install numpy cython "setuptools>=70.1" wheel && '
-    "pip install --no-build-isolation fast-slic==0.4.0"
+    'pip install numpy cython "setuptools>=70.1" wheel && pip install --no-build-isolation fast-slic==0.4.0'
 )
 
 #: SSL-ALPNet ``fg_thresh``: CT in [0, 255] → 1e-4; MR raw intensities → 1e-4 + 50.
@@ -254,10 +254,12 @@ class SuperpixelParams:
         key = _check_method(self.method)
         merged = {**DEFAULT_PARAMS[key], **dict(self.params)}
         for name, value in merged.items():
-            if not isinstance(value, (int, float, str, bool)) or isinstance(value, float) and not math.isfinite(
-                value
+            if not isinstance(value, (int, float, str, bool)) or (
+                isinstance(value, float) and not math.isfinite(value)
             ):
-                raise ValueError(f"superpixel parameter {name}={value!r} must be a finite number, str or bool")
+                raise ValueError(
+                    f"superpixel parameter {name}={value!r} must be a finite number, str or bool"
+                )
         object.__setattr__(self, "method", key)
         object.__setattr__(self, "params", dict(sorted(merged.items())))
 
@@ -268,10 +270,12 @@ class SuperpixelParams:
         return {"method": self.method, "params": dict(self.params), "body_threshold": self.body_threshold}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SuperpixelParams":
+    def from_dict(cls, data: Mapping[str, Any]) -> SuperpixelParams:
         unknown = set(data) - {"method", "params", "body_threshold"}
         if unknown:
-            raise KeyError(f"unknown SuperpixelParams keys {sorted(unknown)}; valid: method, params, body_threshold")
+            raise KeyError(
+                f"unknown SuperpixelParams keys {sorted(unknown)}; valid: method, params, body_threshold"
+            )
         return cls(
             method=str(data.get("method", "felzenszwalb")),
             params=dict(data.get("params", {})),
@@ -307,9 +311,7 @@ class SuperpixelStats:
 # Volume / dataset level
 
 
-def _slices_worker(
-    images: np.ndarray, threshold: float, method: str, params: dict[str, Any]
-) -> np.ndarray:
+def _slices_worker(images: np.ndarray, threshold: float, method: str, params: dict[str, Any]) -> np.ndarray:
     out = np.zeros(images.shape, dtype=np.int32)
     for z in range(images.shape[0]):
         mask = body_mask(images[z], threshold)

@@ -18,29 +18,33 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from episodes.labels import ABDOMINAL_ORGANS
+from episodes.protocol import Protocol
+from episodes.selfsup import DEFAULT_MIN_SUPERPIXEL_PIXELS
+from episodes.superpixels import SuperpixelParams
 from fewshot.models import ModelConfig
 
 __all__ = [
     "DATASET_NAMES",
+    "ConfigError",
     "DataConfig",
+    "ExperimentConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
-    "ExperimentConfig",
-    "ConfigError",
-    "load_config",
-    "save_config",
     "config_from_dict",
-    "to_dict",
-    "resolve_precision",
+    "load_config",
     "resolve_channels_last",
+    "resolve_precision",
+    "save_config",
+    "to_dict",
 ]
 
 DATASET_NAMES: tuple[str, ...] = ("chaos-mr", "btcv-ct", "chaos-dicom", "nifti", "phantom-ct", "phantom-mr")
@@ -62,17 +66,20 @@ class DataConfig:
             ``{n_subjects: 6, shape: [16, 64, 64]}`` for phantoms).
         size: in-plane size slices are resized to.
         channels: image channels fed to the backbone (grey repeated).
-        superpixel_method / superpixel_params: pseudo-label generator and its parameters
-            (Felzenszwalb ``scale=1, sigma=1, min_size=400`` as in SSL-ALPNet).
+        superpixel_method / superpixel_params / superpixel_body_threshold: pseudo-label
+            generator, its parameters (Felzenszwalb ``scale=1, sigma=1, min_size=400`` as in
+            SSL-ALPNet) and the body-mask threshold (``None``: SSL-ALPNet default per modality).
         cache_dir: superpixel cache folder; ``None`` uses ``<out_dir>/cache/superpixels``.
         min_superpixel_pixels: superpixels smaller than this are never pseudo-labels.
         augment: episode augmentation preset.
         queries: query slices per training episode.
         fold, setting, organs, shots: evaluation protocol (``setting`` 1 or 2).
-        exclude_organs: organs whose slices are removed from training (setting 2).
-            ``None``: none in setting 1, the test ``organs`` in setting 2 (SSL-ALPNet trains
-            one model per label group and excludes that group only; list the group here to
-            reproduce that exactly).
+        support_subject, query_subjects: explicit protocol subjects (override the fold rule).
+        exclude_organs: organs whose slices are removed from training. ``None``: none in
+            setting 1; in setting 2 the union of the label groups (kidneys; liver + spleen) of
+            the test ``organs``. SSL-ALPNet trains one model per group and tests only that
+            group's organs on it: to reproduce it exactly, run once per group with
+            ``organs`` set to that group.
     """
 
     dataset: str = "chaos-mr"
@@ -85,7 +92,8 @@ class DataConfig:
         default_factory=lambda: {"scale": 1.0, "sigma": 1.0, "min_size": 400}
     )
     cache_dir: str | None = None
-    min_superpixel_pixels: int = 100
+    superpixel_body_threshold: float | None = None
+    min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS
     augment: str = "alpnet"
     queries: int = 1
     fold: int = 0
@@ -93,6 +101,8 @@ class DataConfig:
     organs: tuple[str, ...] = ABDOMINAL_ORGANS
     shots: int = 1
     chunks: int = 3
+    support_subject: str | None = None
+    query_subjects: tuple[str, ...] | None = None
     exclude_organs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -107,18 +117,52 @@ class DataConfig:
             raise ConfigError(f"data.fold must be >= 0, got {self.fold}")
         if not self.organs:
             raise ConfigError("data.organs is empty")
+        self.protocol()  # validates fold/organs/subjects
+        self.superpixels()  # validates method/params
+
+    def protocol(self) -> Protocol:
+        """The evaluation :class:`~episodes.protocol.Protocol` these settings describe."""
+        return Protocol(
+            dataset=self.dataset,
+            fold=self.fold,
+            setting=self.setting,
+            organs=tuple(self.organs),
+            shots=self.shots,
+            chunks=self.chunks,
+            support_subject=self.support_subject,
+            query_subjects=self.query_subjects,
+        )
+
+    def superpixels(self) -> SuperpixelParams:
+        return SuperpixelParams(
+            method=self.superpixel_method,
+            params=dict(self.superpixel_params),
+            body_threshold=self.superpixel_body_threshold,
+        )
 
     @property
     def excluded_organs(self) -> tuple[str, ...]:
-        """Organs removed from training: ``exclude_organs`` or the setting's default."""
+        """Organs whose slices are removed from training: ``exclude_organs`` if given; else none in
+        setting 1 and, in setting 2, the union of the SSL-ALPNet label groups of the test organs."""
         if self.exclude_organs is not None:
             return tuple(self.exclude_organs)
-        return tuple(self.organs) if self.setting == 2 else ()
+        protocol = self.protocol()
+        out: list[str] = []
+        for organ in protocol.organs:
+            out += [o for o in protocol.excluded_organs(organ) if o not in out]
+        return tuple(out)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD + step decay (SSL-ALPNet) and the loss weights."""
+    """SGD + step decay (SSL-ALPNet) and the loss weights.
+
+    The learning rate is multiplied by ``lr_gamma`` every ``lr_step`` optimiser steps
+    (SSL-ALPNet's ``MultiStepLR`` with milestones every 1000 steps, implemented as the
+    equivalent ``StepLR`` so a resumed run with more steps keeps decaying). ``ce_weights``
+    weight the (background, foreground) cross-entropy classes; ``align_weight`` scales the
+    head's prototype alignment loss.
+    """
 
     lr: float = 1e-3
     momentum: float = 0.9
@@ -179,6 +223,12 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/experiment"
+
+    def __post_init__(self) -> None:
+        if self.model.in_channels != self.data.channels:
+            raise ConfigError(
+                f"model.in_channels={self.model.in_channels} must equal data.channels={self.data.channels}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -257,7 +307,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"{key} must have {len(args)} entries, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")

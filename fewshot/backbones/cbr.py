@@ -28,7 +28,7 @@ from torch import nn
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
 
-__all__ = ["CBRBackbone", "CBR_CONFIGS"]
+__all__ = ["CBR_CONFIGS", "CBRBackbone"]
 
 # name -> (kernel, channels, number of leading blocks followed by a pool)
 CBR_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {

@@ -22,9 +22,9 @@ Init specs (``create_backbone(..., init=...)``):
   the rest is ``random:kaiming`` with ``seed``. ``k=0``: fully random, ``k=len(stages)``: fully
   pretrained.
 
-Pretrained stems are adapted when ``in_channels != 3``: for 1 channel the RGB kernels are
-summed; for ``c`` channels the RGB kernels are tiled to ``c`` and scaled by ``3 / c``
-(timm's rule). Classification heads (``fc.*``, ``classifier.*``) and stages removed by
+Pretrained stems are adapted when ``in_channels`` differs from the file's: for 1 channel the
+RGB kernels are summed; for ``c`` channels the RGB (or gray) kernels are tiled to ``c`` and
+scaled by ``3 / c`` (``1 / c``), timm's rule. Classification heads (``fc.*``, ``classifier.*``) and stages removed by
 ``truncate`` are ignored in pretrained files; any other missing/unexpected key is an error.
 """
 
@@ -45,16 +45,16 @@ from fewshot.backbones.base import InitReport
 from fewshot.backbones.staged import StagedBackbone
 
 __all__ = [
+    "GENESIS_FORMAT",
     "RANDOM_SCHEMES",
     "InitSpec",
-    "parse_init",
-    "apply_init",
-    "random_init_",
     "adapt_stem_weight",
-    "sha256_file",
-    "resolve_imagenet_file",
+    "apply_init",
     "load_weights_file",
-    "GENESIS_FORMAT",
+    "parse_init",
+    "random_init_",
+    "resolve_imagenet_file",
+    "sha256_file",
 ]
 
 RANDOM_SCHEMES = ("kaiming", "xavier", "uniform")
@@ -88,7 +88,9 @@ def parse_init(init: str) -> InitSpec:
         return InitSpec("random", scheme)
     if kind == "transfuse":
         if not re.fullmatch(r"\d+", arg):
-            raise ValueError(f"init={init!r}: expected transfuse:<k> with integer k >= 0; choices: {_CHOICES}")
+            raise ValueError(
+                f"init={init!r}: expected transfuse:<k> with integer k >= 0; choices: {_CHOICES}"
+            )
         return InitSpec("transfuse", "kaiming", int(arg))
     if kind in ("imagenet", "genesis", "meanvar") and not arg:
         return InitSpec(kind)
@@ -141,7 +143,9 @@ def random_init_(module: nn.Module, scheme: str, generator: torch.Generator) -> 
 
 
 def _conv_linear_weight_keys(module: nn.Module) -> list[str]:
-    return [f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, _CONV_LINEAR)]
+    return [
+        f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, _CONV_LINEAR)
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -168,7 +172,9 @@ def resolve_imagenet_file(
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {str(path)!r} for backbone {backbone_name!r} does not exist")
+            raise FileNotFoundError(
+                f"weights file {str(path)!r} for backbone {backbone_name!r} does not exist"
+            )
         return path
     if imagenet_file is None:
         raise ValueError(
@@ -222,16 +228,20 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Adapt an RGB stem kernel ``(O, 3, k, k)`` to ``(O, in_channels, k, k)``.
+    """Adapt a stem kernel ``(O, c_src, k, k)`` (``c_src`` 3 or 1) to ``(O, in_channels, k, k)``.
 
-    1 channel: sum over RGB. Otherwise tile RGB to ``in_channels`` and scale by ``3 / in_channels``.
+    RGB -> 1 channel: sum over RGB. RGB -> c: tile RGB to ``c`` and scale by ``3 / c``.
+    1 -> c: tile and scale by ``1 / c``. The response to a gray image tiled over the input
+    channels is unchanged when ``in_channels`` is 1 or a multiple of ``c_src`` (otherwise only
+    the overall weight scale is kept, as in timm).
     """
-    if weight.shape[1] != 3:
-        raise ValueError(f"can only adapt 3-channel stem kernels, got shape {tuple(weight.shape)}")
+    c_src = weight.shape[1]
+    if c_src not in (1, 3):
+        raise ValueError(f"can only adapt 1- or 3-channel stem kernels, got shape {tuple(weight.shape)}")
     if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
-    reps = math.ceil(in_channels / 3)
-    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+    reps = math.ceil(in_channels / c_src)
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (c_src / in_channels)
 
 
 def _align(
@@ -255,7 +265,7 @@ def _align(
         for k in source
         if k not in target
         and not k.startswith(backbone.head_prefixes)
-        and backbone.stage_of_key(k) in backbone.stage_names + (None,)
+        and backbone.stage_of_key(k) in (*backbone.stage_names, None)
     ]
     if missing or unexpected:
         raise ValueError(
@@ -267,7 +277,8 @@ def _align(
         if k not in source:
             continue
         v = source[k]
-        if check_shapes and k == backbone.stem_weight_key and v.shape != target[k].shape and v.dim() == 4:
+        t_shape = target[k].shape
+        if check_shapes and k == backbone.stem_weight_key and v.dim() == 4 and v.shape[1] != t_shape[1]:
             v = adapt_stem_weight(v.float(), backbone.in_channels)
         if check_shapes and v.shape != target[k].shape:
             raise ValueError(
@@ -338,7 +349,9 @@ def apply_init(
 
     if spec.kind == "random":
         if weights is not None:
-            raise ValueError(f"weights= is not used by init={init!r}; pass init='imagenet'/'genesis'/... instead")
+            raise ValueError(
+                f"weights= is not used by init={init!r}; pass init='imagenet'/'genesis'/... instead"
+            )
         report.randomized = random_init_(backbone, spec.scheme, gen)
         return report
     if spec.kind == "transfuse":

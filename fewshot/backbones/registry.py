@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fewshot.backbones.staged import StagedBackbone
 
-__all__ = ["BackboneSpec", "register_backbone", "list_backbones", "get_backbone_spec", "create_backbone"]
+__all__ = ["BackboneSpec", "create_backbone", "get_backbone_spec", "list_backbones", "register_backbone"]
 
 logger = logging.getLogger("fewshot")
 

@@ -59,7 +59,9 @@ class UNetEncoder(StagedBackbone):
             if stage in self.stage_names:
                 self.add_module(stage, nn.Sequential(*layers))
             c_in = c_out
-        self._set_feature_info(dict(zip(self.all_stages, _CHANNELS)), dict(zip(self.all_stages, (1, 2, 4, 8))))
+        self._set_feature_info(
+            dict(zip(self.all_stages, _CHANNELS)), dict(zip(self.all_stages, (1, 2, 4, 8)))
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(N, C, H, W)`` -> ``[(N, C_k, ceil(H / s_k), ceil(W / s_k))]`` for kept blocks."""

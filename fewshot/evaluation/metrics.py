@@ -27,12 +27,12 @@ __all__ = [
     "Counts",
     "ScanScore",
     "confusion_counts",
-    "dice_from_counts",
-    "precision_from_counts",
-    "recall_from_counts",
     "dice",
+    "dice_from_counts",
     "precision",
+    "precision_from_counts",
     "recall",
+    "recall_from_counts",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -132,13 +132,14 @@ class ScanScore:
         return recall_from_counts(self.counts)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``per_scan`` JSON entry (scores in [0, 1], plus raw counts)."""
+        """The ``per_scan`` JSON entry: subject, organ, dice, precision, recall (in [0, 1])."""
         return {
             "subject": self.subject,
             "organ": self.organ,
             "dice": self.dice,
             "precision": self.precision,
             "recall": self.recall,
-            "n_slices": self.n_slices,
-            **asdict(self.counts),
         }
+
+    def counts_dict(self) -> dict[str, int]:
+        return {**asdict(self.counts), "n_slices": self.n_slices}

@@ -7,6 +7,7 @@ the head's prototype alignment loss (PANet/ALPNet "PAR"), when the head returns 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from episodes.selfsup import EpisodeBatch
 from fewshot.config import OptimConfig
 
-__all__ = ["FewShotModule", "CHECKPOINT_KEY", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
+__all__ = ["CHECKPOINT_KEY", "FewShotModule", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
 
 #: Key of the plain-data section this library adds to every Lightning checkpoint.
 CHECKPOINT_KEY = "fewshot"
@@ -126,8 +128,12 @@ class FewShotModule(pl.LightningModule):
         return loss
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if hasattr(batch, "to"):
-            return batch.to(device)
+        if isinstance(batch, EpisodeBatch):
+            move = {
+                name: getattr(batch, name).to(device, non_blocking=True)
+                for name in ("support_images", "support_masks", "query_images", "query_masks")
+            }
+            return dataclasses.replace(batch, **move)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def configure_optimizers(self) -> Any:

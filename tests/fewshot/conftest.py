@@ -14,7 +14,9 @@ class TinyBackbone(Backbone):
 
     name = "tiny-test"
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, int, int] = (6, 8, 12), seed: int = 0) -> None:
+    def __init__(
+        self, in_channels: int = 3, channels: tuple[int, int, int] = (6, 8, 12), seed: int = 0
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         c1, c2, c3 = channels
@@ -38,5 +40,6 @@ class TinyBackbone(Backbone):
 
 
 @pytest.fixture
-def tiny_backbone() -> TinyBackbone:
-    return TinyBackbone()
+def tiny_backbone_cls() -> type[TinyBackbone]:
+    """The class itself (tests build fresh instances; importing conftest by module path is fragile)."""
+    return TinyBackbone

@@ -1,0 +1,385 @@
+"""Episodes and the self-supervised (superpixel) episode generator.
+
+Shapes: ``K`` support shots, ``Q`` queries, ``C`` channels, ``H, W`` slice size, ``B`` batch.
+
+:class:`SelfSupervisedEpisodes` follows SSL-ALPNet (``GenericSuperDatasetv2``): draw a slice uniformly,
+draw one of its superpixels uniformly, binarise it, and build the support and query as *differently
+augmented copies* of the same (slice, mask) pair (``K + Q`` independent augmentations). Differences
+from SSL-ALPNet, all explicit:
+
+* superpixels smaller than ``min_superpixel_pixels`` (default 200 px, ADNet/Q-Net's ``min_size``) are
+  never drawn, and slices without any eligible superpixel are removed **up front** (counted in
+  :meth:`SelfSupervisedEpisodes.describe`) instead of crashing at training time;
+* every episode is a pure function of ``(seed, epoch, index)``, so it is identical across DataLoader
+  worker counts and reruns;
+* an augmentation that empties the support mask is redrawn (at most ``max_augment_tries`` times), then
+  a ``RuntimeError`` names the slice and superpixel. Query masks may be empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .augment import Augmenter
+from .labels import canonical_organ
+from .volumes import Volume
+
+__all__ = [
+    "DEFAULT_MIN_SUPERPIXEL_PIXELS",
+    "Episode",
+    "EpisodeBatch",
+    "EpisodeInfo",
+    "SelfSupervisedEpisodes",
+    "collate_episodes",
+]
+
+#: Smallest superpixel (pixels at the slice resolution) used as a pseudo-label (ADNet/Q-Net ``min_size``).
+DEFAULT_MIN_SUPERPIXEL_PIXELS = 200
+
+EpisodeKind = Literal["superpixel", "annotated"]
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """Provenance of an episode.
+
+    Attributes:
+        subject: subject id of the slice.
+        slice_index: axial slice index ``z``.
+        label: superpixel id (``kind="superpixel"``) or organ label value (``"annotated"``).
+        organ: organ name for annotated episodes, ``None`` for superpixels.
+        seed: the seed the episode was generated from.
+        kind: ``"superpixel"`` or ``"annotated"``.
+    """
+
+    subject: str
+    slice_index: int
+    label: int
+    organ: str | None
+    seed: int
+    kind: EpisodeKind = "superpixel"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("superpixel", "annotated"):
+            raise ValueError(f"EpisodeInfo.kind must be 'superpixel' or 'annotated', got {self.kind!r}")
+
+
+def _check_binary(name: str, mask: torch.Tensor) -> None:
+    if mask.dtype != torch.float32:
+        raise ValueError(f"{name} must be float32, got {mask.dtype}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must be binary (values in {{0, 1}})")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One 1-way K-shot episode.
+
+    Attributes:
+        support_images: ``(K, C, H, W)`` float32.
+        support_masks: ``(K, H, W)`` float32 in {0, 1}.
+        query_images: ``(Q, C, H, W)`` float32.
+        query_masks: ``(Q, H, W)`` float32 in {0, 1}.
+        info: :class:`EpisodeInfo`.
+    """
+
+    support_images: torch.Tensor
+    support_masks: torch.Tensor
+    query_images: torch.Tensor
+    query_masks: torch.Tensor
+    info: EpisodeInfo
+
+    def __post_init__(self) -> None:
+        for name in ("support_images", "query_images"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.ndim != 4:
+                raise ValueError(f"{name} must be a 4D (N, C, H, W) tensor, got {_describe(t)}")
+            if t.dtype != torch.float32:
+                raise ValueError(f"{name} must be float32, got {t.dtype}")
+        for name in ("support_masks", "query_masks"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.ndim != 3:
+                raise ValueError(f"{name} must be a 3D (N, H, W) tensor, got {_describe(t)}")
+            _check_binary(name, t)
+        k, c, h, w = self.support_images.shape
+        q = self.query_images.shape[0]
+        if k < 1 or q < 1:
+            raise ValueError(f"need at least one support and one query, got K={k}, Q={q}")
+        if self.query_images.shape[1:] != (c, h, w):
+            raise ValueError(
+                f"query_images {tuple(self.query_images.shape)} do not match support_images "
+                f"{tuple(self.support_images.shape)} in (C, H, W)"
+            )
+        if tuple(self.support_masks.shape) != (k, h, w):
+            raise ValueError(
+                f"support_masks shape {tuple(self.support_masks.shape)} != (K, H, W) = {(k, h, w)}"
+            )
+        if tuple(self.query_masks.shape) != (q, h, w):
+            raise ValueError(f"query_masks shape {tuple(self.query_masks.shape)} != (Q, H, W) = {(q, h, w)}")
+
+    @property
+    def shots(self) -> int:
+        return int(self.support_images.shape[0])
+
+
+def _describe(t: Any) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"{type(t).__name__}"
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """A batch of episodes with equal ``K``, ``Q``, ``C``, ``H``, ``W``.
+
+    Attributes:
+        support_images: ``(B, K, C, H, W)``; support_masks: ``(B, K, H, W)``;
+        query_images: ``(B, Q, C, H, W)``; query_masks: ``(B, Q, H, W)``; infos: ``B`` infos.
+    """
+
+    support_images: torch.Tensor
+    support_masks: torch.Tensor
+    query_images: torch.Tensor
+    query_masks: torch.Tensor
+    infos: tuple[EpisodeInfo, ...]
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+def collate_episodes(episodes: Sequence[Episode]) -> EpisodeBatch:
+    """Stack episodes into an :class:`EpisodeBatch`; usable as a DataLoader ``collate_fn``."""
+    if len(episodes) == 0:
+        raise ValueError("collate_episodes: empty list")
+    shapes = {(tuple(e.support_images.shape), tuple(e.query_images.shape)) for e in episodes}
+    if len(shapes) != 1:
+        raise ValueError(f"collate_episodes: episodes differ in support/query shapes: {sorted(shapes)}")
+    return EpisodeBatch(
+        support_images=torch.stack([e.support_images for e in episodes]),
+        support_masks=torch.stack([e.support_masks for e in episodes]),
+        query_images=torch.stack([e.query_images for e in episodes]),
+        query_masks=torch.stack([e.query_masks for e in episodes]),
+        infos=tuple(e.info for e in episodes),
+    )
+
+
+class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
+    """Superpixel episodes from preprocessed volumes (SSL-ALPNet self-supervision).
+
+    Args:
+        volumes: normalised volumes (:func:`episodes.preprocess.preprocess`), unique subjects.
+        superpixels: ``{subject: (Z, H, W) int}`` maps at the same size as the volumes (0 = outside
+            the body). Compute them on the raw volumes and resize with nearest-neighbour if needed.
+        shots: support copies ``K``.
+        queries: query copies ``Q``.
+        channels: ``C``; the single-channel slice is tiled.
+        augment: augmentation preset (:data:`episodes.augment.PRESETS`).
+        min_superpixel_pixels: smallest superpixel (pixels) that may be drawn.
+        exclude_organs: setting 2: drop every slice that contains **any** of these organs
+            (``exclude_mode="any"``, SSL-ALPNet semantics; the Q-Net lineage uses "all").
+            Needs labels on every volume.
+        length: episodes per epoch.
+        seed: base seed; episode ``i`` of epoch ``e`` uses ``SeedSequence([seed, e, i])``.
+        max_augment_tries: augmentation redraws before giving up on an empty support mask.
+
+    Raises:
+        ValueError: bad arguments, shape mismatch, a map without body or with a single region,
+            missing labels for ``exclude_organs``, or no usable slice at all.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        superpixels: Mapping[str, np.ndarray],
+        *,
+        shots: int = 1,
+        queries: int = 1,
+        channels: int = 3,
+        augment: str = "alpnet",
+        min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS,
+        exclude_organs: Sequence[str] = (),
+        length: int = 1000,
+        seed: int = 0,
+        max_augment_tries: int = 10,
+    ) -> None:
+        for name, value, low in (
+            ("shots", shots, 1),
+            ("queries", queries, 1),
+            ("channels", channels, 1),
+            ("min_superpixel_pixels", min_superpixel_pixels, 1),
+            ("length", length, 1),
+            ("max_augment_tries", max_augment_tries, 1),
+        ):
+            if int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not volumes:
+            raise ValueError("SelfSupervisedEpisodes: no volumes given")
+        self.shots, self.queries, self.channels = int(shots), int(queries), int(channels)
+        self.min_superpixel_pixels = int(min_superpixel_pixels)
+        self.length, self.seed, self.max_augment_tries = int(length), int(seed), int(max_augment_tries)
+        self.augment_name = augment
+        self.augmenter = Augmenter(augment)
+        self.exclude_organs = tuple(canonical_organ(o) for o in exclude_organs)
+        self.epoch = 0
+
+        subjects = [v.subject for v in volumes]
+        if len(set(subjects)) != len(subjects):
+            raise ValueError(f"duplicate subject ids in volumes: {subjects}")
+        self._images: list[np.ndarray] = []
+        self._maps: list[np.ndarray] = []
+        self._subjects: list[str] = []
+        slice_vol: list[int] = []
+        slice_z: list[int] = []
+        eligible: list[np.ndarray] = []
+        n_total = n_excluded = n_no_sp = 0
+        for vi, volume in enumerate(volumes):
+            if not volume.normalized:
+                raise ValueError(
+                    f"subject {volume.subject}: volumes must be normalised first (episodes.preprocess.preprocess)"
+                )
+            if volume.subject not in superpixels:
+                raise ValueError(
+                    f"no superpixel map for subject {volume.subject!r}; maps given for {sorted(superpixels)}"
+                )
+            sp = np.asarray(superpixels[volume.subject])
+            if sp.shape != volume.shape:
+                raise ValueError(
+                    f"subject {volume.subject}: superpixel map shape {sp.shape} != volume shape {volume.shape} "
+                    "(resize the map with nearest-neighbour to the preprocessed size)"
+                )
+            if not np.issubdtype(sp.dtype, np.integer) or (sp.size and sp.min() < 0):
+                raise ValueError(f"subject {volume.subject}: superpixel map must hold non-negative integers")
+            sp = sp.astype(np.int32, copy=False)
+            ids = np.unique(sp)
+            ids = ids[ids > 0]
+            if ids.size == 0:
+                raise ValueError(
+                    f"subject {volume.subject}: superpixel map is all 0 (no body found in any slice); "
+                    "check the body threshold / intensity units used to compute it"
+                )
+            if ids.size == 1:
+                raise ValueError(
+                    f"subject {volume.subject}: superpixel map has a single region (id {int(ids[0])}) in "
+                    "every slice; this looks like a body mask or label, not superpixels"
+                )
+            excluded = np.zeros(volume.shape[0], dtype=bool)
+            if self.exclude_organs:
+                if volume.label is None:
+                    raise ValueError(
+                        f"subject {volume.subject}: exclude_organs={self.exclude_organs} needs labels, "
+                        "but the volume has none"
+                    )
+                values = [volume.label_map.value(o) for o in self.exclude_organs]
+                excluded = np.asarray(np.isin(volume.label, values).any(axis=(1, 2)), dtype=bool)
+            self._images.append(volume.image)
+            self._maps.append(sp)
+            self._subjects.append(volume.subject)
+            for z in range(volume.shape[0]):
+                n_total += 1
+                if excluded[z]:
+                    n_excluded += 1
+                    continue
+                counts = np.bincount(sp[z].ravel())
+                good = np.flatnonzero(counts >= self.min_superpixel_pixels)
+                good = good[good > 0]
+                if good.size == 0:
+                    n_no_sp += 1
+                    continue
+                slice_vol.append(vi)
+                slice_z.append(z)
+                eligible.append(good.astype(np.int32))
+        if not slice_vol:
+            raise ValueError(
+                f"no usable slice: {n_total} slices, {n_excluded} excluded by organs {self.exclude_organs}, "
+                f"{n_no_sp} without a superpixel of >= {self.min_superpixel_pixels} px"
+            )
+        self._slice_vol = np.asarray(slice_vol, dtype=np.int64)
+        self._slice_z = np.asarray(slice_z, dtype=np.int64)
+        self._eligible = eligible
+        self._counts = {
+            "n_slices_total": n_total,
+            "n_slices_excluded_by_organs": n_excluded,
+            "n_slices_without_eligible_superpixel": n_no_sp,
+            "n_eligible_slices": len(slice_vol),
+        }
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary episodes per epoch (episode ``i`` then depends on ``(seed, epoch, i)``)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration and slice counts, for run metadata."""
+        return {
+            "n_volumes": len(self._subjects),
+            "subjects": list(self._subjects),
+            **self._counts,
+            "n_eligible_superpixels": int(sum(len(e) for e in self._eligible)),
+            "exclude_organs": list(self.exclude_organs),
+            "exclude_mode": "any",
+            "min_superpixel_pixels": self.min_superpixel_pixels,
+            "shots": self.shots,
+            "queries": self.queries,
+            "channels": self.channels,
+            "augment": self.augment_name,
+            "length": self.length,
+            "seed": self.seed,
+            "epoch": self.epoch,
+        }
+
+    def episode_seed(self, index: int) -> int:
+        """The 63-bit seed of episode ``index`` in the current epoch."""
+        seq = np.random.SeedSequence([self.seed, self.epoch, int(index)])
+        return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+    def __getitem__(self, index: int) -> Episode:
+        if not 0 <= index < self.length:
+            raise IndexError(f"episode index {index} out of range [0, {self.length})")
+        seed = self.episode_seed(index)
+        rng = np.random.default_rng(seed)
+        k = int(rng.integers(len(self._slice_vol)))
+        vi, z = int(self._slice_vol[k]), int(self._slice_z[k])
+        label = int(rng.choice(self._eligible[k]))
+        image = self._images[vi][z]
+        mask = (self._maps[vi][z] == label).astype(np.uint8)
+        aug_seeds = rng.integers(0, 2**32, size=(self.shots + self.queries, self.max_augment_tries))
+        images, masks = [], []
+        for copy in range(self.shots + self.queries):
+            for attempt in range(self.max_augment_tries):
+                img, msk = self.augmenter(image, mask, int(aug_seeds[copy, attempt]))
+                if copy >= self.shots or msk.any():
+                    break
+            else:
+                raise RuntimeError(
+                    f"subject {self._subjects[vi]} slice {z} superpixel {label} ({int(mask.sum())} px): "
+                    f"support mask empty after {self.max_augment_tries} augmentations"
+                )
+            images.append(img)
+            masks.append(msk)
+        img_t = torch.from_numpy(np.stack(images)).unsqueeze(1).expand(-1, self.channels, -1, -1).contiguous()
+        msk_t = torch.from_numpy(np.stack(masks).astype(np.float32))
+        s = self.shots
+        return Episode(
+            support_images=img_t[:s].clone(),
+            support_masks=msk_t[:s].clone(),
+            query_images=img_t[s:].clone(),
+            query_masks=msk_t[s:].clone(),
+            info=EpisodeInfo(
+                subject=self._subjects[vi],
+                slice_index=z,
+                label=label,
+                organ=None,
+                seed=seed,
+                kind="superpixel",
+            ),
+        )

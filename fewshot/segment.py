@@ -1,0 +1,174 @@
+"""Segment a new scan from one annotated scan (``fewshot segment``).
+
+The support scan's organ slices are split into ``chunks`` parts and the middle slice of each
+part (k-shot: ``k`` slices spread evenly) is the support for the query slices in the matching
+part of the query range, as in the evaluation protocol. Without ``query_range`` the whole query
+volume is the range; give the organ's approximate slice range for protocol-like results.
+
+Geometry: both scans are preprocessed like the training data (intensity normalisation, slices
+resized to the training size); the prediction is resized back (nearest) to the query's own
+grid and written with the query's affine, so it overlays the scan in 3D Slicer / ITK-SNAP.
+In-plane pixel sizes of support and query (after resizing) must agree within a factor of
+1.5: prototype matching compares features at one scale. A larger mismatch is refused unless
+``allow_spacing_mismatch`` (results then degrade).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from episodes.labels import LabelMap, canonical_organ, get_label_map
+from episodes.preprocess import NormStats, preprocess
+from episodes.protocol import query_chunk, support_slice_indices, tile_slices
+from episodes.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
+
+__all__ = ["segment_volume", "segment_files", "MAX_SPACING_RATIO"]
+
+MAX_SPACING_RATIO = 1.5
+
+
+@torch.no_grad()
+def segment_volume(
+    model: nn.Module,
+    support: Volume,
+    support_mask: np.ndarray,
+    query: Volume,
+    *,
+    shots: int = 1,
+    chunks: int = 3,
+    query_range: tuple[int, int] | None = None,
+    channels: int = 3,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
+
+    Args:
+        support_mask: ``(Z, H, W)`` bool organ mask of ``support``.
+        query_range: inclusive slice range ``(z0, z1)`` of the query to segment (default: all).
+    """
+    from fewshot.evaluation.evaluate import predict_query
+
+    if support_mask.shape != support.shape:
+        raise VolumeError(f"support mask shape {support_mask.shape} differs from support scan {support.shape}")
+    if support.shape[1:] != query.shape[1:]:
+        raise VolumeError(f"support slices {support.shape[1:]} and query slices {query.shape[1:]} differ")
+    organ_slices = np.flatnonzero(support_mask.any(axis=(1, 2)))
+    if organ_slices.size == 0:
+        raise VolumeError("the support mask is empty: the organ is missing from the support scan")
+    sets = support_slice_indices(organ_slices.tolist(), chunks, shots)
+    z0, z1 = query_range if query_range is not None else (0, query.shape[0] - 1)
+    if not 0 <= z0 <= z1 < query.shape[0]:
+        raise ValueError(f"query range {z0}:{z1} outside the query's slices 0:{query.shape[0] - 1}")
+    zs = np.arange(z0, z1 + 1)
+    parts = np.array([query_chunk(int(z), z0, z1, chunks) for z in zs])
+    pred = np.zeros(query.shape, dtype=bool)
+    model.eval().to(device)
+    for c in range(chunks):
+        q_z = zs[parts == c]
+        if q_z.size == 0:
+            continue
+        s_z = list(sets[c])
+        s_img = tile_slices(support.image[s_z], channels).unsqueeze(0)
+        s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
+        out = predict_query(model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device)
+        pred[q_z] = out.numpy()
+    return pred
+
+
+def _in_plane_pixel(v: Volume, size: int) -> float:
+    return float(np.sqrt(v.spacing[1] * v.spacing[2]) * np.sqrt(v.shape[1] * v.shape[2]) / size)
+
+
+def segment_files(
+    *,
+    checkpoint: str | Path,
+    support: str | Path,
+    support_mask: str | Path,
+    organ: str,
+    query: str | Path,
+    out: str | Path,
+    label_map: str | LabelMap | None = None,
+    modality: Modality | None = None,
+    shots: int = 1,
+    chunks: int = 3,
+    query_range: tuple[int, int] | None = None,
+    allow_spacing_mismatch: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
+
+    ``support_mask`` is binary, or a label volume read with ``label_map`` (``chaos-mr``,
+    ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). Returns a report (slices, voxels, volume in ml).
+    """
+    from fewshot.training.train import load_model_from_checkpoint
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config, extras = load_model_from_checkpoint(checkpoint, map_location=dev)
+    mod: Modality = modality or extras.get("modality") or "MR"
+    size = int(config["data"]["size"])
+    channels = int(config["model"].get("in_channels", 3))
+    organ = canonical_organ(organ)
+    if label_map is None:
+        lm = LabelMap("binary", {organ: 1})
+    else:
+        lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    sup = load_nifti_pair(support, support_mask, subject="support", modality=mod, label_map=lm,
+                          intensity="hu" if mod == "CT" else "raw")
+    assert sup.label is not None
+    if label_map is None and not set(np.unique(sup.label).tolist()) <= {0, 1}:
+        raise VolumeError(
+            f"{support_mask}: mask has labels {sorted(np.unique(sup.label).tolist())}; pass --label-map "
+            "(chaos-mr, btcv-ct, phantom) so the organ name can be resolved"
+        )
+    if not sup.has_organ(organ):
+        raise VolumeError(f"{support_mask}: organ {organ!r} (label {lm.value(organ)}) is absent from the support mask")
+    qry = load_nifti_pair(query, None, subject="query", modality=mod, label_map=lm,
+                          intensity="hu" if mod == "CT" else "raw")
+    ps, pq = _in_plane_pixel(sup, size), _in_plane_pixel(qry, size)
+    ratio = max(ps, pq) / min(ps, pq)
+    if ratio > MAX_SPACING_RATIO and not allow_spacing_mismatch:
+        raise VolumeError(
+            f"in-plane pixel size after resizing to {size}: support {ps:.2f} mm, query {pq:.2f} mm (ratio "
+            f"{ratio:.2f} > {MAX_SPACING_RATIO}); resample one scan or pass --allow-spacing-mismatch"
+        )
+    stats = extras.get("norm_stats")
+    ct_stats = NormStats(**stats) if stats else None
+    if mod == "CT" and ct_stats is None:
+        raise ValueError(f"{checkpoint} was trained on {extras.get('modality')} data and stores no CT statistics")
+    sup_p = preprocess(sup, size=size, ct_stats=ct_stats)
+    qry_p = preprocess(qry, size=size, ct_stats=ct_stats)
+    assert sup_p.label is not None
+    pred = segment_volume(
+        model, sup_p, sup_p.label == lm.value(organ), qry_p,
+        shots=shots, chunks=chunks, query_range=query_range, channels=channels, device=dev,
+    )
+    if pred.shape[1:] != qry.shape[1:]:
+        t = torch.from_numpy(pred.astype(np.float32))[:, None]
+        pred = F.interpolate(t, size=qry.shape[1:], mode="nearest")[:, 0].numpy() > 0.5
+    value = lm.value(organ)
+    save_nifti(pred.astype(np.uint8) * np.uint8(value), qry, out, overwrite=overwrite)
+    voxels = int(pred.sum())
+    return {
+        "out": str(out),
+        "organ": organ,
+        "label_value": value,
+        "modality": mod,
+        "query_shape": list(qry.shape),
+        "slices_with_prediction": int(pred.any(axis=(1, 2)).sum()),
+        "voxels": voxels,
+        "volume_ml": voxels * float(np.prod(qry.spacing)) / 1000.0,
+        "seconds": time.perf_counter() - t0,
+    }

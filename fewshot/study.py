@@ -1,0 +1,202 @@
+"""``fewshot study``: does the initialisation matter for few-shot medical segmentation?
+
+Trains and evaluates every (backbone, init, head) combination for several seeds and folds
+under one base config, then reports mean ± std of the 3D Dice over seeds × folds as a
+Markdown table, a JSON file and a bar plot. ``genesis`` without a weights file first runs
+the built-in Models Genesis pretraining on the fold's training slices (no labels), so the
+comparison needs nothing but the data. Runs are resumable: an interrupted study continues
+from the finished runs' checkpoints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from episodes.preprocess import to_unit_range, window_ct
+from episodes.volumes import Volume
+from fewshot.config import ExperimentConfig, load_config
+from fewshot.evaluation.evaluate import EvaluationResult, run_evaluation
+from fewshot.training.train import load_volumes, split_volumes, train
+
+__all__ = ["StudySpec", "run_study", "summarize"]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """The grid: every backbone × init × head, each for every seed and fold."""
+
+    backbones: tuple[str, ...]
+    inits: tuple[str, ...]
+    heads: tuple[str, ...] = ("alpnet",)
+    seeds: tuple[int, ...] = (0, 1)
+    folds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    genesis_steps: int = 200
+    weights: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("backbones", "inits", "heads", "seeds", "folds"):
+            if not getattr(self, name):
+                raise ValueError(f"study needs at least one of {name}")
+        unknown = set(self.weights) - {i.split(":")[0] for i in self.inits}
+        if unknown:
+            raise ValueError(f"weights given for inits {sorted(unknown)} that are not in the study {self.inits}")
+
+
+def _genesis_weights(cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path) -> str:
+    from fewshot.genesis import run_pretrain_genesis
+
+    if out.is_file():
+        return str(out)
+    train_raw, _ = split_volumes(cfg.data, volumes)
+    slices = []
+    for v in train_raw:
+        img = window_ct(v.image) if v.intensity == "hu" else v.image
+        slices += [to_unit_range(img[z]) for z in range(v.shape[0]) if img[z].max() > img[z].min()]
+    images = np.stack(slices)
+    size = cfg.data.size
+    if images.shape[-1] != size:
+        import torch
+        import torch.nn.functional as F
+
+        t = F.interpolate(torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear", align_corners=False)
+        images = t[:, 0].clamp(0, 1).numpy()
+    run_pretrain_genesis(
+        images,
+        backbone=cfg.model.backbone,
+        steps=steps,
+        out=out,
+        seed=cfg.train.seed,
+        in_channels=cfg.model.in_channels,
+        device="cuda" if _cuda() else "cpu",
+    )
+    return str(out)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group runs by (backbone, init, head): mean ± std (over seeds × folds) per organ and overall."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["backbone"], r["init"], r["head"]), []).append(r)
+    out = []
+    for (backbone, init, head), runs in groups.items():
+        organs = list(runs[0]["dice"])
+        entry: dict[str, Any] = {"backbone": backbone, "init": init, "head": head, "runs": len(runs)}
+        for organ in organs:
+            vals = [r["dice"][organ] for r in runs]
+            entry[organ] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        out.append(entry)
+    return out
+
+
+def _markdown(summary: list[dict[str, Any]]) -> str:
+    organs = [k for k in summary[0] if k not in ("backbone", "init", "head", "runs")]
+    lines = [
+        "| backbone | init | head | runs | " + " | ".join(organs) + " |",
+        "|---|---|---|---:|" + "---:|" * len(organs),
+    ]
+    for s in summary:
+        cells = [f"{100 * s[o][0]:.1f} ± {100 * s[o][1]:.1f}" for o in organs]
+        lines.append(f"| {s['backbone']} | {s['init']} | {s['head']} | {s['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{s['backbone']}\n{s['init']}\n{s['head']}" for s in summary]
+    means = [100 * s["mean"][0] for s in summary]
+    stds = [100 * s["mean"][1] for s in summary]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(summary)), 3.5))
+    ax.bar(range(len(summary)), means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(summary)), labels, fontsize=8)
+    ax.set_ylabel("mean 3D Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("1-shot Dice by initialisation (mean ± std over seeds × folds)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    base_config: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | Path = "fewshot-study",
+) -> str:
+    """Run the grid; writes ``study.json``, ``study.md``, ``study.png`` in ``out_dir``; returns the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(base_config, dict(overrides or {}))
+    volumes = load_volumes(base.data)
+    rows: list[dict[str, Any]] = []
+    for backbone, init, head, seed, fold in itertools.product(
+        spec.backbones, spec.inits, spec.heads, spec.seeds, spec.folds
+    ):
+        name = f"{backbone}_{init.replace(':', '-')}_{head}_seed{seed}_fold{fold}"
+        run_over: dict[str, Any] = {
+            **dict(overrides or {}),
+            "model.backbone": backbone,
+            "model.init": init,
+            "model.head": head,
+            "model.seed": seed,
+            "train.seed": seed,
+            "data.fold": fold,
+            "out_dir": str(out / "runs" / name),
+        }
+        if backbone != base.model.backbone:
+            run_over["model.truncate"] = None
+        if spec.steps is not None:
+            run_over["train.steps"] = spec.steps
+        kind = init.split(":")[0]
+        if kind in spec.weights:
+            run_over["model.weights"] = spec.weights[kind]
+        elif kind == "genesis":
+            cfg0 = load_config(base_config, run_over)
+            run_over["model.weights"] = _genesis_weights(
+                cfg0, volumes, spec.genesis_steps, out / "genesis" / f"{backbone}_fold{fold}_seed{seed}.pt"
+            )
+        cfg = load_config(base_config, run_over)
+        result = train(cfg, volumes=volumes, resume=True)
+        assert result.checkpoint is not None
+        ev: EvaluationResult = run_evaluation(result.checkpoint, volumes=volumes, out=Path(cfg.out_dir) / "eval")
+        rows.append(
+            {
+                "backbone": backbone,
+                "init": init,
+                "head": head,
+                "seed": seed,
+                "fold": fold,
+                "dice": dict(ev.dice),
+                "steps": result.steps,
+                "steps_per_s": result.steps_per_s,
+                "run_dir": cfg.out_dir,
+            }
+        )
+    summary = summarize(rows)
+    table = _markdown(summary)
+    payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
+    (out / "study.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / "study.md").write_text(table)
+    _plot(summary, out / "study.png")
+    return table

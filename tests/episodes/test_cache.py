@@ -1,0 +1,80 @@
+"""Superpixel cache: hits, invalidation (params, content, version), atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import episodes.cache as cache
+from episodes.superpixels import SuperpixelParams, compute_dataset_superpixels_with_stats
+
+PARAMS = SuperpixelParams("felzenszwalb", {"min_size": 30})
+
+
+def _run(vols, tmp_path, params=PARAMS):  # type: ignore[no-untyped-def]
+    return compute_dataset_superpixels_with_stats(vols, params, cache_dir=tmp_path, workers=0, progress=False)
+
+
+def test_hit_and_param_change(make_volume, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    vols = [make_volume("1", z=3), make_volume("2", z=2, seed=5)]
+    maps1, s1 = _run(vols, tmp_path)
+    assert (s1.cache_hits, s1.cache_misses) == (0, 2)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    maps2, s2 = _run(vols, tmp_path)
+    assert (s2.cache_hits, s2.cache_misses) == (2, 0)
+    for k in maps1:
+        np.testing.assert_array_equal(maps1[k], maps2[k])
+    _, s3 = _run(vols, tmp_path, SuperpixelParams("felzenszwalb", {"min_size": 31}))
+    assert (s3.cache_hits, s3.cache_misses) == (0, 2)
+    _, s4 = _run(vols, tmp_path, SuperpixelParams("felzenszwalb", {"min_size": 30}, body_threshold=60.0))
+    assert s4.cache_misses == 2
+
+
+def test_content_change_invalidates(make_volume, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    v = make_volume("1", z=2)
+    _run([v], tmp_path)
+    image = v.image.copy()
+    image[0, 20, 20] += 1.0
+    _, stats = _run([v.with_arrays(image, v.label)], tmp_path)
+    assert stats.cache_misses == 1
+    _, stats = _run([v], tmp_path)
+    assert stats.cache_hits == 1
+
+
+def test_version_change_invalidates(make_volume, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    v = make_volume("1", z=2)
+    _run([v], tmp_path)
+    monkeypatch.setattr(cache, "library_version", lambda: "999.0")
+    _, stats = _run([v], tmp_path)
+    assert (stats.cache_hits, stats.cache_misses) == (0, 1)
+
+
+def test_atomic_write_leaves_nothing(make_volume, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _run([make_volume("1", z=2)], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_entry_is_recomputed(make_volume, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    v = make_volume("1", z=2)
+    maps, _ = _run([v], tmp_path)
+    (entry,) = tmp_path.glob("*.npz")
+    entry.write_bytes(b"not a zip")
+    with pytest.warns(UserWarning, match="unreadable"):
+        maps2, stats = _run([v], tmp_path)
+    assert stats.cache_misses == 1
+    np.testing.assert_array_equal(maps["1"], maps2["1"])
+
+
+def test_save_load_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seg = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    path = cache.save_superpixels(tmp_path, "a/b", "f" * 64, seg, meta={"x": 1})
+    assert path.name == "superpixels_a_b_ffffffffffffffff.npz"
+    np.testing.assert_array_equal(cache.load_superpixels(tmp_path, "a/b", "f" * 64), seg)
+    assert cache.load_superpixels(tmp_path, "a/b", "e" * 64) is None
+    with pytest.warns(UserWarning, match="shape"):
+        assert cache.load_superpixels(tmp_path, "a/b", "f" * 64, expected_shape=(1, 3, 4)) is None

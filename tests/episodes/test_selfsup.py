@@ -1,0 +1,184 @@
+"""Self-supervised episodes: determinism, shapes, DataLoader workers, setting-2 exclusion, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from episodes.augment import Augmenter
+from episodes.preprocess import preprocess
+from episodes.selfsup import Episode, EpisodeInfo, SelfSupervisedEpisodes, collate_episodes
+from episodes.superpixels import SuperpixelParams, compute_volume_superpixels
+
+PARAMS = SuperpixelParams("felzenszwalb", {"min_size": 30})
+
+
+@pytest.fixture
+def data(make_volume):  # type: ignore[no-untyped-def]
+    raws = [make_volume("1", seed=1), make_volume("2", seed=2)]
+    maps = {v.subject: compute_volume_superpixels(v, PARAMS) for v in raws}
+    vols = [preprocess(v, size=None) for v in raws]
+    return vols, maps
+
+
+def _dataset(data, **kw):  # type: ignore[no-untyped-def]
+    vols, maps = data
+    kw = {"min_superpixel_pixels": 50, "length": 8, "seed": 3, **kw}
+    return SelfSupervisedEpisodes(vols, maps, **kw)
+
+
+def _same(a: Episode, b: Episode) -> bool:
+    return (
+        all(
+            torch.equal(getattr(a, n), getattr(b, n))
+            for n in ("support_images", "support_masks", "query_images", "query_masks")
+        )
+        and a.info == b.info
+    )
+
+
+def test_shapes_and_binary_masks(data) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(data, shots=2, queries=3, channels=3)
+    ep = ds[0]
+    assert ep.support_images.shape == (2, 3, 48, 48) and ep.query_images.shape == (3, 3, 48, 48)
+    assert ep.support_masks.shape == (2, 48, 48) and ep.query_masks.shape == (3, 48, 48)
+    assert ep.support_images.dtype == torch.float32 and ep.support_masks.dtype == torch.float32
+    assert set(ep.support_masks.unique().tolist()) <= {0.0, 1.0}
+    assert (ep.support_masks.sum(dim=(1, 2)) > 0).all()
+    assert torch.equal(ep.support_images[:, 0], ep.support_images[:, 2])  # tiled channel
+    assert ep.info.kind == "superpixel" and ep.info.label >= 1 and ep.info.organ is None
+    # support copies are differently augmented
+    assert not torch.equal(ep.support_images[0], ep.support_images[1])
+
+
+def test_mask_is_the_drawn_superpixel_without_augmentation(data) -> None:  # type: ignore[no-untyped-def]
+    vols, maps = data
+    ds = _dataset(data, augment="none")
+    for i in range(len(ds)):
+        ep = ds[i]
+        vi = [v.subject for v in vols].index(ep.info.subject)
+        expected = maps[ep.info.subject][ep.info.slice_index] == ep.info.label
+        assert expected.sum() >= 50
+        np.testing.assert_array_equal(ep.support_masks[0].numpy(), expected.astype(np.float32))
+        np.testing.assert_array_equal(ep.query_images[0, 0].numpy(), vols[vi].image[ep.info.slice_index])
+
+
+def test_determinism_and_epochs(data) -> None:  # type: ignore[no-untyped-def]
+    a, b = _dataset(data), _dataset(data)
+    assert _same(a[2], b[2])
+    assert not _same(a[2], a[3])
+    assert not _same(a[2], _dataset(data, seed=4)[2])
+    b.set_epoch(1)
+    assert not _same(a[2], b[2])
+    b.set_epoch(0)
+    assert _same(a[2], b[2])
+    with pytest.raises(IndexError):
+        a[8]
+
+
+def test_dataloader_workers_match(data) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(data, length=6)
+    batches0 = list(DataLoader(ds, batch_size=3, num_workers=0, collate_fn=collate_episodes))
+    batches2 = list(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_episodes))
+    assert len(batches0) == len(batches2) == 2
+    for x, y in zip(batches0, batches2):
+        assert x.support_images.shape == (3, 1, 3, 48, 48) and x.query_masks.shape == (3, 1, 48, 48)
+        assert torch.equal(x.support_images, y.support_images) and torch.equal(x.query_masks, y.query_masks)
+        assert x.infos == y.infos
+
+
+def test_setting2_any_rule(data) -> None:  # type: ignore[no-untyped-def]
+    # labels: liver slices 1..3, right kidney 2..4, spleen 4; 6 slices per volume, 2 volumes
+    ds = _dataset(data, exclude_organs=("liver", "right_kidney"), augment="none", length=40)
+    d = ds.describe()
+    assert d["exclude_mode"] == "any" and d["exclude_organs"] == ["liver", "right_kidney"]
+    assert d["n_slices_total"] == 12 and d["n_slices_excluded_by_organs"] == 8  # slices 1,2,3,4 (AND: 2,3)
+    assert {ds[i].info.slice_index for i in range(40)} == {0, 5}
+    kid = _dataset(data, exclude_organs=("rk", "left_kidney"), augment="none", length=40)
+    assert kid.describe()["n_slices_excluded_by_organs"] == 6
+    assert {kid[i].info.slice_index for i in range(40)} <= {0, 1, 5}
+
+
+def test_small_superpixels_filtered(data) -> None:  # type: ignore[no-untyped-def]
+    vols, maps = data
+    maps = {k: v.copy() for k, v in maps.items()}
+    maps["1"][0] = 0
+    maps["1"][0, :3, :3] = 1  # slice 0 of subject 1: one 9-px superpixel only
+    ds = SelfSupervisedEpisodes(vols, maps, min_superpixel_pixels=50, length=30, augment="none")
+    assert ds.describe()["n_slices_without_eligible_superpixel"] == 1
+    assert all((ds[i].info.subject, ds[i].info.slice_index) != ("1", 0) for i in range(30))
+
+
+def test_errors(data, make_volume) -> None:  # type: ignore[no-untyped-def]
+    vols, maps = data
+    with pytest.raises(ValueError, match="single region"):
+        SelfSupervisedEpisodes(vols, {**maps, "1": (maps["1"] > 0).astype(np.int32)})
+    with pytest.raises(ValueError, match="no body"):
+        SelfSupervisedEpisodes(vols, {**maps, "1": np.zeros_like(maps["1"])})
+    with pytest.raises(ValueError, match="no superpixel map"):
+        SelfSupervisedEpisodes(vols, {"1": maps["1"]})
+    with pytest.raises(ValueError, match="shape"):
+        SelfSupervisedEpisodes(vols, {**maps, "1": maps["1"][:, :10]})
+    with pytest.raises(ValueError, match="normalised"):
+        SelfSupervisedEpisodes([make_volume("1")], maps)
+    with pytest.raises(ValueError, match="no usable slice"):
+        SelfSupervisedEpisodes(vols, maps, min_superpixel_pixels=10**6)
+    unlabelled = [v.with_arrays(v.image, None) for v in vols]
+    with pytest.raises(ValueError, match="needs labels"):
+        SelfSupervisedEpisodes(unlabelled, maps, exclude_organs=("liver",))
+    with pytest.raises(KeyError, match="choices"):
+        SelfSupervisedEpisodes(vols, maps, exclude_organs=("pancreas",))
+    with pytest.raises(ValueError, match="augmentation preset"):
+        SelfSupervisedEpisodes(vols, maps, augment="heavy")
+    with pytest.raises(ValueError, match="shots"):
+        SelfSupervisedEpisodes(vols, maps, shots=0)
+
+
+def test_empty_support_after_augmentation_raises(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(data, max_augment_tries=3)
+    calls = []
+
+    def empty(self, image, mask, seed):  # type: ignore[no-untyped-def]
+        calls.append(seed)
+        return image, np.zeros_like(mask)
+
+    monkeypatch.setattr(Augmenter, "__call__", empty)
+    with pytest.raises(RuntimeError, match="empty after 3 augmentations"):
+        ds[0]
+    assert len(calls) == 3
+
+
+def test_augmenter_determinism() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(40, 40)).astype(np.float32)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 12:28] = 1
+    for preset in ("alpnet", "strong"):
+        aug = Augmenter(preset)
+        x1, m1 = aug(img, mask, 7)
+        x2, m2 = Augmenter(preset)(img, mask, 7)
+        x3, _ = aug(img, mask, 8)
+        assert np.array_equal(x1, x2) and np.array_equal(m1, m2) and not np.array_equal(x1, x3)
+        assert set(np.unique(m1)) <= {0, 1} and x1.min() >= img.min() - 1e-5 and x1.max() <= img.max() + 1e-5
+    x, m = Augmenter("none")(img, mask, 1)
+    assert np.array_equal(x, img) and np.array_equal(m, mask)
+
+
+def test_episode_validation() -> None:
+    info = EpisodeInfo("s", 0, 1, None, 0)
+    img, msk = torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8)
+    Episode(img, msk, img, msk, info)
+    with pytest.raises(ValueError, match="binary"):
+        Episode(img, msk + 0.5, img, msk, info)
+    with pytest.raises(ValueError, match=r"\(K, H, W\)"):
+        Episode(img, torch.zeros(2, 8, 8), img, msk, info)
+    with pytest.raises(ValueError, match="4D"):
+        Episode(img[0], msk, img, msk, info)
+    with pytest.raises(ValueError, match="float32"):
+        Episode(img.double(), msk, img, msk, info)
+    with pytest.raises(ValueError, match="kind"):
+        EpisodeInfo("s", 0, 1, None, 0, kind="other")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="differ"):
+        collate_episodes([Episode(img, msk, img, msk, info), Episode(img[:, :1], msk, img[:, :1], msk, info)])

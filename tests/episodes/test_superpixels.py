@@ -1,0 +1,131 @@
+"""Superpixel generation: per-slice methods, body mask, dataset level, real CHAOS slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from episodes.superpixels import (
+    METHODS,
+    SuperpixelParams,
+    body_mask,
+    compute_dataset_superpixels_with_stats,
+    compute_superpixels,
+    compute_volume_superpixels,
+    superpixel_input,
+)
+from episodes.volumes import VolumeError
+
+
+def _slice(size: int = 48) -> np.ndarray:
+    img = np.zeros((size, size), dtype=np.float32)
+    img[6:-6, 6:-6] = 200.0
+    img[10:24, 10:24] = 600.0
+    img[26:40, 26:40] = 900.0
+    return img
+
+
+def test_body_mask_largest_component_and_fill() -> None:
+    img = np.zeros((20, 20), dtype=np.float32)
+    img[2:15, 2:15] = 100.0
+    img[6:9, 6:9] = 0.0  # hole inside the body -> filled
+    img[17:19, 17:19] = 100.0  # small separate blob -> dropped
+    mask = body_mask(img, 50.0)
+    expected = np.zeros((20, 20), dtype=bool)
+    expected[2:15, 2:15] = True
+    np.testing.assert_array_equal(mask, expected)
+    assert not body_mask(np.zeros((8, 8)), 1e-4).any()
+
+
+@pytest.mark.parametrize("method", ["felzenszwalb", "slic"])
+def test_methods_inside_body_and_relabelled(method: str) -> None:
+    img = _slice()
+    mask = body_mask(img, 50.0)
+    params = {"min_size": 20} if method == "felzenszwalb" else {"n_segments": 16}
+    seg = compute_superpixels(img, method, body_mask=mask, **params)
+    assert seg.dtype == np.int32 and seg.shape == img.shape
+    assert (seg[~mask] == 0).all() and (seg[mask] > 0).all()
+    ids = np.unique(seg[seg > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
+    assert len(ids) >= 3  # at least the three intensity plateaus
+
+
+def test_fast_slic_basic() -> None:
+    pytest.importorskip("fast_slic")
+    img = _slice(64)
+    mask = body_mask(img, 50.0)
+    seg = compute_superpixels(img, "fast-slic", body_mask=mask, num_components=30)
+    assert seg.dtype == np.int32 and (seg[~mask] == 0).all() and (seg[mask] > 0).all()
+    ids = np.unique(seg[seg > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
+    assert 5 <= len(ids) <= 40
+
+
+def test_unknown_method_lists_choices() -> None:
+    with pytest.raises(ValueError, match="choices"):
+        compute_superpixels(_slice(), "watershed")
+    with pytest.raises(ValueError, match="fast-slic"):
+        SuperpixelParams("quickshift")
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="2D"):
+        compute_superpixels(np.zeros((2, 8, 8)))
+    with pytest.raises(ValueError, match="body_mask shape"):
+        compute_superpixels(_slice(), body_mask=np.ones((3, 3), bool))
+    assert not compute_superpixels(_slice(), body_mask=np.zeros((48, 48), bool)).any()
+
+
+def test_params_defaults_and_dict() -> None:
+    p = SuperpixelParams("felzenszwalb", {"min_size": 100})
+    assert p.to_dict() == {
+        "method": "felzenszwalb",
+        "params": {"min_size": 100, "scale": 1.0, "sigma": 1.0},
+        "body_threshold": None,
+    }
+    assert SuperpixelParams.from_dict(p.to_dict()) == p
+    assert SuperpixelParams("fast_slic").method == "fast-slic"
+    assert set(METHODS) == {"felzenszwalb", "slic", "fast-slic"}
+
+
+def test_volume_level_rejects_normalised(raw_mr) -> None:  # type: ignore[no-untyped-def]
+    from episodes.preprocess import preprocess
+
+    with pytest.raises(VolumeError, match="raw"):
+        superpixel_input(preprocess(raw_mr, size=None))
+
+
+def test_dataset_level_matches_single_process(make_volume) -> None:  # type: ignore[no-untyped-def]
+    vols = [make_volume("1", seed=1), make_volume("2", seed=2, z=3)]
+    params = SuperpixelParams("felzenszwalb", {"min_size": 30})
+    maps, stats = compute_dataset_superpixels_with_stats(
+        vols, params, cache_dir=None, workers=2, progress=False, slices_per_task=2
+    )
+    assert list(maps) == ["1", "2"]
+    for v in vols:
+        np.testing.assert_array_equal(maps[v.subject], compute_volume_superpixels(v, params))
+    assert stats.n_volumes == 2 and stats.n_slices == 9 and stats.cache_misses == 2 and stats.cache_hits == 0
+    assert stats.regions_min >= 3
+
+
+def test_dataset_volume_without_body(make_volume) -> None:  # type: ignore[no-untyped-def]
+    v = make_volume("dark")
+    dark = v.with_arrays(np.full(v.shape, 10.0, np.float32), v.label)
+    with pytest.raises(VolumeError, match="body threshold"):
+        compute_dataset_superpixels_with_stats([dark], cache_dir=None, workers=0, progress=False)
+
+
+@pytest.mark.realdata
+def test_felzenszwalb_real_chaos_slice(chaos_dir) -> None:  # type: ignore[no-untyped-def]
+    from episodes.volumes import load_ssl_alpnet_folder
+
+    (vol,) = load_ssl_alpnet_folder(chaos_dir, subjects=["1"])
+    image = superpixel_input(vol)
+    z = vol.shape[0] // 2
+    mask = body_mask(image[z], 1e-4 + 50)
+    seg = compute_superpixels(image[z], "felzenszwalb", body_mask=mask)
+    n = int(seg.max())
+    # SSL-ALPNet setting (min_size=400 on a 0-255 scale) on a 256x256 MR slice: ~20-30 regions in the body.
+    assert 10 <= n <= 60, n
+    assert (seg[~mask] == 0).all() and (seg[mask] > 0).all()
+    assert 0.2 < mask.mean() < 0.9

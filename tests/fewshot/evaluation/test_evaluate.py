@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from episodes.labels import PHANTOM
+from episodes.protocol import Protocol
+from episodes.volumes import Volume
+from fewshot.evaluation import EvaluationResult, aggregate, evaluate, save_overlays
+
+
+class ThresholdModel(nn.Module):
+    """Predicts foreground where the query exceeds the mean of the support's foreground pixels
+    minus 0.5: an intensity-matching oracle whose output can be recomputed by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(in_channels=2)
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.support_batches: list[tuple[int, ...]] = []
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        self.support_batches.append(tuple(s_img.shape))
+        level = (s_img[:, :, 0] * s_msk).sum() / s_msk.sum() - 0.5
+        fg = (q[:, 0] > level).float()
+        return SimpleNamespace(logits=torch.stack([1 - fg, fg], 1) + self.dummy, align_loss=None)
+
+
+def _volume(subject: str, seed: int) -> Volume:
+    """Organ 1 (liver) bright (value 2) on slices 2..7, a noisy false-positive blob and misses."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((10, 16, 16), dtype=np.int16)
+    label[2:8, 4:10, 4:10] = 1
+    label[3:6, 11:14, 11:14] = 4  # spleen
+    image = label.astype(np.float32) * 0.0
+    image[label == 1] = 2.0
+    image[label == 4] = 2.0
+    flip = rng.random(image.shape) < 0.1  # random misses / false alarms
+    image[flip] = 2.0 - image[flip]
+    return Volume(image, label, (1.0, 1.0, 1.0), subject, "MR", PHANTOM, normalized=True)
+
+
+def _expected(vol: Volume, value: int) -> tuple[float, float, float]:
+    zs = [z for z in range(vol.shape[0]) if (vol.label[z] == value).any()]
+    tp = fp = fn = 0
+    for z in range(zs[0], zs[-1] + 1):  # every slice of the organ's z range is scored
+        for y in range(vol.shape[1]):
+            for x in range(vol.shape[2]):
+                p = vol.image[z, y, x] > 1.5
+                t = vol.label[z, y, x] == value
+                tp += p and t
+                fp += p and not t
+                fn += t and not p
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp), tp / (tp + fn)
+
+
+@pytest.fixture()
+def setup() -> tuple[Protocol, dict[str, Volume]]:
+    vols = {s: _volume(s, i) for i, s in enumerate(["sup", "q1", "q2"])}
+    vols["sup"] = Volume(
+        np.where(vols["sup"].label > 0, 2.0, 0.0).astype(np.float32),
+        vols["sup"].label,
+        (1.0, 1.0, 1.0),
+        "sup",
+        "MR",
+        PHANTOM,
+        normalized=True,
+    )  # clean support: mean foreground intensity 2 -> threshold 1.5
+    protocol = Protocol("phantom", organs=("liver", "spleen"), support_subject="sup", chunks=2)
+    return protocol, vols
+
+
+def test_dice_matches_independent_computation(setup: tuple[Protocol, dict[str, Volume]]) -> None:
+    protocol, vols = setup
+    plan = protocol.build_plan(list(vols.values()))
+    model = ThresholdModel()
+    result = evaluate(model, plan, vols, batch_size=3, device="cpu")
+    assert set(model.support_batches) == {(1, 1, 2, 16, 16)}  # one support set broadcast
+    for organ, value in (("liver", 1), ("spleen", 4)):
+        expected = [_expected(vols[q], value) for q in ("q1", "q2")]
+        rows = [r for r in result.per_scan if r["organ"] == organ]
+        assert [r["subject"] for r in rows] == ["q1", "q2"]
+        for row, (d, p, r) in zip(rows, expected):
+            assert row["dice"] == pytest.approx(d)
+            assert row["precision"] == pytest.approx(p)
+            assert row["recall"] == pytest.approx(r)
+        assert result.dice[organ] == pytest.approx(np.mean([e[0] for e in expected]))
+    assert result.dice["mean"] == pytest.approx((result.dice["liver"] + result.dice["spleen"]) / 2)
+    assert 0 < result.dice["mean"] < 1
+    assert result.extras["timing"]["scans"] == 4 and result.extras["timing"]["scans_per_s"] > 0
+
+
+def test_json_schema_and_round_trip(setup: tuple[Protocol, dict[str, Volume]], tmp_path: Path) -> None:
+    protocol, vols = setup
+    result = evaluate(ThresholdModel(), protocol.build_plan(list(vols.values())), vols, config={"a": 1})
+    path = result.to_json(tmp_path / "sub" / "results.json")
+    data = json.loads(path.read_text())
+    assert {"dice", "precision", "recall", "per_scan", "config", "library_version", "timing"} <= set(data)
+    for name in ("dice", "precision", "recall"):
+        assert set(data[name]) == {"liver", "spleen", "mean"}
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in data[name].values())
+    assert data["config"] == {"a": 1} and isinstance(data["library_version"], str) and data["library_version"]
+    for row in data["per_scan"]:
+        assert set(row) == {"subject", "organ", "dice", "precision", "recall"}
+        assert isinstance(row["subject"], str) and isinstance(row["organ"], str)
+        assert all(0.0 <= row[k] <= 1.0 for k in ("dice", "precision", "recall"))
+    assert EvaluationResult.from_json(path) == result
+    assert not list(tmp_path.glob("sub/*.tmp"))
+    md = result.to_markdown()
+    assert "| metric | liver | spleen | mean |" in md
+    assert f"{100 * result.dice['liver']:.2f}" in md and "Recall (%)" in md
+
+
+def test_aggregate_means_over_folds(setup: tuple[Protocol, dict[str, Volume]]) -> None:
+    protocol, vols = setup
+    r = evaluate(ThresholdModel(), protocol.build_plan(list(vols.values())), vols)
+    other = EvaluationResult(
+        dice={"liver": 1.0, "spleen": 0.0, "mean": 0.5},
+        precision={"liver": 1.0, "spleen": 0.0, "mean": 0.5},
+        recall={"liver": 1.0, "spleen": 0.0, "mean": 0.5},
+        per_scan=({"subject": "x", "organ": "liver", "dice": 1.0, "precision": 1.0, "recall": 1.0},),
+    )
+    agg = aggregate([r, other])
+    assert agg.dice["liver"] == pytest.approx((r.dice["liver"] + 1.0) / 2)
+    assert agg.dice["mean"] == pytest.approx((r.dice["mean"] + 0.5) / 2)
+    assert agg.extras["n_folds"] == 2 and agg.per_scan[-1]["fold"] == 1
+    with pytest.raises(ValueError, match="organs"):
+        aggregate(
+            [
+                r,
+                EvaluationResult(
+                    dice={"mean": 0.5}, precision={"mean": 0.5}, recall={"mean": 0.5}, per_scan=()
+                ),
+            ]
+        )
+
+
+def test_result_validation() -> None:
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        EvaluationResult(
+            dice={"liver": 1.5, "mean": 1.5}, precision={"mean": 1.0}, recall={"mean": 1.0}, per_scan=()
+        )
+    with pytest.raises(ValueError, match="'mean'"):
+        EvaluationResult(dice={"liver": 0.5}, precision={"mean": 1.0}, recall={"mean": 1.0}, per_scan=())
+
+
+def test_save_overlays(setup: tuple[Protocol, dict[str, Volume]], tmp_path: Path) -> None:
+    from PIL import Image
+
+    protocol, vols = setup
+    paths = save_overlays(ThresholdModel(), protocol.build_plan(list(vols.values())), vols, tmp_path, n=2)
+    assert len(paths) == 4 and all(p.suffix == ".png" for p in paths)
+    img = Image.open(paths[0])
+    assert img.size == (4 * 16 + 3 * 4, 16) and img.mode == "RGB"

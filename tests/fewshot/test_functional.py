@@ -1,0 +1,284 @@
+"""Hand-computed tests of fewshot.heads.functional."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.heads import functional as HF
+
+
+def _feat_1x2x2x2() -> torch.Tensor:
+    return torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]])
+
+
+# ------------------------------------------------------------------------------------ MAP
+
+
+def test_map_hand_computed() -> None:
+    mask = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    proto = HF.masked_average_pooling(_feat_1x2x2x2(), mask)
+    # channel 0: (1 + 3) / 2, channel 1: (5 + 7) / 2 (up to eps in the denominator)
+    torch.testing.assert_close(proto, torch.tensor([[2.0, 6.0]]), rtol=1e-4, atol=0)
+    weighted = HF.masked_average_pooling(_feat_1x2x2x2(), torch.tensor([[[0.5, 0.0], [0.0, 1.0]]]))
+    torch.testing.assert_close(
+        weighted, torch.tensor([[(0.5 + 4) / 1.5, (2.5 + 8) / 1.5]]), rtol=1e-4, atol=0
+    )
+
+
+def test_map_empty_mask_is_zero_vector() -> None:
+    proto = HF.masked_average_pooling(_feat_1x2x2x2(), torch.zeros(1, 2, 2))
+    assert torch.equal(proto, torch.zeros(1, 2))
+
+
+def test_map_resizes_mask_and_keeps_tiny_structures() -> None:
+    feats = torch.ones(1, 3, 4, 4)
+    mask = torch.zeros(1, 32, 32)
+    mask[0, 17, 5] = 1.0  # a single pixel: plain bilinear downsampling by 8 would drop it
+    small = HF.resize_masks(mask, (4, 4))
+    assert small.shape == (1, 4, 4) and float(small.sum()) > 0
+    torch.testing.assert_close(HF.masked_average_pooling(feats, mask), torch.ones(1, 3), rtol=1e-3, atol=0)
+    assert HF.resize_masks(mask, (32, 32)) is mask
+
+
+def test_map_bad_input() -> None:
+    with pytest.raises(ValueError, match="4-D"):
+        HF.masked_average_pooling(torch.zeros(2, 2, 2), torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="leading"):
+        HF.masked_average_pooling(torch.zeros(2, 3, 2, 2), torch.zeros(1, 2, 2))
+
+
+# ------------------------------------------------------------------------------- cosine
+
+
+def test_cosine_similarity_map_with_scale() -> None:
+    feats = torch.tensor([[[[1.0, 1.0]], [[0.0, 1.0]]]])  # pixel a = (1, 0), pixel b = (1, 1)
+    protos = torch.tensor([[[2.0, 0.0], [0.0, 3.0], [0.0, 0.0]]])
+    sim = HF.cosine_similarity_map(feats, protos, scale=10.0)
+    r = 10.0 / math.sqrt(2.0)
+    expected = torch.tensor([[[[10.0, r]], [[0.0, r]], [[0.0, 0.0]]]])  # zero prototype -> 0
+    torch.testing.assert_close(sim, expected)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        HF.cosine_similarity_map(feats, torch.zeros(1, 1, 3))
+
+
+def test_prototype_segmentation_channel_order() -> None:
+    feats = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    logits = HF.prototype_segmentation(
+        feats, torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), scale=20.0
+    )
+    torch.testing.assert_close(logits, torch.tensor([[[[20.0, 0.0]], [[0.0, 20.0]]]]))
+
+
+def test_panet_segment_averages_prototypes_over_shots() -> None:
+    g = torch.Generator().manual_seed(0)
+    sf = torch.randn(1, 2, 3, 4, 4, generator=g)
+    sm = torch.zeros(1, 2, 4, 4)
+    sm[0, 0, :2] = 1.0
+    sm[0, 1, :, :1] = 1.0
+    q = torch.randn(1, 3, 4, 4, generator=g)
+    fg = (HF.masked_average_pooling(sf[:, 0], sm[:, 0]) + HF.masked_average_pooling(sf[:, 1], sm[:, 1])) / 2
+    bg = (
+        HF.masked_average_pooling(sf[:, 0], 1 - sm[:, 0]) + HF.masked_average_pooling(sf[:, 1], 1 - sm[:, 1])
+    ) / 2
+    expected = HF.prototype_segmentation(q, fg, bg, scale=20.0)
+    torch.testing.assert_close(HF.panet_segment(q, sf, sm, scale=20.0), expected)
+
+
+# -------------------------------------------------------------------------- alignment
+
+
+def _reference_alignment(q, q_logits, sf, sm, scale, weights):  # type: ignore[no-untyped-def]
+    """Loop implementation: masks already at feature resolution."""
+    losses, ws = [], []
+    n, k = sm.shape[:2]
+    for i in range(n):
+        pred = (q_logits[i].argmax(0) == 1).float()
+        fg = (q[i] * pred).sum((1, 2)) / (pred.sum() + 1e-5)
+        bg = (q[i] * (1 - pred)).sum((1, 2)) / ((1 - pred).sum() + 1e-5)
+        for j in range(k):
+            f = sf[i, j]
+            cos = [
+                (f * p[:, None, None]).sum(0) / (f.norm(dim=0).clamp_min(1e-4) * p.norm().clamp_min(1e-4))
+                for p in (bg, fg)
+            ]
+            logits = scale * torch.stack(cos)  # (2, h, w)
+            target = sm[i, j].long()
+            logp = logits.log_softmax(0)
+            nll = -logp.gather(0, target[None])[0]
+            w = weights[target]
+            losses.append((w * nll).sum())
+            ws.append(w.sum())
+    return torch.stack(losses).sum() / torch.stack(ws).sum()
+
+
+@pytest.mark.parametrize("weights", [None, (0.05, 1.0)])
+def test_alignment_loss_matches_reference(weights: tuple[float, float] | None) -> None:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 5, 5, generator=g, requires_grad=True)
+    q_logits = torch.randn(2, 2, 5, 5, generator=g, requires_grad=True)
+    sf = torch.randn(2, 3, 4, 5, 5, generator=g)
+    sm = (torch.rand(2, 3, 5, 5, generator=g) > 0.5).float()
+    loss = HF.alignment_loss(q, q_logits, sf, sm, scale=20.0, class_weights=weights)
+    w = torch.tensor(weights) if weights is not None else torch.ones(2)
+    expected = _reference_alignment(q, q_logits, sf, sm, 20.0, w)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert q.grad is not None and float(q.grad.abs().sum()) > 0  # features keep their gradient
+    assert q_logits.grad is None  # the predicted mask is detached
+
+
+def test_alignment_loss_bad_input() -> None:
+    with pytest.raises(ValueError, match="2 channels"):
+        HF.alignment_loss(
+            torch.zeros(1, 2, 3, 3),
+            torch.zeros(1, 3, 3, 3),
+            torch.zeros(1, 1, 2, 3, 3),
+            torch.zeros(1, 1, 3, 3),
+        )
+    with pytest.raises(ValueError, match="2 entries"):
+        HF.alignment_loss(
+            torch.zeros(1, 2, 3, 3),
+            torch.zeros(1, 2, 3, 3),
+            torch.zeros(1, 1, 2, 3, 3),
+            torch.zeros(1, 1, 3, 3),
+            class_weights=(1.0, 2.0, 3.0),
+        )
+
+
+# ---------------------------------------------------------------------------------- ALP
+
+
+def _alp_features() -> torch.Tensor:
+    """(1, 2, 4, 4): channel 0 = 1 everywhere, channel 1 = cell index (0..3 for the 2x2 cells)."""
+    f = torch.ones(1, 2, 4, 4)
+    f[0, 1] = torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    return f
+
+
+def test_alp_foreground_local_plus_global() -> None:
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :2] = 1.0  # cell 0 fully covered
+    mask[0, :2, 2] = 1.0
+    mask[0, 0, 3] = 1.0  # cell 1 covered 3/4: below the threshold
+    protos, valid = HF.adaptive_local_prototypes(_alp_features(), mask, window=2, threshold=0.95)
+    assert protos.shape == (1, 5, 2) and valid.tolist() == [[True, False, False, False, True]]
+    torch.testing.assert_close(protos[0, :4], torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]))
+    # global MAP prototype: 7 pixels, channel 1 sums to 4 * 0 + 3 * 1
+    torch.testing.assert_close(protos[0, 4], torch.tensor([1.0, 3.0 / 7.0]), rtol=1e-4, atol=0)
+
+
+def test_alp_global_fg_kept_when_no_cell_passes() -> None:
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1, 1] = 1.0
+    protos, valid = HF.adaptive_local_prototypes(_alp_features(), mask, window=2)
+    assert valid.tolist() == [[False, False, False, False, True]]
+    torch.testing.assert_close(protos[0, 4], torch.tensor([1.0, 0.0]), rtol=1e-4, atol=0)
+
+
+def test_alp_background_local_only_with_fallback() -> None:
+    fg = torch.zeros(1, 4, 4)
+    fg[0, :2, :2] = 1.0
+    _, valid = HF.adaptive_local_prototypes(_alp_features(), 1 - fg, window=2, add_global=False)
+    assert valid.tolist() == [[False, True, True, True, False]]  # global bg not used
+    fg_all_cells = torch.zeros(1, 4, 4)
+    fg_all_cells[0, ::2, ::2] = 1.0  # one fg pixel per cell: every bg cell is 3/4 < 0.95
+    protos, valid = HF.adaptive_local_prototypes(
+        _alp_features(), 1 - fg_all_cells, window=2, add_global=False
+    )
+    assert valid.tolist() == [[False, False, False, False, True]]  # fallback to the global bg prototype
+    torch.testing.assert_close(protos[0, 4], torch.tensor([1.0, 1.5]), rtol=1e-4, atol=0)
+
+
+def test_alp_window_larger_than_map_gives_global_only() -> None:
+    protos, valid = HF.adaptive_local_prototypes(_alp_features(), torch.ones(1, 4, 4), window=8)
+    assert protos.shape == (1, 1, 2) and valid.tolist() == [[True]]
+
+
+def test_alp_scores_hand_computed() -> None:
+    q = torch.tensor([[[[1.0]], [[0.0]]]])  # one pixel (1, 0)
+    protos = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # sims 1 and 0 at scale 1
+    e = math.e
+    torch.testing.assert_close(HF.alp_scores(q, protos, scale=1.0), torch.tensor([[[e / (e + 1)]]]))
+    only_second = torch.tensor([[False, True]])
+    torch.testing.assert_close(HF.alp_scores(q, protos, only_second, scale=1.0), torch.tensor([[[0.0]]]))
+    only_first = torch.tensor([[True, False]])
+    torch.testing.assert_close(HF.alp_scores(q, protos, only_first, scale=1.0), torch.tensor([[[1.0]]]))
+    with pytest.raises(ValueError, match="at least one valid"):
+        HF.alp_scores(q, protos, torch.tensor([[False, False]]))
+
+
+def test_alp_segment_pools_shots() -> None:
+    g = torch.Generator().manual_seed(2)
+    sf = torch.randn(1, 2, 3, 4, 4, generator=g)
+    sm = torch.zeros(1, 2, 4, 4)
+    sm[0, 0, :2, :2] = 1.0
+    sm[0, 1, 2:, 2:] = 1.0
+    q = torch.randn(1, 3, 4, 4, generator=g)
+    logits = HF.alp_segment(q, sf, sm, window=2)
+    protos, valid = [], []
+    for k in range(2):
+        p, v = HF.adaptive_local_prototypes(sf[:, k], sm[:, k], 2)
+        protos.append(p)
+        valid.append(v)
+    fg = HF.alp_scores(q, torch.cat(protos, 1), torch.cat(valid, 1))
+    torch.testing.assert_close(logits[:, 1], fg)
+    assert logits.shape == (1, 2, 4, 4)
+
+
+# --------------------------------------------------------------------------------- DPCN
+
+
+def test_dynamic_depthwise_conv_matches_loop() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 6, 5, generator=g)
+    for kh, kw in ((3, 3), (1, 5), (5, 1)):
+        ker = torch.randn(2, 3, kh, kw, generator=g)
+        out = HF.dynamic_depthwise_conv(x, ker)
+        ref = torch.cat(
+            [
+                F.conv2d(x[i : i + 1], ker[i][:, None] / (kh * kw), padding=(kh // 2, kw // 2), groups=3)
+                for i in range(2)
+            ]
+        )
+        torch.testing.assert_close(out, ref)
+    ident = torch.zeros(1, 1, 3, 3)
+    ident[0, 0, 1, 1] = 9.0
+    torch.testing.assert_close(HF.dynamic_depthwise_conv(x[:1, :1], ident), x[:1, :1])
+    with pytest.raises(ValueError, match="odd"):
+        HF.dynamic_depthwise_conv(x, torch.zeros(2, 3, 2, 2))
+
+
+def test_dynamic_kernels_masked_mean_over_box_and_shots() -> None:
+    feats = torch.zeros(1, 2, 1, 6, 6)
+    feats[0, 0, 0] = 2.0
+    feats[0, 1, 0] = 4.0
+    feats[0, 0, 0, 0, 0] = 100.0  # outside the mask: must not leak into the kernel
+    masks = torch.zeros(1, 2, 6, 6)
+    masks[0, 0, 2:5, 1:4] = 1.0
+    masks[0, 1] = 1.0
+    kernels = HF.dynamic_kernels(feats, masks, sizes=((3, 3), (1, 5)))
+    assert [tuple(k.shape) for k in kernels] == [(1, 1, 3, 3), (1, 1, 1, 5)]
+    for k in kernels:  # mean over shots of the constant masked values 2 and 4
+        torch.testing.assert_close(k, torch.full_like(k, 3.0))
+    empty = HF.dynamic_kernels(feats[:, :1], torch.zeros(1, 1, 6, 6))
+    assert all(float(k.abs().sum()) == 0.0 for k in empty)
+
+
+def test_support_activation_peaks_on_matching_region() -> None:
+    g = torch.Generator().manual_seed(4)
+    s = torch.rand(1, 1, 4, 8, 8, generator=g)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 1:8, 1:8] = 1.0  # every window centred at (4, 4) lies inside the mask
+    act = HF.support_activation(s[:, 0], s, mask)
+    assert act.shape == (1, 3, 8, 8)
+    assert float(act.min()) >= 0.0 and float(act.max()) <= 1.0 + 1e-6
+    # a query identical to the support matches its own fg region exactly (cosine 1 = the max)
+    torch.testing.assert_close(act[0, :, 4, 4], torch.ones(3), atol=1e-3, rtol=0)
+    empty = HF.support_activation(s[:, 0], s, torch.zeros(1, 1, 8, 8))
+    assert float(empty.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="odd"):
+        HF.support_activation(s[:, 0], s, mask, windows=((2, 2),))

@@ -1,0 +1,184 @@
+"""Models Genesis 2D transforms, the restoration model and a short pretraining run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.backbones import create_backbone
+from fewshot.genesis import (
+    GenesisConfig,
+    GenesisModel,
+    bezier_curve,
+    flip_pair,
+    genesis_pair,
+    inner_cutout,
+    local_pixel_shuffle,
+    nonlinear_transform,
+    outer_cutout,
+    run_pretrain_genesis,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Single-threaded torch: far more predictable on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _image(seed: int = 0, side: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).random((side, side)).astype(np.float32)
+
+
+def _smooth_images(n: int, side: int, seed: int = 0) -> np.ndarray:
+    """Sums of random low-frequency cosines, scaled to [0, 1] per image: ``(n, side, side)``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    out = []
+    for _ in range(n):
+        img = sum(
+            rng.normal()
+            * np.cos(2 * np.pi * (rng.integers(1, 3) * yy + rng.integers(0, 3) * xx) + rng.random() * 6)
+            for _ in range(3)
+        )
+        img = (img - img.min()) / (img.max() - img.min())
+        out.append(img)
+    return np.stack(out).astype(np.float32)
+
+
+def test_bezier_endpoints_and_reverse_order() -> None:
+    x, y = bezier_curve(np.array([[0, 0], [0.2, 0.9], [0.7, 0.1], [1, 1]]), n_times=11)
+    assert (x[0], y[0], x[-1], y[-1]) == (1.0, 1.0, 0.0, 0.0)  # official sampling runs last -> first
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_nonlinear_transform_is_monotonic(seed: int) -> None:
+    img = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    out = nonlinear_transform(img, np.random.default_rng(seed))
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    d = np.diff(out.ravel())
+    assert (d >= -1e-6).all() or (d <= 1e-6).all()
+    assert np.array_equal(out, nonlinear_transform(img, np.random.default_rng(seed)))
+
+
+def test_nonlinear_transform_inverts_about_half_the_time() -> None:
+    img = np.array([[0.0, 1.0]], dtype=np.float32)
+    dec = sum(nonlinear_transform(img, np.random.default_rng(s))[0, 1] < 0.5 for s in range(60))
+    assert 15 < dec < 45
+
+
+def test_local_pixel_shuffle_is_a_local_permutation() -> None:
+    img = _image(1)
+    out = local_pixel_shuffle(img, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert np.array_equal(np.sort(out.ravel()), np.sort(img.ravel()))  # whole-image multiset kept
+    assert not np.array_equal(out, img)
+    # pixels move at most (block side - 1) = 64 // 10 - 1 = 5 per axis per block; each 16x16 tile's
+    # values stay within the tile dilated by a few blocks: compare means of coarse tiles
+    coarse_in = img.reshape(4, 16, 4, 16).mean((1, 3))
+    coarse_out = out.reshape(4, 16, 4, 16).mean((1, 3))
+    assert np.abs(coarse_in - coarse_out).max() < 0.1
+    assert np.array_equal(out, local_pixel_shuffle(img, np.random.default_rng(0)))
+
+
+def test_local_pixel_shuffle_single_block_multiset() -> None:
+    img = _image(2, side=40)
+    out = local_pixel_shuffle(img, np.random.default_rng(3), n_blocks=1)
+    changed = np.argwhere(out != img)
+    (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+    assert y1 - y0 < 4 and x1 - x0 < 4  # 40 // 10 = 4
+    box_in, box_out = img[y0 : y1 + 1, x0 : x1 + 1], out[y0 : y1 + 1, x0 : x1 + 1]
+    assert np.array_equal(np.sort(box_in.ravel()), np.sort(box_out.ravel()))
+
+
+def _changed_boxes_bbox(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int]:
+    idx = np.argwhere(a != b)
+    (y0, x0), (y1, x1) = idx.min(0), idx.max(0)
+    return int(y0), int(x0), int(y1), int(x1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_inner_cutout_boxes_within_bounds(seed: int) -> None:
+    img = np.full((60, 60), 2.0, dtype=np.float32)  # 2.0 is never drawn by U(0,1) noise
+    out = inner_cutout(img, np.random.default_rng(seed))
+    assert out.shape == img.shape and out.dtype == np.float32
+    noisy = out != 2.0
+    if not noisy.any():  # zero boxes happens with p 0.05
+        return
+    assert out[noisy].min() >= 0 and out[noisy].max() < 1
+    y0, x0, y1, x1 = _changed_boxes_bbox(out, img)
+    assert y0 >= 3 and x0 >= 3 and y1 <= 60 - 4 and x1 <= 60 - 4
+    assert noisy.sum() >= 10 * 10  # at least one box of side >= 60 // 6
+    assert noisy.sum() <= 5 * 20 * 20  # at most 5 boxes of side <= 60 // 3
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_outer_cutout_keeps_boxes_of_original(seed: int) -> None:
+    img = np.full((70, 70), 2.0, dtype=np.float32)
+    out = outer_cutout(img, np.random.default_rng(seed))
+    kept = out == 2.0
+    lo, hi = 70 - 4 * 70 // 7, 70 - 3 * 70 // 7  # box sides in [30, 40]
+    assert kept.sum() >= lo * lo and kept.sum() <= 5 * hi * hi
+    ky, kx = np.nonzero(kept)
+    assert ky.min() >= 3 and kx.min() >= 3 and ky.max() <= 66 and kx.max() <= 66
+    assert out[~kept].min() >= 0 and out[~kept].max() < 1
+
+
+def test_flip_pair_flips_both() -> None:
+    img = _image(4, side=8)
+    for s in range(20):
+        x, y = flip_pair(img.copy(), img.copy(), np.random.default_rng(s), prob=0.9)
+        assert np.array_equal(x, y)
+
+
+def test_genesis_pair_shapes_determinism_and_probabilities() -> None:
+    img = _image(5, side=48)
+    a = genesis_pair(img, np.random.default_rng(11))
+    b = genesis_pair(img, np.random.default_rng(11))
+    assert a[0].shape == a[1].shape == img.shape and a[0].dtype == a[1].dtype == np.float32
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    identity = GenesisConfig(flip_rate=0, local_rate=0, nonlinear_rate=0, paint_rate=0)
+    x, y = genesis_pair(img, np.random.default_rng(0), identity)
+    assert np.array_equal(x, img) and np.array_equal(y, img)
+    with pytest.raises(ValueError, match="2D"):
+        genesis_pair(img[None], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", ["unet", "cbr-small"])
+def test_genesis_model_restores_input_shape(name: str) -> None:
+    model = GenesisModel(create_backbone(name, in_channels=1))
+    x = torch.rand(2, 1, 32, 32)
+    y = model(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    torch.nn.functional.mse_loss(y, x).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_pretraining_lowers_loss_and_weights_load(tmp_path: Path) -> None:
+    images = _smooth_images(32, 32)
+    out = tmp_path / "sub" / "genesis_unet.pt"
+    res = run_pretrain_genesis(
+        images, backbone="unet", steps=30, out=out, batch_size=4, lr=2e-3, seed=0, in_channels=1
+    )
+    assert len(res.losses) == 30 and res.out == out and out.is_file()
+    assert np.mean(res.losses[-5:]) < 0.8 * np.mean(res.losses[:5])
+    assert not list(out.parent.glob("*.tmp*"))
+    blob = torch.load(out, weights_only=True)
+    assert blob["meta"]["backbone"] == "unet" and blob["meta"]["steps"] == 30
+    assert blob["meta"]["final_loss"] == pytest.approx(res.losses[-1])
+    bb = create_backbone("unet", init="genesis", weights=out, in_channels=1)
+    assert set(blob["state_dict"]) == set(bb.state_dict())
+    assert all(torch.equal(v, blob["state_dict"][k]) for k, v in bb.state_dict().items())
+    assert bb.init_report is not None and bb.init_report.randomized == []
+    with pytest.raises(ValueError, match="'unet', not 'cbr-small'"):
+        create_backbone("cbr-small", init="genesis", weights=out)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run_pretrain_genesis(images * 2, backbone="unet", steps=1, out=out)

@@ -1,0 +1,122 @@
+"""Tests of the nn.Module heads (PANet/SG-One, ALPNet, DPCN) on tiny feature lists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot.backbones.base import FeatureInfo
+from fewshot.heads import ALPNetHead, DPCNHead, PANetHead, default_dpcn_levels
+from fewshot.heads import functional as HF
+
+INFO = (FeatureInfo("a", 4, 2), FeatureInfo("b", 6, 4), FeatureInfo("c", 8, 8))
+
+
+def _episode(n: int = 2, k: int = 1, b: int | None = None, seed: int = 0):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    b = n if b is None else b
+    sizes = [(16, 16), (8, 8), (4, 4)]
+    s_feats = [torch.randn(b, k, f.channels, *hw, generator=g) for f, hw in zip(INFO, sizes, strict=True)]
+    q_feats = [torch.randn(n, f.channels, *hw, generator=g) for f, hw in zip(INFO, sizes, strict=True)]
+    masks = torch.zeros(b, k, 32, 32)
+    masks[..., 4:28, 6:26] = 1.0
+    return s_feats, masks, q_feats
+
+
+@pytest.mark.parametrize("head_cls", [PANetHead, ALPNetHead])
+def test_prototype_heads_logits_and_alignment(head_cls: type) -> None:
+    head = head_cls(INFO, feature_dim=5)
+    s, m, q = _episode()
+    out = head(s, m, q)
+    assert out.logits.shape == (2, 2, 4, 4)  # resolution of the last feature map
+    assert out.align_loss is not None and out.align_loss.ndim == 0
+    head.eval()
+    assert head(s, m, q).align_loss is None
+    no_align = head_cls(INFO, feature_dim=5, align=False)
+    assert no_align(s, m, q).align_loss is None and not no_align.does_alignment
+
+
+def test_panet_head_matches_functional_without_reduction() -> None:
+    head = PANetHead(INFO, feature_dim=0, align=False, scale=7.0)
+    s, m, q = _episode(k=2)
+    expected = HF.panet_segment(q[-1], s[-1], m, scale=7.0)
+    torch.testing.assert_close(head(s, m, q).logits, expected)
+
+
+def test_panet_head_feature_index() -> None:
+    head = PANetHead(INFO, feature_dim=3, feature_index=1)
+    s, m, q = _episode()
+    assert head(s, m, q).logits.shape == (2, 2, 8, 8)
+    with pytest.raises(ValueError, match="out of range"):
+        PANetHead(INFO, feature_index=3)
+
+
+def test_alpnet_window_switches_with_mode() -> None:
+    head = ALPNetHead(INFO, feature_dim=0, window_train=4, window_test=2, align=False)
+    assert head.window == 4
+    head.eval()
+    assert head.window == 2
+    s, m, q = _episode()
+    expected = HF.alp_segment(q[-1], s[-1], m, window=2, threshold=0.95)
+    torch.testing.assert_close(head(s, m, q).logits, expected)
+    head.train()
+    expected = HF.alp_segment(q[-1], s[-1], m, window=4, threshold=0.95)
+    torch.testing.assert_close(head(s, m, q).logits, expected)
+
+
+@pytest.mark.parametrize("head_cls", [PANetHead, ALPNetHead, DPCNHead])
+def test_support_broadcast_equals_repetition(head_cls: type) -> None:
+    torch.manual_seed(0)
+    head = head_cls(INFO, feature_dim=4).eval()
+    s, m, q = _episode(n=3, k=2, b=1)
+    s_rep = [f.expand(3, *f.shape[1:]).clone() for f in s]
+    m_rep = m.expand(3, *m.shape[1:]).clone()
+    with torch.no_grad():
+        torch.testing.assert_close(head(s, m, q).logits, head(s_rep, m_rep, q).logits)
+
+
+@pytest.mark.parametrize("head_cls", [PANetHead, ALPNetHead])
+def test_empty_support_gives_zero_foreground_logit(head_cls: type) -> None:
+    head = head_cls(INFO, feature_dim=0).eval()
+    s, m, q = _episode()
+    logits = head(s, torch.zeros_like(m), q).logits
+    assert torch.equal(logits[:, 1], torch.zeros_like(logits[:, 1]))
+
+
+def test_dpcn_shapes_and_gradients_reach_all_parameters() -> None:
+    torch.manual_seed(0)
+    head = DPCNHead(INFO, feature_dim=6)
+    assert head.mid_indices == (0, 1) and head.high_index == 2
+    s, m, q = _episode(k=2)
+    for f in s + q:
+        f.requires_grad_(True)
+    out = head(s, m, q)
+    assert out.logits.shape == (2, 2, 16, 16)  # resolution of the first mid-level map
+    assert out.align_loss is None
+    out.logits.square().mean().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    for f in s + q:  # the backbone would be trained through every used map
+        assert f.grad is not None and float(f.grad.abs().sum()) > 0
+
+
+def test_dpcn_levels_and_validation() -> None:
+    assert default_dpcn_levels(5) == ((2, 3), 4)
+    assert default_dpcn_levels(2) == ((0,), 1)
+    assert default_dpcn_levels(1) == ((0,), 0)
+    with pytest.raises(ValueError, match="feature_dim > 0"):
+        DPCNHead(INFO, feature_dim=0)
+    with pytest.raises(ValueError, match="odd"):
+        DPCNHead(INFO, kernel_sizes=((2, 2),))
+    one = DPCNHead(INFO[-1:], feature_dim=3)
+    s, m, q = _episode()
+    assert one(s[-1:], m, q[-1:]).logits.shape == (2, 2, 4, 4)
+
+
+def test_head_rejects_wrong_number_of_feature_maps() -> None:
+    head = PANetHead(INFO, feature_dim=2)
+    s, m, q = _episode()
+    with pytest.raises(ValueError, match="expected 3 feature maps"):
+        head(s[:2], m, q[:2])
+    with pytest.raises(ValueError, match="support batch"):
+        head(s, m, [torch.cat([f, f[:1]]) for f in q])  # support batch 2, query batch 3

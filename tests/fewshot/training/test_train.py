@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from episodes.phantom import make_phantom_dataset
+from episodes.volumes import Volume
+from fewshot.config import ExperimentConfig, load_config
+from fewshot.models import ModelConfig, create_model
+from fewshot.training import (
+    CheckpointError,
+    StepBatchSampler,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    train,
+)
+from fewshot.training.module import flatten_episode_batch, foreground_dice, weighted_ce
+
+
+@pytest.fixture(scope="module")
+def volumes() -> list[Volume]:
+    return make_phantom_dataset(6, modality="CT", shape=(12, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("superpixels"))
+
+
+def _cfg(out: Path, cache: str, **train: Any) -> ExperimentConfig:
+    return load_config(
+        {
+            "data": {
+                "dataset": "phantom-ct",
+                "size": 64,
+                "organs": ["liver", "spleen"],
+                "superpixel_params": {"min_size": 50},
+                "min_superpixel_pixels": 20,
+                "cache_dir": cache,
+            },
+            "model": {
+                "backbone": "cbr-tiny",
+                "truncate": "block2",
+                "feature_dim": 8,
+                "alp_window_train": 2,
+                "alp_window_test": 2,
+            },
+            "optim": {"lr": 0.05, "lr_step": 2, "lr_gamma": 0.5},
+            "train": {
+                "steps": 4,
+                "num_workers": 0,
+                "ckpt_every": 2,
+                "log_every": 1,
+                "progress_bar": False,
+                "accelerator": "cpu",
+                **train,
+            },
+            "out_dir": str(out),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(volumes: list[Volume], cache_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("full")
+    return train(_cfg(out, cache_dir), volumes=volumes), out
+
+
+# ------------------------------------------------------------------------------------ pure parts
+
+
+def test_flatten_episode_batch_repeats_support_per_query() -> None:
+    s_img = torch.arange(2 * 1 * 1 * 2 * 2, dtype=torch.float32).view(2, 1, 1, 2, 2)
+    s_msk = torch.ones(2, 1, 2, 2)
+    q_img = torch.randn(2, 3, 1, 2, 2)
+    q_msk = torch.zeros(2, 3, 2, 2)
+    a, b, c, d = flatten_episode_batch(s_img, s_msk, q_img, q_msk)
+    assert (
+        a.shape == (6, 1, 1, 2, 2)
+        and b.shape == (6, 1, 2, 2)
+        and c.shape == (6, 1, 2, 2)
+        and d.shape == (6, 2, 2)
+    )
+    assert torch.equal(a[2], s_img[0]) and torch.equal(a[3], s_img[1])
+    assert torch.equal(c[4], q_img[1, 1])
+    with pytest.raises(ValueError, match="query masks"):
+        flatten_episode_batch(s_img, s_msk, q_img, q_msk[:, :2])
+
+
+def test_weighted_ce_and_fg_dice_by_hand() -> None:
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0]]).T.reshape(1, 2, 1, 2)  # pixel0 -> fg, pixel1 -> bg
+    target = torch.tensor([[[1, 1]]])
+    lp = torch.log_softmax(logits, 1)[0, :, 0]
+    expected = -(1.0 * lp[1, 0] + 1.0 * lp[1, 1]) / 2.0  # both fg pixels, weight 1 each
+    assert weighted_ce(logits, target, (0.05, 1.0)).item() == pytest.approx(expected.item())
+    target2 = torch.tensor([[[1, 0]]])
+    expected2 = -(1.0 * lp[1, 0] + 0.05 * lp[0, 1]) / 1.05
+    assert weighted_ce(logits, target2, (0.05, 1.0)).item() == pytest.approx(expected2.item())
+    assert foreground_dice(logits, target).item() == pytest.approx(2 / 3)
+
+
+def test_step_batch_sampler_partitions_and_resumes() -> None:
+    r0 = list(StepBatchSampler(3, 2, rank=0, world_size=2))
+    r1 = list(StepBatchSampler(3, 2, rank=1, world_size=2))
+    assert r0 == [[0, 1], [4, 5], [8, 9]] and r1 == [[2, 3], [6, 7], [10, 11]]
+    resumed = StepBatchSampler(3, 2, rank=0, world_size=2, start_step=1)
+    assert list(resumed) == r0[1:] and len(resumed) == 3
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_fast_dev_run(volumes: list[Volume], cache_dir: str, tmp_path: Path) -> None:
+    result = train(_cfg(tmp_path, cache_dir), volumes=volumes, fast_dev_run=True)
+    assert result.checkpoint is None and result.steps == 1
+    assert np.isfinite(result.losses["loss"]) and result.losses["loss"] > 0
+    assert (tmp_path / "config.yaml").is_file()
+
+
+class _StopAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resume_continues_schedule_and_matches_uninterrupted_run(
+    trained: Any, volumes: list[Volume], cache_dir: str, tmp_path: Path
+) -> None:
+    full, _ = trained
+    cfg = _cfg(tmp_path, cache_dir)
+    first = train(cfg, volumes=volumes, callbacks=[_StopAt(1)])
+    assert first.steps == 1
+    second = train(cfg, volumes=volumes)
+    assert second.resumed_from is not None and second.steps == 4 and second.steps_run == 3
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(second.checkpoint)
+    assert a["global_step"] == b["global_step"] == 4
+    # lr 0.05 halved every 2 steps: 0.0125 after 4 steps, in both runs
+    for ck in (a, b):
+        assert ck["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0125)
+        assert ck["lr_schedulers"][0]["last_epoch"] == 4
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, msg=f"parameter {k} differs after resume")
+    assert len(list((tmp_path / "logs").iterdir())) == 2  # one CSV log version per call
+    changed = load_config({**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"], "lr": 0.1}})
+    with pytest.raises(ValueError, match=r"config changed \(optim.lr: 0.05 -> 0.1\)"):
+        train(changed, volumes=volumes)
+
+
+def test_checkpoint_loads_weights_only(trained: Any) -> None:
+    result, out = trained
+    raw = torch.load(result.checkpoint, weights_only=True)
+    payload = raw["fewshot"]
+    assert payload["config"]["model"]["backbone"] == "cbr-tiny"
+    assert payload["init_report"]["init"] == "random"
+    assert payload["norm_stats"]["std"] > 0 and isinstance(payload["library_version"], str)
+    model, config, extras = load_model_from_checkpoint(result.checkpoint)
+    assert not model.training and config["out_dir"] == str(out) and extras["global_step"] == 4
+    x = torch.randn(2, 3, 64, 64)
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., 20:40, 20:40] = 1
+    assert model(x[:1, None], masks, x).logits.shape == (2, 2, 64, 64)
+    assert (out / "train_result.json").is_file() and result.steps_per_s > 0
+
+
+def test_corrupt_and_foreign_checkpoints(trained: Any, tmp_path: Path) -> None:
+    result, _ = trained
+    data = Path(result.checkpoint).read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        load_model_from_checkpoint(truncated)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"garbage\.ckpt"):
+        load_model_from_checkpoint(garbage)
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+        load_model_from_checkpoint(tmp_path / "missing.ckpt")
+    other = create_model(ModelConfig(backbone="cbr-small", truncate="block2", feature_dim=8))
+    with pytest.raises(CheckpointError, match=r"'cbr-tiny'.*'cbr-small'"):
+        load_model_from_checkpoint(result.checkpoint, model=other)
+
+
+def test_run_evaluation_on_trained_checkpoint(trained: Any, volumes: list[Volume], tmp_path: Path) -> None:
+    from fewshot.evaluation import run_evaluation
+
+    result, _ = trained
+    res = run_evaluation(result.checkpoint, volumes=volumes, out=tmp_path, overlays=1)
+    assert set(res.dice) == {"liver", "spleen", "mean"} and 0.0 <= res.dice["mean"] <= 1.0
+    assert res.extras["global_step"] == 4
+    assert {"results.json", "results.md", "plan.json", "config.yaml"} <= {p.name for p in tmp_path.iterdir()}
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 2
+    with pytest.raises(ValueError, match="used to train"):
+        run_evaluation(result.checkpoint, volumes=volumes, protocol=res_protocol_on_train_subjects())
+
+
+def res_protocol_on_train_subjects() -> Any:
+    from episodes.protocol import Protocol
+
+    return Protocol("phantom-ct", organs=("liver",), support_subject="2", query_subjects=("3",))
+
+
+def test_ddp_spawn_two_cpu_processes(volumes: list[Volume], cache_dir: str, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, cache_dir, steps=2, devices=2, strategy="ddp_spawn")
+    result = train(cfg, volumes=volumes)
+    assert result.steps == 2
+    ck = load_checkpoint(result.checkpoint)
+    assert ck["global_step"] == 2 and ck["fewshot"]["episodes"]["length"] == 2 * 2 * 1
