@@ -13,7 +13,6 @@ from .labels import ABDOMINAL_ORGANS, BTCV_CT, CHAOS_MR, PHANTOM, LabelMap, cano
 from .volumes import Volume, VolumeError
 
 __all__ = [
-    "__version__",
     "ABDOMINAL_ORGANS",
     "BTCV_CT",
     "CHAOS_MR",
@@ -21,6 +20,7 @@ __all__ = [
     "LabelMap",
     "Volume",
     "VolumeError",
+    "__version__",
     "canonical_organ",
     "get_label_map",
 ]

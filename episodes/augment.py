@@ -1,4 +1,4 @@
-"""Episode augmentation (albumentations), deterministic given a seed.
+"""Episode augmentation, deterministic given a seed.
 
 Presets:
 
@@ -15,10 +15,27 @@ Intensities: inputs are z-scored slices (any range). Each slice is min-max scale
 the pipeline runs there (so gamma, which needs non-negative values, and the constant border fill = the
 slice minimum are well defined), the result is clipped to [0, 1] and mapped back to the original
 ``[min, max]`` range. Masks are warped with the same geometry using nearest-neighbour interpolation.
+
+Backends (``Augmenter(preset, backend=...)``):
+
+* ``"opencv"`` (default, ~10x faster): the geometry is **one** ``cv2.remap`` for the image (bilinear)
+  and one for the mask (nearest) through the composed map ``x ↦ A⁻¹(x + d(x))``: the affine ``A``
+  (rotation, x-shear and isotropic scale about the slice centre, then the shift; as SSL-ALPNet's
+  ``RandomAffine``) followed by SSL-ALPNet's elastic field ``d = α · G_σ * U(-1, 1)`` (uniform noise,
+  Gaussian-smoothed with zero padding, per axis). Fusing the two warps interpolates once instead of
+  twice. Gamma ``x**γ``, brightness/contrast ``α·x + β`` (clipped), additive Gaussian noise (clipped)
+  and a 3×3 or 5×5 Gaussian blur follow, in this order, in float32 numpy/OpenCV. All randomness comes
+  from ``numpy.random.default_rng(seed)`` in a fixed draw order. This replaces albumentations in the
+  training path (its ``ElasticTransform`` and per-transform overhead dominated episode generation).
+* ``"albumentations"``: the same presets as an ``albumentations.Compose`` (``Affine`` →
+  ``ElasticTransform`` → ``RandomGamma`` → ``RandomBrightnessContrast`` → ``GaussNoise`` →
+  ``GaussianBlur``), kept as the reference implementation. Note albumentations' elastic field is
+  normalised Gaussian noise, ~3x weaker than SSL-ALPNet's at the same α, σ.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -28,10 +45,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PRESETS", "AugmentationConfig", "Augmenter", "build_augmenter"]
+__all__ = ["BACKENDS", "PRESETS", "AugmentationConfig", "Augmenter", "build_augmenter"]
 
 #: Preset names accepted by :func:`build_augmenter`.
 PRESETS: tuple[str, ...] = ("alpnet", "strong", "none")
+
+#: Implementations accepted by :class:`Augmenter`.
+BACKENDS: tuple[str, ...] = ("opencv", "albumentations")
 
 
 @dataclass(frozen=True)
@@ -85,21 +105,29 @@ _CONFIGS: dict[str, AugmentationConfig] = {
 class Augmenter:
     """Apply one preset to a ``(H, W)`` image and mask pair.
 
+    Args:
+        preset: one of :data:`PRESETS`.
+        backend: one of :data:`BACKENDS` (see module docs); outputs differ between backends.
+
     Example:
         >>> aug = build_augmenter("alpnet")
         >>> image2, mask2 = aug(image, mask, seed=123)   # same seed -> same output
     """
 
-    def __init__(self, preset: str = "alpnet") -> None:
+    def __init__(self, preset: str = "alpnet", backend: str = "opencv") -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}; choices: {list(PRESETS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown augmentation backend {backend!r}; choices: {list(BACKENDS)}")
         self.preset = preset
+        self.backend = backend
+        self._config = _CONFIGS.get(preset)
         self._pipeline: Any = None
-        if preset != "none":
-            self._pipeline = _build_pipeline(_CONFIGS[preset])
+        if self._config is not None and backend == "albumentations":
+            self._pipeline = _build_pipeline(self._config)
 
     def __repr__(self) -> str:
-        return f"Augmenter(preset={self.preset!r})"
+        return f"Augmenter(preset={self.preset!r}, backend={self.backend!r})"
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Augment ``image`` and ``mask`` with randomness fully determined by ``seed``.
@@ -118,19 +146,130 @@ class Augmenter:
             raise ValueError(
                 f"expected (H, W) image and mask of the same shape, got {img.shape} and {msk.shape}"
             )
-        msk = (msk > 0).astype(np.uint8)
-        if self._pipeline is None:
+        msk = (msk > 0).view(np.uint8)
+        if self._config is None:
             return img.copy(), msk.copy()
         lo, hi = float(img.min()), float(img.max())
         span = hi - lo
-        unit = (img - lo) / span if span > 1e-8 else np.zeros_like(img)
-        self._pipeline.set_random_seed(int(seed) % (2**32))
-        out = self._pipeline(image=np.ascontiguousarray(unit, dtype=np.float32), mask=msk)
-        aug = np.clip(np.asarray(out["image"], dtype=np.float32), 0.0, 1.0)
-        if aug.ndim == 3:
-            aug = aug[..., 0]
-        restored = (aug * span + lo).astype(np.float32) if span > 1e-8 else np.full_like(img, lo)
-        return restored, (np.asarray(out["mask"]) > 0).astype(np.uint8)
+        if span > 1e-8:
+            unit = img - np.float32(lo)
+            unit *= np.float32(1.0 / span)
+        else:
+            unit = np.zeros_like(img)
+        if self._pipeline is None:
+            aug, aug_mask = _augment_opencv(self._config, unit, msk, np.random.default_rng(int(seed)))
+        else:
+            self._pipeline.set_random_seed(int(seed) % (2**32))
+            out = self._pipeline(image=np.ascontiguousarray(unit, dtype=np.float32), mask=msk)
+            aug = np.asarray(out["image"], dtype=np.float32)
+            if aug.ndim == 3:
+                aug = aug[..., 0]
+            aug_mask = (np.asarray(out["mask"]) > 0).view(np.uint8)
+        if span <= 1e-8:
+            return np.full_like(img, lo), aug_mask
+        restored = np.clip(aug, 0.0, 1.0)
+        restored *= np.float32(span)
+        restored += np.float32(lo)
+        return restored, aug_mask
+
+
+# --------------------------------------------------------------------------------------
+# OpenCV backend
+
+
+def _affine_inverse(cfg: AugmentationConfig, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """``(2, 3)`` map from output to input pixel coordinates ``(x, y)`` for one random affine."""
+    angle = math.radians(rng.uniform(-cfg.rotate, cfg.rotate))
+    shear = math.radians(rng.uniform(-cfg.shear, cfg.shear))
+    scale = rng.uniform(*cfg.scale)
+    tx, ty = rng.uniform(-cfg.shift_px, cfg.shift_px, size=2)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # forward: x' = R(angle) · Shear_x(shear) · scale · (x - c) + c + t
+    linear = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1.0, math.tan(shear)], [0.0, 1.0]]) * scale
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    inverse = np.linalg.inv(linear)
+    offset = centre - inverse @ (centre + np.array([tx, ty]))
+    return np.concatenate([inverse, offset[:, None]], axis=1)
+
+
+def _elastic_field(
+    cfg: AugmentationConfig, rng: np.random.Generator, h: int, w: int, cv2: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """SSL-ALPNet elastic displacements ``α · G_σ * U(-1, 1)`` per axis, ``(H, W)`` float32 each.
+
+    For ``σ >= 2`` the smoothed noise is drawn on a 2x coarser grid (σ/2, std rescaled by 1/2 to the
+    full-resolution value) and upsampled bilinearly: the field is smooth at that scale, so its
+    distribution is unchanged to within ~2 % while costing ~4x less.
+    """
+    factor = 2 if cfg.elastic_sigma >= 2.0 else 1
+    hc, wc = -(-h // factor), -(-w // factor)
+    sigma = cfg.elastic_sigma / factor
+    noise = rng.random((2, hc, wc), dtype=np.float32)
+    noise *= 2.0
+    noise -= 1.0
+    ksize = 2 * int(4.0 * sigma + 0.5) + 1  # scipy.ndimage.gaussian_filter's truncate=4
+    fields = []
+    for k in range(2):
+        field = cv2.GaussianBlur(noise[k], (ksize, ksize), sigma, borderType=cv2.BORDER_CONSTANT)
+        field *= np.float32(cfg.elastic_alpha / factor)
+        if factor > 1:
+            field = cv2.resize(field, (w, h), interpolation=cv2.INTER_LINEAR)
+        fields.append(field)
+    return fields[0], fields[1]
+
+
+def _augment_opencv(
+    cfg: AugmentationConfig, unit: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``unit`` ``(H, W)`` float32 in [0, 1] and ``mask`` uint8 → augmented pair (see module docs)."""
+    import cv2
+
+    h, w = unit.shape
+    do_affine = rng.random() < cfg.p_affine
+    matrix = _affine_inverse(cfg, rng, h, w) if do_affine else np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    do_elastic = rng.random() < cfg.p_elastic
+    out, out_mask = unit, mask
+    if do_affine or do_elastic:
+        xs = np.arange(w, dtype=np.float32)[None, :]
+        ys = np.arange(h, dtype=np.float32)[:, None]
+        if do_elastic:
+            dx, dy = _elastic_field(cfg, rng, h, w, cv2)
+            xs = xs + dx
+            ys = ys + dy
+        (a, b, c), (d, e, f) = (np.float32(v) for v in matrix[0]), (np.float32(v) for v in matrix[1])
+        map_x = a * xs + b * ys + c
+        map_y = d * xs + e * ys + f
+        out = cv2.remap(unit, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out_mask = cv2.remap(
+            mask, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+    else:
+        out, out_mask = unit.copy(), mask.copy()
+    if rng.random() < cfg.p_gamma:
+        gamma = rng.uniform(*cfg.gamma)
+        np.clip(out, 0.0, 1.0, out=out)
+        out = cv2.pow(out, gamma)
+    if rng.random() < cfg.p_extra:
+        contrast = 1.0 + rng.uniform(-cfg.brightness_contrast, cfg.brightness_contrast)
+        brightness = rng.uniform(-cfg.brightness_contrast, cfg.brightness_contrast)
+        out *= np.float32(contrast)
+        out += np.float32(brightness)
+        np.clip(out, 0.0, 1.0, out=out)
+    if rng.random() < cfg.p_extra:
+        std = rng.uniform(0.0, cfg.noise_std)
+        noise = rng.standard_normal(out.shape, dtype=np.float32)
+        noise *= np.float32(std)
+        out += noise
+        np.clip(out, 0.0, 1.0, out=out)
+    if rng.random() < cfg.p_extra:
+        ksize = int(rng.choice((3, 5)))
+        sigma = rng.uniform(*cfg.blur_sigma)
+        out = cv2.GaussianBlur(out, (ksize, ksize), sigma)
+    return out, out_mask
+
+
+# --------------------------------------------------------------------------------------
+# albumentations backend (reference)
 
 
 def _build_pipeline(cfg: AugmentationConfig) -> Any:
@@ -175,6 +314,6 @@ def _build_pipeline(cfg: AugmentationConfig) -> Any:
     )
 
 
-def build_augmenter(preset: str = "alpnet") -> Augmenter:
-    """An :class:`Augmenter` for ``preset`` (one of :data:`PRESETS`)."""
-    return Augmenter(preset)
+def build_augmenter(preset: str = "alpnet", backend: str = "opencv") -> Augmenter:
+    """An :class:`Augmenter` for ``preset`` (one of :data:`PRESETS`) and ``backend`` (:data:`BACKENDS`)."""
+    return Augmenter(preset, backend)

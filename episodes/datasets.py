@@ -18,8 +18,9 @@ name            layout                                                      labe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .labels import BTCV_CT, CHAOS_MR, LabelMap, get_label_map
 from .phantom import make_phantom_dataset
@@ -33,7 +34,15 @@ from .volumes import (
     load_ssl_alpnet_folder,
 )
 
-__all__ = ["DATASETS", "DATA_ENV", "DatasetInfo", "list_datasets", "load_dataset", "dataset_info", "data_root"]
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "DatasetInfo",
+    "data_root",
+    "dataset_info",
+    "list_datasets",
+    "load_dataset",
+]
 
 #: Environment variable naming the folder that holds the real data sets.
 DATA_ENV = "FEWSHOT_DATA"
@@ -100,7 +109,9 @@ def data_root(name: str, root: str | Path | None = None) -> Path | None:
         raise ValueError(f"dataset {name!r} needs a data folder (--data DIR)")
     env = os.environ.get(DATA_ENV)
     if not env:
-        raise ValueError(f"dataset {name!r}: pass --data DIR or set {DATA_ENV} to the folder holding {info.subdir}/")
+        raise ValueError(
+            f"dataset {name!r}: pass --data DIR or set {DATA_ENV} to the folder holding {info.subdir}/"
+        )
     path = Path(env) / info.subdir
     if not path.is_dir():
         raise VolumeError(f"{path}: not found (from {DATA_ENV}={env})")

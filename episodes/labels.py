@@ -7,16 +7,16 @@ resolve to the canonical name; an unknown name raises with the list of choices.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = [
-    "LabelMap",
-    "CHAOS_MR",
-    "BTCV_CT",
-    "PHANTOM",
     "ABDOMINAL_ORGANS",
+    "BTCV_CT",
+    "CHAOS_MR",
+    "PHANTOM",
+    "LabelMap",
     "canonical_organ",
     "get_label_map",
 ]
@@ -82,9 +82,7 @@ class LabelMap:
         return dict(self.organs)
 
 
-CHAOS_MR = LabelMap(
-    "chaos-mr", {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
-)
+CHAOS_MR = LabelMap("chaos-mr", {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4})
 
 BTCV_CT = LabelMap(
     "btcv-ct",

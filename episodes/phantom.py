@@ -40,7 +40,9 @@ _TISSUE = {
 }
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma: float | tuple[float, ...]
+) -> np.ndarray:
     f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=sigma, mode="wrap")
     return (f / (f.std() + 1e-8)).astype(np.float32)
 
@@ -53,7 +55,11 @@ def _ellipsoid(
     warp_strength: float,
 ) -> np.ndarray:
     z, y, x = grid
-    d = ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2
+    d = (
+        ((z - centre[0]) / radii[0]) ** 2
+        + ((y - centre[1]) / radii[1]) ** 2
+        + ((x - centre[2]) / radii[2]) ** 2
+    )
     return (d + warp_strength * warp) < 1.0
 
 
@@ -122,15 +128,37 @@ def make_phantom(
         blob = _ellipsoid(grid, c, r, warp, 0.3) & inner
         # bowel content ranges from fluid to contrast-enhanced wall: overlaps every organ
         image[blob] = t["bowel"] * u(0.6, 2.2)
-    stomach = _ellipsoid(grid, (u(0.05, 0.3), u(-0.35, -0.15), u(0.2, 0.45)), (u(0.2, 0.35), 0.16, 0.18), warp, 0.4)
+    stomach = _ellipsoid(
+        grid, (u(0.05, 0.3), u(-0.35, -0.15), u(0.2, 0.45)), (u(0.2, 0.35), 0.16, 0.18), warp, 0.4
+    )
     image[stomach & inner] = t["stomach"]
 
     organs = {
         # name: (label, centre (z, y, x), radii (z, y, x), tissue)
-        "liver": (1, (u(0.15, 0.35), u(-0.2, 0.0), u(-0.5, -0.35)), (u(0.35, 0.5), u(0.35, 0.45), u(0.28, 0.38)), "liver"),
-        "spleen": (4, (u(0.15, 0.35), u(0.1, 0.25), u(0.5, 0.62)), (u(0.2, 0.3), u(0.15, 0.22), u(0.1, 0.15)), "spleen"),
-        "right_kidney": (2, (u(0.5, 0.7), u(0.22, 0.32), u(-0.42, -0.32)), (u(0.15, 0.22), u(0.11, 0.15), u(0.08, 0.11)), "kidney"),
-        "left_kidney": (3, (u(0.45, 0.65), u(0.22, 0.32), u(0.32, 0.42)), (u(0.15, 0.22), u(0.11, 0.15), u(0.08, 0.11)), "kidney"),
+        "liver": (
+            1,
+            (u(0.15, 0.35), u(-0.2, 0.0), u(-0.5, -0.35)),
+            (u(0.35, 0.5), u(0.35, 0.45), u(0.28, 0.38)),
+            "liver",
+        ),
+        "spleen": (
+            4,
+            (u(0.15, 0.35), u(0.1, 0.25), u(0.5, 0.62)),
+            (u(0.2, 0.3), u(0.15, 0.22), u(0.1, 0.15)),
+            "spleen",
+        ),
+        "right_kidney": (
+            2,
+            (u(0.5, 0.7), u(0.22, 0.32), u(-0.42, -0.32)),
+            (u(0.15, 0.22), u(0.11, 0.15), u(0.08, 0.11)),
+            "kidney",
+        ),
+        "left_kidney": (
+            3,
+            (u(0.45, 0.65), u(0.22, 0.32), u(0.32, 0.42)),
+            (u(0.15, 0.22), u(0.11, 0.15), u(0.08, 0.11)),
+            "kidney",
+        ),
     }
     texture = _smooth_field(rng, shape, sigma=(1, 1.5, 1.5))
     for name, (value, centre, radii, tissue) in organs.items():
@@ -140,7 +168,8 @@ def make_phantom(
         image[mask] = mean + tex[mask]
         label[mask] = value
         if name.endswith("kidney"):  # renal pelvis: darker core, still labelled kidney
-            core = _ellipsoid(grid, centre, tuple(r * 0.45 for r in radii), warp, 0.2) & mask
+            core_radii = (radii[0] * 0.45, radii[1] * 0.45, radii[2] * 0.45)
+            core = _ellipsoid(grid, centre, core_radii, warp, 0.2) & mask
             image[core] = t["fat"] * 0.5 + mean * 0.5
         if name == "liver":  # vessels inside the liver (bright in CT, dark in T2)
             ves = (np.abs(_smooth_field(rng, shape, sigma=(1, 3, 3))) < 0.06) & mask
@@ -182,5 +211,6 @@ def make_phantom_dataset(
     if n_subjects < 1:
         raise ValueError("n_subjects must be >= 1")
     return [
-        make_phantom(seed * 1000 + i, modality=modality, shape=shape, subject=str(i)) for i in range(n_subjects)
+        make_phantom(seed * 1000 + i, modality=modality, shape=shape, subject=str(i))
+        for i in range(n_subjects)
     ]

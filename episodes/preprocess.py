@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ __all__ = [
     "CT_WINDOW",
     "MR_PERCENTILE",
     "NormStats",
-    "window_ct",
     "clip_percentile",
     "fit_ct_stats",
-    "resize_volume",
     "preprocess",
+    "resize_volume",
     "to_unit_range",
+    "window_ct",
 ]
 
 CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
@@ -90,11 +90,11 @@ def fit_ct_stats(volumes: Iterable[Volume]) -> NormStats:
 
 def resize_volume(volume: Volume, size: int) -> Volume:
     """Resize every slice to ``size x size`` (bilinear image, nearest label)."""
-    z, h, w = volume.shape
+    _, h, w = volume.shape
     if (h, w) == (size, size):
         return volume
-    img = torch.from_numpy(np.ascontiguousarray(volume.image))[:, None]
-    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    img_t = torch.from_numpy(np.ascontiguousarray(volume.image))[:, None]
+    img = F.interpolate(img_t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     lab = None
     if volume.label is not None:
         lab_t = torch.from_numpy(volume.label.astype(np.int64))[:, None].float()
@@ -134,3 +134,25 @@ def preprocess(volume: Volume, *, size: int | None = 256, ct_stats: NormStats | 
         x = (_ct_255(volume) - ct_stats.mean) / ct_stats.std
     out = volume.with_arrays(x.astype(np.float32), volume.label, normalized=True)
     return resize_volume(out, size) if size is not None else out
+
+
+def unit_slices(volumes: Iterable[Volume], size: int | None = None) -> np.ndarray:
+    """Every non-constant slice of raw ``volumes``, min-max scaled to [0, 1]: ``(N, size, size)`` float32.
+
+    CT in HU is windowed first. This is the unlabeled input of Models Genesis pretraining.
+    """
+    slices = []
+    for v in volumes:
+        if v.normalized:
+            raise VolumeError(f"subject {v.subject}: unit_slices needs raw volumes")
+        img = window_ct(v.image) if v.intensity == "hu" else v.image
+        slices += [to_unit_range(img[z]) for z in range(v.shape[0]) if img[z].max() > img[z].min()]
+    if not slices:
+        raise VolumeError("no non-empty slices in the given volumes")
+    images = np.stack(slices)
+    if size is not None and images.shape[-2:] != (size, size):
+        t = F.interpolate(
+            torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear", align_corners=False
+        )
+        images = t[:, 0].clamp(0, 1).numpy()
+    return images.astype(np.float32)

@@ -46,7 +46,6 @@ from .labels import ABDOMINAL_ORGANS, canonical_organ
 from .volumes import Volume
 
 __all__ = [
-    "tile_slices",
     "N_FOLDS",
     "PLAN_SCHEMA_VERSION",
     "SETTING2_GROUPS",
@@ -60,6 +59,7 @@ __all__ = [
     "query_tensors",
     "support_episode_tensors",
     "support_slice_indices",
+    "tile_slices",
 ]
 
 PLAN_SCHEMA_VERSION = 1

@@ -22,27 +22,28 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from .labels import BTCV_CT, CHAOS_MR, LabelMap, canonical_organ
 
 __all__ = [
-    "Volume",
-    "VolumeError",
+    "CHAOS_PNG_GREY",
     "Intensity",
     "Modality",
+    "Volume",
+    "VolumeError",
+    "load_btcv_png_folder",
+    "load_chaos_dicom_folder",
+    "load_dicom_series",
+    "load_nifti_folder",
     "load_nifti_pair",
     "load_ssl_alpnet_folder",
-    "load_btcv_png_folder",
-    "load_nifti_folder",
-    "load_dicom_series",
-    "load_chaos_dicom_folder",
     "save_nifti",
-    "CHAOS_PNG_GREY",
 ]
 
 Modality = Literal["CT", "MR"]
@@ -151,7 +152,7 @@ class Volume:
         present = (self._require_label() == value).any(axis=(1, 2))
         return np.flatnonzero(present)
 
-    def with_arrays(self, image: np.ndarray, label: np.ndarray | None, **changes: object) -> "Volume":
+    def with_arrays(self, image: np.ndarray, label: np.ndarray | None, **changes: object) -> Volume:
         """A copy with new arrays (and other fields in ``changes``)."""
         return replace(self, image=image, label=label, **changes)  # type: ignore[arg-type]
 
@@ -448,7 +449,9 @@ def load_dicom_series(
     image = np.stack(stack)
     row, col = (float(v) for v in getattr(first, "PixelSpacing", (1.0, 1.0)))
     if len(datasets) > 1:
-        dz = abs(position(datasets[1]) - position(datasets[0])) or float(getattr(first, "SliceThickness", 1.0))
+        dz = abs(position(datasets[1]) - position(datasets[0])) or float(
+            getattr(first, "SliceThickness", 1.0)
+        )
     else:
         dz = float(getattr(first, "SliceThickness", 1.0))
     label = None
@@ -468,7 +471,9 @@ def load_dicom_series(
                 raise VolumeError(f"{p}: mask shape {g.shape} differs from DICOM slice {image.shape[1:]}")
             lab = lut[g.astype(np.uint8)]
             if (lab < 0).any():
-                raise VolumeError(f"{p}: grey values {sorted(set(np.unique(g)) - set(mapping))} not in {mapping}")
+                raise VolumeError(
+                    f"{p}: grey values {sorted(set(np.unique(g)) - set(mapping))} not in {mapping}"
+                )
             slices.append(lab)
         label = np.stack(slices)
     affine = np.diag([row, col, dz, 1.0])

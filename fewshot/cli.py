@@ -17,7 +17,7 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("fewshot")
 
@@ -114,7 +114,9 @@ def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     for v in volumes:
-        path = save_nifti(maps[v.subject].astype("int32"), v, out / f"superpix_{v.subject}.nii.gz", overwrite=overwrite)
+        path = save_nifti(
+            maps[v.subject].astype("int32"), v, out / f"superpix_{v.subject}.nii.gz", overwrite=overwrite
+        )
         print(f"wrote {path}")
 
 
@@ -124,28 +126,12 @@ def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path,
 def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from episodes.preprocess import to_unit_range, window_ct
+    from episodes.preprocess import unit_slices
     from fewshot.genesis import run_pretrain_genesis
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    volumes = _load_raw(args.dataset, args.data)
-    slices = []
-    for v in volumes:
-        img = window_ct(v.image) if v.intensity == "hu" else v.image
-        for z in range(v.shape[0]):
-            if img[z].max() > img[z].min():
-                slices.append(to_unit_range(img[z]))
-    if not slices:
-        raise CLIError(f"no non-empty slices in {args.dataset} {args.data}")
-    images = np.stack(slices)
-    if args.size and images.shape[-1] != args.size:
-        import torch
-        import torch.nn.functional as F
-
-        t = torch.from_numpy(images)[:, None]
-        images = F.interpolate(t, size=(args.size, args.size), mode="bilinear", align_corners=False)[:, 0]
-        images = images.clamp(0, 1).numpy()
+    images = unit_slices(_load_raw(args.dataset, args.data), args.size)
     result = run_pretrain_genesis(
         images,
         backbone=args.backbone,
@@ -219,6 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from episodes.labels import ABDOMINAL_ORGANS
     from episodes.protocol import Protocol
     from fewshot.config import load_config
     from fewshot.evaluation.evaluate import run_evaluation
@@ -232,13 +219,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if dataset is None:
         raise CLIError("--dataset is required")
     trained = cfg.data if cfg is not None else None
-    volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if trained and dataset == trained.dataset else None)
+    volumes = _load_raw(
+        dataset, args.data, dict(trained.loader_args) if trained and dataset == trained.dataset else None
+    )
     support_subject = args.support_subject
     query_subjects = tuple(_csv(args.query_subjects)) if args.query_subjects else None
     if args.support_data:
         if not support_subject:
             raise CLIError("--support-data needs --support-subject")
-        support = [v for v in _load_raw(args.support_dataset or dataset, args.support_data) if v.subject == support_subject]
+        support = [
+            v
+            for v in _load_raw(args.support_dataset or dataset, args.support_data)
+            if v.subject == support_subject
+        ]
         if not support:
             raise CLIError(f"subject {support_subject!r} not found in {args.support_data}")
         clash = {v.subject for v in volumes} & {support_subject}
@@ -247,12 +240,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         volumes = [*support, *volumes]
         if query_subjects is None:
             query_subjects = tuple(v.subject for v in volumes if v.subject != support_subject)
-    organs = tuple(_csv(args.organs)) if args.organs else (tuple(trained.organs) if trained else None)
+    organs = (
+        tuple(_csv(args.organs)) if args.organs else (tuple(trained.organs) if trained else ABDOMINAL_ORGANS)
+    )
     protocol = Protocol(
         dataset=dataset,
         fold=args.fold if args.fold is not None else (trained.fold if trained else 0),
         setting=args.setting if args.setting is not None else (trained.setting if trained else 1),
-        **({"organs": organs} if organs else {}),
+        organs=organs,
         shots=args.shots,
         support_subject=support_subject,
         query_subjects=query_subjects,
@@ -267,7 +262,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         allow_train_overlap=args.allow_train_overlap,
     )
-    print(result.to_markdown(title=f"{dataset} fold {protocol.fold} setting {protocol.setting}, {args.shots}-shot"))
+    print(
+        result.to_markdown(
+            title=f"{dataset} fold {protocol.fold} setting {protocol.setting}, {args.shots}-shot"
+        )
+    )
     print(f"wrote {out}")
     return 0
 
@@ -325,7 +324,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         overrides["data.dataset"] = args.dataset
     if args.data:
         overrides["data.data_dir"] = args.data
-    table = run_study(spec, base_config=_config_source(args.config), overrides=overrides, out_dir=Path(args.out))
+    table = run_study(
+        spec, base_config=_config_source(args.config), overrides=overrides, out_dir=Path(args.out)
+    )
     print(table)
     return 0
 
@@ -351,7 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def set_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override any config key, e.g. --set train.steps=500 --set model.feature_dim=128",
         )
 
@@ -362,18 +366,30 @@ def build_parser() -> argparse.ArgumentParser:
     set_opt(d)
 
     s = add("superpixels", cmd_superpixels, "compute (and cache) superpixel pseudo-labels for a dataset")
-    s.add_argument("--dataset", required=True, help="chaos-mr | btcv-ct | chaos-dicom | nifti | phantom-ct | phantom-mr")
+    s.add_argument(
+        "--dataset", required=True, help="chaos-mr | btcv-ct | chaos-dicom | nifti | phantom-ct | phantom-mr"
+    )
     s.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
     s.add_argument("--method", default="felzenszwalb", help="felzenszwalb | slic | fast-slic")
-    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter, e.g. min_size=400")
-    s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (default per modality)")
+    s.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method parameter, e.g. min_size=400",
+    )
+    s.add_argument(
+        "--body-threshold", type=float, default=None, help="body-mask threshold (default per modality)"
+    )
     s.add_argument("--cache", default=".fewshot_cache/superpixels", help="cache folder")
     s.add_argument("--workers", type=int, default=2, help="worker processes")
     s.add_argument("--export", default=None, help="also write superpix_<id>.nii.gz files here")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    g = add("pretrain-genesis", cmd_pretrain_genesis, "Models Genesis self-supervised restoration pretraining")
+    g = add(
+        "pretrain-genesis", cmd_pretrain_genesis, "Models Genesis self-supervised restoration pretraining"
+    )
     g.add_argument("--dataset", required=True)
     g.add_argument("--data", default=None)
     g.add_argument("--backbone", default="unet", help="unet | cbr-small | resnet50 | any registered backbone")
@@ -387,17 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true")
 
     t = add("train", cmd_train, "self-supervised training on superpixel episodes")
-    t.add_argument("--config", default=None, help="YAML file or packaged config name (e.g. ssl_alpnet_chaos_mr_setting1)")
+    t.add_argument(
+        "--config", default=None, help="YAML file or packaged config name (e.g. ssl_alpnet_chaos_mr_setting1)"
+    )
     t.add_argument("--dataset", default=None)
     t.add_argument("--data", default=None)
     t.add_argument("--backbone", default=None)
-    t.add_argument("--init", default=None, help="random[:kaiming|xavier|uniform] | imagenet | genesis | meanvar | transfuse:K")
-    t.add_argument("--weights", default=None, help="weights file for imagenet / genesis / meanvar / transfuse")
+    t.add_argument(
+        "--init",
+        default=None,
+        help="random[:kaiming|xavier|uniform] | imagenet | genesis | meanvar | transfuse:K",
+    )
+    t.add_argument(
+        "--weights", default=None, help="weights file for imagenet / genesis / meanvar / transfuse"
+    )
     t.add_argument("--truncate", default=None, help="cut the backbone after this stage (e.g. layer3)")
     t.add_argument("--head", default=None, help="sgone | panet | alpnet | dpcn")
     t.add_argument("--setting", type=int, choices=(1, 2), default=None)
     t.add_argument("--fold", type=int, default=None)
-    t.add_argument("--organs", default=None, help="comma-separated test organs (setting 2 excludes their slices)")
+    t.add_argument(
+        "--organs", default=None, help="comma-separated test organs (setting 2 excludes their slices)"
+    )
     t.add_argument("--size", type=int, default=None)
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
@@ -408,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-nodes", type=int, default=None)
     t.add_argument("--strategy", default=None, help="auto | ddp | ddp_spawn | ...")
     t.add_argument("--out", default=None, help="output folder (checkpoints, logs, config)")
-    t.add_argument("--no-resume", action="store_true", help="do not continue from <out>/checkpoints/last.ckpt")
+    t.add_argument(
+        "--no-resume", action="store_true", help="do not continue from <out>/checkpoints/last.ckpt"
+    )
     set_opt(t)
 
     e = add("evaluate", cmd_evaluate, "1-way k-shot evaluation under the SSL-ALPNet protocol")
@@ -419,34 +447,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--setting", type=int, choices=(1, 2), default=None)
     e.add_argument("--shots", type=int, default=1)
     e.add_argument("--organs", default=None, help="comma-separated organs (default: the training config's)")
-    e.add_argument("--support-data", default=None, help="folder holding the support subject (held-out evaluation)")
-    e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")
+    e.add_argument(
+        "--support-data", default=None, help="folder holding the support subject (held-out evaluation)"
+    )
+    e.add_argument(
+        "--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)"
+    )
     e.add_argument("--support-subject", default=None)
     e.add_argument("--query-subjects", default=None, help="comma-separated query subject ids")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default=None)
     e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")
     e.add_argument("--allow-train-overlap", action="store_true")
-    e.add_argument("--out", required=True, help="results folder (results.json, results.md, plan.json, overlays/)")
+    e.add_argument(
+        "--out", required=True, help="results folder (results.json, results.md, plan.json, overlays/)"
+    )
     e.add_argument("--overwrite", action="store_true")
 
-    sg = add("segment", cmd_segment, "segment a new scan from one annotated scan; writes NIfTI with the query's geometry")
+    sg = add(
+        "segment",
+        cmd_segment,
+        "segment a new scan from one annotated scan; writes NIfTI with the query's geometry",
+    )
     sg.add_argument("--checkpoint", required=True)
     sg.add_argument("--support", required=True, help="annotated scan (NIfTI)")
-    sg.add_argument("--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)")
+    sg.add_argument(
+        "--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)"
+    )
     sg.add_argument("--organ", required=True, help="organ name, e.g. liver")
-    sg.add_argument("--label-map", default=None, help="chaos-mr | btcv-ct | phantom, when the mask holds several labels")
+    sg.add_argument(
+        "--label-map", default=None, help="chaos-mr | btcv-ct | phantom, when the mask holds several labels"
+    )
     sg.add_argument("--query", required=True, help="scan to segment (NIfTI)")
     sg.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: the checkpoint's")
     sg.add_argument("--shots", type=int, default=1)
     sg.add_argument("--chunks", type=int, default=3)
-    sg.add_argument("--query-range", default=None, metavar="Z0:Z1", help="slices holding the organ (default: all)")
+    sg.add_argument(
+        "--query-range", default=None, metavar="Z0:Z1", help="slices holding the organ (default: all)"
+    )
     sg.add_argument("--allow-spacing-mismatch", action="store_true")
     sg.add_argument("--device", default=None)
     sg.add_argument("--out", required=True, help="prediction file (.nii.gz)")
     sg.add_argument("--overwrite", action="store_true")
 
-    st = add("study", cmd_study, "does the initialisation matter? train/evaluate a grid and compare (mean ± std)")
+    st = add(
+        "study", cmd_study, "does the initialisation matter? train/evaluate a grid and compare (mean ± std)"
+    )
     st.add_argument("--config", default="demo_phantom", help="base config (default: demo_phantom)")
     st.add_argument("--dataset", default=None)
     st.add_argument("--data", default=None)
@@ -456,8 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", default="0,1")
     st.add_argument("--folds", default="0")
     st.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
-    st.add_argument("--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis")
-    st.add_argument("--weights", action="append", default=[], metavar="INIT=FILE", help="weights per init, e.g. imagenet=resnet50.pth")
+    st.add_argument(
+        "--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis"
+    )
+    st.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="INIT=FILE",
+        help="weights per init, e.g. imagenet=resnet50.pth",
+    )
     st.add_argument("--out", default="fewshot-study")
     set_opt(st)
     return p

@@ -19,7 +19,7 @@ from fewshot.evaluation.evaluate import EvaluationResult, evaluate, run_evaluati
 from fewshot.models import create_model
 from fewshot.training.train import load_volumes, preprocess_volumes, split_volumes, train
 
-__all__ = ["run_demo", "comparison_table"]
+__all__ = ["comparison_table", "run_demo"]
 
 
 def comparison_table(untrained: EvaluationResult, trained: EvaluationResult) -> str:

@@ -29,7 +29,7 @@ from episodes.preprocess import NormStats, preprocess
 from episodes.protocol import query_chunk, support_slice_indices, tile_slices
 from episodes.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
 
-__all__ = ["segment_volume", "segment_files", "MAX_SPACING_RATIO"]
+__all__ = ["MAX_SPACING_RATIO", "segment_files", "segment_volume"]
 
 MAX_SPACING_RATIO = 1.5
 
@@ -57,7 +57,9 @@ def segment_volume(
     from fewshot.evaluation.evaluate import predict_query
 
     if support_mask.shape != support.shape:
-        raise VolumeError(f"support mask shape {support_mask.shape} differs from support scan {support.shape}")
+        raise VolumeError(
+            f"support mask shape {support_mask.shape} differs from support scan {support.shape}"
+        )
     if support.shape[1:] != query.shape[1:]:
         raise VolumeError(f"support slices {support.shape[1:]} and query slices {query.shape[1:]} differ")
     organ_slices = np.flatnonzero(support_mask.any(axis=(1, 2)))
@@ -78,7 +80,9 @@ def segment_volume(
         s_z = list(sets[c])
         s_img = tile_slices(support.image[s_z], channels).unsqueeze(0)
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
-        out = predict_query(model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device)
+        out = predict_query(
+            model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device
+        )
         pred[q_z] = out.numpy()
     return pred
 
@@ -125,8 +129,14 @@ def segment_files(
         lm = LabelMap("binary", {organ: 1})
     else:
         lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
-    sup = load_nifti_pair(support, support_mask, subject="support", modality=mod, label_map=lm,
-                          intensity="hu" if mod == "CT" else "raw")
+    sup = load_nifti_pair(
+        support,
+        support_mask,
+        subject="support",
+        modality=mod,
+        label_map=lm,
+        intensity="hu" if mod == "CT" else "raw",
+    )
     assert sup.label is not None
     if label_map is None and not set(np.unique(sup.label).tolist()) <= {0, 1}:
         raise VolumeError(
@@ -134,9 +144,12 @@ def segment_files(
             "(chaos-mr, btcv-ct, phantom) so the organ name can be resolved"
         )
     if not sup.has_organ(organ):
-        raise VolumeError(f"{support_mask}: organ {organ!r} (label {lm.value(organ)}) is absent from the support mask")
-    qry = load_nifti_pair(query, None, subject="query", modality=mod, label_map=lm,
-                          intensity="hu" if mod == "CT" else "raw")
+        raise VolumeError(
+            f"{support_mask}: organ {organ!r} (label {lm.value(organ)}) is absent from the support mask"
+        )
+    qry = load_nifti_pair(
+        query, None, subject="query", modality=mod, label_map=lm, intensity="hu" if mod == "CT" else "raw"
+    )
     ps, pq = _in_plane_pixel(sup, size), _in_plane_pixel(qry, size)
     ratio = max(ps, pq) / min(ps, pq)
     if ratio > MAX_SPACING_RATIO and not allow_spacing_mismatch:
@@ -147,13 +160,22 @@ def segment_files(
     stats = extras.get("norm_stats")
     ct_stats = NormStats(**stats) if stats else None
     if mod == "CT" and ct_stats is None:
-        raise ValueError(f"{checkpoint} was trained on {extras.get('modality')} data and stores no CT statistics")
+        raise ValueError(
+            f"{checkpoint} was trained on {extras.get('modality')} data and stores no CT statistics"
+        )
     sup_p = preprocess(sup, size=size, ct_stats=ct_stats)
     qry_p = preprocess(qry, size=size, ct_stats=ct_stats)
     assert sup_p.label is not None
     pred = segment_volume(
-        model, sup_p, sup_p.label == lm.value(organ), qry_p,
-        shots=shots, chunks=chunks, query_range=query_range, channels=channels, device=dev,
+        model,
+        sup_p,
+        sup_p.label == lm.value(organ),
+        qry_p,
+        shots=shots,
+        chunks=chunks,
+        query_range=query_range,
+        channels=channels,
+        device=dev,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]

@@ -18,9 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from episodes.preprocess import to_unit_range, window_ct
+from episodes.preprocess import unit_slices
 from episodes.volumes import Volume
 from fewshot.config import ExperimentConfig, load_config
 from fewshot.evaluation.evaluate import EvaluationResult, run_evaluation
@@ -48,7 +46,9 @@ class StudySpec:
                 raise ValueError(f"study needs at least one of {name}")
         unknown = set(self.weights) - {i.split(":")[0] for i in self.inits}
         if unknown:
-            raise ValueError(f"weights given for inits {sorted(unknown)} that are not in the study {self.inits}")
+            raise ValueError(
+                f"weights given for inits {sorted(unknown)} that are not in the study {self.inits}"
+            )
 
 
 def _genesis_weights(cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path) -> str:
@@ -57,18 +57,7 @@ def _genesis_weights(cfg: ExperimentConfig, volumes: list[Volume], steps: int, o
     if out.is_file():
         return str(out)
     train_raw, _ = split_volumes(cfg.data, volumes)
-    slices = []
-    for v in train_raw:
-        img = window_ct(v.image) if v.intensity == "hu" else v.image
-        slices += [to_unit_range(img[z]) for z in range(v.shape[0]) if img[z].max() > img[z].min()]
-    images = np.stack(slices)
-    size = cfg.data.size
-    if images.shape[-1] != size:
-        import torch
-        import torch.nn.functional as F
-
-        t = F.interpolate(torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear", align_corners=False)
-        images = t[:, 0].clamp(0, 1).numpy()
+    images = unit_slices(train_raw, cfg.data.size)
     run_pretrain_genesis(
         images,
         backbone=cfg.model.backbone,
@@ -111,7 +100,9 @@ def _markdown(summary: list[dict[str, Any]]) -> str:
     ]
     for s in summary:
         cells = [f"{100 * s[o][0]:.1f} ± {100 * s[o][1]:.1f}" for o in organs]
-        lines.append(f"| {s['backbone']} | {s['init']} | {s['head']} | {s['runs']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {s['backbone']} | {s['init']} | {s['head']} | {s['runs']} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +170,9 @@ def run_study(
         cfg = load_config(base_config, run_over)
         result = train(cfg, volumes=volumes, resume=True)
         assert result.checkpoint is not None
-        ev: EvaluationResult = run_evaluation(result.checkpoint, volumes=volumes, out=Path(cfg.out_dir) / "eval")
+        ev: EvaluationResult = run_evaluation(
+            result.checkpoint, volumes=volumes, out=Path(cfg.out_dir) / "eval"
+        )
         rows.append(
             {
                 "backbone": backbone,

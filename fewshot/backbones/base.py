@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FeatureInfo", "InitReport", "Backbone"]
+__all__ = ["Backbone", "FeatureInfo", "InitReport"]
 
 
 @dataclass(frozen=True)

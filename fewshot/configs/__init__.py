@@ -25,4 +25,6 @@ def config_path(name: str) -> Path:
     packaged = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name}.yaml"
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(f"config {name!r} is neither a YAML file nor a packaged config; packaged: {list_configs()}")
+    raise FileNotFoundError(
+        f"config {name!r} is neither a YAML file nor a packaged config; packaged: {list_configs()}"
+    )

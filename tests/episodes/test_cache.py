@@ -53,7 +53,7 @@ def test_atomic_write_leaves_nothing(make_volume, tmp_path, monkeypatch) -> None
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(OSError, match="disk full"):
         _run([make_volume("1", z=2)], tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -78,3 +78,35 @@ def test_save_load_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert cache.load_superpixels(tmp_path, "a/b", "e" * 64) is None
     with pytest.warns(UserWarning, match="shape"):
         assert cache.load_superpixels(tmp_path, "a/b", "f" * 64, expected_shape=(1, 3, 4)) is None
+
+
+def test_storage_dtype_is_compact_and_load_returns_int32(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for top, dtype in ((255, np.uint8), (256, np.uint16), (70000, np.int32)):
+        seg = np.zeros((2, 4, 4), np.int32)
+        seg[1, 2, 3] = top
+        path = cache.save_superpixels(tmp_path, f"s{top}", "a" * 64, seg)
+        with np.load(path) as data:
+            assert data["superpixels"].dtype == dtype
+        loaded = cache.load_superpixels(tmp_path, f"s{top}", "a" * 64)
+        assert loaded is not None and loaded.dtype == np.int32
+        np.testing.assert_array_equal(loaded, seg)
+    neg = np.full((1, 2, 2), -3, np.int32)
+    cache.save_superpixels(tmp_path, "neg", "b" * 64, neg)
+    np.testing.assert_array_equal(cache.load_superpixels(tmp_path, "neg", "b" * 64), neg)
+
+
+def test_entries_written_by_savez_compressed_still_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seg = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    path = cache.cache_path(tmp_path, "old", "c" * 64)
+    np.savez_compressed(path, superpixels=seg, key=np.array("c" * 64), meta=np.array("{}"))
+    np.testing.assert_array_equal(cache.load_superpixels(tmp_path, "old", "c" * 64), seg)
+
+
+def test_array_digest_is_sha256_of_shape_dtype_bytes() -> None:
+    import hashlib
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    expected = hashlib.sha256(b"(3, 4)|<f4|" + a.tobytes()).hexdigest()
+    assert cache.array_digest(a) == expected
+    assert cache.array_digest(np.asfortranarray(a)) == expected  # C-order bytes
+    assert cache.array_digest(a.T) != expected

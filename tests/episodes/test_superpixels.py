@@ -129,3 +129,96 @@ def test_felzenszwalb_real_chaos_slice(chaos_dir) -> None:  # type: ignore[no-un
     assert 10 <= n <= 60, n
     assert (seg[~mask] == 0).all() and (seg[mask] > 0).all()
     assert 0.2 < mask.mean() < 0.9
+
+
+def _scipy_body_mask(img: np.ndarray, threshold: float) -> np.ndarray:
+    """The original recipe: scipy label → largest component → binary_fill_holes."""
+    from scipy import ndimage
+
+    above = img > threshold
+    if not above.any():
+        return np.zeros(img.shape, bool)
+    lab, n = ndimage.label(above)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        above = lab == int(np.argmax(sizes))
+    return np.asarray(ndimage.binary_fill_holes(above), dtype=bool)
+
+
+def test_body_mask_matches_scipy_recipe() -> None:
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        img = (rng.random((24, 30)) < rng.uniform(0.3, 0.9)).astype(np.float32) * 100.0
+        np.testing.assert_array_equal(body_mask(img, 50.0), _scipy_body_mask(img, 50.0), err_msg=str(i))
+
+
+def test_body_mask_tie_keeps_first_component_in_raster_order() -> None:
+    img = np.zeros((12, 12), np.float32)
+    img[1:4, 6:9] = 100.0  # 9 px, first in raster order
+    img[7:10, 1:4] = 100.0  # 9 px
+    expected = np.zeros((12, 12), bool)
+    expected[1:4, 6:9] = True
+    np.testing.assert_array_equal(body_mask(img, 50.0), expected)
+    # a hole touching nothing but the body is filled; a notch open to the border is not
+    img = np.zeros((8, 8), np.float32)
+    img[1:7, 1:7] = 100.0
+    img[3, 3] = 0.0  # hole
+    img[0:3, 5] = 0.0  # notch reaching the top border through row 0
+    mask = body_mask(img, 50.0)
+    assert mask[3, 3] and not mask[1, 5] and not mask[2, 5]
+
+
+def test_relabel_first_appearance_order() -> None:
+    from episodes.superpixels import _relabel_inside
+
+    seg = np.array([[7, 7, 3, 3], [9, 7, 3, 5], [9, 9, 5, 5]])
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    expected = np.array([[0, 1, 2, 2], [3, 1, 2, 0], [3, 3, 4, 4]], np.int32)
+    np.testing.assert_array_equal(_relabel_inside(seg, mask), expected)
+    np.testing.assert_array_equal(_relabel_inside(seg - 20, mask), expected)  # negative ids: sorting path
+    np.testing.assert_array_equal(_relabel_inside(seg * 10**6, mask), expected)  # sparse ids
+    assert not _relabel_inside(seg, np.zeros_like(mask)).any()
+
+
+def test_fast_slic_arch_matches_standard() -> None:
+    fast_slic = pytest.importorskip("fast_slic")
+    from episodes.superpixels import _fast_slic, _fast_slic_class
+
+    assert _fast_slic_class() in (fast_slic.Slic, getattr(fast_slic, "avx2", fast_slic).__dict__.get("SlicAvx2"))
+    img = _slice(64)
+    grey = np.rint((img - img.min()) * (255.0 / (img.max() - img.min()))).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    ref = fast_slic.Slic(num_components=30, compactness=10.0, num_threads=1).iterate(rgb)
+    np.testing.assert_array_equal(_fast_slic(img, {"num_components": 30, "compactness": 10.0}), ref)
+
+
+def test_dataset_level_all_chunks_in_workers(make_volume, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.superpixels as sp
+
+    vols = [make_volume("1", seed=1, z=4), make_volume("2", seed=2, z=3)]
+    params = SuperpixelParams("felzenszwalb", {"min_size": 30})
+    monkeypatch.setattr(sp, "_MAIN_PROCESS_COMPUTES", False)  # every chunk goes through a worker
+    maps, stats = compute_dataset_superpixels_with_stats(
+        vols, params, cache_dir=None, workers=3, progress=False, slices_per_task=1
+    )
+    for v in vols:
+        np.testing.assert_array_equal(maps[v.subject], compute_volume_superpixels(v, params))
+    assert stats.n_slices == 7
+    # an error inside a worker is re-raised in the caller with its original type
+    bad = SuperpixelParams("felzenszwalb", {"min_size": 30, "bogus": 1})
+    with pytest.raises(TypeError, match="bogus"):
+        compute_dataset_superpixels_with_stats(vols, bad, cache_dir=None, workers=2, progress=False)
+
+
+def test_dataset_level_small_shm_warns_and_runs_in_process(make_volume, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.superpixels as sp
+
+    monkeypatch.setattr(sp, "_shm_free_bytes", lambda: 1024)
+    vols = [make_volume("1", z=3)]
+    params = SuperpixelParams("felzenszwalb", {"min_size": 30})
+    with pytest.warns(UserWarning, match="shared memory"):
+        maps, _ = compute_dataset_superpixels_with_stats(
+            vols, params, cache_dir=None, workers=2, progress=False, slices_per_task=1
+        )
+    np.testing.assert_array_equal(maps["1"], compute_volume_superpixels(vols[0], params))

@@ -63,7 +63,7 @@ def test_ssl_alpnet_folder_orientation_and_order(tmp_path):
 
 def test_shape_and_affine_mismatch(tmp_path):
     _write_pair(tmp_path, "1", label_shape=(16, 12, 4))
-    with pytest.raises(VolumeError, match="label_1.nii.gz.*does not match"):
+    with pytest.raises(VolumeError, match=r"label_1\.nii\.gz.*does not match"):
         load_ssl_alpnet_folder(tmp_path)
     other = tmp_path / "b"
     other.mkdir()
@@ -79,7 +79,7 @@ def test_missing_empty_and_corrupt(tmp_path):
         load_ssl_alpnet_folder(tmp_path)
     _write_pair(tmp_path, "1")
     (tmp_path / "label_1.nii.gz").unlink()
-    with pytest.raises(VolumeError, match="label_1.nii.gz: label file missing"):
+    with pytest.raises(VolumeError, match=r"label_1\.nii\.gz: label file missing"):
         load_ssl_alpnet_folder(tmp_path)
     _write_pair(tmp_path, "1")
     data = (tmp_path / "image_1.nii.gz").read_bytes()
@@ -87,7 +87,7 @@ def test_missing_empty_and_corrupt(tmp_path):
     with pytest.raises(VolumeError, match=r"image_1.nii.gz: corrupt"):
         load_ssl_alpnet_folder(tmp_path)
     (tmp_path / "image_1.nii.gz").write_bytes(gzip.compress(b"not a nifti at all"))
-    with pytest.raises(VolumeError, match="image_1.nii.gz"):
+    with pytest.raises(VolumeError, match=r"image_1\.nii\.gz"):
         load_ssl_alpnet_folder(tmp_path)
 
 
@@ -115,7 +115,7 @@ def test_btcv_png_layout(tmp_path):
     assert v.subject == "3" and v.shape == (3, 9, 9) and v.intensity == "window255"
     assert v.image[2].max() == 20 and list(v.slices_with("liver")) == [1]
     (d / "image_SABS_3_slice003.png").write_bytes(b"garbage")
-    with pytest.raises(VolumeError, match="slice003.png: corrupt"):
+    with pytest.raises(VolumeError, match=r"slice003\.png: corrupt"):
         load_btcv_png_folder(tmp_path)
     (d / "image_SABS_3_slice003.png").unlink()
     with pytest.raises(VolumeError, match="3 PNG slices but label"):
@@ -127,7 +127,9 @@ def test_nifti_folder_and_atomic_save(tmp_path):
     (tmp_path / "labels").mkdir()
     aff = np.diag([0.8, 0.8, 3.0, 1.0])
     aff[:3, 3] = [10, -20, 5]
-    nib.save(nib.Nifti1Image(np.full((8, 8, 3), -500.0, np.float32), aff), str(tmp_path / "images" / "ab.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.full((8, 8, 3), -500.0, np.float32), aff), str(tmp_path / "images" / "ab.nii.gz")
+    )
     lab = np.zeros((8, 8, 3), np.uint8)
     lab[1:3, 1:3, 1] = 1
     nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "labels" / "ab.nii.gz"))

@@ -14,7 +14,6 @@ from fewshot.config import (
     save_config,
     to_dict,
 )
-
 from fewshot.configs import CONFIG_DIR
 
 

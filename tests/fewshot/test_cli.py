@@ -1,0 +1,143 @@
+"""The ``fewshot`` command line, end to end on tiny phantoms (seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from episodes.phantom import make_phantom
+from fewshot.cli import build_parser, main
+
+# A tiny version of the demo config: 6 phantoms of 12x64x64, cbr-tiny, a few steps.
+TINY = [
+    "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}",
+    "--set", "data.size=64",
+    "--set", "data.organs=[liver, spleen]",
+    "--set", "data.superpixel_params={min_size: 50}",
+    "--set", "data.min_superpixel_pixels=20",
+    "--set", "model.backbone=cbr-tiny",
+    "--set", "model.truncate=block2",
+    "--set", "model.feature_dim=8",
+    "--set", "train.num_workers=0",
+    "--set", "train.progress_bar=false",
+    "--set", "train.accelerator=cpu",
+]  # fmt: skip
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    commands = ["demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study"]
+    for cmd in commands:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: fewshot " + cmd in capsys.readouterr().out
+
+
+def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "3", *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "| untrained (same init) |" in text and "| self-supervised |" in text
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["dice_trained"]) == {"liver", "spleen", "mean"}
+    assert summary["train"]["steps"] == 3
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert 0.0 <= results["dice"]["mean"] <= 1.0
+    assert list((out / "eval" / "overlays").glob("*.png"))
+    # an existing output folder is refused unless --overwrite
+    assert main(["demo", "--out", str(out), "--steps", "1", *TINY]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--steps", "2", "--out", str(run)]
+    assert main([*args, *TINY]) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (run / "config.yaml").is_file()
+    capsys.readouterr()
+
+    res = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res), "--overlays", "1"]) == 0
+    data = json.loads((res / "results.json").read_text())
+    assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
+    assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+
+    # segment: a phantom scan written as NIfTI with a non-trivial affine, segmented from another one
+    sup, qry = make_phantom(101, shape=(12, 64, 64)), make_phantom(102, shape=(12, 64, 64))
+    affine = np.diag([4.7, 4.7, 6.0, 1.0])
+    affine[:3, 3] = [-100.0, 50.0, 20.0]
+    paths = {}
+    no_spleen = np.where(sup.label == 4, 0, sup.label).astype(np.uint8)
+    arrays = (("sup", sup.image), ("mask", (sup.label == 1).astype(np.uint8)), ("qry", qry.image), ("lab", no_spleen))
+    for name, arr in arrays:
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.transpose(arr, (1, 2, 0)), affine), str(paths[name]))
+    pred = tmp_path / "pred.nii.gz"
+    seg = ["segment", "--checkpoint", str(ckpt), "--support", str(paths["sup"]), "--support-mask"]
+    seg += [str(paths["mask"]), "--organ", "liver", "--query", str(paths["qry"]), "--out", str(pred)]
+    assert main(seg) == 0
+    report = json.loads(capsys.readouterr().out)
+    out = nib.load(str(pred))
+    np.testing.assert_allclose(out.affine, affine)
+    assert out.shape == (64, 64, 12)
+    assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
+    assert report["voxels"] == int(np.asarray(out.dataobj).sum())
+    assert main(seg) == 2  # exists
+    # a multi-label mask needs --label-map; an organ absent from the support mask is a clear error
+    def multi(organ: str, out: str, *extra: str) -> list[str]:
+        return [*seg[:6], str(paths["lab"]), "--organ", organ, "--query", str(paths["qry"]), "--out", out, *extra]
+
+    assert main(multi("liver", str(tmp_path / "p2.nii.gz"))) == 2
+    assert "--label-map" in capsys.readouterr().err
+    assert main(multi("liver", str(tmp_path / "p2.nii.gz"), "--label-map", "phantom")) == 0
+    capsys.readouterr()
+    assert main(multi("spleen", str(tmp_path / "p3.nii.gz"), "--label-map", "phantom")) == 2
+    assert "'spleen' (label 4) is absent" in capsys.readouterr().err
+
+
+def test_superpixels_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    cmd = ["superpixels", "--dataset", "phantom-mr", "--cache", str(cache), "--workers", "0", "--quiet"]
+    assert main([*cmd, "--export", str(tmp_path / "sp")]) == 0
+    first = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert first["cache_misses"] == first["n_volumes"] == 8 and first["regions_max"] > 1
+    assert len(list((tmp_path / "sp").glob("superpix_*.nii.gz"))) == 8
+    assert main(cmd) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["cache_hits"] == 8 and second["cache_misses"] == 0
+
+
+def test_pretrain_genesis_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "g.pt"
+    cmd = ["pretrain-genesis", "--dataset", "phantom-ct", "--backbone", "cbr-tiny", "--steps", "3"]
+    assert main([*cmd, "--batch-size", "2", "--size", "48", "--out", str(out)]) == 0
+    assert out.is_file() and "--init genesis" in capsys.readouterr().out
+    from fewshot.backbones import create_backbone
+
+    bb = create_backbone("cbr-tiny", init="genesis", weights=out)
+    assert bb.init_report is not None and bb.init_report.loaded
+
+
+def test_study_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "random,random:xavier", "--seeds", "0,1"]
+    assert main([*cmd, "--steps", "1", "--out", str(out), *TINY]) == 0
+    table = capsys.readouterr().out
+    assert "| cbr-tiny | random | alpnet | 2 |" in table and "±" in table
+    data = json.loads((out / "study.json").read_text())
+    assert len(data["runs"]) == 4 and (out / "study.png").is_file()
+
+
+def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", "chaos-mr", "--data", str(tmp_path / "missing"), "--steps", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["train", "--set", "model.nope=1"]) == 2
+    assert "valid keys" in capsys.readouterr().err
