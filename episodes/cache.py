@@ -65,7 +65,7 @@ def array_digest(array: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
     try:
-        data: Any = memoryview(arr).cast("B")  # no copy
+        data: Any = memoryview(arr).cast("B")  # type: ignore[arg-type]  # no copy
     except (TypeError, ValueError):  # dtypes without a buffer format (e.g. datetime64)
         data = arr.tobytes()
     h.update(data)

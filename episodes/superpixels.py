@@ -595,7 +595,7 @@ def _compute_parallel(
         done = ctx.Array("b", len(tasks), lock=False)
         errors = ctx.SimpleQueue()
         for _ in range(workers - 1):
-            proc = ctx.Process(
+            proc = ctx.Process(  # type: ignore[attr-defined]
                 target=_shared_worker,
                 args=(shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw),
                 daemon=True,

@@ -30,7 +30,6 @@ scaled by ``3 / c`` (``1 / c``), timm's rule. Classification heads (``fc.*``, ``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from episodes.cache import file_digest
 from fewshot.backbones.base import InitReport
 from fewshot.backbones.staged import StagedBackbone
 
@@ -151,13 +151,9 @@ def _conv_linear_weight_keys(module: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------- files
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (the same digest the superpixel cache keys use)."""
+    return file_digest(path)
 
 
 def resolve_imagenet_file(

@@ -27,15 +27,14 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from fewshot.backbones.base import FeatureInfo
-from fewshot.heads.base import FewShotHead, HeadOutput, apply_2d, broadcast_support
-from fewshot.heads.functional import alignment_loss, alp_segment
-from fewshot.heads.panet import make_reduction
+from fewshot.heads.functional import alp_segment
+from fewshot.heads.panet import PANetHead
 
 __all__ = ["ALPNetHead"]
 
 
-class ALPNetHead(FewShotHead):
-    """Adaptive local prototype head.
+class ALPNetHead(PANetHead):
+    """Adaptive local prototype head: :class:`PANetHead` with the ALP classifier.
 
     Args:
         feature_info: the backbone's feature description.
@@ -62,20 +61,21 @@ class ALPNetHead(FewShotHead):
         feature_index: int = -1,
         align_class_weights: tuple[float, float] | None = None,
     ) -> None:
-        super().__init__(feature_info)
         if window_train < 1 or window_test < 1:
             raise ValueError(f"windows must be >= 1, got train={window_train}, test={window_test}")
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-        self.feature_index = self._resolve_index(feature_index)
-        self.reduce = make_reduction(self.feature_info[self.feature_index].channels, feature_dim)
-        self.scale = float(scale)
-        self.align = bool(align)
-        self.does_alignment = self.align
+        super().__init__(
+            feature_info,
+            feature_dim=feature_dim,
+            scale=scale,
+            align=align,
+            feature_index=feature_index,
+            align_class_weights=align_class_weights,
+        )
         self.window_train = int(window_train)
         self.window_test = int(window_test)
         self.threshold = float(threshold)
-        self.align_class_weights = align_class_weights
 
     @property
     def window(self) -> int:
@@ -92,22 +92,6 @@ class ALPNetHead(FewShotHead):
             threshold=self.threshold,
             scale=self.scale,
         )
-
-    def forward(
-        self, support_features: Sequence[Tensor], support_masks: Tensor, query_features: Sequence[Tensor]
-    ) -> HeadOutput:
-        self._check_inputs(support_features, query_features)
-        q = apply_2d(self.reduce, query_features[self.feature_index])
-        n = q.shape[0]
-        s = broadcast_support(apply_2d(self.reduce, support_features[self.feature_index]), n)
-        masks = broadcast_support(support_masks, n)
-        logits = self.segment(q, s, masks)
-        loss = None
-        if self.align and self.training:
-            loss = alignment_loss(
-                q, logits, s, masks, segment=self.segment, class_weights=self.align_class_weights
-            )
-        return HeadOutput(logits, loss)
 
     def extra_repr(self) -> str:
         return (

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from episodes.augment import Augmenter
 from episodes.preprocess import preprocess
-from episodes.selfsup import Episode, EpisodeInfo, SelfSupervisedEpisodes, collate_episodes
+from episodes.selfsup import Episode, EpisodeBatch, EpisodeInfo, SelfSupervisedEpisodes, collate_episodes
 from episodes.superpixels import SuperpixelParams, compute_volume_superpixels
 
 PARAMS = SuperpixelParams("felzenszwalb", {"min_size": 30})
@@ -182,3 +182,98 @@ def test_episode_validation() -> None:
         EpisodeInfo("s", 0, 1, None, 0, kind="other")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ"):
         collate_episodes([Episode(img, msk, img, msk, info), Episode(img[:, :1], msk, img[:, :1], msk, info)])
+
+
+def test_augmenter_backends_and_errors() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(32, 32)).astype(np.float32)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1
+    with pytest.raises(ValueError, match="choices"):
+        Augmenter("alpnet", backend="kornia")
+    x1, m1 = Augmenter("alpnet", backend="albumentations")(img, mask, 5)
+    x2, m2 = Augmenter("alpnet", backend="albumentations")(img, mask, 5)
+    assert np.array_equal(x1, x2) and np.array_equal(m1, m2) and m1.dtype == np.uint8
+    flat = np.full((32, 32), 2.5, np.float32)
+    x, m = Augmenter("alpnet")(flat, mask, 3)
+    assert (x == 2.5).all() and set(np.unique(m)) <= {0, 1}
+
+
+def test_affine_inverse_hand_computed() -> None:
+    from episodes.augment import AugmentationConfig, _affine_inverse
+
+    # scale 2 only, 5x5 slice, centre (2, 2): output x maps to input 2 + (x - 2) / 2
+    cfg = AugmentationConfig(0.0, 0, 0.0, (2.0, 2.0), 0.0, 1.0, (1.0, 1.0), 0.0, 0.0, (0.1, 0.1))
+    m = _affine_inverse(cfg, np.random.default_rng(0), 5, 5)
+    np.testing.assert_allclose(m, [[0.5, 0.0, 1.0], [0.0, 0.5, 1.0]], atol=1e-12)
+
+
+def test_geometry_only_identity_and_mask_follows_image() -> None:
+    from episodes.augment import _CONFIGS, AugmentationConfig, _augment_opencv
+
+    unit = np.zeros((48, 48), np.float32)
+    unit[10:30, 14:38] = 1.0
+    mask = (unit > 0).astype(np.uint8)
+    identity = AugmentationConfig(0.0, 0, 0.0, (1.0, 1.0), 0.0, 1.0, (1.0, 1.0), 0.0, 0.0, (0.1, 0.1))
+    out, out_mask = _augment_opencv(identity, unit, mask, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, unit)
+    np.testing.assert_array_equal(out_mask, mask)
+    strong = _CONFIGS["strong"]
+    geometry = AugmentationConfig(
+        strong.rotate, strong.shift_px, strong.shear, strong.scale, strong.elastic_alpha, 5.0,
+        (1.0, 1.0), 0.0, 0.0, (0.1, 0.1), p_gamma=0.0, p_extra=0.0,
+    )  # fmt: skip
+    for seed in range(5):
+        out, out_mask = _augment_opencv(geometry, unit, mask, np.random.default_rng(seed))
+        # the image (bilinear) and the mask (nearest) are warped by the same map
+        assert set(np.unique(out_mask)) <= {0, 1}
+        agree = ((out > 0.5) == (out_mask > 0)).mean()
+        assert agree > 0.97, agree
+        assert not np.array_equal(out_mask, mask)
+
+
+def test_elastic_field_matches_ssl_alpnet_magnitude() -> None:
+    import cv2
+    from scipy.ndimage import gaussian_filter
+
+    from episodes.augment import _CONFIGS, _elastic_field
+
+    cfg = _CONFIGS["alpnet"]  # alpha 10, sigma 5
+    rng = np.random.default_rng(0)
+    ref = [gaussian_filter(rng.random((96, 96)) * 2 - 1, 5, mode="constant") * 10 for _ in range(20)]
+    ours = [f for _ in range(10) for f in _elastic_field(cfg, rng, 96, 96, cv2)]
+    inner = (slice(20, -20), slice(20, -20))
+    std_ref = np.std([r[inner] for r in ref])
+    std_ours = np.std([o[inner] for o in ours])
+    assert abs(std_ours / std_ref - 1) < 0.15, (std_ours, std_ref)  # ~0.33 px
+
+
+def test_episode_pickles_by_value() -> None:
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    info = EpisodeInfo("s", 0, 1, None, 0)
+    base = torch.rand(2, 1, 32, 32)
+    tiled = base.expand(-1, 3, -1, -1).contiguous()
+    masks = (torch.rand(2, 32, 32) > 0.5).float()
+    ep = Episode(tiled[:1], masks[:1], tiled[1:], masks[1:], info)
+    batch = collate_episodes([ep, ep])
+    rand = torch.rand(1, 1, 3, 32, 32)
+    untiled = EpisodeBatch(rand, masks[:1, None], rand.clone(), masks[1:, None], (info,))
+    half = batch.support_masks * 0.5
+    soft = EpisodeBatch(batch.support_images, half, batch.query_images, batch.query_masks, batch.infos)
+    for obj in (ep, batch, untiled, soft):
+        data = bytes(ForkingPickler.dumps(obj))
+        back = pickle.loads(data)
+        assert type(back) is type(obj) and (back.infos if hasattr(back, "infos") else back.info) == (
+            obj.infos if hasattr(obj, "infos") else obj.info
+        )
+        for name in ("support_images", "support_masks", "query_images", "query_masks"):
+            a, b = getattr(obj, name), getattr(back, name)
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) and b.is_contiguous()
+    # tiled channels travel as one channel and binary masks as uint8: 2 * (3 + 1) * 4 kB raw -> ~2 * 1.25 kB
+    raw = sum(
+        getattr(batch, n).numel() * 4
+        for n in ("support_images", "support_masks", "query_images", "query_masks")
+    )
+    assert len(ForkingPickler.dumps(batch)) < 0.45 * raw

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -43,3 +45,12 @@ class TinyBackbone(Backbone):
 def tiny_backbone_cls() -> type[TinyBackbone]:
     """The class itself (tests build fresh instances; importing conftest by module path is fragile)."""
     return TinyBackbone
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Single-threaded torch: far more predictable on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

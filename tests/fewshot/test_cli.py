@@ -76,7 +76,12 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     affine[:3, 3] = [-100.0, 50.0, 20.0]
     paths = {}
     no_spleen = np.where(sup.label == 4, 0, sup.label).astype(np.uint8)
-    arrays = (("sup", sup.image), ("mask", (sup.label == 1).astype(np.uint8)), ("qry", qry.image), ("lab", no_spleen))
+    arrays = (
+        ("sup", sup.image),
+        ("mask", (sup.label == 1).astype(np.uint8)),
+        ("qry", qry.image),
+        ("lab", no_spleen),
+    )
     for name, arr in arrays:
         paths[name] = tmp_path / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(np.transpose(arr, (1, 2, 0)), affine), str(paths[name]))
@@ -91,9 +96,20 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
     assert report["voxels"] == int(np.asarray(out.dataobj).sum())
     assert main(seg) == 2  # exists
+
     # a multi-label mask needs --label-map; an organ absent from the support mask is a clear error
     def multi(organ: str, out: str, *extra: str) -> list[str]:
-        return [*seg[:6], str(paths["lab"]), "--organ", organ, "--query", str(paths["qry"]), "--out", out, *extra]
+        return [
+            *seg[:6],
+            str(paths["lab"]),
+            "--organ",
+            organ,
+            "--query",
+            str(paths["qry"]),
+            "--out",
+            out,
+            *extra,
+        ]
 
     assert main(multi("liver", str(tmp_path / "p2.nii.gz"))) == 2
     assert "--label-map" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,7 @@ import torch
 from fewshot.backbones import create_backbone, get_backbone_spec, parse_init
 from fewshot.backbones.init import GENESIS_FORMAT, adapt_stem_weight, apply_init
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Single-threaded torch: far more predictable on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _state(name: str, **kw: object) -> dict[str, torch.Tensor]:
