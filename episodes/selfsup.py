@@ -14,6 +14,11 @@ from SSL-ALPNet, all explicit:
   worker counts and reruns;
 * an augmentation that empties the support mask is redrawn (at most ``max_augment_tries`` times), then
   a ``RuntimeError`` names the slice and superpixel. Query masks may be empty.
+
+Speed: episodes are assembled in numpy (no torch intra-op threads for these small arrays) and
+:class:`Episode` / :class:`EpisodeBatch` pickle their CPU tensors by value in compact form (one image
+channel when channels are tiled, uint8 binary masks), so DataLoader workers hand batches over as one
+small message instead of one shared-memory file-descriptor handshake per tensor.
 """
 
 from __future__ import annotations
