@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +49,15 @@ __all__ = [
 DATA_ENV = "FEWSHOT_DATA"
 
 
+@dataclass(frozen=True)
 class DatasetInfo:
     """How to load one dataset: modality, label map, default sub-folder under ``$FEWSHOT_DATA``."""
 
-    def __init__(
-        self,
-        name: str,
-        loader: Callable[..., list[Volume]],
-        modality: Modality,
-        label_map: LabelMap,
-        subdir: str | None,
-    ) -> None:
-        self.name, self.loader, self.modality, self.label_map, self.subdir = (
-            name,
-            loader,
-            modality,
-            label_map,
-            subdir,
-        )
+    name: str
+    loader: Callable[..., list[Volume]]
+    modality: Modality
+    label_map: LabelMap
+    subdir: str | None
 
 
 def _phantom(modality: Modality) -> Callable[..., list[Volume]]:
@@ -132,6 +124,4 @@ def load_dataset(
     if name == "nifti":
         lm = get_label_map(label_map) if isinstance(label_map, str) else (label_map or info.label_map)
         return load_nifti_folder(path, modality=modality or info.modality, label_map=lm, **kwargs)  # type: ignore[arg-type]
-    if name.startswith("phantom"):
-        return info.loader(path, **kwargs)
     return info.loader(path, **kwargs)

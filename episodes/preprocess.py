@@ -1,8 +1,8 @@
 """SSL-ALPNet intensity preprocessing and in-plane resampling.
 
-* **MR** (``intensity="raw"``): clip at the 99.5th percentile (the "off-resonance" cut,
-  skipped when the volume was already clipped upstream it is a no-op), then per-volume
-  z-score ``(x - mean) / std``.
+* **MR** (``intensity="raw"``): clip at the 99.5th percentile (the "off-resonance" cut; on
+  volumes already clipped upstream, like the SSL-ALPNet CHAOS files, it changes little), then
+  per-volume z-score ``(x - mean) / std``.
 * **CT**: HU (``intensity="hu"``) are windowed to [-125, 275] and scaled to [0, 255];
   ``window255`` images (the BTCV PNGs) are already there. Then z-score with
   :class:`NormStats` fitted on the **training split** (:func:`fit_ct_stats`), never on
