@@ -40,6 +40,7 @@ __all__ = [
     "EvaluationResult",
     "aggregate",
     "evaluate",
+    "output_paths",
     "predict_query",
     "run_evaluation",
     "save_overlays",
@@ -425,6 +426,30 @@ def save_overlays(
 # --------------------------------------------------------------------------------- convenience
 
 
+def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Where :func:`run_evaluation` writes: a folder (``results.json``, ``results.md``, ``plan.json``,
+    ``config.yaml``, ``overlays/``) or, for ``out`` ending in ``.json``, that file with the others beside
+    it named after its stem (``<stem>.md``, ``<stem>.plan.json``, ``<stem>.config.yaml``, ``<stem>_overlays/``).
+    """
+    out = Path(out)
+    if out.suffix == ".json":
+        base = out.with_suffix("")
+        return {
+            "results": out,
+            "markdown": base.with_suffix(".md"),
+            "plan": base.with_name(base.name + ".plan.json"),
+            "config": base.with_name(base.name + ".config.yaml"),
+            "overlays": base.with_name(base.name + "_overlays"),
+        }
+    return {
+        "results": out / "results.json",
+        "markdown": out / "results.md",
+        "plan": out / "plan.json",
+        "config": out / "config.yaml",
+        "overlays": out / "overlays",
+    }
+
+
 def run_evaluation(
     checkpoint: str | os.PathLike[str],
     *,
@@ -444,8 +469,8 @@ def run_evaluation(
         volumes: raw volumes of the whole dataset (default: loaded from the training config);
             the support and query scans are preprocessed like the training scans (CT: with the
             training split's statistics stored in the checkpoint).
-        out: if given, writes ``results.json``, ``results.md``, ``plan.json``, ``config.yaml``
-            and (``overlays > 0``) ``overlays/*.png`` there.
+        out: if given, a folder or a ``.json`` path for the results, plan, config and
+            (``overlays > 0``) overlay PNGs; see :func:`output_paths`.
         batch_size: query slices per forward pass.
         device: default CUDA when available, else CPU.
         overlays: slices per organ to render.
@@ -499,13 +524,11 @@ def run_evaluation(
         },
     )
     if out is not None:
-        out_dir = Path(out)
-        result.to_json(out_dir / "results.json")
-        _atomic_write(
-            out_dir / "results.md", result.to_markdown(title=f"{protocol.dataset} fold {protocol.fold}")
-        )
-        _atomic_write(out_dir / "plan.json", json.dumps(plan.to_dict(), indent=1) + "\n")
-        save_config(cfg, out_dir / "config.yaml")
+        paths = output_paths(out)
+        result.to_json(paths["results"])
+        _atomic_write(paths["markdown"], result.to_markdown(title=f"{protocol.dataset} fold {protocol.fold}"))
+        _atomic_write(paths["plan"], json.dumps(plan.to_dict(), indent=1) + "\n")
+        save_config(cfg, paths["config"])
         if overlays > 0:
-            save_overlays(model, plan, prepared, out_dir / "overlays", n=overlays, device=dev)
+            save_overlays(model, plan, prepared, paths["overlays"], n=overlays, device=dev)
     return result

@@ -62,9 +62,13 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert ckpt.is_file() and (run / "config.yaml").is_file()
     capsys.readouterr()
 
-    res = tmp_path / "eval"
+    res = tmp_path / "results.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res), "--overlays", "1"]) == 0
-    data = json.loads((res / "results.json").read_text())
+    data = json.loads(res.read_text())
+    assert (tmp_path / "results.plan.json").is_file() and (tmp_path / "results.md").is_file()
+    assert list((tmp_path / "results_overlays").glob("*.png"))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "evaldir"), "--overlays", "0"]) == 0
+    assert (tmp_path / "evaldir" / "results.json").is_file()
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
     assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res)]) == 2  # exists
