@@ -1,0 +1,381 @@
+"""Accuracy benchmark on real data: train + evaluate folds, compare with published Dice.
+
+Trains the self-supervised model of a packaged config on each requested fold, evaluates it with
+the SSL-ALPNet 1-shot protocol and prints our per-organ Dice (%) beside the published rows
+(``/work/shared/reference/anchors.md`` §2), plus training steps/s, evaluation scans/s, peak
+memory and the backbone/init/head used. Writes ``results.json``, ``results.md`` and the resolved
+config of every fold to ``--out``.
+
+Budgets:
+
+* ``cpu``: ``cpu_<dataset>_30min.yaml`` (a recipe tuned for 2 CPU cores and 30 minutes; setting 2
+  is the same recipe with ``data.setting=2``);
+* ``gpu``: the full SSL-ALPNet recipe, ``ssl_alpnet_<dataset>_setting{1,2}.yaml`` (needs the
+  ImageNet ResNet-101 file, see the README).
+
+``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
+started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
+a Lightning callback that sets ``trainer.should_stop``; the steps actually reached are recorded.
+
+Example (the CPU recipe, CHAOS MRI setting 1 fold 0, 30 minutes in total)::
+
+    FEWSHOT_DATA=/work/shared/data nice -n 5 python benchmarks/bench_accuracy.py \\
+        --dataset chaos-mr --budget cpu --setting 1 --folds 0 --time-limit-min 27 --out runs/bench_acc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+__all__ = ["PUBLISHED", "TimeBudget", "main", "markdown_report", "run_fold"]
+
+ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
+DATASETS = ("chaos-mr", "btcv-ct")
+
+#: Published 1-way 1-shot Dice (%) from anchors.md §2.1 (5-fold means): liver, RK, LK, spleen, mean.
+PUBLISHED: dict[tuple[str, int], list[tuple[str, tuple[float, float, float, float, float]]]] = {
+    ("chaos-mr", 1): [
+        ("SSL-ALPNet (ECCV'20)", (76.10, 85.18, 81.92, 72.18, 78.84)),
+        ("GMRD (TMI'24, best non-SAM)", (81.42, 90.12, 83.96, 76.09, 82.90)),
+    ],
+    ("chaos-mr", 2): [
+        ("SSL-ALPNet (ECCV'20)", (73.05, 78.39, 73.63, 67.02, 73.02)),
+        ("GMRD (TMI'24, best non-SAM)", (80.25, 86.66, 78.65, 73.25, 79.70)),
+    ],
+    ("btcv-ct", 1): [
+        ("SSL-ALPNet (ECCV'20)", (78.29, 71.81, 72.36, 70.96, 73.35)),
+        ("GMRD (TMI'24, best non-SAM)", (79.60, 74.46, 81.70, 78.31, 78.52)),
+    ],
+    ("btcv-ct", 2): [
+        ("SSL-ALPNet (ECCV'20)", (73.67, 54.82, 63.34, 60.25, 63.02)),
+        ("GMRD (TMI'24, best non-SAM)", (80.39, 76.17, 77.40, 75.30, 77.32)),
+    ],
+}
+
+
+class TimeBudget(Callback):
+    """Stops training once ``budget_s`` seconds have passed since ``start`` (``time.perf_counter``).
+
+    ``start=None`` starts the clock when training starts. After fitting, ``steps_reached`` is
+    the global step at which training stopped and ``stopped`` tells whether the budget ended it.
+    The decision is reduced over processes (any rank over budget stops all), so DDP ranks stop
+    at the same step.
+    """
+
+    def __init__(self, budget_s: float, start: float | None = None) -> None:
+        if budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        self.budget_s = float(budget_s)
+        self.start = start
+        self.stopped = False
+        self.steps_reached = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.steps_reached = int(trainer.global_step)
+        if self.start is None:  # not started through on_train_start (e.g. called directly)
+            self.start = time.perf_counter()
+        over = time.perf_counter() - self.start >= self.budget_s
+        # any rank over budget stops all of them at the same step (no DDP hang on uneven clocks)
+        if trainer.strategy.reduce_boolean_decision(over, all=False) and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped = True
+
+
+def _config_name(dataset: str, budget: str, setting: int) -> str:
+    ds = dataset.replace("-", "_")
+    if budget == "cpu":
+        return f"cpu_{ds.split('_')[0]}_30min"
+    return f"ssl_alpnet_{ds}_setting{setting}"
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    """Peak RSS of this process and of its (waited-for) children, MiB (Linux ``ru_maxrss`` is KiB)."""
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
+    out = {
+        "cpu_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        "cpu_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
+    }
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. optim.lr=0.01), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _genesis_weights(cfg: Any, volumes: list[Any], steps: int, out: Path) -> str:
+    from episodes.preprocess import unit_slices
+    from fewshot.genesis import run_pretrain_genesis
+    from fewshot.training.train import split_volumes
+
+    if out.is_file():
+        return str(out)
+    train_raw, _ = split_volumes(cfg.data, volumes)
+    images = unit_slices(train_raw, cfg.data.size)
+    result = run_pretrain_genesis(
+        images,
+        backbone=cfg.model.backbone,
+        steps=steps,
+        out=out,
+        seed=cfg.train.seed,
+        in_channels=cfg.model.in_channels,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    k = max(1, min(10, len(result.losses) // 5))
+    first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k
+    print(f"  genesis: {steps} steps, restoration MSE {first:.4f} -> {last:.4f}", flush=True)
+    return str(out)
+
+
+def run_fold(
+    dataset: str,
+    budget: str,
+    setting: int,
+    fold: int,
+    out: Path,
+    *,
+    volumes: list[Any],
+    steps: int | None = None,
+    time_limit_min: float | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: str | None = None,
+    genesis_steps: int = 0,
+    eval_batch_size: int = 16,
+) -> dict[str, Any]:
+    """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1])."""
+    from fewshot.config import load_config, save_config
+    from fewshot.configs import config_path
+    from fewshot.evaluation.evaluate import run_evaluation
+    from fewshot.training.train import train
+
+    t_fold = time.perf_counter()
+    fold_dir = out / f"{dataset}_setting{setting}_fold{fold}"
+    over: dict[str, Any] = {"data.fold": fold, "data.setting": setting, "out_dir": str(fold_dir / "train")}
+    if steps is not None:
+        over["train.steps"] = steps
+    over.update(overrides or {})
+    name = config or _config_name(dataset, budget, setting)
+    cfg = load_config(config_path(name), over)
+    if cfg.data.dataset != dataset:
+        raise ValueError(f"config {name} is for dataset {cfg.data.dataset!r}, not {dataset!r}")
+    genesis_s = 0.0
+    if genesis_steps > 0:
+        t0 = time.perf_counter()
+        weights = _genesis_weights(cfg, volumes, genesis_steps, fold_dir / "genesis.pt")
+        genesis_s = time.perf_counter() - t0
+        cfg = load_config(config_path(name), {**over, "model.init": "genesis", "model.weights": weights})
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, fold_dir / "config.yaml")
+
+    callbacks: list[Callback] = []
+    budget_cb = None
+    if time_limit_min is not None:
+        budget_cb = TimeBudget(time_limit_min * 60.0, start=t_fold)
+        callbacks.append(budget_cb)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    tr = train(cfg, volumes=volumes, resume=False, callbacks=callbacks)
+    train_wall = time.perf_counter() - t0
+    mem_train = _peak_memory_mb()
+    if tr.checkpoint is None:
+        raise RuntimeError(f"training of {fold_dir} wrote no checkpoint")
+    t0 = time.perf_counter()
+    ev = run_evaluation(tr.checkpoint, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size)
+    eval_wall = time.perf_counter() - t0
+    timing = dict(ev.extras.get("timing", {}))
+    return {
+        "dataset": dataset,
+        "setting": setting,
+        "fold": fold,
+        "config_name": name,
+        "config": cfg.to_dict(),
+        "model": {
+            "backbone": cfg.model.backbone,
+            "truncate": cfg.model.truncate,
+            "init": cfg.model.init,
+            "head": cfg.model.head,
+            "feature_dim": cfg.model.feature_dim,
+            "size": cfg.data.size,
+        },
+        "dice": dict(ev.dice),
+        "precision": dict(ev.precision),
+        "recall": dict(ev.recall),
+        "train": {
+            "steps": tr.steps,
+            "steps_planned": cfg.train.steps,
+            "stopped_by_time_limit": bool(budget_cb is not None and budget_cb.stopped),
+            "fit_seconds": tr.seconds,
+            "steps_per_s": tr.steps_per_s,
+            "wall_seconds": train_wall,
+            "genesis_seconds": genesis_s,
+            "losses": tr.losses,
+            "peak_memory_mb": mem_train,
+        },
+        "eval": {
+            "seconds": timing.get("seconds"),
+            "wall_seconds": eval_wall,
+            "scans": timing.get("scans"),
+            "scans_per_s": timing.get("scans_per_s"),
+            "slices_per_s": timing.get("slices_per_s"),
+            "device": timing.get("device"),
+        },
+        "total_wall_seconds": time.perf_counter() - t_fold,
+        "peak_memory_mb": _peak_memory_mb(),
+        "out_dir": str(fold_dir),
+    }
+
+
+def _row(label: str, values: Sequence[float]) -> str:
+    return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
+
+
+def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str:
+    """Per dataset/setting: our Dice (%) per fold and averaged, then the published rows."""
+    lines: list[str] = []
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["setting"]), []).append(r)
+    for (dataset, setting), recs in groups.items():
+        lines += [f"### {dataset}, setting {setting}, 1-shot Dice (%)", ""]
+        lines.append("| method | liver | right kidney | left kidney | spleen | mean |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for r in recs:
+            m = r["model"]
+            label = (
+                f"ours fold {r['fold']}: {m['backbone']}"
+                f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
+                f"{m['size']} px, {r['train']['steps']} steps"
+            )
+            lines.append(_row(label, [100 * r["dice"][o] for o in (*ORGANS, "mean")]))
+        if len(recs) > 1:
+            mean = [100 * sum(r["dice"][o] for r in recs) / len(recs) for o in (*ORGANS, "mean")]
+            lines.append(_row(f"ours, mean of {len(recs)} folds", mean))
+        for label, values in PUBLISHED[(dataset, setting)]:
+            lines.append(_row(f"{label}, published 5-fold", values))
+        lines += ["", "| fold | steps | train min | steps/s | eval scans/s | total min | peak RSS MiB |"]
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in recs:
+            t, e, mem = r["train"], r["eval"], r["peak_memory_mb"]
+            rss = max(mem["cpu_rss_self_mb"], mem["cpu_rss_children_mb"])
+            gpu = f" (GPU {mem['cuda_max_allocated_mb']:.0f})" if "cuda_max_allocated_mb" in mem else ""
+            lines.append(
+                f"| {r['fold']} | {t['steps']}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
+                f"{t['wall_seconds'] / 60:.1f} | {t['steps_per_s']:.3f} | {e['scans_per_s']:.3f} | "
+                f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
+            )
+        lines.append("")
+    if load:
+        lines += [f"Host: {platform.node()}, {os.cpu_count()} CPUs, load average {load}.", ""]
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=[*DATASETS, "both"], default="chaos-mr")
+    p.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--setting", type=int, choices=[1, 2], default=1)
+    p.add_argument("--folds", default="0", help="comma list of folds, e.g. 0,1,2,3,4")
+    p.add_argument("--out", default="runs/bench_accuracy", help="output folder")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument(
+        "--time-limit-min",
+        type=float,
+        default=None,
+        help="stop training this many minutes after the fold started (evaluation not included)",
+    )
+    p.add_argument("--config", default=None, help="packaged config name or YAML path instead of the budget's")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    p.add_argument(
+        "--genesis-steps", type=int, default=0, help="Models Genesis pretraining steps first (init genesis)"
+    )
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    args = p.parse_args(argv)
+
+    from fewshot.config import load_config
+    from fewshot.configs import config_path
+    from fewshot.training.train import load_volumes
+
+    folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
+    if args.config is not None and len(datasets) > 1:
+        raise SystemExit("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
+    overrides = _parse_set(args.set)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for dataset in datasets:
+        name = args.config or _config_name(dataset, args.budget, args.setting)
+        data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
+        volumes = load_volumes(load_config(config_path(name), data_over).data)
+        for fold in folds:
+            print(f"== {dataset} setting {args.setting} fold {fold} ({name}), load {_load()}", flush=True)
+            rec = run_fold(
+                dataset,
+                args.budget,
+                args.setting,
+                fold,
+                out,
+                volumes=volumes,
+                steps=args.steps,
+                time_limit_min=args.time_limit_min,
+                overrides=overrides,
+                config=args.config,
+                genesis_steps=args.genesis_steps,
+                eval_batch_size=args.eval_batch_size,
+            )
+            rec["load_average_end"] = _load()
+            records.append(rec)
+            d = rec["dice"]
+            print(
+                "   Dice "
+                + " ".join(f"{o} {100 * d[o]:.2f}" for o in (*ORGANS, "mean"))
+                + f" | steps {rec['train']['steps']} ({rec['train']['steps_per_s']:.3f}/s)"
+                f" | total {rec['total_wall_seconds'] / 60:.1f} min | load {rec['load_average_end']}",
+                flush=True,
+            )
+    report = markdown_report(records, load=_load())
+    print(report)
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({"argv": sys.argv[1:], "folds": records}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
