@@ -40,7 +40,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytorch_lightning as pl
 import torch
-import yaml
 from pytorch_lightning.callbacks import Callback
 
 __all__ = ["PUBLISHED", "TimeBudget", "main", "markdown_report", "run_fold"]
@@ -123,37 +122,22 @@ def _peak_memory_mb() -> dict[str, float]:
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. optim.lr=0.01), got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    from fewshot.config import ConfigError, parse_overrides
+
+    try:
+        return parse_overrides(items)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from e
 
 
 def _genesis_weights(cfg: Any, volumes: list[Any], steps: int, out: Path) -> str:
-    from episodes.preprocess import unit_slices
-    from fewshot.genesis import run_pretrain_genesis
-    from fewshot.training.train import split_volumes
+    from fewshot.study import fold_genesis_weights
 
-    if out.is_file():
-        return str(out)
-    train_raw, _ = split_volumes(cfg.data, volumes)
-    images = unit_slices(train_raw, cfg.data.size)
-    result = run_pretrain_genesis(
-        images,
-        backbone=cfg.model.backbone,
-        steps=steps,
-        out=out,
-        seed=cfg.train.seed,
-        in_channels=cfg.model.in_channels,
-        device="cuda" if torch.cuda.is_available() else "cpu",
-    )
-    k = max(1, min(10, len(result.losses) // 5))
-    first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k
-    print(f"  genesis: {steps} steps, restoration MSE {first:.4f} -> {last:.4f}", flush=True)
-    return str(out)
+    path, result = fold_genesis_weights(cfg, volumes, steps, out)
+    if result is not None:
+        first, last = result.loss_drop()
+        print(f"  genesis: {steps} steps, restoration MSE {first:.4f} -> {last:.4f}", flush=True)
+    return path
 
 
 def run_fold(

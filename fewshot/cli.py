@@ -40,13 +40,9 @@ def _parse_value(text: str) -> Any:
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise CLIError(f"--set expects key=value (e.g. train.steps=100), got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
-    return out
+    from fewshot.config import parse_overrides
+
+    return parse_overrides(pairs)
 
 
 def _config_source(name: str | None) -> Any:
@@ -124,7 +120,6 @@ def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path,
 
 
 def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from episodes.preprocess import unit_slices
     from fewshot.genesis import run_pretrain_genesis
@@ -142,11 +137,10 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device or ("cuda" if _cuda() else "cpu"),
     )
-    losses = list(result.losses)
-    k = max(1, min(10, len(losses) // 5))
+    first, last = result.loss_drop()
     print(
-        f"Models Genesis pretraining of {args.backbone}: {len(losses)} steps on {len(images)} slices, "
-        f"restoration MSE {np.mean(losses[:k]):.4f} -> {np.mean(losses[-k:]):.4f}; weights: {result.out}\n"
+        f"Models Genesis pretraining of {args.backbone}: {len(result.losses)} steps on {len(images)} slices, "
+        f"restoration MSE {first:.4f} -> {last:.4f}; weights: {result.out}\n"
         f"use them with: --backbone {args.backbone} --init genesis --weights {result.out}"
     )
     return 0

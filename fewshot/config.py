@@ -18,7 +18,7 @@ import os
 import tempfile
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "load_config",
+    "parse_overrides",
     "resolve_channels_last",
     "resolve_precision",
     "save_config",
@@ -362,6 +363,17 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["train.steps=100", "data.organs=[liver]"]`` -> ``{"train.steps": 100, ...}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value (e.g. train.steps=100), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def load_config(

@@ -292,6 +292,13 @@ class GenesisResult:
     losses: list[float] = field(default_factory=list)
     out: Path = Path()
 
+    def loss_drop(self) -> tuple[float, float]:
+        """Mean restoration loss over the first and the last ``k = clip(n // 5, 1, 10)`` steps."""
+        if not self.losses:
+            raise ValueError("no losses recorded")
+        k = max(1, min(10, len(self.losses) // 5))
+        return float(np.mean(self.losses[:k])), float(np.mean(self.losses[-k:]))
+
 
 # --------------------------------------------------------------------------- training
 

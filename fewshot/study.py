@@ -22,9 +22,10 @@ from episodes.preprocess import unit_slices
 from episodes.volumes import Volume
 from fewshot.config import ExperimentConfig, load_config
 from fewshot.evaluation.evaluate import EvaluationResult, run_evaluation
+from fewshot.genesis import GenesisResult
 from fewshot.training.train import load_volumes, split_volumes, train
 
-__all__ = ["StudySpec", "run_study", "summarize"]
+__all__ = ["StudySpec", "fold_genesis_weights", "run_study", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,20 @@ class StudySpec:
             )
 
 
-def _genesis_weights(cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path) -> str:
+def fold_genesis_weights(
+    cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path
+) -> tuple[str, GenesisResult | None]:
+    """Models Genesis weights pretrained on the fold's training slices (no labels), written to ``out``.
+
+    An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume.
+    """
     from fewshot.genesis import run_pretrain_genesis
 
     if out.is_file():
-        return str(out)
+        return str(out), None
     train_raw, _ = split_volumes(cfg.data, volumes)
     images = unit_slices(train_raw, cfg.data.size)
-    run_pretrain_genesis(
+    result = run_pretrain_genesis(
         images,
         backbone=cfg.model.backbone,
         steps=steps,
@@ -67,7 +74,7 @@ def _genesis_weights(cfg: ExperimentConfig, volumes: list[Volume], steps: int, o
         in_channels=cfg.model.in_channels,
         device="cuda" if _cuda() else "cpu",
     )
-    return str(out)
+    return str(out), result
 
 
 def _cuda() -> bool:
@@ -164,7 +171,7 @@ def run_study(
             run_over["model.weights"] = spec.weights[kind]
         elif kind == "genesis":
             cfg0 = load_config(base_config, run_over)
-            run_over["model.weights"] = _genesis_weights(
+            run_over["model.weights"], _ = fold_genesis_weights(
                 cfg0, volumes, spec.genesis_steps, out / "genesis" / f"{backbone}_fold{fold}_seed{seed}.pt"
             )
         cfg = load_config(base_config, run_over)

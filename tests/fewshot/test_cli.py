@@ -67,7 +67,10 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     data = json.loads(res.read_text())
     assert (tmp_path / "results.plan.json").is_file() and (tmp_path / "results.md").is_file()
     assert list((tmp_path / "results_overlays").glob("*.png"))
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "evaldir"), "--overlays", "0"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "evaldir"), "--overlays", "0"])
+        == 0
+    )
     assert (tmp_path / "evaldir" / "results.json").is_file()
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
     assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])

@@ -110,3 +110,15 @@ def test_shipped_configs_cover_published_settings() -> None:
         for s in (1, 2):
             assert f"ssl_alpnet_{ds}_setting{s}.yaml" in names
     assert {"demo_phantom.yaml", "cpu_chaos_30min.yaml"} <= names
+
+
+def test_parse_overrides_reads_yaml_values() -> None:
+    from fewshot.config import parse_overrides
+
+    assert parse_overrides(["train.steps=5", "data.organs=[liver, spleen]", "model.weights=null"]) == {
+        "train.steps": 5,
+        "data.organs": ["liver", "spleen"],
+        "model.weights": None,
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.steps"])

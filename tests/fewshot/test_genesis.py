@@ -174,3 +174,13 @@ def test_pretraining_lowers_loss_and_weights_load(tmp_path: Path) -> None:
         create_backbone("cbr-small", init="genesis", weights=out)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_pretrain_genesis(images * 2, backbone="unet", steps=1, out=out)
+
+
+def test_genesis_result_loss_drop() -> None:
+    from fewshot.genesis import GenesisResult
+
+    # 10 losses -> k = 2: mean of the first two and of the last two
+    result = GenesisResult(losses=[1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1])
+    assert result.loss_drop() == pytest.approx((0.9, 0.15))
+    with pytest.raises(ValueError, match="no losses"):
+        GenesisResult().loss_drop()
