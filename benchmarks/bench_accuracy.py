@@ -2,7 +2,7 @@
 
 Trains the self-supervised model of a packaged config on each requested fold, evaluates it with
 the SSL-ALPNet 1-shot protocol and prints our per-organ Dice (%) beside the published rows
-(``/work/shared/reference/anchors.md`` §2), plus training steps/s, evaluation scans/s, peak
+(SSL-ALPNet, Ouyang et al. ECCV 2020, Table 1; GMRD, TMI 2024), plus training steps/s, evaluation scans/s, peak
 memory and the backbone/init/head used. Writes ``results.json``, ``results.md`` and the resolved
 config of every fold to ``--out``.
 
@@ -158,12 +158,16 @@ def run_fold(
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1])."""
     from fewshot.config import load_config, save_config
     from fewshot.configs import config_path
-    from fewshot.evaluation.evaluate import run_evaluation
-    from fewshot.training.train import train
+    from fewshot.evaluation import run_evaluation
+    from fewshot.training import train
 
     t_fold = time.perf_counter()
     fold_dir = out / f"{dataset}_setting{setting}_fold{fold}"
-    over: dict[str, Any] = {"data.fold": fold, "data.setting": setting, "out_dir": str(fold_dir / "train")}
+    over: dict[str, Any] = {
+        "data.protocol.fold": fold,
+        "data.protocol.setting": setting,
+        "out_dir": str(fold_dir / "train"),
+    }
     if steps is not None:
         over["train.steps"] = steps
     over.update(overrides or {})
@@ -176,7 +180,7 @@ def run_fold(
         t0 = time.perf_counter()
         weights = _genesis_weights(cfg, volumes, genesis_steps, fold_dir / "genesis.pt")
         genesis_s = time.perf_counter() - t0
-        cfg = load_config(config_path(name), {**over, "model.init": "genesis", "model.weights": weights})
+        cfg = load_config(config_path(name), {**over, "model.init.scheme": "genesis", "model.init.weights": weights})
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, fold_dir / "config.yaml")
 
@@ -204,11 +208,11 @@ def run_fold(
         "config_name": name,
         "config": cfg.to_dict(),
         "model": {
-            "backbone": cfg.model.backbone,
-            "truncate": cfg.model.truncate,
-            "init": cfg.model.init,
-            "head": cfg.model.head,
-            "feature_dim": cfg.model.feature_dim,
+            "backbone": cfg.model.backbone.name,
+            "truncate": cfg.model.backbone.truncate,
+            "init": cfg.model.init.scheme,
+            "head": cfg.model.head.name,
+            "feature_dim": getattr(cfg.model.head, "feature_dim", None),
             "size": cfg.data.size,
         },
         "dice": dict(ev.dice),
@@ -314,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fewshot.config import load_config
     from fewshot.configs import config_path
-    from fewshot.training.train import load_volumes
+    from fewshot.pipeline import load_volumes
 
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]

@@ -4,10 +4,10 @@ Measures in one process run, on the same slices:
 
 (a) reference loop: per-slice, single-process ``skimage.segmentation.felzenszwalb`` + body mask
     (``binary_fill_holes``) + ``np.unique`` relabelling, as the SSL-ALPNet notebook does it;
-(b) :func:`episodes.superpixels.compute_dataset_superpixels_with_stats` for each method with
+(b) :func:`episodes.pseudolabels.compute_dataset_superpixels_with_stats` for each method with
     ``--workers`` processes and a cold (empty) cache;
 (c) the same call again with the warm cache;
-(d) episodes/s of :class:`episodes.selfsup.SelfSupervisedEpisodes` (``alpnet`` augmentation,
+(d) episodes/s of :class:`episodes.sampling.SelfSupervisedEpisodes` (``alpnet`` augmentation,
     1-shot 1-query, 3 channels, 256x256, batch size 1) through a DataLoader for each
     ``--loader-workers`` value.
 
@@ -62,7 +62,7 @@ def _episodes_per_second(
 ) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from episodes.selfsup import collate_episodes
+    from episodes.sampling import collate_episodes
 
     loader = DataLoader(dataset, batch_size=1, num_workers=loader_workers, collate_fn=collate_episodes)
     it = iter(loader)
@@ -82,13 +82,13 @@ def _episodes_per_second(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from episodes.superpixels import (
+    from episodes.data.loaders import load_ssl_alpnet_folder
+    from episodes.pseudolabels import (
         METHODS,
         SuperpixelParams,
         compute_dataset_superpixels_with_stats,
         superpixel_input,
     )
-    from episodes.volumes import load_ssl_alpnet_folder
 
     default = Path(os.environ.get("FEWSHOT_DATA", "")) / "chaos_mr_t2_ssl_alpnet_preproc"
     parser = argparse.ArgumentParser(
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if maps_for_episodes is not None and args.loader_workers:
         import torch
 
-        from episodes.preprocess import preprocess
-        from episodes.selfsup import SelfSupervisedEpisodes
+        from episodes.data.preprocess import preprocess
+        from episodes.sampling import SelfSupervisedEpisodes
 
         pre = [preprocess(v, size=256) for v in volumes]
         maps = {}

@@ -7,17 +7,19 @@ architecture before and after training, so the table shows what self-supervision
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from episodes.preprocess import fit_ct_stats
+from episodes.atomic import atomic_write_text
 from fewshot.config import load_config, save_config
 from fewshot.configs import config_path
-from fewshot.evaluation.evaluate import EvaluationResult, evaluate, run_evaluation
+from fewshot.evaluation import EvaluationResult, evaluate, run_evaluation
 from fewshot.models import create_model
-from fewshot.training.train import load_volumes, preprocess_volumes, split_volumes, train
+from fewshot.pipeline import load_volumes, prepare_fold
+from fewshot.training import train
 
 __all__ = ["comparison_table", "run_demo"]
 
@@ -54,11 +56,15 @@ def run_demo(
     volumes = load_volumes(cfg.data)
 
     # Untrained baseline: same architecture and init, evaluated on the same plan.
-    train_raw, test_raw = split_volumes(cfg.data, volumes)
-    ct_stats = fit_ct_stats(train_raw) if train_raw[0].modality == "CT" else None
-    plan = cfg.data.protocol().build_plan(volumes)
-    prepared = {v.subject: v for v in preprocess_volumes(test_raw, cfg.data.size, ct_stats)}
-    untrained = evaluate(create_model(cfg.model), plan, prepared, config=cfg.to_dict())
+    fold = prepare_fold(cfg.data, volumes, stage="evaluate")
+    fewshot_log = logging.getLogger("fewshot")
+    level = fewshot_log.level
+    fewshot_log.setLevel(logging.WARNING)  # training builds the same model again and logs its init once
+    try:
+        baseline = create_model(cfg.model, seed=cfg.seed)
+    finally:
+        fewshot_log.setLevel(level)
+    untrained = evaluate(baseline, fold.require_plan(), fold.test, config=cfg.to_dict())
     untrained.to_json(out / "untrained.json")
 
     result = train(cfg, volumes=volumes, resume=False)
@@ -73,12 +79,14 @@ def run_demo(
         "seconds": seconds,
         "config": cfg.to_dict(),
     }
-    (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=1) + "\n")
     markdown = (
-        f"## fewshot demo: phantom CT, fold {cfg.data.fold}, setting {cfg.data.setting}, 1-shot, 3D Dice (%)\n\n"
+        f"## fewshot demo: phantom CT, fold {cfg.data.protocol.fold}, setting {cfg.data.protocol.setting}, "
+        f"{cfg.data.protocol.shots}-shot, 3D Dice (%)\n\n"
         f"{table}\n"
-        f"backbone {cfg.model.backbone} ({cfg.model.init}), head {cfg.model.head}, {result.steps} steps "
+        f"backbone {cfg.model.backbone.name} ({cfg.model.init.scheme}), head {cfg.model.head.name}, "
+        f"{result.steps} steps "
         f"({result.steps_per_s:.1f} steps/s); total {seconds:.0f} s\n"
     )
-    (out / "demo.md").write_text(markdown)
+    atomic_write_text(out / "demo.md", markdown)
     return {"markdown": markdown, "untrained": untrained, "trained": trained, "train": result}

@@ -24,27 +24,32 @@ Optimiser: Adam (default lr 1e-3), which converges within tens of steps on CPU; 
 recipe is SGD lr 1, momentum 0.9, which needs long schedules. The saved file holds ONLY the
 encoder state dict (keys of ``create_backbone(name).state_dict()``) plus metadata and loads with
 ``torch.load(..., weights_only=True)``; use it with ``create_backbone(name, init="genesis", weights=FILE)``.
+The metadata carry ``format``, ``backbone``, the training settings, the library ``version``,
+``data_sha256`` (sha256 of the training slices, when given as arrays) and the file's
+:class:`~fewshot.backbones.weights.WeightsRecord` (``record``: inputs in [0, 1], i.e. mean 0 / std 1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from episodes.atomic import atomic_writer
+from fewshot import __version__
 from fewshot.backbones import create_backbone
 from fewshot.backbones.base import FeatureInfo
-from fewshot.backbones.init import GENESIS_FORMAT, random_init_
+from fewshot.backbones.inits import GENESIS_FORMAT, random_init_
 from fewshot.backbones.staged import StagedBackbone
+from fewshot.backbones.weights import WeightsRecord
 
 __all__ = [
     "GenesisConfig",
@@ -309,7 +314,8 @@ def _check_range(arr: np.ndarray) -> None:
         raise ValueError(f"images must be scaled to [0, 1], got range [{lo}, {hi}]")
 
 
-def _sampler(source: ImageSource) -> Callable[[np.random.Generator], np.ndarray]:
+def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.ndarray], str | None]:
+    """``(draw, data_sha256)``: the image sampler and the sha256 of the float32 slices (``None`` for a callable)."""
     if callable(source):
         fn = source
 
@@ -318,7 +324,7 @@ def _sampler(source: ImageSource) -> Callable[[np.random.Generator], np.ndarray]
             _check_range(img)
             return img
 
-        return draw
+        return draw, None
     arr = source if isinstance(source, np.ndarray) else None
     if arr is None:
         items = [np.asarray(s) for s in source]
@@ -331,28 +337,9 @@ def _sampler(source: ImageSource) -> Callable[[np.random.Generator], np.ndarray]
     if arr.ndim != 3 or len(arr) == 0:
         raise ValueError(f"expected images of shape (N, H, W) with N >= 1, got {arr.shape}")
     _check_range(arr)
-    data = arr.astype(np.float32, copy=False)
-    return lambda rng: data[int(rng.integers(len(data)))]
-
-
-def _atomic_save(obj: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _version() -> str | None:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("fewshot")
-    except PackageNotFoundError:
-        return None
+    data = np.ascontiguousarray(arr, dtype=np.float32)
+    digest = hashlib.sha256(data.tobytes()).hexdigest()
+    return (lambda rng: data[int(rng.integers(len(data)))]), digest
 
 
 def pretrain_genesis(
@@ -388,7 +375,7 @@ def pretrain_genesis(
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     out = Path(out)
-    draw = _sampler(slices)
+    draw, data_sha256 = _sampler(slices)
     rng = np.random.default_rng(seed)
     encoder = create_backbone(backbone, init="random", in_channels=in_channels, seed=seed)
     model = GenesisModel(encoder)
@@ -418,9 +405,19 @@ def pretrain_genesis(
         "lr": lr,
         "seed": seed,
         "final_loss": losses[-1],
-        "version": _version(),
+        "version": __version__,
+        "data_sha256": data_sha256,
+        "record": WeightsRecord(
+            init="genesis",
+            source=f"fewshot pretrain-genesis (steps={steps}, batch_size={batch_size}, lr={lr}, seed={seed})",
+            file=out.name,
+            mean=(0.0,) * in_channels,
+            std=(1.0,) * in_channels,
+            notes="Models Genesis restoration on 2D slices scaled to [0, 1] (gray tiled to in_channels)",
+        ).to_dict(),
     }
-    _atomic_save({"state_dict": state, "meta": meta}, out)
+    with atomic_writer(out, "wb") as fh:
+        torch.save({"state_dict": state, "meta": meta}, fh)
     logger.info("genesis %s: wrote encoder weights to %s (final mse %.5f)", backbone, out, losses[-1])
     return GenesisResult(losses=losses, out=out)
 

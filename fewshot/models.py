@@ -5,12 +5,14 @@ images through the backbone in one pass (when their sizes agree), lets the head 
 background/foreground logits at feature resolution and upsamples them (bilinear) to the
 query image size.
 
-Heads (``ModelConfig.head``):
+Heads (``ModelConfig.head``, a config of :mod:`fewshot.heads.registry`):
 
-* ``"sgone"``  MAP prototypes + cosine classifier, never an alignment loss;
-* ``"panet"``  the same + PANet alignment loss (when ``align=True``, the default);
-* ``"alpnet"`` adaptive local prototypes (SSL-ALPNet) + alignment loss (when ``align=True``);
-* ``"dpcn"``   dynamic prototype convolution network (learned decoder, no alignment loss).
+* ``SGOneConfig``  (``"sgone"``)  MAP prototypes + cosine classifier, never an alignment loss;
+* ``PANetConfig``  (``"panet"``)  the same + PANet alignment loss (when ``align=True``, the default);
+* ``ALPNetConfig`` (``"alpnet"``) adaptive local prototypes (SSL-ALPNet) + alignment loss (``align``);
+* ``DPCNConfig``   (``"dpcn"``)   dynamic prototype convolution network (learned decoder, no alignment loss).
+
+>>> model = create_model(ModelConfig(backbone="resnet50", init="random", head="alpnet"), seed=0)  # doctest: +SKIP
 
 Empty support masks raise :class:`EmptySupportError` unless ``allow_empty_support=True``; the
 heads then behave as documented in their modules (zero foreground prototype).
@@ -18,16 +20,17 @@ heads then behave as documented in their modules (zero foreground prototype).
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.backbones.base import Backbone
-from fewshot.heads import ALPNetHead, DPCNHead, FewShotHead, PANetHead
+from fewshot.config.model import ModelConfig
+from fewshot.heads import FewShotHead
+from fewshot.heads.registry import create_head, list_heads
 
 __all__ = [
     "EmptySupportError",
@@ -36,70 +39,15 @@ __all__ = [
     "SegmentationOutput",
     "create_head",
     "create_model",
+    "create_model_skeleton",
     "list_heads",
 ]
 
-_HEADS = ("alpnet", "dpcn", "panet", "sgone")
-
-
-def list_heads() -> list[str]:
-    """Names accepted by ``ModelConfig.head``."""
-    return list(_HEADS)
+logger = logging.getLogger("fewshot")
 
 
 class EmptySupportError(ValueError):
     """A support mask has no foreground pixel (raised unless ``allow_empty_support=True``)."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Model hyper-parameters (YAML-able: str/int/float/bool/None fields only).
-
-    Attributes:
-        backbone, init, weights, truncate, in_channels, seed: passed to
-            ``fewshot.backbones.create_backbone``; ``seed`` also seeds the head's initialisation.
-        head: one of :func:`list_heads`.
-        feature_dim: channels of the 1x1 reduction of the backbone feature used by the head
-            (SSL-ALPNet: 2048 -> 256); 0 = no reduction (not allowed for ``dpcn``).
-        scale: cosine temperature of the prototype heads.
-        align: PANet/ALPNet alignment loss in training mode (ignored by ``sgone``/``dpcn``).
-        alp_window_train, alp_window_test, alp_threshold: ALPNet pooling windows and cell threshold.
-        allow_empty_support: accept empty support masks instead of raising ``EmptySupportError``.
-    """
-
-    backbone: str = "resnet50"
-    init: str = "random"
-    weights: str | None = None
-    truncate: str | None = None
-    in_channels: int = 3
-    head: str = "alpnet"
-    feature_dim: int = 256
-    scale: float = 20.0
-    align: bool = True
-    alp_window_train: int = 4
-    alp_window_test: int = 2
-    alp_threshold: float = 0.95
-    allow_empty_support: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.head not in _HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choices: {', '.join(_HEADS)}")
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.feature_dim < 0 or (self.head == "dpcn" and self.feature_dim == 0):
-            raise ValueError(f"feature_dim must be >= 0 (> 0 for dpcn), got {self.feature_dim}")
-        if self.alp_window_train < 1 or self.alp_window_test < 1:
-            raise ValueError(
-                f"ALP windows must be >= 1, got train={self.alp_window_train}, test={self.alp_window_test}"
-            )
-        if not 0.0 <= self.alp_threshold < 1.0:
-            raise ValueError(f"alp_threshold must be in [0, 1), got {self.alp_threshold}")
-        if self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -110,29 +58,11 @@ class SegmentationOutput:
     align_loss: Tensor | None
 
 
-def create_head(config: ModelConfig, backbone: Backbone) -> FewShotHead:
-    """Build the head named by ``config.head`` for ``backbone.feature_info``."""
-    info = backbone.feature_info
-    if config.head in ("panet", "sgone"):
-        return PANetHead(
-            info,
-            feature_dim=config.feature_dim,
-            scale=config.scale,
-            align=config.align and config.head == "panet",
-        )
-    if config.head == "alpnet":
-        return ALPNetHead(
-            info,
-            feature_dim=config.feature_dim,
-            scale=config.scale,
-            align=config.align,
-            window_train=config.alp_window_train,
-            window_test=config.alp_window_test,
-            threshold=config.alp_threshold,
-        )
-    if config.head == "dpcn":
-        return DPCNHead(info, feature_dim=config.feature_dim)
-    raise ValueError(f"unknown head {config.head!r}; choices: {', '.join(_HEADS)}")  # pragma: no cover
+def _seeded_head(config: ModelConfig, backbone: Backbone, seed: int) -> FewShotHead:
+    """The head of ``config`` drawn with ``torch.manual_seed(seed)`` in a forked RNG (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_head(config.head, backbone.feature_info)
 
 
 class FewShotSegmenter(nn.Module):
@@ -141,9 +71,14 @@ class FewShotSegmenter(nn.Module):
     ``forward(support_images (B,K,C,H,W), support_masks (B,K,H,W), query_images (N,C,H',W'))``
     with ``B`` = 1 (one support set shared by all N queries, used at evaluation) or ``N``;
     masks in ``{0, 1}`` (float, bool or int). Returns :class:`SegmentationOutput`.
+
+    Without ``head``, the head of ``config.head`` is built with its parameters drawn from
+    ``torch.manual_seed(seed)`` in a forked RNG.
     """
 
-    def __init__(self, config: ModelConfig, backbone: Backbone, head: FewShotHead | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, backbone: Backbone, head: FewShotHead | None = None, *, seed: int = 0
+    ) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone):
             raise TypeError(
@@ -153,11 +88,7 @@ class FewShotSegmenter(nn.Module):
             raise ValueError(f"backbone {backbone.name!r} declares no feature maps (feature_info is empty)")
         self.config = config
         self.backbone = backbone
-        if head is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                head = create_head(config, backbone)
-        self.head = head
+        self.head = head if head is not None else _seeded_head(config, backbone, seed)
 
     def _features(self, images: Tensor) -> list[Tensor]:
         feats = self.backbone(images)
@@ -169,7 +100,7 @@ class FewShotSegmenter(nn.Module):
         return list(feats)
 
     def _validate(self, support_images: Tensor, support_masks: Tensor, query_images: Tensor) -> Tensor:
-        c = self.config.in_channels
+        c = self.config.backbone.in_channels
         if query_images.ndim != 4:
             raise ValueError(f"query_images must be (N, C, H, W), got shape {tuple(query_images.shape)}")
         if support_images.ndim != 5:
@@ -183,7 +114,7 @@ class FewShotSegmenter(nn.Module):
             ("support_images", support_images.shape[2]),
         ):
             if got != c:
-                raise ValueError(f"{name}: expected {c} channels (config.in_channels), got {got}")
+                raise ValueError(f"{name}: expected {c} channels (config.backbone.in_channels), got {got}")
         n = query_images.shape[0]
         b, k = support_images.shape[:2]
         if b not in (1, n):
@@ -232,29 +163,44 @@ class FewShotSegmenter(nn.Module):
 
 
 def create_model(
-    config: ModelConfig | None = None, *, backbone: Backbone | None = None, **overrides: Any
+    config: ModelConfig | None = None, *, backbone: Backbone | None = None, seed: int = 0
 ) -> FewShotSegmenter:
-    """Build a :class:`FewShotSegmenter`.
+    """Build and initialise a :class:`FewShotSegmenter`.
 
-    ``overrides`` replace fields of ``config`` (default :class:`ModelConfig`). Without
-    ``backbone``, ``fewshot.backbones.create_backbone`` builds ``config.backbone``.
+    Args:
+        config: the model (default :class:`ModelConfig`).
+        backbone: use this backbone instead of building ``config.backbone`` with
+            ``fewshot.backbones.create_backbone`` (``config.init`` then is not applied).
+        seed: seeds the backbone init and the head's parameters (``seed=0`` reproduces the models
+            of the former ``ModelConfig(seed=0)``).
     """
     config = config if config is not None else ModelConfig()
-    if overrides:
-        fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; choices: {', '.join(sorted(fields))}")
-        config = dataclasses.replace(config, **overrides)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a fewshot.config.ModelConfig, got {type(config).__name__}")
     if backbone is None:
         from fewshot.backbones import create_backbone
 
         backbone = create_backbone(
-            config.backbone,
-            init=config.init,
-            weights=config.weights,
-            in_channels=config.in_channels,
-            truncate=config.truncate,
-            seed=config.seed,
+            config.backbone.name,
+            init=config.init.scheme,
+            weights=config.init.weights,
+            in_channels=config.backbone.in_channels,
+            truncate=config.backbone.truncate,
+            seed=seed,
+            weights_sha256=config.init.sha256,
         )
+    return FewShotSegmenter(config, backbone, seed=seed)
+
+
+def create_model_skeleton(config: ModelConfig) -> FewShotSegmenter:
+    """The architecture of ``config`` for loading a trained state dict into (e.g. from a checkpoint).
+
+    No init scheme is applied, no weights file is read and no init report is logged (the
+    parameters are overwritten by the state dict); ``backbone.init_report`` is ``None``.
+    """
+    from fewshot.backbones import get_backbone_spec
+
+    spec = get_backbone_spec(config.backbone.name)
+    backbone = spec.builder(in_channels=config.backbone.in_channels, truncate=config.backbone.truncate)
+    logger.debug("model skeleton: backbone %s, head %s (weights to be loaded)", spec.name, config.head.name)
     return FewShotSegmenter(config, backbone)

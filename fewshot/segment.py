@@ -15,6 +15,8 @@ In-plane pixel sizes of support and query (after resizing) must agree within a f
 
 from __future__ import annotations
 
+import difflib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes.labels import LabelMap, canonical_organ, get_label_map
-from episodes.preprocess import NormStats, preprocess
+from episodes.data.labels import LabelMap, canonical_organ, get_label_map
+from episodes.data.preprocess import NormStats, preprocess
+from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
 from episodes.protocol import query_chunk, support_slice_indices, tile_slices
-from episodes.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
 
-__all__ = ["MAX_SPACING_RATIO", "segment_files", "segment_volume"]
+__all__ = [
+    "MAX_SPACING_RATIO",
+    "check_intensities",
+    "check_organ_name",
+    "known_organs",
+    "plausibility_warnings",
+    "segment_files",
+    "segment_volume",
+]
+
+logger = logging.getLogger("fewshot")
 
 MAX_SPACING_RATIO = 1.5
 
@@ -54,7 +66,7 @@ def segment_volume(
         support_mask: ``(Z, H, W)`` bool organ mask of ``support``.
         query_range: inclusive slice range ``(z0, z1)`` of the query to segment (default: all).
     """
-    from fewshot.evaluation.evaluate import predict_query
+    from fewshot.evaluation.scoring import predict_query
 
     if support_mask.shape != support.shape:
         raise VolumeError(
@@ -87,6 +99,63 @@ def segment_volume(
     return pred
 
 
+#: Largest plausible organ volume (ml) in an adult; predictions above it are flagged.
+PLAUSIBLE_ML = {"liver": 4000.0, "spleen": 1500.0, "right_kidney": 500.0, "left_kidney": 500.0}
+#: Largest plausible fraction of the scan's voxels any one organ covers.
+PLAUSIBLE_FRACTION = 0.25
+
+
+def known_organs() -> list[str]:
+    """Every organ name of the built-in label maps (CHAOS, BTCV, phantom)."""
+    return sorted({o for name in ("chaos-mr", "btcv-ct", "phantom") for o in get_label_map(name).organs})
+
+
+def check_organ_name(organ: str) -> str:
+    """The canonical name of ``organ``; an unknown name raises with the known ones (and a close match)."""
+    name = canonical_organ(organ)
+    known = known_organs()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown organ {organ!r}{hint}; known organs: {', '.join(known)}")
+    return name
+
+
+def _check_nifti_input(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a folder; segment reads NIfTI files (.nii/.nii.gz). Convert a DICOM series "
+            "first (e.g. dcm2niix), or evaluate CHAOS DICOM folders with `fewshot evaluate --dataset chaos-dicom`"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path} not found")
+
+
+def check_intensities(image: np.ndarray, modality: str, what: str) -> None:
+    """Refuse a scan whose values do not look like ``modality`` (CT in HU has air near -1000; MR is >= 0)."""
+    lo = float(np.percentile(image, 1))
+    if modality == "CT" and lo > -300:
+        raise ValueError(
+            f"{what} does not look like CT in Hounsfield units (1st percentile {lo:.0f}, air is about -1000); "
+            "is it an MR scan? Use a model trained on MR, or give CT scans in HU"
+        )
+    if modality == "MR" and lo < -300:
+        raise ValueError(
+            f"{what} looks like CT in Hounsfield units (1st percentile {lo:.0f}), but the model is for MR"
+        )
+
+
+def plausibility_warnings(organ: str, volume_ml: float, fraction: float) -> list[str]:
+    """Messages for a prediction too large to be the organ (a wrong model, modality or support)."""
+    out = []
+    limit = PLAUSIBLE_ML.get(organ)
+    if limit is not None and volume_ml > limit:
+        out.append(f"the predicted {organ} is {volume_ml:.0f} ml, more than a plausible {limit:.0f} ml")
+    if fraction > PLAUSIBLE_FRACTION:
+        out.append(f"the predicted {organ} covers {100 * fraction:.0f}% of the scan's voxels")
+    return [f"{w}: check the support mask, the modality and the checkpoint" for w in out]
+
+
 def _in_plane_pixel(v: Volume, size: int) -> float:
     return float(np.sqrt(v.spacing[1] * v.spacing[2]) * np.sqrt(v.shape[1] * v.shape[2]) / size)
 
@@ -113,18 +182,30 @@ def segment_files(
     ``support_mask`` is binary, or a label volume read with ``label_map`` (``chaos-mr``,
     ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). Returns a report (slices, voxels, volume in ml).
     """
-    from fewshot.training.train import load_model_from_checkpoint
+    from fewshot.checkpoint import load_model_from_checkpoint
+    from fewshot.device import default_device
 
     t0 = time.perf_counter()
     out = Path(out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"--out {out}: the prediction is written as NIfTI; name it .nii.gz or .nii")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config, extras = load_model_from_checkpoint(checkpoint, map_location=dev)
-    mod: Modality = modality or extras.get("modality") or "MR"
-    size = int(config["data"]["size"])
-    channels = int(config["model"].get("in_channels", 3))
-    organ = canonical_organ(organ)
+    for name, path in (("--support", support), ("--support-mask", support_mask), ("--query", query)):
+        _check_nifti_input(name, Path(path))
+    organ = check_organ_name(organ)
+    dev = default_device(device)
+    loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
+    model, extras = loaded.model, loaded.payload
+    trained_mod = extras.get("modality")
+    mod: Modality = modality or trained_mod or "MR"
+    if trained_mod is not None and mod != trained_mod:
+        raise ValueError(
+            f"{checkpoint} was trained on {trained_mod} scans; it cannot segment {mod} scans (the intensity "
+            f"normalisation and the features are modality-specific): use a model trained on {mod}"
+        )
+    size = loaded.config.data.size
+    channels = loaded.config.model.backbone.in_channels
     if label_map is None:
         lm = LabelMap("binary", {organ: 1})
     else:
@@ -150,6 +231,8 @@ def segment_files(
     qry = load_nifti_pair(
         query, None, subject="query", modality=mod, label_map=lm, intensity="hu" if mod == "CT" else "raw"
     )
+    for name, path, vol in (("support", support, sup), ("query", query, qry)):
+        check_intensities(vol.image, mod, f"{name} {path}")
     ps, pq = _in_plane_pixel(sup, size), _in_plane_pixel(qry, size)
     ratio = max(ps, pq) / min(ps, pq)
     if ratio > MAX_SPACING_RATIO and not allow_spacing_mismatch:
@@ -183,6 +266,10 @@ def segment_files(
     value = lm.value(organ)
     save_nifti(pred.astype(np.uint8) * np.uint8(value), qry, out, overwrite=overwrite)
     voxels = int(pred.sum())
+    volume_ml = voxels * float(np.prod(qry.spacing)) / 1000.0
+    warnings = plausibility_warnings(organ, volume_ml, voxels / pred.size)
+    for w in warnings:
+        logger.warning("%s", w)
     return {
         "out": str(out),
         "organ": organ,
@@ -191,6 +278,7 @@ def segment_files(
         "query_shape": list(qry.shape),
         "slices_with_prediction": int(pred.any(axis=(1, 2)).sum()),
         "voxels": voxels,
-        "volume_ml": voxels * float(np.prod(qry.spacing)) / 1000.0,
+        "volume_ml": volume_ml,
+        "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

@@ -18,14 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from episodes.preprocess import unit_slices
-from episodes.volumes import Volume
+from episodes.atomic import atomic_write_text, atomic_writer
+from episodes.data.preprocess import unit_slices
+from episodes.data.volumes import Volume
+from fewshot.backbones.inits import get_init, parse_init
 from fewshot.config import ExperimentConfig, load_config
-from fewshot.evaluation.evaluate import EvaluationResult, run_evaluation
+from fewshot.device import default_device
+from fewshot.evaluation import EvaluationResult, run_evaluation
 from fewshot.genesis import GenesisResult
-from fewshot.training.train import load_volumes, split_volumes, train
+from fewshot.pipeline import load_volumes, split_volumes
+from fewshot.training import train
 
-__all__ = ["StudySpec", "fold_genesis_weights", "run_study", "summarize"]
+__all__ = ["PRETRAINERS", "StudySpec", "fold_genesis_weights", "run_study", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,13 @@ class StudySpec:
             raise ValueError(
                 f"weights given for inits {sorted(unknown)} that are not in the study {self.inits}"
             )
+        for init in self.inits:  # validate every init before anything is trained
+            scheme = get_init(init)
+            parse_init(init)
+            if scheme.needs_weights and scheme.name not in self.weights and scheme.name not in PRETRAINERS:
+                raise ValueError(
+                    f"init {init!r} needs a weights file and the study cannot make one; pass --weights {scheme.name}=FILE"
+                )
 
 
 def fold_genesis_weights(
@@ -63,24 +74,22 @@ def fold_genesis_weights(
 
     if out.is_file():
         return str(out), None
-    train_raw, _ = split_volumes(cfg.data, volumes)
+    _, train_raw, _ = split_volumes(cfg.data.protocol, volumes)
     images = unit_slices(train_raw, cfg.data.size)
     result = run_pretrain_genesis(
         images,
-        backbone=cfg.model.backbone,
+        backbone=cfg.model.backbone.name,
         steps=steps,
         out=out,
-        seed=cfg.train.seed,
-        in_channels=cfg.model.in_channels,
-        device="cuda" if _cuda() else "cpu",
+        seed=cfg.train_seed,
+        in_channels=cfg.model.backbone.in_channels,
+        device=str(default_device()),
     )
     return str(out), result
 
 
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+#: Init schemes whose weights file the study can make itself from the fold's training scans (no labels).
+PRETRAINERS = {"genesis": fold_genesis_weights}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,10 +138,9 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title("1-shot Dice by initialisation (mean ± std over seeds × folds)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_study(
@@ -154,25 +162,23 @@ def run_study(
         name = f"{backbone}_{init.replace(':', '-')}_{head}_seed{seed}_fold{fold}"
         run_over: dict[str, Any] = {
             **dict(overrides or {}),
-            "model.backbone": backbone,
-            "model.init": init,
-            "model.head": head,
-            "model.seed": seed,
-            "train.seed": seed,
-            "data.fold": fold,
+            "model.backbone.name": backbone,
+            "model.init.scheme": init,
+            "model.head.name": head,
+            "seed": seed,
+            "data.protocol.fold": fold,
             "out_dir": str(out / "runs" / name),
         }
-        if backbone != base.model.backbone:
-            run_over["model.truncate"] = None
+        if backbone != base.model.backbone.name:
+            run_over["model.backbone.truncate"] = None
         if spec.steps is not None:
             run_over["train.steps"] = spec.steps
-        kind = init.split(":")[0]
-        if kind in spec.weights:
-            run_over["model.weights"] = spec.weights[kind]
-        elif kind == "genesis":
-            cfg0 = load_config(base_config, run_over)
-            run_over["model.weights"], _ = fold_genesis_weights(
-                cfg0, volumes, spec.genesis_steps, out / "genesis" / f"{backbone}_fold{fold}_seed{seed}.pt"
+        kind = get_init(init).name
+        run_over["model.init.weights"] = spec.weights.get(kind)
+        if run_over["model.init.weights"] is None and get_init(init).needs_weights:
+            fold_cfg = load_config(base_config, {k: v for k, v in run_over.items() if not k.startswith("model.init")})
+            run_over["model.init.weights"], _ = PRETRAINERS[kind](
+                fold_cfg, volumes, spec.genesis_steps, out / kind / f"{backbone}_fold{fold}_seed{seed}.pt"
             )
         cfg = load_config(base_config, run_over)
         result = train(cfg, volumes=volumes, resume=True)
@@ -196,7 +202,7 @@ def run_study(
     summary = summarize(rows)
     table = _markdown(summary)
     payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
-    (out / "study.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / "study.md").write_text(table)
+    atomic_write_text(out / "study.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(out / "study.md", table)
     _plot(summary, out / "study.png")
     return table

@@ -5,14 +5,15 @@
 
 Registered: ``resnet50``, ``resnet101`` (dilated, output stride 8), ``vgg16`` (PANet layout),
 ``cbr-tiny``, ``cbr-small``, ``cbr-large-t``, ``cbr-large-w`` (Transfusion), ``unet``
-(Models Genesis family). Init schemes: see :mod:`fewshot.backbones.init`.
+(Models Genesis family). Init schemes: see :mod:`fewshot.backbones.inits`; declared pretrained
+weights: :class:`~fewshot.backbones.weights.WeightsRecord`.
 """
 
 from __future__ import annotations
 
 from fewshot.backbones import cbr, resnet, unet, vgg  # noqa: F401  (register built-ins)
 from fewshot.backbones.base import Backbone, FeatureInfo, InitReport
-from fewshot.backbones.init import apply_init, parse_init, random_init_
+from fewshot.backbones.inits import apply_init, get_init, list_inits, parse_init, random_init_, register_init
 from fewshot.backbones.registry import (
     BackboneSpec,
     create_backbone,
@@ -21,6 +22,7 @@ from fewshot.backbones.registry import (
     register_backbone,
 )
 from fewshot.backbones.staged import StagedBackbone
+from fewshot.backbones.weights import WeightsRecord
 
 __all__ = [
     "Backbone",
@@ -28,11 +30,15 @@ __all__ = [
     "FeatureInfo",
     "InitReport",
     "StagedBackbone",
+    "WeightsRecord",
     "apply_init",
     "create_backbone",
     "get_backbone_spec",
+    "get_init",
     "list_backbones",
+    "list_inits",
     "parse_init",
     "random_init_",
     "register_backbone",
+    "register_init",
 ]

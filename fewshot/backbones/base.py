@@ -10,10 +10,13 @@ off-by-one rounding for odd sizes; heads resize to the mask, never assume equali
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fewshot.backbones.weights import WeightsRecord
 
 __all__ = ["Backbone", "FeatureInfo", "InitReport"]
 
@@ -38,6 +41,8 @@ class InitReport:
         loaded: parameter/buffer names copied from pretrained weights.
         randomized: parameter names drawn at random (scheme in ``init``).
         seed: RNG seed used for the random part.
+        record: the :class:`~fewshot.backbones.weights.WeightsRecord` of the file read (declared by
+            the backbone for ImageNet, stored in the file for Genesis), if known.
     """
 
     init: str
@@ -46,6 +51,7 @@ class InitReport:
     loaded: list[str] = field(default_factory=list)
     randomized: list[str] = field(default_factory=list)
     seed: int | None = None
+    record: WeightsRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,7 @@ class InitReport:
             "n_randomized": len(self.randomized),
             "loaded": list(self.loaded),
             "randomized": list(self.randomized),
+            "record": self.record.to_dict() if self.record is not None else None,
         }
 
 

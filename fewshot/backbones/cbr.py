@@ -2,7 +2,7 @@
 
 Each block is ``Conv2d(k x k, stride 1, 'same' padding k//2, no bias) - BatchNorm - ReLU``
 followed by ``MaxPool2d(3, stride 2, padding 1)`` (CBR-LargeT: no pool after its 5th block).
-Layouts (anchors §6.1, reimplementation (A)):
+Layouts (our reading of the paper's CBR descriptions; there is no official code):
 
 ===========  ======  =======================  ==========================
 name         kernel  channels                 pools
@@ -89,7 +89,8 @@ def _make(name: str) -> None:
 
     builder.__name__ = name.replace("-", "_")
     builder.__doc__ = f"Transfusion {name} encoder (no ImageNet weights)."
-    register_backbone(name)(builder)
+    n_blocks = len(CBR_CONFIGS[name][1])
+    register_backbone(name, stages=tuple(f"block{i + 1}" for i in range(n_blocks)))(builder)
 
 
 for _name in CBR_CONFIGS:

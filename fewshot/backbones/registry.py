@@ -1,18 +1,23 @@
 """Strict name -> builder registry and :func:`create_backbone`.
 
 Builders are functions ``(in_channels: int = 3, truncate: str | None = None) -> StagedBackbone``
-registered with :func:`register_backbone`. Registering a name twice raises; asking for an
-unknown name raises ``KeyError`` listing the registered names.
+registered with :func:`register_backbone`, together with their stage names (for early
+validation of ``truncate``) and the pretrained weights they have, as
+:class:`~fewshot.backbones.weights.WeightsRecord` data. Registering a name twice raises; asking
+for an unknown name raises ``KeyError`` listing the registered names.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from fewshot.backbones.weights import WeightsRecord
 
 if TYPE_CHECKING:
     from fewshot.backbones.staged import StagedBackbone
@@ -32,28 +37,43 @@ class BackboneSpec:
     Attributes:
         name: registry name.
         builder: ``(in_channels, truncate) -> StagedBackbone``.
-        imagenet_file: official torchvision weights filename for ``init="imagenet"``
-            (looked up in ``torch.hub.get_dir()/checkpoints``), ``None`` if there is none.
+        stages: every stage of the full network in forward order (valid ``truncate`` values);
+            ``()`` if not declared.
+        weights: init scheme -> :class:`WeightsRecord` of the pretrained file it uses by default
+            (``"imagenet"``: the official torchvision file); empty if there is none.
     """
 
     name: str
     builder: Callable[..., StagedBackbone]
-    imagenet_file: str | None = None
+    stages: tuple[str, ...] = ()
+    weights: Mapping[str, WeightsRecord] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def register_backbone(
-    name: str, *, imagenet_file: str | None = None
+    name: str,
+    *,
+    stages: tuple[str, ...] = (),
+    weights: Mapping[str, WeightsRecord] | None = None,
 ) -> Callable[[Callable[..., StagedBackbone]], Callable[..., StagedBackbone]]:
     """Decorator registering a builder under ``name``.
 
+    Args:
+        name: registry name.
+        stages: stage names of the full network (checked early by ``BackboneConfig``).
+        weights: ``{init scheme: WeightsRecord}``, e.g. ``{"imagenet": torchvision_imagenet(...)}``.
+
     Raises:
-        ValueError: ``name`` is already registered.
+        ValueError: ``name`` is already registered, or a record's ``init`` differs from its key.
     """
+    records = dict(weights or {})
+    bad = [k for k, r in records.items() if r.init != k]
+    if bad:
+        raise ValueError(f"backbone {name!r}: weights records {bad} declare another init than their key")
 
     def decorator(builder: Callable[..., StagedBackbone]) -> Callable[..., StagedBackbone]:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is already registered ({_REGISTRY[name].builder!r})")
-        _REGISTRY[name] = BackboneSpec(name, builder, imagenet_file)
+        _REGISTRY[name] = BackboneSpec(name, builder, tuple(stages), MappingProxyType(records))
         return builder
 
     return decorator
@@ -98,7 +118,7 @@ def create_backbone(
         name: registry name, see :func:`list_backbones`.
         init: ``random`` (= ``random:kaiming``), ``random:xavier``, ``random:uniform``,
             ``imagenet``, ``genesis``, ``meanvar`` or ``transfuse:<k>``; see
-            :mod:`fewshot.backbones.init`.
+            :mod:`fewshot.backbones.inits`.
         weights: weights file (required for ``genesis``; optional source for ``imagenet``,
             ``meanvar``, ``transfuse:<k>``).
         in_channels: input channels; pretrained stems are adapted (1 channel: RGB kernels summed).
@@ -109,17 +129,13 @@ def create_backbone(
     Returns:
         The backbone, with ``init_report`` filled; ``forward`` gives one feature per stage.
     """
-    from fewshot.backbones.init import apply_init
+    from fewshot.backbones.inits import apply_init, check_init_weights
 
     spec = get_backbone_spec(name)
+    check_init_weights(init, weights, backbone=name)  # e.g. no genesis file: fail before building
     backbone = spec.builder(in_channels=in_channels, truncate=truncate)
     report = apply_init(
-        backbone,
-        init=init,
-        seed=seed,
-        weights=weights,
-        imagenet_file=spec.imagenet_file,
-        weights_sha256=weights_sha256,
+        backbone, init=init, seed=seed, weights=weights, records=spec.weights, weights_sha256=weights_sha256
     )
     backbone.init_report = report
     logger.info(

@@ -31,6 +31,7 @@ from torch import nn
 
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
+from fewshot.backbones.weights import torchvision_imagenet
 
 __all__ = ["ResNetBackbone"]
 
@@ -80,13 +81,21 @@ class ResNetBackbone(StagedBackbone):
         return feats
 
 
-@register_backbone("resnet50", imagenet_file="resnet50-0676ba61.pth")
+@register_backbone(
+    "resnet50",
+    stages=ResNetBackbone.all_stages,
+    weights={"imagenet": torchvision_imagenet("resnet50-0676ba61.pth", sha256="0676ba61")},
+)
 def resnet50(in_channels: int = 3, truncate: str | None = None) -> ResNetBackbone:
     """Dilated ResNet-50 (torchvision ``IMAGENET1K_V1`` weights file ``resnet50-0676ba61.pth``)."""
     return ResNetBackbone("resnet50", 50, in_channels, truncate)
 
 
-@register_backbone("resnet101", imagenet_file="resnet101-63fe2227.pth")
+@register_backbone(
+    "resnet101",
+    stages=ResNetBackbone.all_stages,
+    weights={"imagenet": torchvision_imagenet("resnet101-63fe2227.pth", sha256="63fe2227")},
+)
 def resnet101(in_channels: int = 3, truncate: str | None = None) -> ResNetBackbone:
     """Dilated ResNet-101 (torchvision ``IMAGENET1K_V1`` weights file ``resnet101-63fe2227.pth``)."""
     return ResNetBackbone("resnet101", 101, in_channels, truncate)

@@ -72,7 +72,7 @@ class UNetEncoder(StagedBackbone):
         return feats
 
 
-@register_backbone("unet")
+@register_backbone("unet", stages=UNetEncoder.all_stages)
 def unet(in_channels: int = 3, truncate: str | None = None) -> UNetEncoder:
     """2D U-Net encoder, channels 32-64-128-256 (no ImageNet weights)."""
     return UNetEncoder("unet", in_channels, truncate)

@@ -31,6 +31,7 @@ from torch import nn
 
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
+from fewshot.backbones.weights import torchvision_imagenet
 
 __all__ = ["VGG16Backbone"]
 
@@ -92,7 +93,11 @@ class VGG16Backbone(StagedBackbone):
         return feats
 
 
-@register_backbone("vgg16", imagenet_file="vgg16-397923af.pth")
+@register_backbone(
+    "vgg16",
+    stages=VGG16Backbone.all_stages,
+    weights={"imagenet": torchvision_imagenet("vgg16-397923af.pth", sha256="397923af")},
+)
 def vgg16(in_channels: int = 3, truncate: str | None = None) -> VGG16Backbone:
     """PANet's VGG-16 (torchvision ``IMAGENET1K_V1`` weights file ``vgg16-397923af.pth``)."""
     return VGG16Backbone("vgg16", in_channels, truncate)

@@ -1,15 +1,14 @@
-"""Protocol evaluation: overlap metrics, 3D Dice per scan, reports and overlays."""
+"""Protocol evaluation: overlap metrics, 3D Dice per scan, results, overlays.
+
+* :mod:`~fewshot.evaluation.metrics`: TP/FP/FN counts, Dice, precision, recall;
+* :mod:`~fewshot.evaluation.scoring`: :func:`evaluate` a model on an evaluation plan;
+* :mod:`~fewshot.evaluation.results`: :class:`EvaluationResult` (JSON, Markdown), :func:`aggregate` over folds;
+* :mod:`~fewshot.evaluation.overlays`: overlay pictures;
+* :mod:`~fewshot.evaluation.run`: :func:`run_evaluation` of a checkpoint (what ``fewshot evaluate`` runs).
+"""
 
 from __future__ import annotations
 
-from fewshot.evaluation.evaluate import (
-    EvaluationResult,
-    aggregate,
-    evaluate,
-    predict_query,
-    run_evaluation,
-    save_overlays,
-)
 from fewshot.evaluation.metrics import (
     Counts,
     ScanScore,
@@ -21,6 +20,10 @@ from fewshot.evaluation.metrics import (
     recall,
     recall_from_counts,
 )
+from fewshot.evaluation.overlays import save_overlays
+from fewshot.evaluation.results import EvaluationResult, aggregate
+from fewshot.evaluation.run import output_paths, run_evaluation
+from fewshot.evaluation.scoring import evaluate, predict_query
 
 __all__ = [
     "Counts",
@@ -31,6 +34,7 @@ __all__ = [
     "dice",
     "dice_from_counts",
     "evaluate",
+    "output_paths",
     "precision",
     "precision_from_counts",
     "predict_query",

@@ -17,7 +17,7 @@ every scored slice contains the organ, so these cases never arise there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,3 @@ class ScanScore:
             "precision": self.precision,
             "recall": self.recall,
         }
-
-    def counts_dict(self) -> dict[str, int]:
-        return {**asdict(self.counts), "n_slices": self.n_slices}

@@ -23,14 +23,39 @@ foreground score is 0 everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from fewshot.backbones.base import FeatureInfo
 from fewshot.heads.functional import alp_segment
-from fewshot.heads.panet import PANetHead
+from fewshot.heads.panet import PANetHead, check_prototype_config
+from fewshot.heads.registry import HeadConfig, register_head
 
-__all__ = ["ALPNetHead"]
+__all__ = ["ALPNetConfig", "ALPNetHead"]
+
+
+@dataclass(frozen=True)
+class ALPNetConfig(HeadConfig):
+    """ALPNet head: as PANet plus the pooling windows in training/eval mode and the cell threshold."""
+
+    name: str = "alpnet"
+    feature_dim: int = 256
+    scale: float = 20.0
+    align: bool = True
+    window_train: int = 4
+    window_test: int = 2
+    threshold: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prototype_config(self.feature_dim, self.scale)
+        if self.window_train < 1 or self.window_test < 1:
+            raise ValueError(
+                f"ALP windows must be >= 1, got window_train={self.window_train}, window_test={self.window_test}"
+            )
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
 
 
 class ALPNetHead(PANetHead):
@@ -98,3 +123,16 @@ class ALPNetHead(PANetHead):
             f"{super().extra_repr()}, window_train={self.window_train}, window_test={self.window_test}, "
             f"threshold={self.threshold}, scale={self.scale}, align={self.align}"
         )
+
+
+@register_head("alpnet", config=ALPNetConfig)
+def build_alpnet(config: ALPNetConfig, feature_info: Sequence[FeatureInfo]) -> ALPNetHead:
+    return ALPNetHead(
+        feature_info,
+        feature_dim=config.feature_dim,
+        scale=config.scale,
+        align=config.align,
+        window_train=config.window_train,
+        window_test=config.window_test,
+        threshold=config.threshold,
+    )

@@ -1,7 +1,7 @@
 """DPCN head: Dynamic Prototype Convolution Network (Liu et al., CVPR'22, arXiv 2204.10638).
 
-There is **no official code**. This implementation follows the paper's Fig. 2 pipeline as
-summarised in ``shared/reference/anchors.md`` section 4; every point marked *choice* is ours.
+There is **no official code**. This implementation follows the pipeline of the paper's Fig. 2
+(SAM -> FFM -> DCM -> decoder); the points below under "Choices" are ours, not the paper's.
 
 Followed from the paper:
 
@@ -40,6 +40,7 @@ query features alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,22 @@ from fewshot.heads.functional import (
     masked_average_pooling,
     support_activation,
 )
+from fewshot.heads.registry import HeadConfig, register_head
 
-__all__ = ["DPCNHead", "default_dpcn_levels"]
+__all__ = ["DPCNConfig", "DPCNHead", "default_dpcn_levels"]
+
+
+@dataclass(frozen=True)
+class DPCNConfig(HeadConfig):
+    """DPCN head: ``feature_dim`` channels of the reduced mid-level feature and decoder (> 0)."""
+
+    name: str = "dpcn"
+    feature_dim: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feature_dim <= 0:
+            raise ValueError(f"DPCN needs feature_dim > 0, got {self.feature_dim}")
 
 
 def default_dpcn_levels(n_features: int) -> tuple[tuple[int, ...], int]:
@@ -171,3 +186,8 @@ class DPCNHead(FewShotHead):
             f"{super().extra_repr()}, mid={self.mid_indices}, high={self.high_index}, "
             f"sam_windows={self.sam_windows}, kernel_sizes={self.kernel_sizes}"
         )
+
+
+@register_head("dpcn", config=DPCNConfig)
+def build_dpcn(config: DPCNConfig, feature_info: Sequence[FeatureInfo]) -> DPCNHead:
+    return DPCNHead(feature_info, feature_dim=config.feature_dim)

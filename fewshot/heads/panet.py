@@ -16,14 +16,39 @@ everywhere (see :mod:`fewshot.heads.functional`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from fewshot.backbones.base import FeatureInfo
 from fewshot.heads.base import FewShotHead, HeadOutput, apply_2d, broadcast_support
 from fewshot.heads.functional import alignment_loss, panet_segment
+from fewshot.heads.registry import HeadConfig, register_head
 
-__all__ = ["PANetHead", "make_reduction"]
+__all__ = ["PANetConfig", "PANetHead", "check_prototype_config", "make_reduction"]
+
+
+def check_prototype_config(feature_dim: int, scale: float) -> None:
+    """Validation shared by the prototype heads' configs (SG-One, PANet, ALPNet)."""
+    if feature_dim < 0:
+        raise ValueError(f"feature_dim must be >= 0 (0 = no reduction), got {feature_dim}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+
+
+@dataclass(frozen=True)
+class PANetConfig(HeadConfig):
+    """PANet head: ``feature_dim`` channels after the 1x1 reduction (0 = none), cosine ``scale``,
+    alignment loss in training mode when ``align``."""
+
+    name: str = "panet"
+    feature_dim: int = 256
+    scale: float = 20.0
+    align: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prototype_config(self.feature_dim, self.scale)
 
 
 def make_reduction(in_channels: int, feature_dim: int) -> nn.Module:
@@ -84,3 +109,8 @@ class PANetHead(FewShotHead):
                 q, logits, s, masks, segment=self.segment, class_weights=self.align_class_weights
             )
         return HeadOutput(logits, loss)
+
+
+@register_head("panet", config=PANetConfig)
+def build_panet(config: PANetConfig, feature_info: Sequence[FeatureInfo]) -> PANetHead:
+    return PANetHead(feature_info, feature_dim=config.feature_dim, scale=config.scale, align=config.align)

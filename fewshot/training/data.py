@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from episodes.selfsup import SelfSupervisedEpisodes, collate_episodes
-from episodes.volumes import Volume
+from episodes.data.volumes import Volume
+from episodes.sampling import SelfSupervisedEpisodes, collate_episodes
 from fewshot.config import DataConfig
 
 __all__ = ["EpisodeDataModule", "StepBatchSampler"]
@@ -47,11 +47,6 @@ class StepBatchSampler(Sampler[list[int]]):
         self.total_steps, self.batch_size = total_steps, batch_size
         self.rank, self.world_size, self.start_step = rank, world_size, start_step
 
-    @property
-    def n_indices(self) -> int:
-        """Dataset length needed by the whole schedule."""
-        return self.total_steps * self.world_size * self.batch_size
-
     def indices(self, step: int) -> list[int]:
         first = (step * self.world_size + self.rank) * self.batch_size
         return list(range(first, first + self.batch_size))
@@ -71,7 +66,7 @@ class EpisodeDataModule(pl.LightningDataModule):
     kept (only the arrays the dataset needs), so the module pickles for ``ddp_spawn``.
 
     Args:
-        volumes: normalised training volumes (``episodes.preprocess.preprocess``).
+        volumes: normalised training volumes (``episodes.data.preprocess.preprocess``).
         superpixels: ``{subject: (Z, H, W) int}`` maps at the volumes' size.
         data: data settings (shots, queries, channels, augmentation, exclusions...).
         batch_size: episodes per step and rank.
@@ -100,15 +95,12 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.batch_size, self.total_steps, self.world_size = batch_size, total_steps, world_size
         self.num_workers, self.seed = num_workers, seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.dataset = SelfSupervisedEpisodes(
+        self.dataset = SelfSupervisedEpisodes.from_config(
             volumes,
             superpixels,
-            shots=data.shots,
-            queries=data.queries,
+            data.episodes,
             channels=data.channels,
-            augment=data.augment,
-            min_superpixel_pixels=data.min_superpixel_pixels,
-            exclude_organs=data.excluded_organs,
+            exclude_organs=data.train_exclusions(),
             length=total_steps * world_size * batch_size,
             seed=seed,
         )

@@ -15,13 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from episodes.selfsup import EpisodeBatch
+from episodes.sampling import EpisodeBatch
+from fewshot.checkpoint import CHECKPOINT_KEY, build_payload
 from fewshot.config import OptimConfig
 
-__all__ = ["CHECKPOINT_KEY", "FewShotModule", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
-
-#: Key of the plain-data section this library adds to every Lightning checkpoint.
-CHECKPOINT_KEY = "fewshot"
+__all__ = ["FewShotModule", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
 
 IGNORE_INDEX = 255
 
@@ -150,26 +148,5 @@ class FewShotModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """Plain-data checkpoint section: config, model config, backbone init report, version."""
-        from fewshot import __version__
-
-        model_config = getattr(self.model, "config", None)
-        backbone = getattr(self.model, "backbone", None)
-        report = getattr(backbone, "init_report", None)
-        return {
-            "config": self.config_dict,
-            "model_config": _plain(model_config),
-            "init_report": report.to_dict() if report is not None else None,
-            "library_version": __version__,
-            **_plain(self.extras),
-        }
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.checkpoint_payload()
-
-
-def _plain(value: Any) -> Any:
-    from fewshot.config import _plain as plain
-
-    return plain(value)
+        checkpoint[CHECKPOINT_KEY] = build_payload(self.model, self.config_dict, self.extras)

@@ -1,17 +1,15 @@
-"""End-to-end self-supervised training (:func:`train`) and checkpoint loading.
+"""End-to-end self-supervised training (:func:`train`).
 
 ``train(cfg)``:
 
-1. load the raw volumes of ``cfg.data.dataset`` (or take ``volumes=``) and keep the
-   fold's **training** subjects only (:meth:`episodes.protocol.Protocol.split`);
-2. CT: fit :class:`~episodes.preprocess.NormStats` on them (stored in the checkpoint, so
-   evaluation normalises the test scans with the training statistics);
-3. superpixels on the raw volumes resized to ``cfg.data.size`` (cached on disk);
-4. :class:`~fewshot.training.data.EpisodeDataModule` + :class:`~fewshot.training.module.FewShotModule`
+1. :func:`fewshot.pipeline.prepare_fold` (``stage="train"``): the fold's **training** subjects
+   only, CT statistics fitted on them (stored in the checkpoint, so evaluation normalises the
+   test scans with the training statistics), superpixels at ``cfg.data.size`` (cached on disk);
+2. :class:`~fewshot.training.data.EpisodeDataModule` + :class:`~fewshot.training.module.FewShotModule`
    and a Lightning ``Trainer`` (GPU when present, AMP and channels-last on CUDA,
    ``devices``/``num_nodes``/``strategy`` passed through, ``last.ckpt`` every
    ``ckpt_every`` steps and at the end, CSV logs);
-5. resume from ``<out_dir>/checkpoints/last.ckpt`` when it exists (same global step,
+3. resume from ``<out_dir>/checkpoints/last.ckpt`` when it exists (same global step,
    learning-rate schedule and episode stream as an uninterrupted run).
 
 Files under ``out_dir``: ``config.yaml`` (resolved config), ``checkpoints/last.ckpt``,
@@ -22,59 +20,34 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
-import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from episodes.preprocess import NormStats, fit_ct_stats, preprocess, resize_volume
-from episodes.superpixels import compute_dataset_superpixels_with_stats
-from episodes.volumes import Volume
-from fewshot.config import (
-    DataConfig,
-    ExperimentConfig,
-    ModelConfig,
-    resolve_channels_last,
-    resolve_precision,
-    save_config,
-    to_dict,
-)
-from fewshot.models import FewShotSegmenter, create_model
+from episodes.atomic import atomic_write_text
+from episodes.data.volumes import Volume
+from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint
+from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
+from fewshot.device import cuda_requested
+from fewshot.models import create_model
+from fewshot.pipeline import prepare_fold
 from fewshot.training.data import EpisodeDataModule
-from fewshot.training.module import CHECKPOINT_KEY, FewShotModule
+from fewshot.training.module import FewShotModule
 
-__all__ = [
-    "CheckpointError",
-    "TrainResult",
-    "checkpoint_path",
-    "load_checkpoint",
-    "load_model_from_checkpoint",
-    "load_volumes",
-    "preprocess_volumes",
-    "split_volumes",
-    "train",
-]
+__all__ = ["TrainResult", "train"]
 
 logger = logging.getLogger("fewshot")
 
 #: Lightning warns about mid-epoch resumes with loaders it cannot restore; ours is restored
 #: from the global step (see :mod:`fewshot.training.data`), so the warning does not apply.
 _RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not ours, or for another architecture."""
 
 
 @dataclass(frozen=True)
@@ -104,38 +77,6 @@ class TrainResult:
         return asdict(self)
 
 
-def checkpoint_path(out_dir: str | os.PathLike[str]) -> Path:
-    """``<out_dir>/checkpoints/last.ckpt``."""
-    return Path(out_dir) / "checkpoints" / "last.ckpt"
-
-
-# ----------------------------------------------------------------------------------------- data
-
-
-def load_volumes(data: DataConfig) -> list[Volume]:
-    """Raw volumes of ``data.dataset`` from ``data.data_dir`` (``episodes.datasets.load_dataset``)."""
-    from episodes.datasets import load_dataset
-
-    return load_dataset(data.dataset, data.data_dir, **dict(data.loader_args))
-
-
-def split_volumes(data: DataConfig, volumes: Sequence[Volume]) -> tuple[list[Volume], list[Volume]]:
-    """``(train, test)`` volumes of the fold; test = support + query subjects."""
-    split = data.protocol().split([v.subject for v in volumes])
-    train = [v for v in volumes if v.subject in split.train]
-    test_ids = {split.support, *split.queries}
-    if not train:
-        raise ValueError(f"fold {data.fold} leaves no training subject (split: {split})")
-    return train, [v for v in volumes if v.subject in test_ids]
-
-
-def preprocess_volumes(
-    volumes: Sequence[Volume], size: int, ct_stats: NormStats | None = None
-) -> list[Volume]:
-    """:func:`episodes.preprocess.preprocess` every volume (``ct_stats`` required for CT)."""
-    return [preprocess(v, size=size, ct_stats=ct_stats) for v in volumes]
-
-
 # -------------------------------------------------------------------------------------- trainer
 
 
@@ -156,18 +97,6 @@ class _FinalCheckpoint(Callback):
             logger.warning(
                 "interrupted at step %d; saved %s (rerun to resume)", trainer.global_step, self.path
             )
-
-
-def _on_cuda(accelerator: str) -> bool:
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(f.name, path)
 
 
 def train(
@@ -191,40 +120,24 @@ def train(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    raw = list(volumes) if volumes is not None else load_volumes(cfg.data)
-    normalized = [v.subject for v in raw if v.normalized]
-    if normalized:
-        raise ValueError(
-            f"train() needs raw volumes (CT statistics, superpixels); already normalised: {normalized}"
-        )
-    train_raw, _ = split_volumes(cfg.data, raw)
-    modalities = {v.modality for v in train_raw}
-    if len(modalities) != 1:
-        raise ValueError(f"training volumes mix modalities {sorted(modalities)}")
-    ct_stats = fit_ct_stats(train_raw) if modalities == {"CT"} else None
-
-    size = cfg.data.size
-    sp_cache = cfg.data.cache_dir if cfg.data.cache_dir is not None else str(out / "cache" / "superpixels")
-    superpixels, sp_stats = compute_dataset_superpixels_with_stats(
-        [resize_volume(v, size) for v in train_raw],
-        cfg.data.superpixels(),
-        cache_dir=sp_cache,
-        workers=cfg.train.num_workers,
-        progress=cfg.train.progress_bar,
-    )
-    train_vols = preprocess_volumes(train_raw, size, ct_stats)
-
-    on_cuda = _on_cuda(cfg.train.accelerator)
+    on_cuda = cuda_requested(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, on_cuda)
     channels_last = resolve_channels_last(cfg.train.channels_last, on_cuda)
-    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-
-    model = create_model(cfg.model)
+    pl.seed_everything(cfg.train_seed, workers=True, verbose=False)
+    # The model first: a missing weights file fails before any data is read or superpixel computed.
+    model = create_model(cfg.model, seed=cfg.seed)
+    fold = prepare_fold(
+        cfg.data,
+        volumes,
+        stage="train",
+        cache_dir=cfg.data.cache_dir if cfg.data.cache_dir is not None else out / "cache" / "superpixels",
+        progress=cfg.train.progress_bar,
+    )
+    assert fold.superpixel_stats is not None
+    sp_stats = fold.superpixel_stats.to_dict()
     extras = {
-        "norm_stats": ct_stats.to_dict() if ct_stats is not None else None,
-        "modality": next(iter(modalities)),
-        "train_subjects": [v.subject for v in train_raw],
-        "superpixel_stats": {k: v for k, v in sp_stats.to_dict().items() if k != "per_subject_regions"},
+        **fold.extras(),
+        "superpixel_stats": {k: v for k, v in sp_stats.items() if k != "per_subject_regions"},
         "precision": precision,
         "channels_last": channels_last,
     }
@@ -260,14 +173,14 @@ def train(
         fast_dev_run=fast_dev_run,
     )
     datamodule = EpisodeDataModule(
-        train_vols,
-        superpixels,
+        fold.train,
+        fold.superpixels,
         cfg.data,
         batch_size=cfg.train.batch_size,
         total_steps=cfg.train.steps,
         world_size=trainer.world_size,
         num_workers=cfg.train.num_workers,
-        seed=cfg.train.seed,
+        seed=cfg.train_seed,
     )
     module.extras["episodes"] = datamodule.describe()
     resumed = str(ckpt) if resume and ckpt.is_file() and not fast_dev_run else None
@@ -300,96 +213,29 @@ def train(
         resumed_from=resumed,
     )
     if not fast_dev_run and trainer.global_rank == 0:
-        _write_json(out / "train_result.json", result.to_dict())
+        atomic_write_text(out / "train_result.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return result
 
 
 def _check_resume(path: Path, cfg: ExperimentConfig) -> int:
-    """Global step of ``path``; raises if its model/data/optim settings differ from ``cfg``."""
+    """Global step of ``path``; raises if its data/model/optim settings or seed differ from ``cfg``."""
+    from fewshot.config import load_config
+
     ckpt = load_checkpoint(path)
-    stored = (ckpt.get(CHECKPOINT_KEY) or {}).get("config") or {}
+    stored = to_dict(load_config((ckpt.get(CHECKPOINT_KEY) or {}).get("config") or {}))
     current = to_dict(cfg)
     diffs = [
-        f"{section}.{k}: {stored.get(section, {}).get(k)!r} -> {v!r}"
-        for section in ("data", "model", "optim")
-        for k, v in current[section].items()
-        if stored.get(section, {}).get(k) != v
+        f"{key}: {stored.get(key)!r} -> {current[key]!r}"
+        for key in ("data", "model", "optim", "seed")
+        if stored.get(key) != current[key]
     ]
     if diffs:
         raise ValueError(
-            f"cannot resume from {path}: the config changed ({'; '.join(diffs)}); use a new out_dir or resume=False"
+            f"cannot resume from {path}: the config changed ({'; '.join(diffs)[:600]}); use a new output "
+            "folder (--out) or start over (--no-resume)"
         )
     return int(ckpt.get("global_step", 0))
 
 
 def _read_global_step(path: Path) -> int:
     return int(load_checkpoint(path).get("global_step", 0))
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors for missing/corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: it is corrupt, truncated or not a "
-            f"PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict')")
-    return ckpt
-
-
-def _describe(cfg: ModelConfig | dict[str, Any] | None) -> str:
-    if cfg is None:
-        return "unknown"
-    d = asdict(cfg) if isinstance(cfg, ModelConfig) else cfg
-    return f"backbone {d.get('backbone')!r} (truncate={d.get('truncate')}, head={d.get('head')!r})"
-
-
-def load_model_from_checkpoint(
-    path: str | os.PathLike[str],
-    map_location: str | torch.device = "cpu",
-    *,
-    model: FewShotSegmenter | None = None,
-) -> tuple[FewShotSegmenter, dict[str, Any], dict[str, Any]]:
-    """Rebuild the trained model of a :func:`train` checkpoint (in eval mode).
-
-    Args:
-        path: ``.ckpt`` file written by :func:`train`.
-        map_location: device for the tensors.
-        model: load the weights into this model instead of building the stored architecture;
-            a model with another backbone/head raises :class:`CheckpointError` naming both.
-
-    Returns:
-        ``(model, config dict, extras)``; extras hold ``model_config``, ``init_report``,
-        ``library_version``, ``norm_stats`` (CT), ``global_step`` and training metadata.
-    """
-    ckpt = load_checkpoint(path, map_location)
-    payload = ckpt.get(CHECKPOINT_KEY)
-    if not isinstance(payload, dict) or "model_config" not in payload:
-        raise CheckpointError(
-            f"checkpoint {path} was not written by fewshot.training.train (no {CHECKPOINT_KEY!r} key)"
-        )
-    stored_cfg = ModelConfig(**payload["model_config"])
-    if model is None:
-        # The weights come from the checkpoint: build the architecture without reading pretrained files.
-        model = create_model(replace(stored_cfg, init="random", weights=None))
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint {path} holds a model with {_describe(stored_cfg)}, which does not match the model with "
-            f"{_describe(getattr(model, 'config', None))}: {' '.join(str(e).split())[:400]}"
-        ) from e
-    model.to(map_location).eval()
-    extras = {k: v for k, v in payload.items() if k != "config"}
-    extras["global_step"] = int(ckpt.get("global_step", 0))
-    return model, dict(payload["config"]), extras

@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from episodes.labels import CHAOS_MR
-from episodes.volumes import Volume
+from episodes.data.labels import CHAOS_MR
+from episodes.data.volumes import Volume
 
 
 def make_raw_mr(

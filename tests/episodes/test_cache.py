@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import episodes.cache as cache
-from episodes.superpixels import SuperpixelParams, compute_dataset_superpixels_with_stats
+import episodes.pseudolabels.cache as cache
+from episodes.pseudolabels import SuperpixelParams, compute_dataset_superpixels_with_stats
 
 PARAMS = SuperpixelParams("felzenszwalb", {"min_size": 30})
 
@@ -110,3 +110,19 @@ def test_array_digest_is_sha256_of_shape_dtype_bytes() -> None:
     assert cache.array_digest(a) == expected
     assert cache.array_digest(np.asfortranarray(a)) == expected  # C-order bytes
     assert cache.array_digest(a.T) != expected
+
+
+def test_cache_key_unchanged_by_the_refactor(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Pinned keys (computed before the code moved into ``episodes.pseudolabels``): moving
+    the code or adding OPTIONAL_PARAMS must not invalidate existing cache entries."""
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+    from episodes.pseudolabels import superpixel_input
+
+    monkeypatch.setattr(cache, "library_version", lambda: "0.1.0")
+    image = np.random.default_rng(0).uniform(0, 400, (3, 16, 16)).astype(np.float32)
+    v = Volume(image=image, label=None, spacing=(1, 1, 1), subject="7", modality="MR", label_map=CHAOS_MR)
+    key = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams())
+    assert key == "1d558b05c55e7e8364f1e4c9230784982efcee05c70b5c54b63a881e31177c10"
+    key = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams("slic"))
+    assert key == "37b29a8958f45e80b2a15c381519e7d75e775af8a9d6191844e1671faab3fb2d"

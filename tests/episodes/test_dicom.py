@@ -10,8 +10,9 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from episodes.datasets import load_dataset
-from episodes.volumes import VolumeError, load_dicom_series
+from episodes.data.datasets import load_dataset
+from episodes.data.dicom import load_dicom_series
+from episodes.data.volumes import VolumeError
 
 
 def _write_slice(path: Path, pixels: np.ndarray, z: float, modality: str, instance: int) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from episodes.datasets import load_dataset
-from episodes.phantom import make_phantom, make_phantom_dataset
-from episodes.preprocess import fit_ct_stats, preprocess
+from episodes.data.datasets import load_dataset
+from episodes.data.phantom import make_phantom, make_phantom_dataset
+from episodes.data.preprocess import fit_ct_stats, preprocess
 
 ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
 

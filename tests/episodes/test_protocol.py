@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from episodes.labels import BTCV_CT, CHAOS_MR
+from episodes.data.labels import BTCV_CT, CHAOS_MR
+from episodes.data.volumes import Volume
 from episodes.protocol import (
     EvaluationPlan,
     Protocol,
@@ -16,7 +17,6 @@ from episodes.protocol import (
     support_episode_tensors,
     support_slice_indices,
 )
-from episodes.volumes import Volume
 
 
 def _vol(subject: str, organ_slices: dict[int, range], z: int = 12, label_map=CHAOS_MR) -> Volume:  # type: ignore[no-untyped-def]
@@ -177,3 +177,17 @@ def test_plan_tensors() -> None:
         support_episode_tensors(plan, by_id, 3)
     with pytest.raises(KeyError, match="available"):
         query_tensors(plan.queries[0], {}, 1)
+
+
+def test_protocol_dataset_default_and_training_exclusions() -> None:
+    p = Protocol()
+    assert p.dataset == "" and p.training_exclusions() == ()
+    assert Protocol.from_dict({"fold": 2}) == Protocol(fold=2)
+    assert Protocol(setting=2).training_exclusions() == ("liver", "spleen", "right_kidney", "left_kidney")
+    p2 = Protocol("chaos-mr", setting=2, organs=("left_kidney", "liver", "right_kidney"))
+    assert p2.training_exclusions() == ("right_kidney", "left_kidney", "liver", "spleen")
+    assert Protocol(setting=2, organs=("spleen",)).training_exclusions() == ("liver", "spleen")
+    # the same organs the per-group training runs exclude, in one run
+    assert set(p2.training_exclusions()) == {o for _, excl in p2.training_runs() for o in excl}
+    with pytest.raises(ValueError, match="no setting-2 group"):
+        Protocol(setting=2, organs=("gallbladder",)).training_exclusions()

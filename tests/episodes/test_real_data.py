@@ -1,15 +1,18 @@
-"""Every subject of both real sets loads with the shapes, labels and organs PROVENANCE.md lists."""
+"""Every subject of both real sets loads with the expected shapes, labels and organs.
+
+The tables were measured on the SSL-ALPNet preprocessed copies (they match the provenance notes
+shipped with the data, outside this repository)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from episodes.datasets import load_dataset
-from episodes.preprocess import fit_ct_stats, preprocess
-from episodes.volumes import load_btcv_png_folder, load_ssl_alpnet_folder
+from episodes.data.datasets import load_dataset
+from episodes.data.loaders import load_btcv_png_folder, load_ssl_alpnet_folder
+from episodes.data.preprocess import fit_ct_stats, preprocess
 
-# id: (Z, slices with liver, RK, LK, spleen)  -- CHAOS PROVENANCE.md table
+# id: (Z, slices with liver, RK, LK, spleen)  -- CHAOS T2-SPIR, 16 subjects
 CHAOS = {
     "1": (37, 24, 14, 16, 14),
     "2": (31, 22, 14, 14, 11),
@@ -29,7 +32,7 @@ CHAOS = {
     "34": (35, 22, 15, 16, 13),
 }
 
-# id: (PNG slices, liver, spleen, RK, LK, gallbladder present) -- BTCV PROVENANCE.md table
+# id: (PNG slices, liver, spleen, RK, LK, gallbladder present) -- BTCV/SABS CT, 23 subjects
 BTCV = {
     "0": (148, 75, 35, 41, 37, True),
     "1": (140, 54, 21, 29, 33, True),

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from episodes.augment import Augmenter
-from episodes.preprocess import preprocess
-from episodes.selfsup import Episode, EpisodeBatch, EpisodeInfo, SelfSupervisedEpisodes, collate_episodes
-from episodes.superpixels import SuperpixelParams, compute_volume_superpixels
+from episodes.data.preprocess import preprocess
+from episodes.pseudolabels import SuperpixelParams, compute_volume_superpixels
+from episodes.sampling.augment import Augmenter
+from episodes.sampling.selfsup import DEFAULT_MIN_SUPERPIXEL_PIXELS, EpisodeConfig, SelfSupervisedEpisodes
+from episodes.sampling.types import Episode, EpisodeBatch, EpisodeInfo, collate_episodes
 
 PARAMS = SuperpixelParams("felzenszwalb", {"min_size": 30})
 
@@ -200,7 +201,7 @@ def test_augmenter_backends_and_errors() -> None:
 
 
 def test_affine_inverse_hand_computed() -> None:
-    from episodes.augment import AugmentationConfig, _affine_inverse
+    from episodes.sampling.augment import AugmentationConfig, _affine_inverse
 
     # scale 2 only, 5x5 slice, centre (2, 2): output x maps to input 2 + (x - 2) / 2
     cfg = AugmentationConfig(0.0, 0, 0.0, (2.0, 2.0), 0.0, 1.0, (1.0, 1.0), 0.0, 0.0, (0.1, 0.1))
@@ -209,7 +210,7 @@ def test_affine_inverse_hand_computed() -> None:
 
 
 def test_geometry_only_identity_and_mask_follows_image() -> None:
-    from episodes.augment import _CONFIGS, AugmentationConfig, _augment_opencv
+    from episodes.sampling.augment import _CONFIGS, AugmentationConfig, _augment_opencv
 
     unit = np.zeros((48, 48), np.float32)
     unit[10:30, 14:38] = 1.0
@@ -236,7 +237,7 @@ def test_elastic_field_matches_ssl_alpnet_magnitude() -> None:
     import cv2
     from scipy.ndimage import gaussian_filter
 
-    from episodes.augment import _CONFIGS, _elastic_field
+    from episodes.sampling.augment import _CONFIGS, _elastic_field
 
     cfg = _CONFIGS["alpnet"]  # alpha 10, sigma 5
     rng = np.random.default_rng(0)
@@ -277,3 +278,37 @@ def test_episode_pickles_by_value() -> None:
         for n in ("support_images", "support_masks", "query_images", "query_masks")
     )
     assert len(ForkingPickler.dumps(batch)) < 0.45 * raw
+
+
+def test_episode_config_defaults_and_validation() -> None:
+    cfg = EpisodeConfig()
+    assert (cfg.shots, cfg.queries, cfg.augment) == (1, 1, "alpnet")
+    assert cfg.min_superpixel_pixels == DEFAULT_MIN_SUPERPIXEL_PIXELS == 200
+    for bad in ({"shots": 0}, {"queries": 1.5}, {"min_superpixel_pixels": True}):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            EpisodeConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"augment='heavy'; choices: \['alpnet', 'strong', 'none'\]"):
+        EpisodeConfig(augment="heavy")
+
+
+def test_from_config_equals_constructor(data) -> None:  # type: ignore[no-untyped-def]
+    vols, maps = data
+    cfg = EpisodeConfig(shots=2, queries=2, augment="strong", min_superpixel_pixels=50)
+    a = SelfSupervisedEpisodes.from_config(vols, maps, cfg, channels=3, length=5, seed=7)
+    b = SelfSupervisedEpisodes(
+        vols,
+        maps,
+        shots=2,
+        queries=2,
+        channels=3,
+        augment="strong",
+        min_superpixel_pixels=50,
+        length=5,
+        seed=7,
+    )
+    assert a.describe() == b.describe() and a.config == cfg
+    assert all(_same(a[i], b[i]) for i in range(5))
+    c = SelfSupervisedEpisodes.from_config(
+        vols, maps, cfg, channels=1, exclude_organs=("liver",), length=5, seed=7
+    )
+    assert c.describe()["exclude_organs"] == ["liver"]

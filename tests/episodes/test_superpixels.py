@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from episodes.superpixels import (
+from episodes.data.volumes import VolumeError
+from episodes.pseudolabels import (
+    DEFAULT_PARAMS,
     METHODS,
+    OPTIONAL_PARAMS,
     SuperpixelParams,
     body_mask,
     compute_dataset_superpixels_with_stats,
@@ -14,7 +19,7 @@ from episodes.superpixels import (
     compute_volume_superpixels,
     superpixel_input,
 )
-from episodes.volumes import VolumeError
+from episodes.pseudolabels.params import valid_params
 
 
 def _slice(size: int = 48) -> np.ndarray:
@@ -88,8 +93,54 @@ def test_params_defaults_and_dict() -> None:
     assert set(METHODS) == {"felzenszwalb", "slic", "fast-slic"}
 
 
+def test_unknown_params_refused_listing_valid() -> None:
+    with pytest.raises(
+        ValueError,
+        match=re.escape("unknown felzenszwalb parameter(s) ['foo']; valid: min_size, scale, sigma"),
+    ):
+        SuperpixelParams("felzenszwalb", {"foo": 1, "min_size": 3})
+    with pytest.raises(ValueError, match=r"unknown slic parameter\(s\) \['min_size'\]; valid: compactness, "):
+        SuperpixelParams("slic", {"min_size": 3})
+    with pytest.raises(ValueError, match=r"unknown felzenszwalb parameter\(s\) \['minsize'\]"):
+        compute_superpixels(_slice(), "felzenszwalb", minsize=3)
+    assert valid_params("fast_slic") == tuple(
+        sorted({*DEFAULT_PARAMS["fast-slic"], *OPTIONAL_PARAMS["fast-slic"]})
+    )
+
+
+def test_optional_params_passed_but_not_filled_in() -> None:
+    # defaults only: the cache key content (to_dict) is what it was before OPTIONAL_PARAMS existed
+    for method in METHODS:
+        assert SuperpixelParams(method).params == dict(sorted(DEFAULT_PARAMS[method].items()))
+    p = SuperpixelParams("slic", {"max_num_iter": 3, "enforce_connectivity": False})
+    assert p.params["max_num_iter"] == 3 and "slic_zero" not in p.params
+    img = _slice()
+    default = compute_superpixels(img, "slic", n_segments=20)
+    explicit = compute_superpixels(
+        img, "slic", n_segments=20, **{k: v for k, v in OPTIONAL_PARAMS["slic"].items()}
+    )
+    np.testing.assert_array_equal(default, explicit)  # OPTIONAL_PARAMS lists the values in effect
+    assert (
+        compute_superpixels(img, "slic", n_segments=20, max_num_iter=1, enforce_connectivity=False).max() > 0
+    )
+
+
+def test_valid_params_cover_the_backends() -> None:
+    """Every keyword of the skimage backends is accepted, except those the wrapper fixes or arrays."""
+    import inspect
+
+    from skimage.segmentation import felzenszwalb, slic
+
+    fixed = {"image", "channel_axis", "start_label", "spacing", "mask", "convert2lab"}
+    for method, fn in (("felzenszwalb", felzenszwalb), ("slic", slic)):
+        names = set(inspect.signature(fn).parameters) - fixed
+        assert names == set(valid_params(method)), method
+        for name, value in OPTIONAL_PARAMS[method].items():
+            assert inspect.signature(fn).parameters[name].default == value, (method, name)
+
+
 def test_volume_level_rejects_normalised(raw_mr) -> None:  # type: ignore[no-untyped-def]
-    from episodes.preprocess import preprocess
+    from episodes.data.preprocess import preprocess
 
     with pytest.raises(VolumeError, match="raw"):
         superpixel_input(preprocess(raw_mr, size=None))
@@ -117,7 +168,7 @@ def test_dataset_volume_without_body(make_volume) -> None:  # type: ignore[no-un
 
 @pytest.mark.realdata
 def test_felzenszwalb_real_chaos_slice(chaos_dir) -> None:  # type: ignore[no-untyped-def]
-    from episodes.volumes import load_ssl_alpnet_folder
+    from episodes.data.loaders import load_ssl_alpnet_folder
 
     (vol,) = load_ssl_alpnet_folder(chaos_dir, subjects=["1"])
     image = superpixel_input(vol)
@@ -170,7 +221,7 @@ def test_body_mask_tie_keeps_first_component_in_raster_order() -> None:
 
 
 def test_relabel_first_appearance_order() -> None:
-    from episodes.superpixels import _relabel_inside
+    from episodes.pseudolabels.algorithms import _relabel_inside
 
     seg = np.array([[7, 7, 3, 3], [9, 7, 3, 5], [9, 9, 5, 5]])
     mask = np.array([[0, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
@@ -183,7 +234,7 @@ def test_relabel_first_appearance_order() -> None:
 
 def test_fast_slic_arch_matches_standard() -> None:
     fast_slic = pytest.importorskip("fast_slic")
-    from episodes.superpixels import _fast_slic, _fast_slic_class
+    from episodes.pseudolabels.algorithms import _fast_slic, _fast_slic_class
 
     assert _fast_slic_class().__name__ in ("Slic", "SlicAvx2")
     img = _slice(64)
@@ -194,11 +245,11 @@ def test_fast_slic_arch_matches_standard() -> None:
 
 
 def test_dataset_level_all_chunks_in_workers(make_volume, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import episodes.superpixels as sp
+    import episodes.pseudolabels.parallel as parallel
 
     vols = [make_volume("1", seed=1, z=4), make_volume("2", seed=2, z=3)]
     params = SuperpixelParams("felzenszwalb", {"min_size": 30})
-    monkeypatch.setattr(sp, "_MAIN_PROCESS_COMPUTES", False)  # every chunk goes through a worker
+    monkeypatch.setattr(parallel, "_MAIN_PROCESS_COMPUTES", False)  # every chunk goes through a worker
     maps, stats = compute_dataset_superpixels_with_stats(
         vols, params, cache_dir=None, workers=3, progress=False, slices_per_task=1
     )
@@ -206,15 +257,15 @@ def test_dataset_level_all_chunks_in_workers(make_volume, monkeypatch) -> None: 
         np.testing.assert_array_equal(maps[v.subject], compute_volume_superpixels(v, params))
     assert stats.n_slices == 7
     # an error inside a worker is re-raised in the caller with its original type
-    bad = SuperpixelParams("felzenszwalb", {"min_size": 30, "bogus": 1})
-    with pytest.raises(TypeError, match="bogus"):
+    bad = SuperpixelParams("felzenszwalb", {"min_size": "thirty"})  # a str reaches the backend
+    with pytest.raises(TypeError, match="str"):
         compute_dataset_superpixels_with_stats(vols, bad, cache_dir=None, workers=2, progress=False)
 
 
 def test_dataset_level_small_shm_warns_and_runs_in_process(make_volume, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import episodes.superpixels as sp
+    import episodes.pseudolabels.parallel as parallel
 
-    monkeypatch.setattr(sp, "_shm_free_bytes", lambda: 1024)
+    monkeypatch.setattr(parallel, "shm_free_bytes", lambda: 1024)
     vols = [make_volume("1", z=3)]
     params = SuperpixelParams("felzenszwalb", {"min_size": 30})
     with pytest.warns(UserWarning, match="shared memory"):

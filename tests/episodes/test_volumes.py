@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from episodes.labels import BTCV_CT, CHAOS_MR, canonical_organ, get_label_map
-from episodes.volumes import (
-    Volume,
-    VolumeError,
-    load_btcv_png_folder,
-    load_nifti_folder,
-    load_nifti_pair,
-    load_ssl_alpnet_folder,
-    save_nifti,
-)
+from episodes.data.labels import BTCV_CT, CHAOS_MR, canonical_organ, get_label_map
+from episodes.data.loaders import load_btcv_png_folder, load_nifti_folder, load_ssl_alpnet_folder
+from episodes.data.volumes import Volume, VolumeError, load_nifti_pair, save_nifti
 
 
 def _write_pair(root, sid, shape=(16, 12, 5), affine=None, label_shape=None, organs=(1, 2)):
@@ -127,9 +120,8 @@ def test_nifti_folder_and_atomic_save(tmp_path):
     (tmp_path / "labels").mkdir()
     aff = np.diag([0.8, 0.8, 3.0, 1.0])
     aff[:3, 3] = [10, -20, 5]
-    nib.save(
-        nib.Nifti1Image(np.full((8, 8, 3), -500.0, np.float32), aff), str(tmp_path / "images" / "ab.nii.gz")
-    )
+    hu = np.random.default_rng(0).integers(-1000, 1000, (8, 8, 3)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "images" / "ab.nii.gz"))
     lab = np.zeros((8, 8, 3), np.uint8)
     lab[1:3, 1:3, 1] = 1
     nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "labels" / "ab.nii.gz"))

@@ -10,6 +10,7 @@ import torch
 from fewshot.backbones import (
     Backbone,
     FeatureInfo,
+    WeightsRecord,
     create_backbone,
     get_backbone_spec,
     list_backbones,
@@ -126,3 +127,16 @@ def test_unknown_names_and_duplicates() -> None:
         register_backbone("unet")(get_backbone_spec("unet").builder)
     with pytest.raises(ValueError, match="in_channels"):
         create_backbone("unet", in_channels=0)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_declared_stages_match_the_network(name: str) -> None:
+    spec = get_backbone_spec(name)
+    assert spec.stages == tuple(s for s, _, _ in EXPECTED[name])
+    assert spec.builder(in_channels=3, truncate=None).all_stages == spec.stages
+
+
+def test_weights_records_must_match_their_key() -> None:
+    with pytest.raises(ValueError, match="declare another init"):
+        register_backbone("bad-net", weights={"imagenet": WeightsRecord("genesis")})
+    assert "bad-net" not in list_backbones()

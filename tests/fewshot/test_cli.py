@@ -9,19 +9,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from episodes.phantom import make_phantom
+from episodes.data.phantom import make_phantom
 from fewshot.cli import build_parser, main
 
 # A tiny version of the demo config: 6 phantoms of 12x64x64, cbr-tiny, a few steps.
 TINY = [
     "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}",
     "--set", "data.size=64",
-    "--set", "data.organs=[liver, spleen]",
-    "--set", "data.superpixel_params={min_size: 50}",
-    "--set", "data.min_superpixel_pixels=20",
-    "--set", "model.backbone=cbr-tiny",
-    "--set", "model.truncate=block2",
-    "--set", "model.feature_dim=8",
+    "--set", "data.protocol.organs=[liver, spleen]",
+    "--set", "data.superpixels.params={min_size: 50}",
+    "--set", "data.episodes.min_superpixel_pixels=20",
+    "--set", "model.backbone.name=cbr-tiny",
+    "--set", "model.backbone.truncate=block2",
+    "--set", "model.head.feature_dim=8",
     "--set", "train.num_workers=0",
     "--set", "train.progress_bar=false",
     "--set", "train.accelerator=cpu",
@@ -36,6 +36,28 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             parser.parse_args([cmd, "--help"])
         assert exc.value.code == 0
         assert "usage: fewshot " + cmd in capsys.readouterr().out
+
+
+def test_every_registry_name_is_in_the_help_and_the_readme(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fewshot.cli.parser import registry_choices
+
+    monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping inside hyphenated names
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    parser = build_parser()
+    helps = {}
+    for cmd in ("superpixels", "train", "study"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([cmd, "--help"])
+        helps[cmd] = " ".join(capsys.readouterr().out.split())
+    for kind, names in registry_choices().items():
+        assert names, kind
+        for name in names:
+            assert f"`{name}`" in readme, f"{kind} {name!r} is not in the README"
+            where = "superpixels" if kind in ("superpixel method",) else "train"
+            assert name in helps[where], f"{kind} {name!r} is not in `fewshot {where} --help`"
 
 
 def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,9 +23,11 @@ def test_defaults_are_the_ssl_alpnet_recipe() -> None:
     assert (cfg.optim.lr_gamma, cfg.optim.lr_step) == (0.95, 1000)
     assert cfg.optim.ce_weights == (0.05, 1.0) and cfg.optim.align_weight == 1.0
     assert cfg.train.steps == 100_100 and cfg.train.batch_size == 1
-    assert cfg.data.superpixel_method == "felzenszwalb"
-    assert cfg.data.superpixel_params == {"scale": 1.0, "sigma": 1.0, "min_size": 400}
-    assert cfg.data.organs == ("liver", "right_kidney", "left_kidney", "spleen")
+    assert cfg.data.superpixels.method == "felzenszwalb"
+    assert cfg.data.superpixels.params == {"min_size": 400, "scale": 1.0, "sigma": 1.0}
+    assert cfg.data.protocol.organs == ("liver", "right_kidney", "left_kidney", "spleen")
+    assert cfg.data.protocol.dataset == cfg.data.dataset == "chaos-mr"
+    assert (cfg.seed, cfg.train_seed) == (0, 1234)
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -33,7 +35,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         None,
         {
             "model.backbone": "cbr-tiny",
-            "data.organs": ["liver", "spleen"],
+            "model.head": {"name": "panet", "feature_dim": 32},
+            "data.protocol.organs": ["liver", "spleen"],
             "data.loader_args": {"n_subjects": 6, "shape": [12, 64, 64]},
             "train.devices": 2,
             "optim.ce_weights": [0.1, 1],
@@ -62,7 +65,13 @@ def test_overrides_merge_into_file(tmp_path: Path) -> None:
         ({"optim": {"ce_weights": [1.0]}}, "optim.ce_weights must have 2 entries"),
         ({"data": {"dataset": "mnist"}}, "choices"),
         ({"model": {"head": "unet"}}, "unknown head 'unet'"),
-        ({"data": {"channels": 1}}, "model.in_channels=3 must equal data.channels=1"),
+        ({"model": {"head": {"name": "panet", "window_test": 1}}}, r"unknown key\(s\) \['window_test'\]"),
+        ({"model": {"backbone": "resnet7"}}, "resnet7"),
+        ({"model": {"init": "imagenet:v2"}}, "imagenet:v2"),
+        ({"data": {"protocol": {"fold": 7}}}, "fold must be in 0..4"),
+        ({"data": {"protocol": {"dataset": "btcv-ct"}}}, "differs from data.dataset='chaos-mr'"),
+        ({"data": {"superpixels": {"method": "felzenszwalb", "params": {"foo": 1}}}}, "foo"),
+        ({"data": {"channels": 1}}, "model.backbone.in_channels=3 must equal data.channels=1"),
         ({"train": {"steps": 0}}, "train.steps must be >= 1"),
     ],
 )
@@ -81,11 +90,65 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_setting2_excludes_label_groups_of_test_organs() -> None:
-    assert load_config({"data": {"setting": 1}}).data.excluded_organs == ()
-    s2 = load_config({"data": {"setting": 2, "organs": ["liver"]}}).data
-    assert s2.excluded_organs == ("liver", "spleen")
-    explicit = load_config({"data": {"setting": 2, "exclude_organs": ["left_kidney"]}}).data
-    assert explicit.excluded_organs == ("left_kidney",)
+    assert load_config({"data": {"protocol": {"setting": 1}}}).data.train_exclusions() == ()
+    s2 = load_config({"data": {"protocol": {"setting": 2, "organs": ["liver"]}}}).data
+    assert s2.train_exclusions() == ("liver", "spleen")
+    explicit = load_config({"data": {"protocol": {"setting": 2}, "exclude_organs": ["left_kidney"]}}).data
+    assert explicit.train_exclusions() == ("left_kidney",)
+
+
+def test_legacy_flat_keys_load_with_a_deprecation_message() -> None:
+    legacy = {
+        "data": {
+            "dataset": "phantom-ct",
+            "superpixel_method": "slic",
+            "superpixel_params": {"n_segments": 50},
+            "min_superpixel_pixels": 40,
+            "fold": 2,
+            "setting": 2,
+            "shots": 3,
+            "organs": ["liver"],
+        },
+        "model": {
+            "backbone": "cbr-small",
+            "truncate": "block2",
+            "init": "random:xavier",
+            "weights": None,
+            "head": "alpnet",
+            "feature_dim": 64,
+            "alp_window_test": 1,
+            "alp_threshold": 0.9,
+            "seed": 5,
+        },
+        "train": {"seed": 5 + 1234, "steps": 3},
+    }
+    with pytest.warns(FutureWarning, match=r"data\.superpixel_method -> data\.superpixels\.method"):
+        cfg = load_config(legacy)
+    nested = {
+        "data": {
+            "dataset": "phantom-ct",
+            "superpixels": {"method": "slic", "params": {"n_segments": 50}},
+            "episodes": {"min_superpixel_pixels": 40, "shots": 3},
+            "protocol": {"fold": 2, "setting": 2, "shots": 3, "organs": ["liver"]},
+        },
+        "model": {
+            "backbone": {"name": "cbr-small", "truncate": "block2"},
+            "init": "random:xavier",
+            "head": {"name": "alpnet", "feature_dim": 64, "window_test": 1, "threshold": 0.9},
+        },
+        "train": {"steps": 3},
+        "seed": 5,
+    }
+    assert cfg == load_config(nested)
+    with pytest.raises(ConfigError, match="one seed"):
+        load_config({"train": {"seed": 7}, "seed": 1})
+
+
+def test_switching_the_head_keeps_only_its_fields() -> None:
+    base = {"model": {"head": {"name": "alpnet", "feature_dim": 64, "window_test": 1}}}
+    cfg = load_config(base, {"model.head.name": "panet"})
+    assert cfg.model.head.name == "panet" and cfg.model.head.feature_dim == 64
+    assert load_config(base, {"model.head.feature_dim": 32}).model.head.window_test == 1
 
 
 def test_precision_and_channels_last_resolution() -> None:
@@ -97,11 +160,19 @@ def test_precision_and_channels_last_resolution() -> None:
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    cfg = load_config(path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the shipped configs use the current keys
+        cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
     if path.name.startswith("ssl_alpnet"):
-        assert (cfg.model.backbone, cfg.model.head, cfg.train.steps) == ("resnet101", "alpnet", 100_100)
-        assert cfg.data.setting == (2 if "setting2" in path.name else 1)
+        assert (cfg.model.backbone.name, cfg.model.head.name, cfg.train.steps) == (
+            "resnet101",
+            "alpnet",
+            100_100,
+        )
+        assert cfg.data.protocol.setting == (2 if "setting2" in path.name else 1)
 
 
 def test_shipped_configs_cover_published_settings() -> None:
@@ -115,10 +186,12 @@ def test_shipped_configs_cover_published_settings() -> None:
 def test_parse_overrides_reads_yaml_values() -> None:
     from fewshot.config import parse_overrides
 
-    assert parse_overrides(["train.steps=5", "data.organs=[liver, spleen]", "model.weights=null"]) == {
+    assert parse_overrides(
+        ["train.steps=5", "data.protocol.organs=[liver, spleen]", "model.init.weights=null"]
+    ) == {
         "train.steps": 5,
-        "data.organs": ["liver", "spleen"],
-        "model.weights": None,
+        "data.protocol.organs": ["liver", "spleen"],
+        "model.init.weights": None,
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.steps"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fewshot.backbones import create_backbone
+import fewshot
+from fewshot.backbones import WeightsRecord, create_backbone
 from fewshot.genesis import (
     GenesisConfig,
     GenesisModel,
@@ -166,10 +169,17 @@ def test_pretraining_lowers_loss_and_weights_load(tmp_path: Path) -> None:
     blob = torch.load(out, weights_only=True)
     assert blob["meta"]["backbone"] == "unet" and blob["meta"]["steps"] == 30
     assert blob["meta"]["final_loss"] == pytest.approx(res.losses[-1])
+    assert blob["meta"]["version"] == fewshot.__version__ == version("fewshot-medseg")  # not None
+    assert blob["meta"]["data_sha256"] == hashlib.sha256(images.astype(np.float32).tobytes()).hexdigest()
+    record = WeightsRecord.from_dict(blob["meta"]["record"])
+    assert (record.init, record.file, record.mean, record.std) == ("genesis", out.name, (0.0,), (1.0,))
     bb = create_backbone("unet", init="genesis", weights=out, in_channels=1)
     assert set(blob["state_dict"]) == set(bb.state_dict())
     assert all(torch.equal(v, blob["state_dict"][k]) for k, v in bb.state_dict().items())
-    assert bb.init_report is not None and bb.init_report.randomized == []
+    report = bb.init_report
+    assert report is not None and report.randomized == [] and report.record == record
+    assert report.to_dict()["source"] == str(out)
+    assert report.to_dict()["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match="'unet', not 'cbr-small'"):
         create_backbone("cbr-small", init="genesis", weights=out)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from fewshot.backbones.base import FeatureInfo
-from fewshot.heads import ALPNetHead, DPCNHead, PANetHead, default_dpcn_levels
+from fewshot.heads import (
+    ALPNetConfig,
+    ALPNetHead,
+    DPCNHead,
+    FewShotHead,
+    HeadConfig,
+    PANetHead,
+    create_head,
+    default_dpcn_levels,
+    head_config_class,
+    list_heads,
+    register_head,
+)
 from fewshot.heads import functional as HF
 
 INFO = (FeatureInfo("a", 4, 2), FeatureInfo("b", 6, 4), FeatureInfo("c", 8, 8))
@@ -120,3 +134,39 @@ def test_head_rejects_wrong_number_of_feature_maps() -> None:
         head(s[:2], m, q[:2])
     with pytest.raises(ValueError, match="support batch"):
         head(s, m, [torch.cat([f, f[:1]]) for f in q])  # support batch 2, query batch 3
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("name", ["alpnet", "dpcn", "panet", "sgone"])
+def test_every_registered_head_builds_from_its_config(name: str) -> None:
+    assert name in list_heads()
+    cls = head_config_class(name)
+    assert HeadConfig.config_for(name) is cls and cls().name == name
+    torch.manual_seed(0)
+    head = create_head(cls(feature_dim=4), INFO)
+    assert isinstance(head, FewShotHead)
+    s, m, q = _episode()
+    assert head(s, m, q).logits.shape[:2] == (2, 2)
+    assert head.does_alignment == (name in ("panet", "alpnet"))
+
+
+def test_head_registry_is_strict() -> None:
+    assert list_heads() == ["alpnet", "dpcn", "panet", "sgone"]
+    with pytest.raises(ValueError, match="unknown head 'unet'; choices: alpnet, dpcn, panet, sgone"):
+        head_config_class("unet")
+    with pytest.raises(ValueError, match="already registered"):
+        register_head("alpnet", config=ALPNetConfig)(lambda c, i: PANetHead(i))
+
+    @dataclasses.dataclass(frozen=True)
+    class OtherConfig(HeadConfig):
+        name: str = "other"
+
+    with pytest.raises(ValueError, match="must default to 'mine'"):
+        register_head("mine", config=OtherConfig)
+    with pytest.raises(ValueError, match="HeadConfig dataclass subclass"):
+        register_head("mine", config=dict)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown head 'other'"):
+        OtherConfig()  # not registered
+    assert "mine" not in list_heads()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -10,8 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.backbones import create_backbone, get_backbone_spec, parse_init
-from fewshot.backbones.init import GENESIS_FORMAT, adapt_stem_weight, apply_init
+from fewshot.backbones import WeightsRecord, create_backbone, get_backbone_spec, parse_init
+from fewshot.backbones.inits import (
+    GENESIS_FORMAT,
+    adapt_stem_weight,
+    apply_init,
+    get_init,
+    init_choices,
+    list_inits,
+    register_init,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,8 +114,9 @@ def test_imagenet_hub_file_with_matching_official_prefix(
     path.rename(ckpt / official)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     bb = get_backbone_spec("resnet50").builder(in_channels=3, truncate="layer1")
-    rep = apply_init(bb, init="imagenet", imagenet_file=official)
-    assert rep.source == str(ckpt / official)
+    record = WeightsRecord("imagenet", source="test", file=official, sha256=_file_sha(ckpt / official)[:8])
+    rep = apply_init(bb, init="imagenet", records={"imagenet": record})
+    assert rep.source == str(ckpt / official) and rep.record == record
     assert torch.equal(bb.state_dict()["layer1.0.conv1.weight"], src["layer1.0.conv1.weight"])
 
 
@@ -224,3 +234,155 @@ def test_init_report_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="fewshot"):
         create_backbone("cbr-tiny", init="random:xavier", seed=9)
     assert any("cbr-tiny" in r.getMessage() and "random:xavier" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- declared weights records
+
+
+def test_backbones_declare_their_torchvision_records() -> None:
+    expected = {
+        "resnet50": ("resnet50-0676ba61.pth", "0676ba61"),
+        "resnet101": ("resnet101-63fe2227.pth", "63fe2227"),
+        "vgg16": ("vgg16-397923af.pth", "397923af"),
+    }
+    for name, (file, sha) in expected.items():
+        rec = get_backbone_spec(name).weights["imagenet"]
+        assert (rec.init, rec.file, rec.sha256) == ("imagenet", file, sha)
+        assert rec.source == f"https://download.pytorch.org/models/{file}"
+        assert rec.mean == (0.485, 0.456, 0.406) and rec.std == (0.229, 0.224, 0.225)
+        assert WeightsRecord.from_dict(rec.to_dict()) == rec
+    assert dict(get_backbone_spec("unet").weights) == {}
+    with pytest.raises(ValueError, match="sha256"):
+        WeightsRecord("imagenet", sha256="not-hex")
+    with pytest.raises(ValueError, match="unknown WeightsRecord key"):
+        WeightsRecord.from_dict({"init": "imagenet", "url": "x"})
+
+
+def test_verification_uses_the_record_sha256_not_the_file_name(tmp_path: Path) -> None:
+    path, _ = _resnet_source(tmp_path, "plain-name.pth")  # no hash in the name
+    bb = get_backbone_spec("resnet50").builder(in_channels=3, truncate="layer1")
+    good = WeightsRecord("imagenet", file=path.name, sha256=_file_sha(path)[:12])
+    rep = apply_init(bb, init="imagenet", weights=path, records={"imagenet": good})
+    assert rep.record == good and rep.to_dict()["record"]["sha256"] == good.sha256
+    bad = WeightsRecord("imagenet", file=path.name, sha256="deadbeef", source="https://example.org/w.pth")
+    with pytest.raises(
+        ValueError, match=r"checksum mismatch.*'deadbeef'.*re-download https://example.org/w.pth"
+    ):
+        apply_init(bb, init="imagenet", weights=path, records={"imagenet": bad})
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_init_registry_names_policies_and_strictness() -> None:
+    assert list_inits() == ["genesis", "imagenet", "meanvar", "random", "transfuse"]
+    assert [n for n in list_inits() if get_init(n).needs_weights] == ["genesis"]
+    assert [n for n in list_inits() if not get_init(n).accepts_weights] == ["random"]
+    assert get_init("transfuse:3").name == "transfuse"
+    assert init_choices() == (
+        "genesis, imagenet, meanvar, random, random:kaiming, random:xavier, random:uniform, transfuse:<k>"
+    )
+    with pytest.raises(ValueError, match=r"unknown init 'orthogonal'; choices: genesis, imagenet"):
+        get_init("orthogonal")
+    with pytest.raises(ValueError, match="already registered"):
+        register_init("random", weights="none")(get_init("random").apply)
+    with pytest.raises(ValueError, match="without ':'"):
+        register_init("a:b", weights="none")
+    with pytest.raises(ValueError, match="'none', 'optional' or 'required'"):
+        register_init("new-scheme", weights="maybe")  # type: ignore[arg-type]
+    assert "new-scheme" not in list_inits()
+
+
+def _unet_genesis_file(tmp_path: Path) -> Path:
+    path = tmp_path / "genesis_unet.pt"
+    record = WeightsRecord("genesis", source="test", file=path.name, mean=(0.0,) * 3, std=(1.0,) * 3)
+    meta = {"format": GENESIS_FORMAT, "backbone": "unet", "record": record.to_dict()}
+    torch.save({"state_dict": _state("unet", seed=2), "meta": meta}, path)
+    return path
+
+
+@pytest.mark.parametrize("init", ["random", "random:xavier", "imagenet", "genesis", "meanvar", "transfuse:2"])
+def test_every_registered_init_builds(init: str, tmp_path: Path) -> None:
+    assert get_init(init).name in list_inits()
+    weights = _unet_genesis_file(tmp_path) if get_init(init).accepts_weights else None
+    bb = create_backbone("unet", init=init, weights=weights, seed=1)
+    rep = bb.init_report
+    assert rep is not None and rep.init == init
+    if weights is not None:
+        assert rep.source == str(weights) and rep.sha256 == _file_sha(weights)
+        assert rep.record is not None and rep.record.init == "genesis"  # the file's own record
+    bb(torch.zeros(1, 3, 16, 16))
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    rnd = tmp_path / "random.pt"
+    rnd.write_bytes(
+        bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist())
+    )
+    good = _unet_genesis_file(tmp_path)
+    data = good.read_bytes()
+    trunc = tmp_path / "truncated.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    legacy = tmp_path / "legacy.pt"  # old pickle format (not a zip), truncated
+    torch.save(_state("unet"), legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:5000])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    return {"random": rnd, "truncated": trunc, "legacy-truncated": legacy, "empty": empty}
+
+
+@pytest.mark.parametrize("init", ["genesis", "imagenet", "meanvar", "transfuse:1"])
+def test_unreadable_weights_file_gives_one_clear_error(init: str, tmp_path: Path) -> None:
+    for kind, path in _bad_files(tmp_path).items():
+        with pytest.raises(ValueError) as err:
+            create_backbone("unet", init=init, weights=path)
+        msg = str(err.value)
+        assert str(path) in msg and "corrupt, truncated or not a PyTorch state dict" in msg, (kind, msg)
+        assert "weights_only" not in msg, (kind, msg)
+        if init == "genesis":
+            assert f"re-run `fewshot pretrain-genesis --backbone unet --out {path}`" in msg
+        else:
+            assert "re-download" in msg and "pretrain-genesis" in msg
+        chained = err.value.__cause__
+        while chained is not None:  # nothing in the chain may suggest weights_only=False either
+            assert "weights_only" not in str(chained), (kind, str(chained))
+            chained = chained.__cause__
+
+
+def test_unreadable_official_file_says_where_to_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = tmp_path / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    official = ckpt / "resnet50-0676ba61.pth"
+    official.write_bytes(b"\x00" * 100)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    record = get_backbone_spec("resnet50").weights["imagenet"]
+    bb = get_backbone_spec("resnet50").builder(in_channels=3, truncate="stem")
+    unverified = WeightsRecord(
+        "imagenet", source=record.source, file=record.file
+    )  # no sha256: reach torch.load
+    with pytest.raises(ValueError, match=r"cannot be read.*re-download https://download.pytorch.org/models/"):
+        apply_init(bb, init="imagenet", records={"imagenet": unverified})
+    with pytest.raises(
+        ValueError, match=r"checksum mismatch.*re-download https://download.pytorch.org/models/"
+    ):
+        create_backbone("resnet50", init="imagenet", truncate="stem")
+
+
+def test_genesis_without_file_fails_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewshot.backbones import registry
+
+    def no_build(**kw: object) -> None:
+        raise AssertionError("the backbone must not be built")
+
+    spec = dataclasses.replace(get_backbone_spec("resnet50"), builder=no_build)
+    monkeypatch.setitem(registry._REGISTRY, "resnet50", spec)
+    with pytest.raises(
+        ValueError,
+        match=r"init='genesis' needs a weights file: set weights=FILE.*pretrain-genesis --backbone resnet50",
+    ):
+        create_backbone("resnet50", init="genesis")

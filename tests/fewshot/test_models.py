@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,12 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.backbones.base import Backbone
+from fewshot.config.model import BackboneConfig, InitConfig
+from fewshot.heads import ALPNetConfig, DPCNConfig, PANetConfig, SGOneConfig, head_config_class
 from fewshot.models import (
     EmptySupportError,
     FewShotSegmenter,
     ModelConfig,
     SegmentationOutput,
     create_model,
+    create_model_skeleton,
     list_heads,
 )
 
@@ -26,10 +30,16 @@ HEADS = ["sgone", "panet", "alpnet", "dpcn"]
 MakeModel = Callable[..., FewShotSegmenter]
 
 
+def _config(head: str, allow_empty_support: bool = False, **head_kw: Any) -> ModelConfig:
+    return ModelConfig(
+        head=head_config_class(head)(**{"feature_dim": 8, **head_kw}), allow_empty_support=allow_empty_support
+    )
+
+
 @pytest.fixture
 def make_model(tiny_backbone_cls: type[Backbone]) -> MakeModel:
-    def make(head: str, **kw: Any) -> FewShotSegmenter:
-        return create_model(backbone=tiny_backbone_cls(), head=head, feature_dim=8, **kw)
+    def make(head: str, seed: int = 0, **kw: Any) -> FewShotSegmenter:
+        return create_model(_config(head, **kw), backbone=tiny_backbone_cls(), seed=seed)
 
     return make
 
@@ -116,28 +126,105 @@ def test_optimisation_reduces_loss_on_separable_episode(head: str, make_model: M
 def test_seed_makes_heads_reproducible_without_touching_global_rng(tiny_backbone_cls: type[Backbone]) -> None:
     backbone = tiny_backbone_cls()  # built first: nn.Conv2d's default init draws from the global RNG
     state = torch.random.get_rng_state()
-    a = create_model(backbone=backbone, head="dpcn", feature_dim=4, seed=3)
+    cfg = ModelConfig(head=DPCNConfig(feature_dim=4))
+    a = create_model(cfg, backbone=backbone, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = create_model(backbone=tiny_backbone_cls(), head="dpcn", feature_dim=4, seed=3)
-    c = create_model(backbone=tiny_backbone_cls(), head="dpcn", feature_dim=4, seed=4)
+    b = create_model(cfg, backbone=tiny_backbone_cls(), seed=3)
+    c = create_model(cfg, backbone=tiny_backbone_cls(), seed=4)
     pa, pb, pc = (torch.cat([p.flatten() for p in m.head.parameters()]) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-def test_config_is_yaml_friendly_and_validated(tiny_backbone_cls: type[Backbone]) -> None:
+def _leaves(d: dict[str, Any]) -> list[Any]:
+    return [x for v in d.values() for x in (_leaves(v) if isinstance(v, dict) else [v])]
+
+
+def test_config_defaults_are_the_former_flat_defaults() -> None:
     cfg = ModelConfig()
-    assert all(v is None or isinstance(v, str | int | float | bool | tuple) for v in cfg.to_dict().values())
-    with pytest.raises(ValueError, match="choices: alpnet, dpcn, panet, sgone"):
+    assert cfg.backbone == BackboneConfig("resnet50", truncate=None, in_channels=3)
+    assert cfg.init == InitConfig("random", weights=None, sha256=None)
+    assert cfg.head == ALPNetConfig(
+        feature_dim=256, scale=20.0, align=True, window_train=4, window_test=2, threshold=0.95
+    )
+    assert not cfg.allow_empty_support
+    assert (SGOneConfig().feature_dim, SGOneConfig().scale) == (256, 20.0)
+    assert (PANetConfig().feature_dim, PANetConfig().scale, PANetConfig().align) == (256, 20.0, True)
+    assert DPCNConfig().feature_dim == 256
+    assert all(v is None or isinstance(v, str | int | float | bool) for v in _leaves(cfg.to_dict()))
+    assert ModelConfig(**cfg.to_dict()) == cfg  # nested dicts are coerced back
+
+
+def test_config_coerces_strings_and_mappings() -> None:
+    cfg = ModelConfig(backbone="cbr-small", init="random:xavier", head="panet")
+    assert cfg.backbone == BackboneConfig("cbr-small")
+    assert cfg.init == InitConfig("random:xavier")
+    assert cfg.head == PANetConfig()
+    cfg = ModelConfig(
+        backbone={"name": "unet", "truncate": "block3", "in_channels": 1},
+        init={"scheme": "transfuse:2", "weights": "w.pt", "sha256": "ABCDEF0123"},
+        head={"name": "alpnet", "window_test": 3},
+    )
+    assert cfg.backbone.truncate == "block3" and cfg.init.sha256 == "abcdef0123"
+    assert cfg.head == ALPNetConfig(window_test=3)
+    with pytest.raises(ValueError, match="unknown BackboneConfig key"):
+        ModelConfig(backbone={"name": "unet", "depth": 3})
+    with pytest.raises(ValueError, match=r"valid keys: .*window_train"):
+        ModelConfig(head={"name": "alpnet", "alp_window_train": 3})
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        ModelConfig(head={"feature_dim": 3})
+
+
+def test_config_is_validated_early(tiny_backbone_cls: type[Backbone]) -> None:
+    with pytest.raises(ValueError, match="unknown head 'unet'; choices: alpnet, dpcn, panet, sgone"):
         ModelConfig(head="unet")
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet-50'; choices: cbr-large-t, .*vgg16"):
+        ModelConfig(backbone="resnet-50")
+    with pytest.raises(
+        ValueError, match=r"unknown init 'imagenet21k'; choices: genesis, imagenet, .*transfuse:<k>"
+    ):
+        ModelConfig(init="imagenet21k")
+    with pytest.raises(ValueError, match="unknown random scheme"):
+        InitConfig("random:orthogonal")
+    with pytest.raises(ValueError, match=r"valid stage names: \['block1'"):
+        BackboneConfig("unet", truncate="layer3")
+    with pytest.raises(ValueError, match="in_channels"):
+        BackboneConfig("unet", in_channels=0)
+    with pytest.raises(ValueError, match=r"0\.\.2"):  # transfuse depth checked against the kept stages
+        ModelConfig(
+            backbone=BackboneConfig("unet", truncate="block2"), init=InitConfig("transfuse:3", "w.pt")
+        )
     with pytest.raises(ValueError, match="feature_dim"):
-        ModelConfig(head="dpcn", feature_dim=0)
-    with pytest.raises(ValueError, match="alp_threshold"):
-        ModelConfig(alp_threshold=1.5)
-    with pytest.raises(ValueError, match="unknown ModelConfig field"):
-        create_model(backbone=tiny_backbone_cls(), heads="panet")
-    model = create_model(ModelConfig(head="sgone", feature_dim=0), backbone=tiny_backbone_cls(), scale=10.0)
-    assert model.config.scale == 10.0 and model.config.head == "sgone" and not model.head.does_alignment
+        DPCNConfig(feature_dim=0)
+    with pytest.raises(ValueError, match="feature_dim"):
+        PANetConfig(feature_dim=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        ALPNetConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="windows"):
+        ALPNetConfig(window_train=0)
+    with pytest.raises(ValueError, match="scale"):
+        SGOneConfig(scale=0.0)
+    with pytest.raises(ValueError, match="configured by PANetConfig"):
+        ALPNetConfig(name="panet")
+    with pytest.raises(ValueError, match="sha256"):
+        InitConfig("imagenet", sha256="xyz")
+    with pytest.raises(TypeError, match="ModelConfig"):
+        create_model({"head": "panet"}, backbone=tiny_backbone_cls())  # type: ignore[arg-type]
+    model = create_model(
+        ModelConfig(head=SGOneConfig(feature_dim=0, scale=10.0)), backbone=tiny_backbone_cls()
+    )
+    assert model.config.head == SGOneConfig(feature_dim=0, scale=10.0)
+    assert not model.head.does_alignment
     assert dataclasses.is_dataclass(model.config)
+
+
+def test_genesis_without_weights_fails_at_construction() -> None:
+    with pytest.raises(
+        ValueError, match=r"init='genesis' needs a weights file: set InitConfig.weights.*pretrain-genesis"
+    ):
+        ModelConfig(backbone="cbr-small", init="genesis", head="alpnet")
+    with pytest.raises(ValueError, match="not used by init='random'"):
+        InitConfig("random", weights="w.pt")
+    assert InitConfig("genesis", weights="w.pt").needs_weights
 
 
 def test_bad_inputs_raise_clear_errors(make_model: MakeModel) -> None:
@@ -176,12 +263,50 @@ def test_bool_masks_are_accepted(make_model: MakeModel) -> None:
 
 
 def test_create_model_with_registered_backbone() -> None:
-    backbones = pytest.importorskip("fewshot.backbones")
-    if "cbr-tiny" not in backbones.list_backbones():
-        pytest.skip("cbr-tiny backbone not registered")
-    config = ModelConfig(backbone="cbr-tiny", head="panet", feature_dim=8)
+    config = ModelConfig(backbone="cbr-tiny", head=PANetConfig(feature_dim=8))
     model = create_model(config)
     assert model.config is config and model.backbone.feature_info
     model.eval()
     si, sm, q = _episode(n=1, size=32)
     assert model(si, sm, q).logits.shape == (1, 2, 32, 32)
+
+
+# Sums of all parameters (float64) of models built by the code before the registry refactor
+# (``ModelConfig(backbone=..., head=..., seed=0)`` of the flat config), recorded once.
+_BASELINE = {
+    ("cbr-small", "alpnet"): (443.81290229741205, 26564.465075525266),
+    ("resnet50", "panet"): (26516.031362664286, 747508.688735101),
+}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(("backbone", "head"), sorted(_BASELINE))
+def test_seed_zero_reproduces_the_parameters_before_the_refactor(backbone: str, head: str) -> None:
+    model = create_model(ModelConfig(backbone=backbone, init="random", head=head), seed=0)
+    zero = torch.zeros((), dtype=torch.float64)
+    total = sum((p.double().sum() for p in model.parameters()), zero).item()
+    absolute = sum((p.double().abs().sum() for p in model.parameters()), zero).item()
+    assert (total, absolute) == pytest.approx(_BASELINE[(backbone, head)], rel=1e-12, abs=1e-9)
+
+
+def test_readme_one_liner() -> None:
+    model = create_model(ModelConfig(backbone="resnet50", init="random", head="alpnet"))
+    assert model.backbone.name == "resnet50" and model.config.head == ALPNetConfig()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_skeleton_has_the_same_architecture_and_logs_no_init(caplog: pytest.LogCaptureFixture) -> None:
+    config = ModelConfig(
+        backbone=BackboneConfig("cbr-tiny", truncate="block2"), head=DPCNConfig(feature_dim=4)
+    )
+    with caplog.at_level(logging.INFO, logger="fewshot"):
+        trained = create_model(config, seed=5)
+        assert sum("backbone cbr-tiny" in r.getMessage() for r in caplog.records) == 1  # once per build
+        caplog.clear()
+        skeleton = create_model_skeleton(config)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert skeleton.backbone.init_report is None and skeleton.config is config
+    skeleton.load_state_dict(trained.state_dict(), strict=True)
+    assert all(
+        torch.equal(a, b) for a, b in zip(skeleton.state_dict().values(), trained.state_dict().values())
+    )

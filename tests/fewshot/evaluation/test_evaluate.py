@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from episodes.labels import PHANTOM
+from episodes.data.labels import PHANTOM
+from episodes.data.volumes import Volume
 from episodes.protocol import Protocol
-from episodes.volumes import Volume
 from fewshot.evaluation import EvaluationResult, aggregate, evaluate, save_overlays
 
 
@@ -21,7 +21,7 @@ class ThresholdModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = SimpleNamespace(in_channels=2)
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=2))
         self.dummy = nn.Parameter(torch.zeros(()))
         self.support_batches: list[tuple[int, ...]] = []
 

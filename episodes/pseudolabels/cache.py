@@ -8,23 +8,23 @@ is the SHA-256 of a JSON document holding:
 
 * the SHA-256 of the superpixel input array (shape, dtype and bytes),
 * the SHA-256 of the volume's source file when ``Volume.source`` is a regular file,
-* the method, its parameters and the body threshold (:class:`~episodes.superpixels.SuperpixelParams`),
+* the method, its parameters and the body threshold
+  (:class:`~episodes.pseudolabels.params.SuperpixelParams`),
 * the modality / intensity convention,
 * the library version (``episodes.__version__``) and :data:`CACHE_FORMAT`.
 
 Changing any of them gives a new key, so stale entries are never read (they stay on disk until the
 folder is cleaned). The full key is also stored inside the file and checked on load. Files are written
-atomically: a temporary file in the same folder, flushed and ``fsync``-ed, then ``os.replace``-d, so an
-interrupted run never leaves a partial entry under the final name.
+atomically (:func:`episodes.atomic.atomic_writer`: a temporary file in the same folder, flushed and
+``fsync``-ed, then ``os.replace``-d), so an interrupted run never leaves a partial entry under the
+final name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..atomic import atomic_writer
+
 if TYPE_CHECKING:
-    from .superpixels import SuperpixelParams
-    from .volumes import Volume
+    from ..data.volumes import Volume
+    from .params import SuperpixelParams
 
 __all__ = [
     "CACHE_FORMAT",
@@ -54,7 +56,7 @@ CACHE_FORMAT = 1
 
 def library_version() -> str:
     """The installed library version, part of every cache key."""
-    from . import __version__
+    from .. import __version__
 
     return str(__version__)
 
@@ -137,24 +139,15 @@ def save_superpixels(
 ) -> Path:
     """Write one ``(Z, H, W)`` int32 map atomically; returns the final path."""
     path = cache_path(cache_dir, subject, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_npz(
-                fh,
-                {
-                    "superpixels": _storage_array(superpixels),
-                    "key": np.array(key),
-                    "meta": np.array(json.dumps(dict(meta or {}), sort_keys=True, default=str)),
-                },
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(path, "wb") as fh:
+        _write_npz(
+            fh,
+            {
+                "superpixels": _storage_array(superpixels),
+                "key": np.array(key),
+                "meta": np.array(json.dumps(dict(meta or {}), sort_keys=True, default=str)),
+            },
+        )
     return path
 
 

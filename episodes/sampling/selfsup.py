@@ -15,246 +15,72 @@ from SSL-ALPNet, all explicit:
 * an augmentation that empties the support mask is redrawn (at most ``max_augment_tries`` times), then
   a ``RuntimeError`` names the slice and superpixel. Query masks may be empty.
 
-Speed: episodes are assembled in numpy (no torch intra-op threads for these small arrays) and
-:class:`Episode` / :class:`EpisodeBatch` pickle their CPU tensors by value in compact form (one image
-channel when channels are tiled, uint8 binary masks), so DataLoader workers hand batches over as one
-small message instead of one shared-memory file-descriptor handshake per tensor.
+Episodes are assembled in numpy (no torch intra-op threads for these small arrays); the episode
+types and their pickling live in :mod:`episodes.sampling.types`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import Augmenter
-from .labels import canonical_organ
-from .volumes import Volume
+from ..data.labels import canonical_organ
+from ..data.volumes import Volume
+from .augment import PRESETS, Augmenter
+from .types import Episode, EpisodeInfo
 
 __all__ = [
     "DEFAULT_MIN_SUPERPIXEL_PIXELS",
-    "Episode",
-    "EpisodeBatch",
-    "EpisodeInfo",
+    "EpisodeConfig",
     "SelfSupervisedEpisodes",
-    "collate_episodes",
 ]
 
 #: Smallest superpixel (pixels at the slice resolution) used as a pseudo-label (ADNet/Q-Net ``min_size``).
 DEFAULT_MIN_SUPERPIXEL_PIXELS = 200
 
-EpisodeKind = Literal["superpixel", "annotated"]
-
 
 @dataclass(frozen=True)
-class EpisodeInfo:
-    """Provenance of an episode.
+class EpisodeConfig:
+    """How self-supervised episodes are drawn (the data-independent arguments of
+    :class:`SelfSupervisedEpisodes`).
 
     Attributes:
-        subject: subject id of the slice.
-        slice_index: axial slice index ``z``.
-        label: superpixel id (``kind="superpixel"``) or organ label value (``"annotated"``).
-        organ: organ name for annotated episodes, ``None`` for superpixels.
-        seed: the seed the episode was generated from.
-        kind: ``"superpixel"`` or ``"annotated"``.
+        shots: support copies ``K`` (>= 1).
+        queries: query copies ``Q`` (>= 1).
+        augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
+        min_superpixel_pixels: smallest superpixel (pixels at the slice resolution) that may be drawn.
     """
 
-    subject: str
-    slice_index: int
-    label: int
-    organ: str | None
-    seed: int
-    kind: EpisodeKind = "superpixel"
+    shots: int = 1
+    queries: int = 1
+    augment: str = "alpnet"
+    min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS
 
     def __post_init__(self) -> None:
-        if self.kind not in ("superpixel", "annotated"):
-            raise ValueError(f"EpisodeInfo.kind must be 'superpixel' or 'annotated', got {self.kind!r}")
-
-
-def _check_binary(name: str, mask: torch.Tensor) -> None:
-    if mask.dtype != torch.float32:
-        raise ValueError(f"{name} must be float32, got {mask.dtype}")
-    if mask.device.type == "cpu" and not mask.requires_grad:
-        # numpy: no intra-op thread pool start-up for these small tensors (dominant in the main process)
-        a = mask.numpy()
-        ok = not np.logical_and(a != 0, a != 1).any()
-    else:
-        ok = bool(((mask == 0) | (mask == 1)).all())
-    if not ok:
-        raise ValueError(f"{name} must be binary (values in {{0, 1}})")
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One 1-way K-shot episode.
-
-    Attributes:
-        support_images: ``(K, C, H, W)`` float32.
-        support_masks: ``(K, H, W)`` float32 in {0, 1}.
-        query_images: ``(Q, C, H, W)`` float32.
-        query_masks: ``(Q, H, W)`` float32 in {0, 1}.
-        info: :class:`EpisodeInfo`.
-    """
-
-    support_images: torch.Tensor
-    support_masks: torch.Tensor
-    query_images: torch.Tensor
-    query_masks: torch.Tensor
-    info: EpisodeInfo
-
-    def __post_init__(self) -> None:
-        for name in ("support_images", "query_images"):
-            t = getattr(self, name)
-            if not isinstance(t, torch.Tensor) or t.ndim != 4:
-                raise ValueError(f"{name} must be a 4D (N, C, H, W) tensor, got {_describe(t)}")
-            if t.dtype != torch.float32:
-                raise ValueError(f"{name} must be float32, got {t.dtype}")
-        for name in ("support_masks", "query_masks"):
-            t = getattr(self, name)
-            if not isinstance(t, torch.Tensor) or t.ndim != 3:
-                raise ValueError(f"{name} must be a 3D (N, H, W) tensor, got {_describe(t)}")
-            _check_binary(name, t)
-        k, c, h, w = self.support_images.shape
-        q = self.query_images.shape[0]
-        if k < 1 or q < 1:
-            raise ValueError(f"need at least one support and one query, got K={k}, Q={q}")
-        if self.query_images.shape[1:] != (c, h, w):
-            raise ValueError(
-                f"query_images {tuple(self.query_images.shape)} do not match support_images "
-                f"{tuple(self.support_images.shape)} in (C, H, W)"
-            )
-        if tuple(self.support_masks.shape) != (k, h, w):
-            raise ValueError(
-                f"support_masks shape {tuple(self.support_masks.shape)} != (K, H, W) = {(k, h, w)}"
-            )
-        if tuple(self.query_masks.shape) != (q, h, w):
-            raise ValueError(f"query_masks shape {tuple(self.query_masks.shape)} != (Q, H, W) = {(q, h, w)}")
-
-    @property
-    def shots(self) -> int:
-        return int(self.support_images.shape[0])
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_by_value(self, self.info)
-
-
-def _describe(t: Any) -> str:
-    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"{type(t).__name__}"
-
-
-@dataclass(frozen=True)
-class EpisodeBatch:
-    """A batch of episodes with equal ``K``, ``Q``, ``C``, ``H``, ``W``.
-
-    Attributes:
-        support_images: ``(B, K, C, H, W)``; support_masks: ``(B, K, H, W)``;
-        query_images: ``(B, Q, C, H, W)``; query_masks: ``(B, Q, H, W)``; infos: ``B`` infos.
-    """
-
-    support_images: torch.Tensor
-    support_masks: torch.Tensor
-    query_images: torch.Tensor
-    query_masks: torch.Tensor
-    infos: tuple[EpisodeInfo, ...]
-
-    def __len__(self) -> int:
-        return len(self.infos)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reduce_by_value(self, self.infos)
-
-
-_TENSOR_FIELDS = ("support_images", "support_masks", "query_images", "query_masks")
-
-
-_Packed = tuple[np.ndarray, str, tuple[int, ...]]
-
-
-def _pack(tensor: torch.Tensor, is_mask: bool) -> _Packed:
-    """A CPU tensor as ``(compact array, dtype, shape)``: channel-tiled ``(..., C, H, W)`` images keep
-    one channel, binary masks travel as uint8."""
-    a = tensor.numpy()
-    compact = a
-    if is_mask:
-        if not np.logical_and(a != 0, a != 1).any():
-            compact = a.astype(np.uint8)
-    elif a.ndim >= 3 and a.shape[-3] > 1:
-        first = a[..., :1, :, :]
-        if np.array_equal(a[..., 1:, :, :], np.broadcast_to(first, a[..., 1:, :, :].shape)):
-            compact = first
-    return compact, a.dtype.str, a.shape
-
-
-def _unpack(packed: _Packed) -> torch.Tensor:
-    compact, dtype, shape = packed
-    out = np.empty(shape, dtype=np.dtype(dtype))
-    out[...] = compact  # re-tiles channels and restores the dtype in one pass
-    return torch.from_numpy(out)
-
-
-def _rebuild_by_value(cls: Any, packed: tuple[_Packed, ...], info: Any) -> Any:
-    return cls(*(_unpack(p) for p in packed), info)
-
-
-def _reduce_by_value(obj: Episode | EpisodeBatch, info: Any) -> tuple[Any, ...]:
-    """Pickle CPU tensors as compact arrays in the pickle stream instead of torch's shared-memory handles.
-
-    A DataLoader worker then sends a batch as one small message (channel-tiled images as one channel,
-    binary masks as uint8: ~3x fewer bytes), without the per-tensor file-descriptor handshake with the
-    worker's resource-sharer thread that otherwise dominates the transfer of small batches. Unpickling
-    restores equal tensors (same dtype, shape and values, contiguous).
-    """
-    tensors = tuple(getattr(obj, name) for name in _TENSOR_FIELDS)
-    if all(t.device.type == "cpu" and not t.requires_grad for t in tensors):
-        try:
-            packed = tuple(
-                _pack(t, is_mask=name.endswith("masks")) for t, name in zip(tensors, _TENSOR_FIELDS)
-            )
-        except TypeError:  # a dtype numpy cannot represent (e.g. bfloat16)
-            pass
-        else:
-            return (_rebuild_by_value, (type(obj), packed, info))
-    return (type(obj), (*tensors, info))
-
-
-def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack``; via numpy for CPU tensors (no intra-op thread pool for a plain copy)."""
-    if all(t.device.type == "cpu" and not t.requires_grad for t in tensors):
-        return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
-    return torch.stack(list(tensors))
-
-
-def collate_episodes(episodes: Sequence[Episode]) -> EpisodeBatch:
-    """Stack episodes into an :class:`EpisodeBatch`; usable as a DataLoader ``collate_fn``."""
-    if len(episodes) == 0:
-        raise ValueError("collate_episodes: empty list")
-    shapes = {(tuple(e.support_images.shape), tuple(e.query_images.shape)) for e in episodes}
-    if len(shapes) != 1:
-        raise ValueError(f"collate_episodes: episodes differ in support/query shapes: {sorted(shapes)}")
-    return EpisodeBatch(
-        support_images=_stack([e.support_images for e in episodes]),
-        support_masks=_stack([e.support_masks for e in episodes]),
-        query_images=_stack([e.query_images for e in episodes]),
-        query_masks=_stack([e.query_masks for e in episodes]),
-        infos=tuple(e.info for e in episodes),
-    )
+        for name in ("shots", "queries", "min_superpixel_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EpisodeConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.augment not in PRESETS:
+            raise ValueError(f"EpisodeConfig.augment={self.augment!r}; choices: {list(PRESETS)}")
 
 
 class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
     """Superpixel episodes from preprocessed volumes (SSL-ALPNet self-supervision).
 
     Args:
-        volumes: normalised volumes (:func:`episodes.preprocess.preprocess`), unique subjects.
+        volumes: normalised volumes (:func:`episodes.data.preprocess.preprocess`), unique subjects.
         superpixels: ``{subject: (Z, H, W) int}`` maps at the same size as the volumes (0 = outside
             the body). Compute them on the raw volumes and resize with nearest-neighbour if needed.
         shots: support copies ``K``.
         queries: query copies ``Q``.
         channels: ``C``; the single-channel slice is tiled.
-        augment: augmentation preset (:data:`episodes.augment.PRESETS`).
+        augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
         min_superpixel_pixels: smallest superpixel (pixels) that may be drawn.
         exclude_organs: setting 2: drop every slice that contains **any** of these organs
             (``exclude_mode="any"``, SSL-ALPNet semantics; the Q-Net lineage uses "all").
@@ -318,7 +144,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         for vi, volume in enumerate(volumes):
             if not volume.normalized:
                 raise ValueError(
-                    f"subject {volume.subject}: volumes must be normalised first (episodes.preprocess.preprocess)"
+                    f"subject {volume.subject}: volumes must be normalised first (episodes.data.preprocess.preprocess)"
                 )
             if volume.subject not in superpixels:
                 raise ValueError(
@@ -385,6 +211,42 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             "n_slices_without_eligible_superpixel": n_no_sp,
             "n_eligible_slices": len(slice_vol),
         }
+
+    @classmethod
+    def from_config(
+        cls,
+        volumes: Sequence[Volume],
+        superpixels: Mapping[str, np.ndarray],
+        config: EpisodeConfig,
+        *,
+        channels: int,
+        exclude_organs: Sequence[str] = (),
+        length: int,
+        seed: int,
+    ) -> SelfSupervisedEpisodes:
+        """The generator for ``config``; the other arguments are as in the constructor."""
+        return cls(
+            volumes,
+            superpixels,
+            shots=config.shots,
+            queries=config.queries,
+            channels=channels,
+            augment=config.augment,
+            min_superpixel_pixels=config.min_superpixel_pixels,
+            exclude_organs=exclude_organs,
+            length=length,
+            seed=seed,
+        )
+
+    @property
+    def config(self) -> EpisodeConfig:
+        """The :class:`EpisodeConfig` of this generator."""
+        return EpisodeConfig(
+            shots=self.shots,
+            queries=self.queries,
+            augment=self.augment_name,
+            min_superpixel_pixels=self.min_superpixel_pixels,
+        )
 
     def __len__(self) -> int:
         return self.length

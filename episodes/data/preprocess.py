@@ -129,7 +129,7 @@ def preprocess(volume: Volume, *, size: int | None = 256, ct_stats: NormStats | 
         if ct_stats is None:
             raise ValueError(
                 f"subject {volume.subject}: CT needs ct_stats fitted on the training split "
-                "(episodes.preprocess.fit_ct_stats(train_volumes))"
+                "(episodes.data.preprocess.fit_ct_stats(train_volumes))"
             )
         x = (_ct_255(volume) - ct_stats.mean) / ct_stats.std
     out = volume.with_arrays(x.astype(np.float32), volume.label, normalized=True)

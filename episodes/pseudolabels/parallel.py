@@ -1,0 +1,231 @@
+"""The shared-memory process scheduler that computes superpixel slices in parallel.
+
+:func:`compute_parallel` copies every slice to compute into one shared float32 buffer and allocates
+one shared int32 output buffer; the calling process and ``workers - 1`` spawned processes then
+claim chunks of slices (tasks) from a shared counter until none is left, so no array is pickled and
+the calling process computes while the workers start up. An exception in a worker stops all of them
+and is re-raised in the caller with its original type (or as a ``RuntimeError`` carrying the
+worker's traceback when it cannot be pickled).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Sequence
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+
+from .algorithms import superpixels_into
+
+__all__ = ["Progress", "compute_parallel", "shm_free_bytes"]
+
+#: Whether the calling process also computes slices when worker processes are used (tests turn it off
+#: to force every chunk through a worker).
+_MAIN_PROCESS_COMPUTES = True
+
+
+class Progress:
+    """Slice progress on stderr: a tqdm bar when available, else a counter line."""
+
+    def __init__(self, total: int, enabled: bool, desc: str) -> None:
+        self.bar: Any = None
+        self.enabled = enabled
+        self.total = total
+        self.done = 0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="slice", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled:
+            print(f"\rsuperpixels: {self.done}/{self.total} slices", end="", file=sys.stderr)
+
+    def set_done(self, done: int) -> None:
+        self.update(done - self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+# A task is (element offset of its first slice in the shared buffers, slices, H, W, threshold).
+_Task = tuple[int, int, int, int, float]
+
+
+def _claim(counter: Any, n_tasks: int) -> int:
+    with counter.get_lock():
+        index = int(counter.value)
+        if index < n_tasks:
+            counter.value = index + 1
+    return index
+
+
+def _run_claimed(
+    flat_in: np.ndarray,
+    flat_out: np.ndarray,
+    tasks: Sequence[_Task],
+    counter: Any,
+    done: Any,
+    method: str,
+    kw: dict[str, Any],
+    on_done: Any = None,
+) -> None:
+    """Claim and compute tasks (slices of the flat float32 input into the flat int32 output) until none
+    is left; ``on_done()`` is called after each task."""
+    while (index := _claim(counter, len(tasks))) < len(tasks):
+        start, z, h, w, threshold = tasks[index]
+        stop = start + z * h * w
+        superpixels_into(
+            flat_in[start:stop].reshape(z, h, w), flat_out[start:stop].reshape(z, h, w), threshold, method, kw
+        )
+        done[index] = 1
+        if on_done is not None:
+            on_done()
+
+
+def _shared_worker(
+    in_name: str,
+    out_name: str,
+    total: int,
+    tasks: Sequence[_Task],
+    counter: Any,
+    done: Any,
+    errors: Any,
+    method: str,
+    kw: dict[str, Any],
+) -> None:
+    """Worker-process entry: attach to the shared buffers and compute claimed tasks."""
+    from multiprocessing import shared_memory
+
+    shm_in = shared_memory.SharedMemory(name=in_name)
+    shm_out = shared_memory.SharedMemory(name=out_name)
+    try:
+        flat_in = np.ndarray((total,), dtype=np.float32, buffer=shm_in.buf)
+        flat_out = np.ndarray((total,), dtype=np.int32, buffer=shm_out.buf)
+        _run_claimed(flat_in, flat_out, tasks, counter, done, method, kw)
+        del flat_in, flat_out
+    except BaseException as exc:  # reported to the parent, which re-raises it
+        with counter.get_lock():
+            counter.value = len(tasks)  # stop everyone
+        text = traceback.format_exc()
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # not transferable: the parent raises a RuntimeError with the text
+            exc = None  # type: ignore[assignment]
+        errors.put((exc, text))
+    finally:
+        for shm in (shm_in, shm_out):
+            try:
+                shm.close()
+            except BufferError:  # a view survives in the traceback; the OS unmaps at exit
+                pass
+
+
+def shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+def compute_parallel(
+    todo: Sequence[tuple[str, np.ndarray, float]],
+    method: str,
+    kw: dict[str, Any],
+    workers: int,
+    slices_per_task: int,
+    mp_context: str,
+    bar: Progress,
+) -> dict[str, np.ndarray]:
+    """The calling process plus ``workers - 1`` spawned processes over shared-memory buffers."""
+    from multiprocessing import shared_memory
+
+    offsets, tasks, total = [], [], 0
+    for _, image, threshold in todo:
+        offsets.append(total)
+        _, h, w = image.shape
+        for z0 in range(0, image.shape[0], slices_per_task):
+            z = min(slices_per_task, image.shape[0] - z0)
+            tasks.append((total + z0 * h * w, z, h, w, float(threshold)))
+        total += image.size
+    nbytes = max(4 * total, 1)
+    ctx = get_context(mp_context)
+    shm_in = shared_memory.SharedMemory(create=True, size=nbytes)
+    shm_out = shared_memory.SharedMemory(create=True, size=nbytes)
+    procs: list[Any] = []
+    try:
+        flat_in = np.ndarray((total,), dtype=np.float32, buffer=shm_in.buf)
+        for (_, image, _), start in zip(todo, offsets):
+            flat_in[start : start + image.size].reshape(image.shape)[...] = image
+        counter = ctx.Value("q", 0)
+        done = ctx.Array("b", len(tasks), lock=False)
+        errors = ctx.SimpleQueue()
+        for _ in range(workers - 1):
+            proc = ctx.Process(  # type: ignore[attr-defined]
+                target=_shared_worker,
+                args=(shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw),
+                daemon=True,
+            )
+            proc.start()
+            procs.append(proc)
+        slices_done = np.array([t[1] for t in tasks], dtype=np.int64)
+
+        def progress() -> None:
+            bar.set_done(int(slices_done[np.frombuffer(done, dtype=np.int8) > 0].sum()))
+
+        flat_out = np.ndarray((total,), dtype=np.int32, buffer=shm_out.buf)
+        if _MAIN_PROCESS_COMPUTES:
+            _run_claimed(flat_in, flat_out, tasks, counter, done, method, kw, on_done=progress)
+        for proc in procs:
+            while proc.is_alive():
+                proc.join(timeout=0.2)
+                progress()
+                if not errors.empty():
+                    break
+        if not errors.empty():
+            exc, tb = errors.get()
+            if exc is None:
+                raise RuntimeError(f"superpixel worker process failed:\n{tb}")
+            raise exc from RuntimeError(f"in a superpixel worker process:\n{tb}")
+        missing = [i for i in range(len(tasks)) if not done[i]]
+        if missing:
+            codes = [p.exitcode for p in procs]
+            raise RuntimeError(
+                f"superpixel worker processes exited (exit codes {codes}) leaving {len(missing)} of "
+                f"{len(tasks)} chunks uncomputed"
+            )
+        progress()
+        outputs = {
+            subject: flat_out[start : start + image.size].reshape(image.shape).copy()
+            for (subject, image, _), start in zip(todo, offsets)
+        }
+        del flat_out, flat_in
+        return outputs
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+        for shm in (shm_in, shm_out):
+            try:
+                shm.close()
+            except BufferError:  # a view is still alive on an error path; unlink frees it at exit
+                pass
+            shm.unlink()

@@ -1,0 +1,165 @@
+"""Superpixel method parameters (:class:`SuperpixelParams`) and run statistics (:class:`SuperpixelStats`).
+
+:data:`DEFAULT_PARAMS` are the parameters every :class:`SuperpixelParams` fills in (they are part of
+its :meth:`~SuperpixelParams.to_dict` and so of the superpixel cache key). :data:`OPTIONAL_PARAMS`
+are further backend keywords that may be given but are not filled in when absent (the backend's own
+default then applies, listed there), so the cache keys of configurations that do not use them are
+unchanged. Any other name is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..data.volumes import Volume
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "METHODS",
+    "OPTIONAL_PARAMS",
+    "SuperpixelParams",
+    "SuperpixelStats",
+    "check_method",
+    "check_params",
+    "valid_params",
+]
+
+#: Supported methods.
+METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "fast-slic")
+
+#: Default parameters per method (felzenszwalb = SSL-ALPNet "MIDDLE" setting on a 0-255 scale).
+DEFAULT_PARAMS: Mapping[str, Mapping[str, Any]] = {
+    "felzenszwalb": {"scale": 1.0, "sigma": 1.0, "min_size": 400},
+    "slic": {"n_segments": 100, "compactness": 0.1, "sigma": 0.0},
+    "fast-slic": {"num_components": 100, "compactness": 10.0},
+}
+
+#: Further accepted parameters per method with the value used when they are not given (the
+#: backend's default, or ours: fast-slic runs single-threaded, ``num_threads=1``). felzenszwalb
+#: takes nothing else (its ``channel_axis`` does not apply to 2D slices); slic's ``start_label`` and
+#: ``channel_axis`` are fixed by the backend wrapper; array arguments (``spacing``, ``mask``) cannot
+#: be given as parameters.
+OPTIONAL_PARAMS: Mapping[str, Mapping[str, Any]] = {
+    "felzenszwalb": {},
+    "slic": {
+        "max_num_iter": 10,
+        "enforce_connectivity": True,
+        "min_size_factor": 0.5,
+        "max_size_factor": 3.0,
+        "slic_zero": False,
+    },
+    "fast-slic": {
+        "min_size_factor": 0.25,
+        "subsample_stride": 3,
+        "preemptive": False,
+        "preemptive_thres": 0.05,
+        "manhattan_spatial_dist": True,
+        "num_threads": 1,
+    },
+}
+
+
+def check_method(method: str) -> str:
+    """The canonical method name (``fast_slic`` → ``fast-slic``); unknown names list the choices."""
+    key = method.strip().lower().replace("_", "-")
+    if key not in METHODS:
+        raise ValueError(f"unknown superpixel method {method!r}; choices: {list(METHODS)}")
+    return key
+
+
+def valid_params(method: str) -> tuple[str, ...]:
+    """Sorted parameter names ``method`` accepts (:data:`DEFAULT_PARAMS` and :data:`OPTIONAL_PARAMS`)."""
+    key = check_method(method)
+    return tuple(sorted({*DEFAULT_PARAMS[key], *OPTIONAL_PARAMS[key]}))
+
+
+def check_params(method: str, params: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the unknown parameters of ``params`` and listing the valid ones."""
+    key = check_method(method)
+    valid = valid_params(key)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {key} parameter(s) {unknown}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class SuperpixelParams:
+    """A superpixel method with its parameters (defaults filled in) and the body-mask threshold.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        params: method keyword arguments; missing ones take :data:`DEFAULT_PARAMS`; names outside
+            :func:`valid_params` raise ``ValueError``.
+        body_threshold: body-mask threshold in the units of
+            :func:`~episodes.pseudolabels.algorithms.superpixel_input`; ``None`` =
+            SSL-ALPNet default per modality
+            (:func:`~episodes.pseudolabels.algorithms.default_body_threshold`).
+    """
+
+    method: str = "felzenszwalb"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    body_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        key = check_method(self.method)
+        check_params(key, self.params)
+        merged = {**DEFAULT_PARAMS[key], **dict(self.params)}
+        for name, value in merged.items():
+            if not isinstance(value, (int, float, str, bool)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise ValueError(
+                    f"superpixel parameter {name}={value!r} must be a finite number, str or bool"
+                )
+        object.__setattr__(self, "method", key)
+        object.__setattr__(self, "params", dict(sorted(merged.items())))
+
+    def threshold_for(self, volume: Volume) -> float:
+        """The body-mask threshold for ``volume`` (the SSL-ALPNet default when ``body_threshold`` is None)."""
+        from .algorithms import default_body_threshold  # algorithms imports this module
+
+        return default_body_threshold(volume) if self.body_threshold is None else float(self.body_threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params), "body_threshold": self.body_threshold}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuperpixelParams:
+        unknown = set(data) - {"method", "params", "body_threshold"}
+        if unknown:
+            raise KeyError(
+                f"unknown SuperpixelParams keys {sorted(unknown)}; valid: method, params, body_threshold"
+            )
+        return cls(
+            method=str(data.get("method", "felzenszwalb")),
+            params=dict(data.get("params", {})),
+            body_threshold=data.get("body_threshold"),
+        )
+
+
+@dataclass(frozen=True)
+class SuperpixelStats:
+    """Summary of a :func:`~episodes.pseudolabels.dataset.compute_dataset_superpixels_with_stats` run.
+
+    ``regions_*`` are over all slices (including empty ones, which have 0 regions).
+    """
+
+    n_volumes: int
+    n_slices: int
+    n_empty_slices: int
+    cache_hits: int
+    cache_misses: int
+    regions_mean: float
+    regions_median: float
+    regions_min: int
+    regions_max: int
+    seconds: float
+    per_subject_regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "per_subject_regions"}
+        return out

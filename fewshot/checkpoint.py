@@ -1,0 +1,162 @@
+"""Checkpoints: the plain-data payload this library adds to Lightning checkpoints, and loading.
+
+A ``last.ckpt`` written by :func:`fewshot.training.train` holds Lightning's ``state_dict`` plus a
+``"fewshot"`` section (:data:`CHECKPOINT_KEY`) of plain data only, so it loads with
+``torch.load(weights_only=True)``:
+
+``config`` (the resolved experiment config, reloadable with :func:`fewshot.config.load_config`),
+``init_report`` (which weights file/sha256/layers initialised the backbone), ``library_version``,
+``norm_stats`` (CT: training-split statistics), ``modality``, ``train_subjects`` (with ``dataset``),
+``superpixel_stats``, ``episodes``, ``precision``, ``channels_last``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot.config import ExperimentConfig, ModelConfig, load_config, to_dict
+from fewshot.config.schema import plain
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "build_payload",
+    "checkpoint_path",
+    "load_checkpoint",
+    "load_model_from_checkpoint",
+    "read_payload",
+]
+
+#: Key of the plain-data section this library adds to every Lightning checkpoint.
+CHECKPOINT_KEY = "fewshot"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not ours, or for another architecture."""
+
+
+def checkpoint_path(out_dir: str | os.PathLike[str]) -> Path:
+    """``<out_dir>/checkpoints/last.ckpt``."""
+    return Path(out_dir) / "checkpoints" / "last.ckpt"
+
+
+def build_payload(model: torch.nn.Module, config: Mapping[str, Any], extras: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``"fewshot"`` section: config, backbone init report, library version and ``extras``."""
+    from fewshot import __version__
+
+    report = getattr(getattr(model, "backbone", None), "init_report", None)
+    return {
+        "config": plain(dict(config)),
+        "init_report": report.to_dict() if report is not None else None,
+        "library_version": __version__,
+        **plain(dict(extras)),
+    }
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors for missing/corrupt files."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a folder; give its checkpoints/last.ckpt file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch.load of arbitrary bytes raises anything (KeyError, UnpicklingError, ...)
+        raise CheckpointError(
+            f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: it is corrupt, truncated or not a "
+            f"PyTorch checkpoint ({type(e).__name__}); re-copy it or retrain"
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def read_payload(ckpt: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``"fewshot"`` section of a loaded checkpoint; raises :class:`CheckpointError` if absent."""
+    payload = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} was not written by `fewshot train` (no {CHECKPOINT_KEY!r} section with a config)"
+        )
+    return payload
+
+
+def _config(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> ExperimentConfig:
+    try:
+        return load_config(payload["config"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: its saved config does not load: {e}") from e
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A trained model with what was saved beside it.
+
+    Attributes:
+        model: the :class:`~fewshot.models.FewShotSegmenter` in eval mode; ``model.config`` is the
+            stored model config (its ``init`` included).
+        config: the experiment config it was trained with.
+        payload: the checkpoint's ``"fewshot"`` section (``norm_stats``, ``train_subjects``, ...).
+        global_step: optimiser steps reached.
+        path: the file.
+    """
+
+    model: Any
+    config: ExperimentConfig
+    payload: Mapping[str, Any]
+    global_step: int
+    path: str
+
+
+def _describe(cfg: ModelConfig) -> str:
+    head = dataclasses.asdict(cfg.head)
+    return f"backbone {cfg.backbone.name!r} (truncate={cfg.backbone.truncate}), head {head}"
+
+
+def load_model_from_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, model: Any = None
+) -> LoadedCheckpoint:
+    """Rebuild the trained model of a :func:`fewshot.training.train` checkpoint (in eval mode).
+
+    Args:
+        path: ``.ckpt`` file written by :func:`~fewshot.training.train`.
+        map_location: device for the tensors.
+        model: load the weights into this model instead of building the stored architecture;
+            a model whose parameters do not fit raises :class:`CheckpointError` naming both.
+    """
+    from fewshot.models import create_model_skeleton
+
+    ckpt = load_checkpoint(path, map_location)
+    payload = read_payload(ckpt, path)
+    cfg = _config(payload, path)
+    if model is None:
+        # The weights come from the checkpoint: the architecture only, no init and no pretrained file read;
+        # ``model.config`` is the config it was trained with (its init included).
+        model = create_model_skeleton(cfg.model)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        mine = getattr(model, "config", None)
+        theirs = _describe(mine) if isinstance(mine, ModelConfig) and mine != cfg.model else "the same config"
+        raise CheckpointError(
+            f"checkpoint {path} holds a model with {_describe(cfg.model)}, but the model given has {theirs}, "
+            f"and the weights do not fit (the file may be damaged or edited): {' '.join(str(e).split())[:300]}"
+        ) from e
+    model.to(map_location).eval()
+    return LoadedCheckpoint(
+        model=model,
+        config=cfg,
+        payload={k: v for k, v in payload.items() if k != "config"} | {"config": to_dict(cfg)},
+        global_step=int(ckpt.get("global_step", 0)),
+        path=str(path),
+    )

@@ -1,0 +1,63 @@
+"""``fewshot`` command line: demo, superpixels, pretrain-genesis, train, evaluate, segment, study.
+
+Every command has ``--help`` (with defaults and the registered choices). User errors (bad
+options, missing or corrupt files, invalid configs) print one line and exit with status 2;
+``--verbose`` also prints the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from fewshot.cli.commands import CLIError
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+#: Exceptions that mean "the input is wrong" (exit status 2, one line).
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, KeyError, ValueError, ImportError)
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    from fewshot.cli.parser import build_parser as build
+
+    return build()
+
+
+def _quiet_logs(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # Lightning's promotional tips and torch's internal deprecation notices are not the user's business.
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        warnings.filterwarnings("ignore", message=r".*_pytree.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*litlogger.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_logs(args.verbose)
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"fewshot {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fewshot {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The ``fewshot`` commands: each ``cmd_<name>(args)`` runs one subcommand and returns its exit code.
+
+Heavy imports (torch, Lightning) happen inside the commands so ``fewshot --help`` is instant.
+User errors raise :class:`CLIError` (or ``ValueError``/``FileNotFoundError``...), which
+:func:`fewshot.cli.main` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__all__ = [
+    "CLIError",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_pretrain_genesis",
+    "cmd_segment",
+    "cmd_study",
+    "cmd_superpixels",
+    "cmd_train",
+]
+
+log = logging.getLogger("fewshot")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    from fewshot.config import parse_overrides
+
+    return parse_overrides(pairs)
+
+
+def _config_source(name: str | None) -> Any:
+    """A YAML path, or the name of a packaged config (``demo_phantom``, ``ssl_alpnet_chaos_mr_setting1``...)."""
+    from fewshot.configs import config_path
+
+    if name is None:
+        return None
+    return config_path(name)
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise CLIError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _load_raw(dataset: str, data: str | None, loader_args: dict[str, Any] | None = None) -> list[Any]:
+    from episodes.data.datasets import load_dataset
+
+    return load_dataset(dataset, data, **(loader_args or {}))
+
+
+# ------------------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fewshot.demo import run_demo
+
+    overrides = _overrides(args.set)
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    result = run_demo(out_dir=Path(args.out), overrides=overrides, overwrite=args.overwrite)
+    print(result["markdown"])
+    print(f"results, overlays and config in {args.out}/")
+    return 0
+
+
+# ------------------------------------------------------------------------------ superpixels
+
+
+def cmd_superpixels(args: argparse.Namespace) -> int:
+    from episodes.pseudolabels import SuperpixelParams, compute_dataset_superpixels_with_stats
+
+    volumes = _load_raw(args.dataset, args.data)
+    params: dict[str, Any] = {}
+    for pair in args.param:
+        key, _, value = pair.partition("=")
+        params[key] = _parse_value(value)
+    sp = SuperpixelParams(method=args.method, params=params, body_threshold=args.body_threshold)
+    maps, stats = compute_dataset_superpixels_with_stats(
+        volumes, sp, cache_dir=args.cache, workers=args.workers, progress=not args.quiet
+    )
+    summary = {k: v for k, v in stats.to_dict().items() if k != "per_subject_regions"}
+    summary["params"] = sp.to_dict()
+    summary["cache_dir"] = str(args.cache)
+    print(json.dumps(summary, indent=1))
+    if args.export:
+        _export_superpixels(volumes, maps, Path(args.export), args.overwrite)
+    return 0
+
+
+def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path, overwrite: bool) -> None:
+    """Write each map as NIfTI with its scan's geometry (inspect pseudo-labels in a viewer)."""
+    from episodes.data.volumes import save_nifti
+
+    out.mkdir(parents=True, exist_ok=True)
+    for v in volumes:
+        path = save_nifti(
+            maps[v.subject].astype("int32"), v, out / f"superpix_{v.subject}.nii.gz", overwrite=overwrite
+        )
+        print(f"wrote {path}")
+
+
+# -------------------------------------------------------------------------- pretrain-genesis
+
+
+def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
+    from episodes.data.preprocess import unit_slices
+    from fewshot.device import default_device
+    from fewshot.genesis import run_pretrain_genesis
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    images = unit_slices(_load_raw(args.dataset, args.data), args.size)
+    result = run_pretrain_genesis(
+        images,
+        backbone=args.backbone,
+        steps=args.steps,
+        out=out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=str(default_device(args.device)),
+    )
+    first, last = result.loss_drop()
+    print(
+        f"Models Genesis pretraining of {args.backbone}: {len(result.losses)} steps on {len(images)} slices, "
+        f"restoration MSE {first:.4f} -> {last:.4f}; weights: {result.out}\n"
+        f"use them with: --backbone {args.backbone} --init genesis --weights {result.out}"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _experiment_from_args(args: argparse.Namespace) -> Any:
+    from fewshot.config import load_config
+
+    overrides: dict[str, Any] = {}
+    mapping = {
+        "dataset": "data.dataset",
+        "data": "data.data_dir",
+        "setting": "data.protocol.setting",
+        "fold": "data.protocol.fold",
+        "size": "data.size",
+        "backbone": "model.backbone.name",
+        "truncate": "model.backbone.truncate",
+        "init": "model.init.scheme",
+        "weights": "model.init.weights",
+        "weights_sha256": "model.init.sha256",
+        "head": "model.head.name",
+        "steps": "train.steps",
+        "batch_size": "train.batch_size",
+        "workers": "train.num_workers",
+        "seed": "seed",
+        "accelerator": "train.accelerator",
+        "num_nodes": "train.num_nodes",
+        "strategy": "train.strategy",
+        "out": "out_dir",
+    }
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "organs", None):
+        overrides["data.protocol.organs"] = _csv(args.organs)
+    if getattr(args, "devices", None) is not None:
+        overrides["train.devices"] = _parse_value(args.devices)
+    overrides.update(_overrides(args.set))
+    return load_config(_config_source(args.config), overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot.training import train
+
+    cfg = _experiment_from_args(args)
+    result = train(cfg, resume=not args.no_resume)
+    print(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fewshot.checkpoint import load_checkpoint, read_payload
+    from fewshot.config import load_config
+    from fewshot.evaluation import run_evaluation
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    cfg = load_config(read_payload(load_checkpoint(args.checkpoint), args.checkpoint)["config"])
+    trained = cfg.data
+    dataset = args.dataset or trained.dataset
+    volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)
+    support_subject = args.support_subject
+    query_subjects = tuple(_csv(args.query_subjects)) if args.query_subjects else None
+    if args.support_data:
+        if not support_subject:
+            raise CLIError("--support-data needs --support-subject")
+        support = [
+            v
+            for v in _load_raw(args.support_dataset or dataset, args.support_data)
+            if v.subject == support_subject
+        ]
+        if not support:
+            raise CLIError(f"subject {support_subject!r} not found in {args.support_data}")
+        volumes = [support[0], *(v for v in volumes if v.subject != support_subject)]
+        if query_subjects is None:
+            query_subjects = tuple(v.subject for v in volumes if v.subject != support_subject)
+    # The trained protocol (chunks, shots, organs...) with the options given here replacing its fields.
+    changes: dict[str, Any] = {"dataset": dataset, "support_subject": support_subject, "query_subjects": query_subjects}
+    for name in ("fold", "setting", "shots", "chunks"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
+    if args.organs:
+        changes["organs"] = tuple(_csv(args.organs))
+    protocol = replace(trained.protocol, **changes)
+    result = run_evaluation(
+        args.checkpoint,
+        protocol=protocol,
+        volumes=volumes,
+        out=out,
+        batch_size=args.batch_size,
+        device=args.device,
+        overlays=args.overlays,
+        allow_train_overlap=args.allow_train_overlap,
+    )
+    title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")
+    print(title.read_text() if title.is_file() else result.to_markdown())
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- segment
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from fewshot.segment import segment_files
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    query_range = None
+    if args.query_range:
+        lo, _, hi = args.query_range.partition(":")
+        query_range = (int(lo), int(hi))
+    report = segment_files(
+        checkpoint=args.checkpoint,
+        support=args.support,
+        support_mask=args.support_mask,
+        organ=args.organ,
+        query=args.query,
+        out=out,
+        label_map=args.label_map,
+        modality=args.modality,
+        shots=args.shots,
+        chunks=args.chunks,
+        query_range=query_range,
+        allow_spacing_mismatch=args.allow_spacing_mismatch,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ study
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from fewshot.study import StudySpec, run_study
+
+    spec = StudySpec(
+        backbones=tuple(_csv(args.backbones)),
+        inits=tuple(_csv(args.inits)),
+        heads=tuple(_csv(args.heads)),
+        seeds=tuple(int(s) for s in _csv(args.seeds)),
+        folds=tuple(int(f) for f in _csv(args.folds)),
+        steps=args.steps,
+        genesis_steps=args.genesis_steps,
+        weights=dict(pair.split("=", 1) for pair in args.weights),
+    )
+    overrides = _overrides(args.set)
+    if args.dataset:
+        overrides["data.dataset"] = args.dataset
+    if args.data:
+        overrides["data.data_dir"] = args.data
+    table = run_study(
+        spec, base_config=_config_source(args.config), overrides=overrides, out_dir=Path(args.out)
+    )
+    print(table)
+    return 0
+
+

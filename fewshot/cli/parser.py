@@ -1,0 +1,190 @@
+"""The ``fewshot`` argument parser. Choices of registered things (datasets, backbones, heads, inits,
+superpixel methods) come from their registries, so ``--help`` always lists what exists."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fewshot.cli import commands as c
+
+__all__ = ["build_parser", "registry_choices"]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the descriptions' line breaks."""
+
+
+def registry_choices() -> dict[str, list[str]]:
+    """The names of every registry the CLI exposes."""
+    from episodes.data.datasets import list_datasets
+    from episodes.pseudolabels import METHODS
+    from fewshot.backbones import list_backbones
+    from fewshot.backbones.inits import list_inits
+    from fewshot.heads import list_heads
+
+    return {
+        "dataset": list_datasets(),
+        "backbone": list_backbones(),
+        "head": list_heads(),
+        "init": list_inits(),
+        "superpixel method": list(METHODS),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fewshot import __version__
+
+    names = registry_choices()
+    datasets = " | ".join(names["dataset"])
+    p = argparse.ArgumentParser(
+        prog="fewshot",
+        description="Few-shot medical image segmentation trained without annotations.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"fewshot-medseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Any, help_text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter)
+        sp.set_defaults(func=fn)
+        return sp
+
+    def set_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any config key, e.g. --set train.steps=500 --set model.head.feature_dim=128",
+        )
+
+    d = add("demo", c.cmd_demo, "the whole pipeline on the built-in synthetic phantom (no data, CPU, minutes)")
+    d.add_argument("--out", default="fewshot-demo", help="output folder")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: demo_phantom.yaml's 600)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    set_opt(d)
+
+    s = add("superpixels", c.cmd_superpixels, "compute (and cache) superpixel pseudo-labels for a dataset")
+    s.add_argument("--dataset", required=True, choices=names["dataset"], metavar="DATASET", help=datasets)
+    s.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    s.add_argument(
+        "--method", default="felzenszwalb", choices=names["superpixel method"], metavar="METHOD",
+        help=" | ".join(names["superpixel method"]),
+    )
+    s.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="method parameter, e.g. min_size=400 (unknown names are refused with the valid list)",
+    )
+    s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (None: per modality)")
+    s.add_argument("--cache", default=".fewshot_cache/superpixels", help="cache folder")
+    s.add_argument("--workers", type=int, default=2, help="worker processes")
+    s.add_argument("--export", default=None, help="also write superpix_<id>.nii.gz files into this folder")
+    s.add_argument("--overwrite", action="store_true", help="replace existing exported files")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+
+    g = add("pretrain-genesis", c.cmd_pretrain_genesis, "Models Genesis self-supervised restoration pretraining")
+    g.add_argument("--dataset", required=True, choices=names["dataset"], metavar="DATASET", help=datasets)
+    g.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    g.add_argument(
+        "--backbone", default="unet", choices=names["backbone"], metavar="BACKBONE",
+        help=" | ".join(names["backbone"]),
+    )
+    g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    g.add_argument("--batch-size", type=int, default=8, help="slices per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--size", type=int, default=256, help="slice size in pixels")
+    g.add_argument("--seed", type=int, default=0, help="seed of the transforms and the weights")
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g.add_argument("--out", required=True, help="weights file to write (e.g. genesis_unet.pt)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+
+    t = add(
+        "train",
+        c.cmd_train,
+        "self-supervised training on superpixel episodes",
+        epilog="Without --config, a bare `fewshot train` uses the library defaults: resnet50, random init, ALPNet "
+        "head, 256 px, SGD lr 1e-3, 100,100 steps (about 1 step/s on 2 CPU cores: use a GPU or a packaged CPU "
+        "recipe such as --config cpu_chaos_30min).",
+    )
+    t.add_argument("--config", default=None, help="YAML file or packaged config name (e.g. cpu_chaos_30min)")
+    t.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET", help=datasets)
+    t.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    t.add_argument("--backbone", default=None, choices=names["backbone"], metavar="BACKBONE",
+                   help=" | ".join(names["backbone"]))
+    t.add_argument("--init", default=None, help="backbone initialisation: " + " | ".join(names["init"])
+                   + " (random:kaiming|xavier|uniform, transfuse:K)")
+    t.add_argument("--weights", default=None, help="weights file for imagenet / genesis / meanvar / transfuse")
+    t.add_argument("--weights-sha256", default=None, help="expected sha256 (hex or prefix) of --weights")
+    t.add_argument("--truncate", default=None, help="cut the backbone after this stage (e.g. layer3, block3)")
+    t.add_argument("--head", default=None, choices=names["head"], metavar="HEAD", help=" | ".join(names["head"]))
+    t.add_argument("--setting", type=int, choices=(1, 2), default=None, help="1: nothing excluded; 2: test organ groups excluded")
+    t.add_argument("--fold", type=int, default=None, help="fold 0..4")
+    t.add_argument("--organs", default=None, help="comma-separated test organs (setting 2 excludes their slices)")
+    t.add_argument("--size", type=int, default=None, help="in-plane size slices are resized to")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    t.add_argument("--batch-size", type=int, default=None, help="episodes per step")
+    t.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    t.add_argument("--seed", type=int, default=None, help="the run's seed (weights: seed, episodes: seed + 1234)")
+    t.add_argument("--accelerator", default=None, help="auto | cpu | gpu")
+    t.add_argument("--devices", default=None, help="auto | N | [0,1]")
+    t.add_argument("--num-nodes", type=int, default=None, help="nodes for multi-node DDP")
+    t.add_argument("--strategy", default=None, help="auto | ddp | ddp_spawn | ...")
+    t.add_argument("--out", default=None, help="output folder (checkpoints, logs, config)")
+    t.add_argument("--no-resume", action="store_true", help="do not continue from <out>/checkpoints/last.ckpt")
+    set_opt(t)
+
+    e = add("evaluate", c.cmd_evaluate, "1-way k-shot evaluation under the SSL-ALPNet protocol")
+    e.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
+    e.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET",
+                   help="default: the training dataset; " + datasets)
+    e.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    e.add_argument("--fold", type=int, default=None, help="default: the training fold")
+    e.add_argument("--setting", type=int, choices=(1, 2), default=None, help="default: the training setting")
+    e.add_argument("--shots", type=int, default=None, help="support slices per chunk (default: the training config's)")
+    e.add_argument("--chunks", type=int, default=None, help="support chunks (default: the training config's, 3)")
+    e.add_argument("--organs", default=None, help="comma-separated organs (default: the training config's)")
+    e.add_argument("--support-data", default=None, help="folder holding the support subject (held-out evaluation)")
+    e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")
+    e.add_argument("--support-subject", default=None, help="explicit support subject id")
+    e.add_argument("--query-subjects", default=None, help="comma-separated query subject ids")
+    e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
+    e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")
+    e.add_argument("--allow-train-overlap", action="store_true", help="accept evaluation subjects used in training")
+    e.add_argument("--out", required=True, help="results folder, or a results .json path")
+    e.add_argument("--overwrite", action="store_true", help="replace existing results")
+
+    sg = add("segment", c.cmd_segment, "segment a new scan from one annotated scan; writes NIfTI with the query's geometry")
+    sg.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
+    sg.add_argument("--support", required=True, help="annotated scan (NIfTI)")
+    sg.add_argument("--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)")
+    sg.add_argument("--organ", required=True, help="organ name, e.g. liver, right_kidney, left_kidney, spleen")
+    sg.add_argument("--label-map", default=None, help="chaos-mr | btcv-ct | phantom, when the mask holds several labels")
+    sg.add_argument("--query", required=True, help="scan to segment (NIfTI)")
+    sg.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: the checkpoint's")
+    sg.add_argument("--shots", type=int, default=1, help="support slices per chunk")
+    sg.add_argument("--chunks", type=int, default=3, help="support chunks")
+    sg.add_argument("--query-range", default=None, metavar="Z0:Z1", help="slices holding the organ (default: all)")
+    sg.add_argument("--allow-spacing-mismatch", action="store_true", help="accept in-plane pixel sizes that differ > 1.5x")
+    sg.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    sg.add_argument("--out", required=True, help="prediction file (.nii or .nii.gz)")
+    sg.add_argument("--overwrite", action="store_true", help="replace an existing prediction file")
+
+    st = add("study", c.cmd_study, "does the initialisation matter? train/evaluate a grid and compare (mean ± std)")
+    st.add_argument("--config", default="demo_phantom", help="base config (YAML file or packaged name)")
+    st.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET", help=datasets)
+    st.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    st.add_argument("--backbones", default="cbr-small", help="comma-separated: " + ", ".join(names["backbone"]))
+    st.add_argument("--inits", default="random,genesis", help="comma-separated: " + ", ".join(names["init"]))
+    st.add_argument("--heads", default="alpnet", help="comma-separated: " + ", ".join(names["head"]))
+    st.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    st.add_argument("--folds", default="0", help="comma-separated folds")
+    st.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
+    st.add_argument("--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis")
+    st.add_argument("--weights", action="append", default=[], metavar="INIT=FILE",
+                    help="weights per init, e.g. imagenet=resnet50.pth")
+    st.add_argument("--out", default="fewshot-study", help="output folder")
+    set_opt(st)
+    return p

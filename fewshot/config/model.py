@@ -1,0 +1,157 @@
+"""Model configuration: backbone, init and head, each a frozen dataclass validated at construction.
+
+>>> ModelConfig(backbone="cbr-small", init="genesis", head="alpnet")  # doctest: +SKIP
+
+Strings (and mappings) are coerced to the sub-configs, so the one-liner above equals
+``ModelConfig(BackboneConfig("cbr-small"), InitConfig("genesis"), ALPNetConfig())`` (which fails:
+``genesis`` needs ``InitConfig.weights``). Names are checked against the registries
+(:func:`~fewshot.backbones.list_backbones`, :func:`~fewshot.backbones.inits.list_inits`,
+:func:`~fewshot.heads.list_heads`) when the config is built, i.e. before any data is read; unknown
+names raise ``ValueError`` listing the choices. The seed is not part of the model config:
+``create_model(config, seed=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fewshot.backbones.inits import check_init_weights, get_init, parse_init
+from fewshot.backbones.registry import get_backbone_spec, list_backbones
+from fewshot.backbones.staged import resolve_stages
+from fewshot.backbones.weights import normalise_sha256
+from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
+
+__all__ = ["BackboneConfig", "InitConfig", "ModelConfig"]
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; valid keys: {names}")
+    return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which registered backbone, cut after stage ``truncate`` (``None``: all), for ``in_channels`` inputs."""
+
+    name: str = "resnet50"
+    truncate: str | None = None
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.name not in list_backbones():
+            raise ValueError(f"unknown backbone {self.name!r}; choices: {', '.join(list_backbones())}")
+        if (
+            isinstance(self.in_channels, bool)
+            or not isinstance(self.in_channels, int)
+            or self.in_channels < 1
+        ):
+            raise ValueError(f"in_channels must be an integer >= 1, got {self.in_channels!r}")
+        stages = get_backbone_spec(self.name).stages
+        if self.truncate is not None and stages:
+            resolve_stages(stages, self.truncate)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Stage names kept after truncation (``()`` if the backbone does not declare them)."""
+        stages = get_backbone_spec(self.name).stages
+        return resolve_stages(stages, self.truncate) if stages else ()
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """How the backbone is initialised.
+
+    Attributes:
+        scheme: init string, ``"random[:kaiming|xavier|uniform]" | "imagenet" | "genesis" |
+            "meanvar" | "transfuse:<k>"`` (see :mod:`fewshot.backbones.inits`).
+        weights: weights file (required for ``genesis``, optional for ``imagenet``/``meanvar``/
+            ``transfuse``, refused for ``random``).
+        sha256: expected sha256 of ``weights`` (hex, or a prefix of at least 8 digits).
+    """
+
+    scheme: str = "random"
+    weights: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, Path):
+            object.__setattr__(self, "weights", str(self.weights))
+        check_init_weights(self.scheme, self.weights, option="InitConfig.weights / YAML model.init.weights")
+        object.__setattr__(self, "sha256", normalise_sha256(self.sha256, "InitConfig.sha256"))
+
+    @property
+    def needs_weights(self) -> bool:
+        return get_init(self.scheme).needs_weights
+
+
+def _coerce_head(value: Any) -> HeadConfig:
+    if isinstance(value, HeadConfig):
+        return value
+    if isinstance(value, str):
+        return head_config_class(value)()
+    if isinstance(value, Mapping):
+        if "name" not in value:
+            raise ValueError(
+                f"a head mapping needs a 'name' (one of the registered heads), got {dict(value)}"
+            )
+        cls = head_config_class(value["name"])
+        return _from_mapping(cls, value, cls.__name__)  # type: ignore[no-any-return]
+    raise ValueError(f"head must be a head name, a mapping or a HeadConfig, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone + init + head (YAML-able: every leaf is str/int/float/bool/None).
+
+    Attributes:
+        backbone: :class:`BackboneConfig` (or its ``name`` as a string, or a mapping).
+        init: :class:`InitConfig` (or its ``scheme`` as a string, or a mapping).
+        head: a :class:`~fewshot.heads.HeadConfig` subclass (or a head name, or ``{name: ..., ...}``).
+        allow_empty_support: accept empty support masks instead of raising ``EmptySupportError``.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    head: HeadConfig = field(default_factory=ALPNetConfig)
+    allow_empty_support: bool = False
+
+    if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
+
+        def __init__(
+            self,
+            backbone: BackboneConfig | str | Mapping[str, Any] = ...,
+            init: InitConfig | str | Mapping[str, Any] = ...,
+            head: HeadConfig | str | Mapping[str, Any] = ...,
+            allow_empty_support: bool = ...,
+        ) -> None: ...
+
+    def __post_init__(self) -> None:
+        subconfigs: tuple[tuple[str, type[BackboneConfig] | type[InitConfig]], ...] = (
+            ("backbone", BackboneConfig),
+            ("init", InitConfig),
+        )
+        for name, cls in subconfigs:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = cls(value)  # the first field: BackboneConfig.name / InitConfig.scheme
+            elif isinstance(value, Mapping):
+                value = _from_mapping(cls, value, cls.__name__)
+            elif not isinstance(value, cls):
+                raise ValueError(f"{name} must be a {cls.__name__}, a string or a mapping, got {value!r}")
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "head", _coerce_head(self.head))
+        scheme = get_init(self.init.scheme)
+        stages = self.backbone.stages
+        if scheme.check_stages is not None and stages:
+            scheme.check_stages(parse_init(self.init.scheme), stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict; ``ModelConfig(**cfg.to_dict())`` rebuilds the config."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,151 @@
+"""Evaluate a trained checkpoint under a protocol: :func:`run_evaluation`.
+
+The checkpoint's model and saved config are loaded (:mod:`fewshot.checkpoint`), the fold is
+prepared by the one fold pipeline (:func:`fewshot.pipeline.prepare_fold`, ``stage="evaluate"``,
+CT normalised with the statistics stored in the checkpoint), the protocol's support and query
+scans are scored (:func:`fewshot.evaluation.scoring.evaluate`) and, with ``out``, the results,
+plan, config and overlay pictures are written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from episodes.atomic import atomic_write_text
+from episodes.data.preprocess import NormStats
+from episodes.data.volumes import Volume
+from episodes.protocol import Protocol
+from fewshot.checkpoint import LoadedCheckpoint, load_model_from_checkpoint
+from fewshot.config import save_config
+from fewshot.device import default_device
+from fewshot.evaluation.overlays import save_overlays
+from fewshot.evaluation.results import EvaluationResult
+from fewshot.evaluation.scoring import evaluate
+from fewshot.pipeline import prepare_fold
+
+__all__ = ["check_protocol", "output_paths", "run_evaluation"]
+
+
+def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Where :func:`run_evaluation` writes: a folder (``results.json``, ``results.md``, ``plan.json``,
+    ``config.yaml``, ``overlays/``) or, for ``out`` ending in ``.json``, that file with the others beside
+    it named after its stem (``<stem>.md``, ``<stem>.plan.json``, ``<stem>.config.yaml``, ``<stem>_overlays/``).
+    """
+    out = Path(out)
+    if out.suffix == ".json":
+        base = out.with_suffix("")
+        return {
+            "results": out,
+            "markdown": base.with_suffix(".md"),
+            "plan": base.with_name(base.name + ".plan.json"),
+            "config": base.with_name(base.name + ".config.yaml"),
+            "overlays": base.with_name(base.name + "_overlays"),
+        }
+    return {
+        "results": out / "results.json",
+        "markdown": out / "results.md",
+        "plan": out / "plan.json",
+        "config": out / "config.yaml",
+        "overlays": out / "overlays",
+    }
+
+
+def check_protocol(loaded: LoadedCheckpoint, protocol: Protocol, used: set[str], *, allow_train_overlap: bool) -> None:
+    """Refuse evaluation scans the model trained on (same dataset and subject) and setting-2 protocols
+    for a model that saw slices of the tested organ groups."""
+    trained_on = loaded.payload.get("dataset", loaded.config.data.dataset)
+    overlap = sorted(used & set(loaded.payload.get("train_subjects", []))) if trained_on == protocol.dataset else []
+    if overlap and not allow_train_overlap:
+        raise ValueError(
+            f"subjects {overlap} of {protocol.dataset} are evaluation scans (support/query) of this protocol but "
+            f"were used to train {loaded.path}; evaluate the fold the model was trained for (training fold "
+            f"{loaded.config.data.protocol.fold}) or pass --allow-train-overlap"
+        )
+    if protocol.setting == 2:
+        trained_without = set(loaded.config.data.train_exclusions())
+        needed = {o for organ in protocol.organs for o in protocol.excluded_organs(organ)}
+        if not needed <= trained_without:
+            raise ValueError(
+                f"setting 2 needs a model trained without slices of {sorted(needed)}, but {loaded.path} excluded "
+                f"only {sorted(trained_without)}; train with --setting 2"
+            )
+
+
+def run_evaluation(
+    checkpoint: str | os.PathLike[str],
+    *,
+    protocol: Protocol | None = None,
+    volumes: Sequence[Volume] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    overlays: int = 0,
+    allow_train_overlap: bool = False,
+    title: str | None = None,
+) -> EvaluationResult:
+    """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
+
+    Args:
+        checkpoint: ``last.ckpt`` of a training run.
+        protocol: default: the training config's protocol (fold, setting, organs, shots, chunks).
+        volumes: raw volumes of the whole dataset (default: loaded from the training config);
+            the support and query scans are preprocessed like the training scans (CT: with the
+            training split's statistics stored in the checkpoint).
+        out: if given, a folder or a ``.json`` path for the results, plan, config and
+            (``overlays > 0``) overlay PNGs; see :func:`output_paths`.
+        batch_size: query slices per forward pass.
+        device: default CUDA when available, else CPU.
+        overlays: slices per organ to render.
+        allow_train_overlap: allow support/query subjects that were used for training.
+        title: heading of ``results.md`` (default: dataset, fold, setting and shots).
+    """
+    dev = default_device(device)
+    loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
+    cfg = loaded.config
+    protocol = protocol if protocol is not None else cfg.data.protocol
+    data = cfg.data if protocol.dataset == cfg.data.dataset else replace(cfg.data, dataset=protocol.dataset,
+                                                                         protocol=protocol, loader_args={})
+    stats = loaded.payload.get("norm_stats")
+    fold = prepare_fold(
+        data,
+        volumes,
+        stage="evaluate",
+        protocol=protocol,
+        norm_stats=NormStats(**stats) if stats else None,
+        fit_norm_stats=False,
+    )
+    plan = fold.require_plan()
+    check_protocol(loaded, protocol, set(fold.test), allow_train_overlap=allow_train_overlap)
+    result = evaluate(loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"])
+    init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
+    result = replace(
+        result,
+        extras={
+            **dict(result.extras),
+            "checkpoint": str(checkpoint),
+            "global_step": loaded.global_step,
+            "init": init_report.get("init"),
+            "trained_with_library_version": loaded.payload.get("library_version"),
+        },
+    )
+    if out is not None:
+        paths = output_paths(out)
+        result.to_json(paths["results"])
+        heading = title or (
+            f"{protocol.dataset} fold {protocol.fold}, setting {protocol.setting}, {protocol.shots}-shot"
+            if protocol.support_subject is None
+            else f"{protocol.dataset}: support {protocol.support_subject}, queries {', '.join(plan.split.queries)}, "
+            f"setting {protocol.setting}, {protocol.shots}-shot"
+        )
+        atomic_write_text(paths["markdown"], result.to_markdown(title=heading))
+        plan.to_json(paths["plan"])
+        save_config(cfg, paths["config"])
+        if overlays > 0:
+            save_overlays(loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev)
+    return result

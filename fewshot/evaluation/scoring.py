@@ -1,0 +1,180 @@
+"""Protocol evaluation: 3D Dice per query scan with the SSL-ALPNet chunk protocol.
+
+For each organ of an :class:`~episodes.protocol.EvaluationPlan` and each query scan, every
+scored slice is segmented with the support slices of its chunk (support batch 1,
+broadcast over a batch of query slices), the foreground of ``argmax`` is compared with
+the ground truth, and TP/FP/FN are summed over the scan's scored slices before Dice,
+precision and recall are taken (:mod:`fewshot.evaluation.metrics`). Organ score = mean
+over query scans; ``mean`` = mean over organs (:mod:`fewshot.evaluation.results`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from episodes.data.volumes import Volume
+from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
+from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
+from fewshot.evaluation.results import EvaluationResult, summarize_scans
+
+__all__ = ["evaluate", "model_channels", "predict_query"]
+
+
+def model_channels(model: nn.Module, channels: int | None) -> int:
+    if channels is not None:
+        return channels
+    backbone = getattr(getattr(model, "config", None), "backbone", None)
+    if backbone is None or not hasattr(backbone, "in_channels"):
+        raise ValueError("model has no config.backbone.in_channels; pass channels=")
+    return int(backbone.in_channels)
+
+
+@torch.inference_mode()
+def predict_query(
+    model: nn.Module,
+    support_images: torch.Tensor,
+    support_masks: torch.Tensor,
+    query_images: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> torch.Tensor:
+    """Foreground masks ``(N, H, W)`` bool of ``query_images (N, C, H, W)`` given one support set.
+
+    ``support_images (1, K, C, H, W)`` / ``support_masks (1, K, H, W)`` are broadcast over
+    query batches of ``batch_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    s_img, s_msk = support_images.to(device), support_masks.to(device)
+    out = []
+    for start in range(0, query_images.shape[0], batch_size):
+        q = query_images[start : start + batch_size].to(device)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(s_img, s_msk, q).logits
+        out.append((logits.argmax(1) == 1).cpu())
+    if not out:
+        return torch.zeros((0, *query_images.shape[-2:]), dtype=torch.bool)
+    return torch.cat(out)
+
+
+def _evaluate_organ(
+    model: nn.Module,
+    plan: OrganPlan,
+    volumes: Mapping[str, Volume],
+    channels: int,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+) -> tuple[list[ScanScore], int]:
+    supports = [
+        support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
+    ]
+    scores, n_slices = [], 0
+    for query in plan.queries:
+        images, masks, chunks = query_tensors(query, volumes, plan.label_value, channels=channels)
+        pred = torch.zeros(masks.shape, dtype=torch.bool)
+        for c, (s_img, s_msk) in enumerate(supports):
+            idx = torch.nonzero(chunks == c).flatten()
+            if idx.numel():
+                pred[idx] = predict_query(
+                    model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp
+                )
+        bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
+        if bad:
+            raise ValueError(
+                f"query {query.subject}: chunks {bad} have no support (plan has {len(supports)})"
+            )
+        counts = confusion_counts(pred.numpy(), masks.numpy().astype(bool))
+        scores.append(
+            ScanScore(subject=query.subject, organ=plan.organ, counts=counts, n_slices=len(query.slices))
+        )
+        n_slices += len(query.slices)
+    return scores, n_slices
+
+
+def evaluate(
+    model: nn.Module,
+    plan: EvaluationPlan,
+    volumes: Mapping[str, Volume],
+    *,
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    channels: int | None = None,
+    amp: bool | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> EvaluationResult:
+    """Score ``model`` on ``plan``.
+
+    Args:
+        model: ``FewShotSegmenter``-like (``model(s_img, s_msk, q).logits (N, 2, H, W)``).
+        plan: the fold's evaluation plan.
+        volumes: ``{subject: preprocessed labelled Volume}`` for the plan's support and queries.
+        batch_size: query slices per forward pass.
+        device: default: the model's device.
+        channels: input channels (default ``model.config.in_channels``).
+        amp: autocast (default: on for CUDA).
+        config: experiment config stored in the result.
+    """
+    from fewshot import __version__
+
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    amp = device.type == "cuda" if amp is None else amp
+    channels = model_channels(model, channels)
+    was_training = model.training
+    model.eval().to(device)
+    t0 = time.perf_counter()
+    per_organ: dict[str, list[Mapping[str, Any]]] = {}
+    all_scores: list[ScanScore] = []
+    n_slices = 0
+    try:
+        for organ_plan in plan.organs:
+            scores, n = _evaluate_organ(model, organ_plan, volumes, channels, batch_size, device, amp)
+            if not scores:
+                raise ValueError(f"organ {organ_plan.organ!r}: the plan has no query scan")
+            per_organ[organ_plan.organ] = [s.to_dict() for s in scores]
+            all_scores += scores
+            n_slices += n
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    summary = summarize_scans(per_organ)
+    total = sum((s.counts for s in all_scores), Counts(0, 0, 0))
+    return EvaluationResult(
+        dice=summary["dice"],
+        precision=summary["precision"],
+        recall=summary["recall"],
+        per_scan=tuple(s.to_dict() for s in all_scores),
+        config=dict(config or {}),
+        library_version=__version__,
+        extras={
+            "protocol": plan.protocol.to_dict(),
+            "split": {
+                "train": list(plan.split.train),
+                "support": plan.split.support,
+                "queries": list(plan.split.queries),
+            },
+            "counts": {"tp": total.tp, "fp": total.fp, "fn": total.fn},
+            "timing": {
+                "seconds": seconds,
+                "scans": len(all_scores),
+                "slices": n_slices,
+                "scans_per_s": len(all_scores) / seconds if seconds > 0 else 0.0,
+                "slices_per_s": n_slices / seconds if seconds > 0 else 0.0,
+                "device": str(device),
+                "batch_size": batch_size,
+                "amp": amp,
+            },
+        },
+    )
