@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -154,6 +155,7 @@ def run_fold(
     config: str | None = None,
     genesis_steps: int = 0,
     eval_batch_size: int = 16,
+    resolution: str = "native",
 ) -> dict[str, Any]:
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1])."""
     from fewshot.config import load_config, save_config
@@ -198,7 +200,15 @@ def run_fold(
     if tr.checkpoint is None:
         raise RuntimeError(f"training of {fold_dir} wrote no checkpoint")
     t0 = time.perf_counter()
-    ev = run_evaluation(tr.checkpoint, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size)
+    ev = run_evaluation(
+        tr.checkpoint,
+        volumes=volumes,
+        out=fold_dir / "eval",
+        batch_size=eval_batch_size,
+        progress=True,
+        postprocess=("none", "lcc"),
+        resolution=resolution,  # type: ignore[arg-type]
+    )
     eval_wall = time.perf_counter() - t0
     timing = dict(ev.extras.get("timing", {}))
     return {
@@ -218,6 +228,9 @@ def run_fold(
         "dice": dict(ev.dice),
         "precision": dict(ev.precision),
         "recall": dict(ev.recall),
+        "postprocess": dict(ev.extras.get("postprocess", {})),
+        "resolution": ev.extras.get("resolution"),
+        "commit": ev.extras.get("commit"),
         "train": {
             "steps": tr.steps,
             "steps_planned": cfg.train.steps,
@@ -247,29 +260,51 @@ def _row(label: str, values: Sequence[float]) -> str:
     return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
 
 
+def _mean_std(values: Sequence[float]) -> str:
+    m = statistics.fmean(values)
+    return f"{m:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
+
+
+def _scores(r: dict[str, Any], step: str) -> dict[str, dict[str, float]]:
+    return r["postprocess"].get(step) or {k: r[k] for k in ("dice", "precision", "recall")}
+
+
 def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str:
-    """Per dataset/setting: our Dice (%) per fold and averaged, then the published rows."""
+    """Per dataset/setting: Dice (%) per organ, precision and recall per fold, the mean ± std over folds,
+    the same with LCC post-processing, then the published rows; config, commit and timing below."""
     lines: list[str] = []
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["dataset"], r["setting"]), []).append(r)
+    cols = (*ORGANS, "mean")
     for (dataset, setting), recs in groups.items():
-        lines += [f"### {dataset}, setting {setting}, 1-shot Dice (%)", ""]
-        lines.append("| method | liver | right kidney | left kidney | spleen | mean |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for r in recs:
-            m = r["model"]
-            label = (
-                f"ours fold {r['fold']}: {m['backbone']}"
-                f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
-                f"{m['size']} px, {r['train']['steps']} steps"
-            )
-            lines.append(_row(label, [100 * r["dice"][o] for o in (*ORGANS, "mean")]))
-        if len(recs) > 1:
-            mean = [100 * sum(r["dice"][o] for r in recs) / len(recs) for o in (*ORGANS, "mean")]
-            lines.append(_row(f"ours, mean of {len(recs)} folds", mean))
+        lines += [f"### {dataset}, setting {setting}, 1-shot 3D Dice (%)", ""]
+        if recs[0].get("resolution"):
+            lines += [f"Scored against {recs[0]['resolution']}.", ""]
+        lines.append("| method | liver | right kidney | left kidney | spleen | mean | precision | recall |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for step, suffix in (("none", ""), ("lcc", " + LCC post-processing")):
+            for r in recs:
+                sc = _scores(r, step)
+                m = r["model"]
+                label = (
+                    f"ours fold {r['fold']}{suffix}: {m['backbone']}"
+                    f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
+                    f"{m['size']} px, {r['train']['steps']} steps"
+                )
+                values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
+                lines.append(_row(label, values))
+            if len(recs) > 1:
+                cells = [
+                    _mean_std([100 * _scores(r, step)["dice"][o] for r in recs]) for o in cols
+                ] + [_mean_std([100 * _scores(r, step)[k]["mean"] for r in recs]) for k in ("precision", "recall")]
+                folds = ",".join(str(r["fold"]) for r in recs)
+                lines.append(f"| **ours, folds {folds}: mean ± std{suffix}** | " + " | ".join(cells) + " |")
         for label, values in PUBLISHED[(dataset, setting)]:
-            lines.append(_row(f"{label}, published 5-fold", values))
+            lines.append(_row(f"{label}, published 5-fold (no post-processing)", [*values]) + " | |")
+        names = sorted({r["config_name"] for r in recs})
+        commits = sorted({str(r.get("commit")) for r in recs})
+        lines += ["", f"Config: {', '.join(names)}; commit {', '.join(commits)}."]
         lines += ["", "| fold | steps | train min | steps/s | eval scans/s | total min | peak RSS MiB |"]
         lines.append("|---:|---:|---:|---:|---:|---:|---:|")
         for r in recs:
@@ -313,7 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--genesis-steps", type=int, default=0, help="Models Genesis pretraining steps first (init genesis)"
     )
-    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=16, help="query slices per forward pass")
+    p.add_argument(
+        "--resolution",
+        choices=["native", "model"],
+        default="native",
+        help="score against the native 256-px labels (headline) or the labels resized to data.size",
+    )
     args = p.parse_args(argv)
 
     from fewshot.config import load_config
@@ -347,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config=args.config,
                 genesis_steps=args.genesis_steps,
                 eval_batch_size=args.eval_batch_size,
+                resolution=args.resolution,
             )
             rec["load_average_end"] = _load()
             records.append(rec)

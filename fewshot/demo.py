@@ -64,12 +64,13 @@ def run_demo(
         baseline = create_model(cfg.model, seed=cfg.seed)
     finally:
         fewshot_log.setLevel(level)
-    untrained = evaluate(baseline, fold.require_plan(), fold.test, config=cfg.to_dict())
+    progress = cfg.train.progress_bar
+    untrained = evaluate(baseline, fold.require_plan(), fold.test, config=cfg.to_dict(), progress=progress)
     untrained.to_json(out / "untrained.json")
 
     result = train(cfg, volumes=volumes, resume=False)
     assert result.checkpoint is not None
-    trained = run_evaluation(result.checkpoint, volumes=volumes, out=out / "eval", overlays=2)
+    trained = run_evaluation(result.checkpoint, volumes=volumes, out=out / "eval", overlays=2, progress=progress)
     table = comparison_table(untrained, trained)
     seconds = time.perf_counter() - t0
     summary = {

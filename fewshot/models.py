@@ -139,7 +139,7 @@ class FewShotSegmenter(nn.Module):
             if empty:
                 raise EmptySupportError(
                     f"empty support mask(s) at (batch, shot) {[tuple(e) for e in empty]}; "
-                    "set allow_empty_support=True to accept them"
+                    "set model.allow_empty_support: true (Python: allow_empty_support=True) to accept them"
                 )
         return masks
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..data.volumes import Volume, VolumeError
+from ..progress import Progress
 from . import cache as _cache
 from . import parallel
 from .algorithms import superpixel_input, superpixels_into
@@ -57,7 +58,8 @@ def compute_dataset_superpixels_with_stats(
         cache_dir: folder for ``.npz`` cache entries (:mod:`episodes.pseudolabels.cache`); ``None`` disables caching.
         workers: processes computing slices, the calling one included (it starts ``workers - 1``
             worker processes); ``0`` or ``1`` computes in this process only.
-        progress: show a progress bar on stderr (tqdm).
+        progress: report progress on stderr (:class:`episodes.progress.Progress`: a bar on a terminal,
+            else a line every 10 %).
         slices_per_task: slices claimed by a process at a time.
         mp_context: multiprocessing start method of the workers. ``spawn`` (default) is safe with
             OpenMP libraries (torch, fast-slic) already loaded in the parent.
@@ -111,7 +113,7 @@ def compute_dataset_superpixels_with_stats(
                 stacklevel=2,
             )
             workers = 1
-    bar = parallel.Progress(total, progress and total > 0, "superpixels")
+    bar = Progress(total, "superpixels", unit="slices", enabled=progress)
     try:
         if workers <= 1 or n_tasks <= 1:
             outputs = {}

@@ -5,14 +5,14 @@ one shared int32 output buffer; the calling process and ``workers - 1`` spawned 
 claim chunks of slices (tasks) from a shared counter until none is left, so no array is pickled and
 the calling process computes while the workers start up. An exception in a worker stops all of them
 and is re-raised in the caller with its original type (or as a ``RuntimeError`` carrying the
-worker's traceback when it cannot be pickled).
+worker's traceback when it cannot be pickled). Workers exit when the calling process dies
+(:func:`episodes.processes.die_with_parent`).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import sys
 import traceback
 from collections.abc import Sequence
 from multiprocessing import get_context
@@ -20,48 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ..processes import die_with_parent
+from ..progress import Progress
 from .algorithms import superpixels_into
 
-__all__ = ["Progress", "compute_parallel", "shm_free_bytes"]
+__all__ = ["compute_parallel", "shm_free_bytes"]
 
 #: Whether the calling process also computes slices when worker processes are used (tests turn it off
 #: to force every chunk through a worker).
 _MAIN_PROCESS_COMPUTES = True
-
-
-class Progress:
-    """Slice progress on stderr: a tqdm bar when available, else a counter line."""
-
-    def __init__(self, total: int, enabled: bool, desc: str) -> None:
-        self.bar: Any = None
-        self.enabled = enabled
-        self.total = total
-        self.done = 0
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="slice", file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, n: int) -> None:
-        if n <= 0:
-            return
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled:
-            print(f"\rsuperpixels: {self.done}/{self.total} slices", end="", file=sys.stderr)
-
-    def set_done(self, done: int) -> None:
-        self.update(done - self.done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            print(file=sys.stderr)
 
 
 # A task is (element offset of its first slice in the shared buffers, slices, H, W, threshold).
@@ -100,6 +67,7 @@ def _run_claimed(
 
 
 def _shared_worker(
+    parent_pid: int | None,
     in_name: str,
     out_name: str,
     total: int,
@@ -112,6 +80,8 @@ def _shared_worker(
 ) -> None:
     """Worker-process entry: attach to the shared buffers and compute claimed tasks."""
     from multiprocessing import shared_memory
+
+    die_with_parent(parent_pid)
 
     shm_in = shared_memory.SharedMemory(name=in_name)
     shm_out = shared_memory.SharedMemory(name=out_name)
@@ -177,10 +147,12 @@ def compute_parallel(
         counter = ctx.Value("q", 0)
         done = ctx.Array("b", len(tasks), lock=False)
         errors = ctx.SimpleQueue()
+        # forkserver workers are children of the server, whose pid is not known here
+        parent_pid = None if mp_context == "forkserver" else os.getpid()
         for _ in range(workers - 1):
             proc = ctx.Process(  # type: ignore[attr-defined]
                 target=_shared_worker,
-                args=(shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw),
+                args=(parent_pid, shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw),
                 daemon=True,
             )
             proc.start()

@@ -29,17 +29,30 @@ def build_parser():  # type: ignore[no-untyped-def]
     return build()
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's promotional "💡 Tip" records (litlogger, litmodels); keeps its device lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith("💡 Tip")
+
+
+_DROP_TIPS = _DropLightningTips()
+
+
 def _quiet_logs(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    # Lightning's promotional tips and torch's internal deprecation notices are not the user's business.
-    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # A logger's filters see the records logged on it, so the filter sits where Lightning logs them.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DROP_TIPS)
     if not verbose:
-        warnings.filterwarnings("ignore", message=r".*_pytree.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*litlogger.*")
+        # Lightning 2.6 still builds torch's deprecated LeafSpec; torch warns once per use.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+            module=r"pytorch_lightning\.utilities\._pytree",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

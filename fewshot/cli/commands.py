@@ -213,6 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewshot.checkpoint import load_checkpoint, read_payload
     from fewshot.config import load_config
     from fewshot.evaluation import run_evaluation
+    from fewshot.evaluation.postprocess import POSTPROCESS
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -252,6 +253,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         overlays=args.overlays,
         allow_train_overlap=args.allow_train_overlap,
+        postprocess=(args.postprocess, *(p for p in POSTPROCESS if p != args.postprocess)),
+        resolution=args.resolution,
+        progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")
     print(title.read_text() if title.is_file() else result.to_markdown())

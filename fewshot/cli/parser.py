@@ -12,7 +12,16 @@ __all__ = ["build_parser", "registry_choices"]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps the descriptions' line breaks."""
+    """Shows every option's default and keeps the descriptions' line breaks.
+
+    Nothing is appended where there is no value to show (``None``, flags, empty lists) or where the
+    help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, [], False, True) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def registry_choices() -> dict[str, list[str]]:
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="method parameter, e.g. min_size=400 (unknown names are refused with the valid list)",
     )
-    s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (None: per modality)")
+    s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (default: per modality)")
     s.add_argument("--cache", default=".fewshot_cache/superpixels", help="cache folder")
     s.add_argument("--workers", type=int, default=2, help="worker processes")
     s.add_argument("--export", default=None, help="also write superpix_<id>.nii.gz files into this folder")
@@ -106,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "self-supervised training on superpixel episodes",
         epilog="Without --config, a bare `fewshot train` uses the library defaults: resnet50, random init, ALPNet "
         "head, 256 px, SGD lr 1e-3, 100,100 steps (about 1 step/s on 2 CPU cores: use a GPU or a packaged CPU "
-        "recipe such as --config cpu_chaos_30min).",
+        "recipe such as --config cpu_chaos_30min). Options left out keep the --config value (or the library "
+        "default).",
     )
     t.add_argument("--config", default=None, help="YAML file or packaged config name (e.g. cpu_chaos_30min)")
     t.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET", help=datasets)
@@ -149,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")
     e.add_argument("--support-subject", default=None, help="explicit support subject id")
     e.add_argument("--query-subjects", default=None, help="comma-separated query subject ids")
+    e.add_argument(
+        "--postprocess", default="none", choices=("none", "lcc"),
+        help="post-processing of each scan's prediction for the headline scores (lcc: 3D largest connected "
+        "component); the other variants are reported beside it",
+    )
+    e.add_argument(
+        "--resolution", default="native", choices=("native", "model"),
+        help="score against the scans' own labels (native; predictions upsampled) or labels resized to data.size",
+    )
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")

@@ -123,7 +123,8 @@ class TrainConfig:
     ``precision="auto"`` means ``"16-mixed"`` on CUDA and ``"32-true"`` otherwise;
     ``channels_last=None`` means on for CUDA only. ``devices``/``num_nodes``/``strategy``
     go to :class:`pytorch_lightning.Trainer` unchanged (e.g. ``strategy: ddp``).
-    ``num_workers``: DataLoader worker processes.
+    ``num_workers``: DataLoader worker processes. ``progress_bar``: superpixel and training
+    progress on stderr (a bar on a terminal, a line every 10 % otherwise; ``False``: none).
     """
 
     steps: int = 100_100

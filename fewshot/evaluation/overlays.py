@@ -30,6 +30,54 @@ def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -
     return rgb.astype(np.uint8)
 
 
+_PANEL_MIN = 192  # panels are upscaled (nearest) to at least this many pixels, so titles fit
+_TITLE_H = 18
+
+
+def _font(size: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _titled(panel: np.ndarray, title: str, scale: int) -> np.ndarray:
+    """``panel`` upscaled ``scale`` times under a white strip holding ``title``."""
+    from PIL import Image, ImageDraw
+
+    big = np.kron(panel, np.ones((scale, scale, 1), dtype=np.uint8))
+    strip = Image.new("RGB", (big.shape[1], _TITLE_H), (255, 255, 255))
+    ImageDraw.Draw(strip).text((4, 2), title, fill=(0, 0, 0), font=_font(12))
+    return np.concatenate([np.asarray(strip), big], axis=0)
+
+
+def compose_overlay(
+    support: tuple[np.ndarray, np.ndarray],
+    query: np.ndarray,
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    heading: str,
+) -> np.ndarray:
+    """One ``(H', W', 3)`` uint8 picture: a heading line, then titled panels support (mask in blue) |
+    query | prediction (red) | ground truth (green)."""
+    from PIL import Image, ImageDraw
+
+    scale = max(1, -(-_PANEL_MIN // query.shape[0]))
+    panels = [
+        _titled(_overlay(support[0], support[1], (0, 200, 255)), "support + mask", scale),
+        _titled(_overlay(query, np.zeros_like(prediction), (0, 0, 0)), "query", scale),
+        _titled(_overlay(query, prediction, (255, 60, 60)), "prediction", scale),
+        _titled(_overlay(query, truth, (60, 255, 60)), "ground truth", scale),
+    ]
+    sep = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    row = np.concatenate([p for panel in panels for p in (panel, sep)][:-1], axis=1)
+    head = Image.new("RGB", (row.shape[1], _TITLE_H + 4), (255, 255, 255))
+    ImageDraw.Draw(head).text((4, 3), heading, fill=(0, 0, 0), font=_font(13))
+    return np.concatenate([np.asarray(head), row], axis=0)
+
+
 def save_overlays(
     model: nn.Module,
     plan: EvaluationPlan,
@@ -39,10 +87,13 @@ def save_overlays(
     n: int = 4,
     device: torch.device | str | None = None,
     channels: int | None = None,
+    scan_dice: Mapping[tuple[str, str], float] | None = None,
 ) -> list[Path]:
-    """PNG panels ``support | query | prediction | ground truth`` for ``n`` slices per organ.
+    """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
-    Slices are spread evenly over the first query scan's scored range. Returns the files.
+    Slices are spread evenly over the first query scan's scored range. Each picture is headed by
+    the organ, the support and query subjects, the slice and (from ``scan_dice``,
+    ``{(organ, subject): dice}``) the 3D Dice of that query scan. Returns the files.
     """
     from PIL import Image
 
@@ -65,22 +116,26 @@ def save_overlays(
             picks = np.unique(
                 np.linspace(0, len(query.slices) - 1, num=min(n, len(query.slices))).round().astype(int)
             )
+            dice = (scan_dice or {}).get((organ_plan.organ, query.subject))
             for i in picks.tolist():
                 chunk = int(chunks[i])
                 s_img, s_msk = support_episode_tensors(organ_plan, volumes, chunk, channels=channels)
                 pred = predict_query(model, s_img, s_msk, images[i : i + 1], device=device)[0].numpy()
-                q_img = images[i, 0].numpy()
-                panels = [
-                    _overlay(s_img[0, 0, 0].numpy(), s_msk[0, 0].numpy(), (0, 200, 255)),
-                    _overlay(q_img, np.zeros_like(pred), (0, 0, 0)),
-                    _overlay(q_img, pred, (255, 60, 60)),
-                    _overlay(q_img, masks[i].numpy(), (60, 255, 60)),
-                ]
-                sep = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
-                row = np.concatenate([p for panel in panels for p in (panel, sep)][:-1], axis=1)
+                heading = (
+                    f"{organ_plan.organ}: support {organ_plan.support_subject} "
+                    f"(chunk {chunk + 1}/{len(organ_plan.support_slices)}), query {query.subject} "
+                    f"slice z={query.slices[i]}" + (f", scan 3D Dice {100 * dice:.1f}%" if dice is not None else "")
+                )
+                picture = compose_overlay(
+                    (s_img[0, 0, 0].numpy(), s_msk[0, 0].numpy()),
+                    images[i, 0].numpy(),
+                    pred,
+                    masks[i].numpy(),
+                    heading,
+                )
                 path = out / f"{organ_plan.organ}_{query.subject}_z{query.slices[i]:03d}.png"
                 with atomic_writer(path) as fh:
-                    Image.fromarray(row).save(fh, format="PNG")
+                    Image.fromarray(picture).save(fh, format="PNG")
                 paths.append(path)
     finally:
         model.train(was_training)

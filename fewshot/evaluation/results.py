@@ -102,7 +102,8 @@ class EvaluationResult:
         return cls.from_dict(data)
 
     def to_markdown(self, title: str | None = None) -> str:
-        """Table: organs as columns (then ``mean``), rows Dice / precision / recall in %."""
+        """Table: organs as columns (then ``mean``), rows Dice / precision / recall in %; then a row per
+        extra post-processing variant (``extras["postprocess"]``) and the label resolution, if known."""
         cols = [*self.organs, "mean"]
         lines = [f"### {title}", ""] if title else []
         lines.append("| metric | " + " | ".join(cols) + " |")
@@ -110,6 +111,16 @@ class EvaluationResult:
         for name, label in (("dice", "Dice (%)"), ("precision", "Precision (%)"), ("recall", "Recall (%)")):
             scores = getattr(self, name)
             lines.append(f"| {label} | " + " | ".join(f"{100 * scores[c]:.2f}" for c in cols) + " |")
+        variants = dict(self.extras.get("postprocess") or {})
+        for step, summary in list(variants.items())[1:]:
+            for name in ("dice", "precision", "recall"):
+                lines.append(
+                    f"| {name.capitalize()} (%), post-processed: {step} | "
+                    + " | ".join(f"{100 * summary[name][c]:.2f}" for c in cols)
+                    + " |"
+                )
+        if self.extras.get("resolution"):
+            lines += ["", f"Scored against {self.extras['resolution']}."]
         return "\n".join(lines) + "\n"
 
 

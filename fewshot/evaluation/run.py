@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,6 +28,7 @@ from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.scoring import evaluate
 from fewshot.pipeline import prepare_fold
+from fewshot.provenance import environment, git_commit
 
 __all__ = ["check_protocol", "output_paths", "run_evaluation"]
 
@@ -77,6 +78,13 @@ def check_protocol(loaded: LoadedCheckpoint, protocol: Protocol, used: set[str],
             )
 
 
+def _resolution_note(resolution: str, fold: Any) -> str:
+    if resolution == "model":
+        return f"labels resized to the model input ({fold.data.size} px)"
+    sizes = sorted({f"{v.shape[1]}x{v.shape[2]}" for v in fold.test_raw})
+    return f"native labels ({', '.join(sizes)} px; predictions upsampled from {fold.data.size} px)"
+
+
 def run_evaluation(
     checkpoint: str | os.PathLike[str],
     *,
@@ -88,6 +96,9 @@ def run_evaluation(
     overlays: int = 0,
     allow_train_overlap: bool = False,
     title: str | None = None,
+    progress: bool = False,
+    postprocess: str | Sequence[str] = "none",
+    resolution: Literal["native", "model"] = "native",
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -104,7 +115,15 @@ def run_evaluation(
         overlays: slices per organ to render.
         allow_train_overlap: allow support/query subjects that were used for training.
         title: heading of ``results.md`` (default: dataset, fold, setting and shots).
+        progress: report each scored query scan on stderr.
+        postprocess: ``"none"``, ``"lcc"`` (3D largest connected component) or several (the first
+            gives the scores; all are in ``extras["postprocess"]``), see :func:`~fewshot.evaluation.evaluate`.
+        resolution: ``"native"`` scores against the scans' own labels (the 256-px labels of the
+            SSL-ALPNet data; predictions upsampled from the model's ``data.size``), ``"model"`` against
+            the labels resized to ``data.size``.
     """
+    if resolution not in ("native", "model"):
+        raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
     dev = default_device(device)
     loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
     cfg = loaded.config
@@ -122,7 +141,11 @@ def run_evaluation(
     )
     plan = fold.require_plan()
     check_protocol(loaded, protocol, set(fold.test), allow_train_overlap=allow_train_overlap)
-    result = evaluate(loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"])
+    reference = {v.subject: v for v in fold.test_raw} if resolution == "native" else None
+    result = evaluate(
+        loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"],
+        progress=progress, postprocess=postprocess, reference=reference,
+    )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     result = replace(
         result,
@@ -132,6 +155,10 @@ def run_evaluation(
             "global_step": loaded.global_step,
             "init": init_report.get("init"),
             "trained_with_library_version": loaded.payload.get("library_version"),
+            "trained_with_commit": loaded.payload.get("commit"),
+            "resolution": _resolution_note(resolution, fold),
+            "environment": environment(),
+            "commit": git_commit(),
         },
     )
     if out is not None:
@@ -147,5 +174,8 @@ def run_evaluation(
         plan.to_json(paths["plan"])
         save_config(cfg, paths["config"])
         if overlays > 0:
-            save_overlays(loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev)
+            scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
+            save_overlays(
+                loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice
+            )
     return result

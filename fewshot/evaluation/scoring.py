@@ -11,15 +11,19 @@ over query scans; ``mean`` = mean over organs (:mod:`fewshot.evaluation.results`
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from episodes.data.volumes import Volume
+from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
 from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
+from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
 __all__ = ["evaluate", "model_channels", "predict_query"]
@@ -44,11 +48,13 @@ def predict_query(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    out_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Foreground masks ``(N, H, W)`` bool of ``query_images (N, C, H, W)`` given one support set.
 
     ``support_images (1, K, C, H, W)`` / ``support_masks (1, K, H, W)`` are broadcast over
-    query batches of ``batch_size``.
+    query batches of ``batch_size``. ``out_size``: upsample the logits (bilinear) to this size
+    before the argmax (masks are then ``(N, *out_size)``), to score against native-resolution labels.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -59,9 +65,11 @@ def predict_query(
         q = query_images[start : start + batch_size].to(device)
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(s_img, s_msk, q).logits
+        if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
         out.append((logits.argmax(1) == 1).cpu())
     if not out:
-        return torch.zeros((0, *query_images.shape[-2:]), dtype=torch.bool)
+        return torch.zeros((0, *(out_size or query_images.shape[-2:])), dtype=torch.bool)
     return torch.cat(out)
 
 
@@ -73,30 +81,45 @@ def _evaluate_organ(
     batch_size: int,
     device: torch.device,
     amp: bool,
-) -> tuple[list[ScanScore], int]:
+    bar: Progress,
+    postprocess: Sequence[str],
+    reference: Mapping[str, Volume] | None,
+) -> tuple[dict[str, list[ScanScore]], int]:
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
     ]
-    scores, n_slices = [], 0
+    scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
+    n_slices = 0
     for query in plan.queries:
         images, masks, chunks = query_tensors(query, volumes, plan.label_value, channels=channels)
-        pred = torch.zeros(masks.shape, dtype=torch.bool)
+        truth = masks.numpy().astype(bool)
+        out_size = None
+        if reference is not None:
+            ref = reference[query.subject]
+            if ref.label is None:
+                raise ValueError(f"reference volume {query.subject} has no labels")
+            truth = ref.label[list(query.slices)] == plan.label_value
+            out_size = (int(truth.shape[1]), int(truth.shape[2]))
+        pred = torch.zeros((len(query.slices), *(out_size or masks.shape[-2:])), dtype=torch.bool)
         for c, (s_img, s_msk) in enumerate(supports):
             idx = torch.nonzero(chunks == c).flatten()
             if idx.numel():
                 pred[idx] = predict_query(
-                    model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp
+                    model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
+                    out_size=out_size,
                 )
         bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
         if bad:
             raise ValueError(
                 f"query {query.subject}: chunks {bad} have no support (plan has {len(supports)})"
             )
-        counts = confusion_counts(pred.numpy(), masks.numpy().astype(bool))
-        scores.append(
-            ScanScore(subject=query.subject, organ=plan.organ, counts=counts, n_slices=len(query.slices))
-        )
+        for name in postprocess:
+            counts = confusion_counts(apply_postprocess(pred.numpy(), name), truth)
+            scores[name].append(
+                ScanScore(subject=query.subject, organ=plan.organ, counts=counts, n_slices=len(query.slices))
+            )
         n_slices += len(query.slices)
+        bar.update(1, note=plan.organ)
     return scores, n_slices
 
 
@@ -110,6 +133,9 @@ def evaluate(
     channels: int | None = None,
     amp: bool | None = None,
     config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    postprocess: str | Sequence[str] = "none",
+    reference: Mapping[str, Volume] | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -122,6 +148,13 @@ def evaluate(
         channels: input channels (default ``model.config.in_channels``).
         amp: autocast (default: on for CUDA).
         config: experiment config stored in the result.
+        progress: report each scored query scan on stderr (:class:`episodes.progress.Progress`).
+        postprocess: a step of :mod:`fewshot.evaluation.postprocess` (``"none"``, ``"lcc"``) applied to
+            each scan's prediction, or several: the first gives the result's scores, every one is
+            summarised in ``extras["postprocess"]`` (one forward pass for all).
+        reference: ``{subject: Volume}`` whose labels are the ground truth instead of ``volumes``'
+            (e.g. the native 256-px labels when the model runs at 128 px): logits are upsampled
+            (bilinear) to the reference size before the argmax. Slices must correspond one to one.
     """
     from fewshot import __version__
 
@@ -136,15 +169,28 @@ def evaluate(
     per_organ: dict[str, list[Mapping[str, Any]]] = {}
     all_scores: list[ScanScore] = []
     n_slices = 0
+    steps = (postprocess,) if isinstance(postprocess, str) else tuple(postprocess)
+    if not steps:
+        raise ValueError("postprocess: give at least one step (e.g. 'none')")
+    for name in steps:
+        apply_postprocess(np.zeros((1, 1, 1), dtype=bool), name)  # unknown names fail before any work
+    variants: dict[str, dict[str, list[Mapping[str, Any]]]] = {name: {} for name in steps}
+    bar = Progress(sum(len(o.queries) for o in plan.organs), "evaluate", unit="scans", enabled=progress)
     try:
         for organ_plan in plan.organs:
-            scores, n = _evaluate_organ(model, organ_plan, volumes, channels, batch_size, device, amp)
+            by_step, n = _evaluate_organ(
+                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference
+            )
+            scores = by_step[steps[0]]
             if not scores:
                 raise ValueError(f"organ {organ_plan.organ!r}: the plan has no query scan")
-            per_organ[organ_plan.organ] = [s.to_dict() for s in scores]
+            for name in steps:
+                variants[name][organ_plan.organ] = [s.to_dict() for s in by_step[name]]
+            per_organ[organ_plan.organ] = variants[steps[0]][organ_plan.organ]
             all_scores += scores
             n_slices += n
     finally:
+        bar.close()
         model.train(was_training)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -166,6 +212,8 @@ def evaluate(
                 "queries": list(plan.split.queries),
             },
             "counts": {"tp": total.tp, "fp": total.fp, "fn": total.fn},
+            "postprocess": {name: summarize_scans(v) for name, v in variants.items()},
+            "resolution": "reference labels" if reference is not None else "model input",
             "timing": {
                 "seconds": seconds,
                 "scans": len(all_scores),

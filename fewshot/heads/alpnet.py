@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fewshot.backbones.base import FeatureInfo
-from fewshot.heads.functional import alp_segment
+from fewshot.heads.functional import alp_segment, check_fusion
 from fewshot.heads.panet import PANetHead, check_prototype_config
 from fewshot.heads.registry import HeadConfig, register_head
 
@@ -37,7 +37,9 @@ __all__ = ["ALPNetConfig", "ALPNetHead"]
 
 @dataclass(frozen=True)
 class ALPNetConfig(HeadConfig):
-    """ALPNet head: as PANet plus the pooling windows in training/eval mode and the cell threshold."""
+    """ALPNet head: as PANet plus the pooling windows in training/eval mode and the cell threshold;
+    ``shot_fusion``: ``prototypes`` pools the prototypes of all K shots into one set (SSL-ALPNet),
+    ``scores`` averages the K per-shot score maps."""
 
     name: str = "alpnet"
     feature_dim: int = 256
@@ -46,10 +48,12 @@ class ALPNetConfig(HeadConfig):
     window_train: int = 4
     window_test: int = 2
     threshold: float = 0.95
+    shot_fusion: str = "prototypes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_prototype_config(self.feature_dim, self.scale)
+        check_fusion(self.shot_fusion)
         if self.window_train < 1 or self.window_test < 1:
             raise ValueError(
                 f"ALP windows must be >= 1, got window_train={self.window_train}, window_test={self.window_test}"
@@ -85,6 +89,7 @@ class ALPNetHead(PANetHead):
         threshold: float = 0.95,
         feature_index: int = -1,
         align_class_weights: tuple[float, float] | None = None,
+        shot_fusion: str = "prototypes",
     ) -> None:
         if window_train < 1 or window_test < 1:
             raise ValueError(f"windows must be >= 1, got train={window_train}, test={window_test}")
@@ -97,6 +102,7 @@ class ALPNetHead(PANetHead):
             align=align,
             feature_index=feature_index,
             align_class_weights=align_class_weights,
+            shot_fusion=shot_fusion,
         )
         self.window_train = int(window_train)
         self.window_test = int(window_test)
@@ -116,6 +122,7 @@ class ALPNetHead(PANetHead):
             window=self.window,
             threshold=self.threshold,
             scale=self.scale,
+            fusion=self.shot_fusion,
         )
 
     def extra_repr(self) -> str:
@@ -135,4 +142,5 @@ def build_alpnet(config: ALPNetConfig, feature_info: Sequence[FeatureInfo]) -> A
         window_train=config.window_train,
         window_test=config.window_test,
         threshold=config.threshold,
+        shot_fusion=config.shot_fusion,
     )

@@ -134,16 +134,36 @@ def _check_episode(query_features: Tensor, support_features: Tensor, support_mas
     _check_batch("query_features", query_features, "support_features", support_features)
 
 
+#: How the K support shots are combined (see :func:`alp_segment` / :func:`panet_segment`).
+SHOT_FUSIONS = ("prototypes", "scores")
+
+
+def check_fusion(fusion: str) -> str:
+    if fusion not in SHOT_FUSIONS:
+        raise ValueError(f"unknown shot fusion {fusion!r}; choices: {', '.join(SHOT_FUSIONS)}")
+    return fusion
+
+
 def panet_segment(
-    query_features: Tensor, support_features: Tensor, support_masks: Tensor, scale: float = 20.0
+    query_features: Tensor,
+    support_features: Tensor,
+    support_masks: Tensor,
+    scale: float = 20.0,
+    fusion: str = "prototypes",
 ) -> Tensor:
-    """MAP prototypes (averaged over K shots) + cosine classifier.
+    """MAP prototypes + cosine classifier.
 
     ``query_features (N,C,h,w)``, ``support_features (N,K,C,h,w)``, ``support_masks (N,K,H,W)``
-    -> logits ``(N,2,h,w)`` at feature resolution.
+    -> logits ``(N,2,h,w)`` at feature resolution. ``fusion="prototypes"`` averages the K shots'
+    prototypes (PANet); ``"scores"`` averages the K per-shot logit maps.
     """
     _check_episode(query_features, support_features, support_masks)
+    check_fusion(fusion)
     n, k = support_masks.shape[:2]
+    if fusion == "scores" and k > 1:
+        q = query_features.repeat_interleave(k, dim=0)
+        out = panet_segment(q, support_features.flatten(0, 1)[:, None], support_masks.flatten(0, 1)[:, None], scale)
+        return out.view(n, k, *out.shape[1:]).mean(1)
     feats = support_features.flatten(0, 1)
     masks = support_masks.flatten(0, 1).float()
     fg = masked_average_pooling(feats, masks).view(n, k, -1).mean(1)
@@ -275,14 +295,24 @@ def alp_segment(
     window: int,
     threshold: float = 0.95,
     scale: float = 20.0,
+    fusion: str = "prototypes",
 ) -> Tensor:
     """ALPNet classifier: -> logits ``(N, 2, h, w)`` = ``[bg_score, fg_score]``.
 
     ``query_features (N,C,h,w)``, ``support_features (N,K,C,h,w)``, ``support_masks (N,K,H,W)``
-    (resized to feature resolution). Prototypes of all K shots are pooled into one set.
+    (resized to feature resolution). ``fusion`` of the K shots: ``"prototypes"`` pools the
+    prototypes of all shots into one set (SSL-ALPNet); ``"scores"`` scores the query against each
+    shot alone and averages the K score maps (each shot keeps its own fg/bg balance).
     """
     _check_episode(query_features, support_features, support_masks)
+    check_fusion(fusion)
     n, k, c, h, w = support_features.shape
+    if fusion == "scores" and k > 1:
+        q = query_features.repeat_interleave(k, dim=0)
+        s = support_features.flatten(0, 1)[:, None]
+        m = support_masks.flatten(0, 1)[:, None]
+        out = alp_segment(q, s, m, window=window, threshold=threshold, scale=scale)
+        return out.view(n, k, *out.shape[1:]).mean(1)
     feats = support_features.flatten(0, 1)
     fg = resize_masks(support_masks.flatten(0, 1).float(), (h, w))
     scores = []

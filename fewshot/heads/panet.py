@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from fewshot.backbones.base import FeatureInfo
 from fewshot.heads.base import FewShotHead, HeadOutput, apply_2d, broadcast_support
-from fewshot.heads.functional import alignment_loss, panet_segment
+from fewshot.heads.functional import alignment_loss, check_fusion, panet_segment
 from fewshot.heads.registry import HeadConfig, register_head
 
 __all__ = ["PANetConfig", "PANetHead", "check_prototype_config", "make_reduction"]
@@ -39,16 +39,19 @@ def check_prototype_config(feature_dim: int, scale: float) -> None:
 @dataclass(frozen=True)
 class PANetConfig(HeadConfig):
     """PANet head: ``feature_dim`` channels after the 1x1 reduction (0 = none), cosine ``scale``,
-    alignment loss in training mode when ``align``."""
+    alignment loss in training mode when ``align``; ``shot_fusion`` combines K support shots
+    (``prototypes``: average their prototypes, as PANet; ``scores``: average per-shot logits)."""
 
     name: str = "panet"
     feature_dim: int = 256
     scale: float = 20.0
     align: bool = True
+    shot_fusion: str = "prototypes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_prototype_config(self.feature_dim, self.scale)
+        check_fusion(self.shot_fusion)
 
 
 def make_reduction(in_channels: int, feature_dim: int) -> nn.Module:
@@ -70,6 +73,7 @@ class PANetHead(FewShotHead):
         align: compute the PANet alignment loss in training mode.
         feature_index: which backbone feature map to use (default the last, i.e. deepest).
         align_class_weights: optional CE weights ``(w_bg, w_fg)`` of the alignment loss.
+        shot_fusion: how K support shots are combined (``prototypes`` or ``scores``).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class PANetHead(FewShotHead):
         align: bool = True,
         feature_index: int = -1,
         align_class_weights: tuple[float, float] | None = None,
+        shot_fusion: str = "prototypes",
     ) -> None:
         super().__init__(feature_info)
         self.feature_index = self._resolve_index(feature_index)
@@ -89,10 +94,11 @@ class PANetHead(FewShotHead):
         self.align = bool(align)
         self.does_alignment = self.align
         self.align_class_weights = align_class_weights
+        self.shot_fusion = check_fusion(shot_fusion)
 
     def segment(self, query_features: Tensor, support_features: Tensor, support_masks: Tensor) -> Tensor:
         """Classifier on already reduced features: ``(N,C,h,w)``, ``(N,K,C,h,w)``, ``(N,K,H,W)`` -> ``(N,2,h,w)``."""
-        return panet_segment(query_features, support_features, support_masks, self.scale)
+        return panet_segment(query_features, support_features, support_masks, self.scale, self.shot_fusion)
 
     def forward(
         self, support_features: Sequence[Tensor], support_masks: Tensor, query_features: Sequence[Tensor]
@@ -113,4 +119,10 @@ class PANetHead(FewShotHead):
 
 @register_head("panet", config=PANetConfig)
 def build_panet(config: PANetConfig, feature_info: Sequence[FeatureInfo]) -> PANetHead:
-    return PANetHead(feature_info, feature_dim=config.feature_dim, scale=config.scale, align=config.align)
+    return PANetHead(
+        feature_info,
+        feature_dim=config.feature_dim,
+        scale=config.scale,
+        align=config.align,
+        shot_fusion=config.shot_fusion,
+    )

@@ -6,19 +6,26 @@ Every episode is a pure function of its index (``SelfSupervisedEpisodes`` seeds 
 reused, so every step sees fresh episodes (what per-epoch reseeding achieves), the
 stream does not depend on the number of DataLoader workers, and a resumed run continues
 with exactly the episodes an uninterrupted run would have drawn.
+
+DataLoader workers exit when the training process dies, even by ``SIGKILL``
+(:func:`episodes.processes.die_with_parent`, Linux only).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Sampler
 
 from episodes.data.volumes import Volume
+from episodes.processes import die_with_parent
 from episodes.sampling import SelfSupervisedEpisodes, collate_episodes
 from fewshot.config import DataConfig
 
@@ -57,6 +64,18 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.total_steps
+
+
+def _worker_init(worker_id: int, *, parent_pid: int, rank: int, seed_workers: bool) -> None:
+    """DataLoader ``worker_init_fn``: exit with the parent, then Lightning's worker seeding.
+
+    Lightning adds ``pl_worker_init_function`` only to loaders without a ``worker_init_fn`` (and only
+    after ``seed_everything(workers=True)``, which sets ``PL_SEED_WORKERS``), so it is called here
+    under the same condition: the workers' random state is the same as without this function.
+    """
+    die_with_parent(parent_pid)
+    if seed_workers:
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class EpisodeDataModule(pl.LightningDataModule):
@@ -136,4 +155,10 @@ class EpisodeDataModule(pl.LightningDataModule):
             collate_fn=collate_episodes,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=partial(
+                _worker_init,
+                parent_pid=os.getpid(),  # workers are forked by the process iterating, i.e. this one
+                rank=rank,
+                seed_workers=bool(int(os.environ.get("PL_SEED_WORKERS", 0))),
+            ),
         )

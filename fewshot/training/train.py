@@ -12,8 +12,11 @@
 3. resume from ``<out_dir>/checkpoints/last.ckpt`` when it exists (same global step,
    learning-rate schedule and episode stream as an uninterrupted run).
 
+One run per ``out_dir`` at a time (:mod:`fewshot.training.lock`); checkpoints are written atomically
+(:mod:`fewshot.training.checkpoint_io`), so a run killed while saving keeps the previous ``last.ckpt``.
+
 Files under ``out_dir``: ``config.yaml`` (resolved config), ``checkpoints/last.ckpt``,
-``logs/version_<n>/metrics.csv``, ``train_result.json``.
+``logs/version_<n>/metrics.csv``, ``train_result.json``, ``.train.lock``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_prec
 from fewshot.device import cuda_requested
 from fewshot.models import create_model
 from fewshot.pipeline import prepare_fold
+from fewshot.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
 from fewshot.training.data import EpisodeDataModule
+from fewshot.training.lock import train_lock
 from fewshot.training.module import FewShotModule
+from fewshot.training.progress import training_progress
 
 __all__ = ["TrainResult", "train"]
 
@@ -116,7 +122,26 @@ def train(
         resume: continue from ``<out_dir>/checkpoints/last.ckpt`` if it exists.
         callbacks: extra Lightning callbacks.
         fast_dev_run: one step, no checkpoint or log written (smoke test).
+
+    Raises:
+        fewshot.training.lock.OutputInUseError: another ``train`` is running in ``cfg.out_dir``.
     """
+    out = Path(cfg.out_dir)
+    with train_lock(out) as lock:
+        if lock is not None:  # no other run writes here: temp files of killed checkpoint writes are stale
+            for stale in remove_stale_temps(checkpoint_path(out)):
+                logger.info("removed %s, left by a run killed while saving a checkpoint", stale)
+        return _train(cfg, volumes, resume, callbacks, fast_dev_run)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    volumes: Sequence[Volume] | None,
+    resume: bool,
+    callbacks: Sequence[Callback],
+    fast_dev_run: bool,
+) -> TrainResult:
+    """:func:`train` under the output folder's lock."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -146,6 +171,7 @@ def train(
     ckpt = checkpoint_path(out)
     csv = CSVLogger(save_dir=str(out), name="logs")
     _ = csv.version  # fix the version now, so every process (and the result) agree on the log folder
+    show_bar, progress_callbacks = training_progress(cfg.train.progress_bar)  # lines when not on a terminal
     trainer = pl.Trainer(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
@@ -160,10 +186,11 @@ def train(
                 dirpath=ckpt.parent, save_top_k=0, save_last=True, every_n_train_steps=cfg.train.ckpt_every
             ),
             *([] if fast_dev_run else [_FinalCheckpoint(ckpt)]),
+            *progress_callbacks,
             *callbacks,
         ],
         log_every_n_steps=cfg.train.log_every,
-        enable_progress_bar=cfg.train.progress_bar,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -171,6 +198,7 @@ def train(
         deterministic=cfg.train.deterministic,
         default_root_dir=str(out),
         fast_dev_run=fast_dev_run,
+        plugins=[AtomicCheckpointIO()],
     )
     datamodule = EpisodeDataModule(
         fold.train,

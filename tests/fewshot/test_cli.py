@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -36,6 +41,45 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             parser.parse_args([cmd, "--help"])
         assert exc.value.code == 0
         assert "usage: fewshot " + cmd in capsys.readouterr().out
+
+
+def test_every_option_has_help_and_shows_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study"}
+    for name, command in [("fewshot", parser), *sub.choices.items()]:
+        text = " ".join(command.format_help().split())
+        assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text), name
+        for action in command._actions:
+            if not action.option_strings:
+                continue
+            option = f"{name} {'/'.join(action.option_strings)}"
+            assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, f"{option}: no help"
+            shown = action.default not in (None, [], False, True, argparse.SUPPRESS)
+            if shown and "default" not in action.help:
+                assert f"(default: {action.default})" in text, f"{option}: default {action.default!r} not shown"
+
+
+def test_demo_output_off_a_terminal(tmp_path: Path) -> None:
+    """What a user sees in a log file: progress lines, no carriage returns, no advertising or torch
+    deprecation spam, the backbone's init logged once."""
+    quiet = TINY.index("train.progress_bar=false")
+    args = TINY[: quiet - 1] + TINY[quiet + 1 :]  # progress on
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from fewshot.cli import main; sys.exit(main())", "demo",
+         "--out", str(tmp_path / "demo"), "--steps", "3", *args],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    err = proc.stderr
+    assert proc.returncode == 0, err
+    assert "\r" not in err and "litlogger" not in err and "LeafSpec" not in err, err
+    assert len(re.findall(r"^INFO fewshot: backbone ", err, flags=re.M)) == 1, err
+    assert "GPU available" in err  # Lightning's device lines stay
+    for desc in ("superpixels", "train", "evaluate"):
+        assert re.search(rf"^{desc}: 100% \(", err, flags=re.M), f"no {desc} progress in:\n{err}"
+    assert "| self-supervised |" in proc.stdout
 
 
 def test_every_registry_name_is_in_the_help_and_the_readme(

@@ -282,3 +282,25 @@ def test_support_activation_peaks_on_matching_region() -> None:
     assert float(empty.abs().sum()) == 0.0
     with pytest.raises(ValueError, match="odd"):
         HF.support_activation(s[:, 0], s, mask, windows=((2, 2),))
+
+
+@pytest.mark.parametrize("segment", ["alp", "panet"])
+def test_score_fusion_averages_per_shot_results(segment: str) -> None:
+    from fewshot.heads.functional import alp_segment, panet_segment
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 6, 6, generator=g)
+    s = torch.randn(2, 3, 8, 6, 6, generator=g)
+    m = (torch.rand(2, 3, 12, 12, generator=g) > 0.5).float()
+
+    def run(s_: torch.Tensor, m_: torch.Tensor, fusion: str) -> torch.Tensor:
+        if segment == "alp":
+            return alp_segment(q, s_, m_, window=2, threshold=0.5, fusion=fusion)
+        return panet_segment(q, s_, m_, fusion=fusion)
+
+    singles = torch.stack([run(s[:, i : i + 1], m[:, i : i + 1], "prototypes") for i in range(3)])
+    torch.testing.assert_close(run(s, m, "scores"), singles.mean(0))
+    torch.testing.assert_close(run(s[:, :1], m[:, :1], "scores"), singles[0])  # K = 1: the fusions agree
+    assert not torch.allclose(run(s, m, "prototypes"), singles.mean(0))
+    with pytest.raises(ValueError, match="unknown shot fusion"):
+        run(s, m, "vote")

@@ -154,7 +154,52 @@ def test_save_overlays(setup: tuple[Protocol, dict[str, Volume]], tmp_path: Path
     from PIL import Image
 
     protocol, vols = setup
-    paths = save_overlays(ThresholdModel(), protocol.build_plan(list(vols.values())), vols, tmp_path, n=2)
+    plan = protocol.build_plan(list(vols.values()))
+    plain = save_overlays(ThresholdModel(), plan, vols, tmp_path / "a", n=2)
+    scores = {(o.organ, q.subject): 0.5 for o in plan.organs for q in o.queries}
+    paths = save_overlays(ThresholdModel(), plan, vols, tmp_path / "b", n=2, scan_dice=scores)
     assert len(paths) == 4 and all(p.suffix == ".png" for p in paths)
-    img = Image.open(paths[0])
-    assert img.size == (4 * 16 + 3 * 4, 16) and img.mode == "RGB"
+    img = np.asarray(Image.open(paths[0]))
+    # four 16-px panels upscaled x12, 4-px separators, a heading line and a title strip per panel
+    assert img.shape == (22 + 18 + 16 * 12, 4 * 16 * 12 + 3 * 4, 3)
+    assert (img[:22] < 128).any() and (img[22:40] < 128).any()  # the heading and the panel titles are drawn
+    # the heading with the scan's Dice differs from the one without
+    assert not np.array_equal(img[:22], np.asarray(Image.open(plain[0]))[:22])
+    assert np.array_equal(img[22:], np.asarray(Image.open(plain[0]))[22:])
+
+
+def test_lcc_and_native_reference(setup: tuple[Protocol, dict[str, Volume]]) -> None:
+    from fewshot.evaluation.postprocess import largest_connected_component
+
+    protocol, vols = setup
+    plan = protocol.build_plan(list(vols.values()))
+    result = evaluate(ThresholdModel(), plan, vols, postprocess=("none", "lcc"))
+    none, lcc = result.extras["postprocess"]["none"], result.extras["postprocess"]["lcc"]
+    assert none["dice"] == dict(result.dice)  # the first step gives the headline scores
+    # LCC removes the isolated false alarms: precision up, never below the raw prediction's
+    assert lcc["precision"]["mean"] > none["precision"]["mean"]
+    assert "post-processed: lcc" in result.to_markdown()
+
+    # the largest 26-connected component, by hand
+    m = np.zeros((3, 6, 6), dtype=bool)
+    m[0, 0, 5] = m[2, 5, 5] = True
+    m[1, 2:4, 2:4] = True
+    m[0, 1, 1] = True  # diagonal neighbour of the 2x2 block in 3D: same component
+    kept = largest_connected_component(m)
+    assert kept.sum() == 5 and not kept[0, 0, 5] and not kept[2, 5, 5]
+
+    # native reference: labels at 2x the model resolution; an upsampled perfect prediction scores like the model
+    big = {
+        s: Volume(
+            np.kron(v.image, np.ones((1, 2, 2), np.float32)),
+            np.kron(v.label, np.ones((1, 2, 2), np.int16)),
+            (1.0, 0.5, 0.5), s, "MR", PHANTOM, normalized=True,
+        )
+        for s, v in vols.items()
+    }
+    native = evaluate(ThresholdModel(), plan, vols, reference=big)
+    assert native.extras["resolution"] == "reference labels"
+    for organ in ("liver", "spleen"):
+        assert native.dice[organ] == pytest.approx(result.dice[organ], abs=0.05)
+    with pytest.raises(ValueError, match="unknown postprocess"):
+        evaluate(ThresholdModel(), plan, vols, postprocess="erode")

@@ -114,6 +114,30 @@ def test_fast_dev_run(volumes: list[Volume], cache_dir: str, tmp_path: Path) -> 
     assert (tmp_path / "config.yaml").is_file()
 
 
+def test_progress_is_plain_lines_off_a_terminal(
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from fewshot.training.progress import LineProgress, training_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert training_progress(True, Terminal()) == (True, [])  # Lightning's own bar
+    assert training_progress(False, io.StringIO()) == (False, [])
+    show_bar, callbacks = training_progress(True, io.StringIO())
+    assert not show_bar and [type(c) for c in callbacks] == [LineProgress]
+
+    train(_cfg(tmp_path, cache_dir, progress_bar=True), volumes=volumes)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("train: ")]
+    assert [line.split()[1] for line in lines] == ["25%", "50%", "75%", "100%"], err
+    assert lines[0].startswith("train: 25% (1/4 steps, loss ") and "fg_dice " in lines[0] and "ETA" in lines[0]
+
+
 class _StopAt(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step

@@ -1,0 +1,61 @@
+"""Where a number came from: library versions and the source commit, saved beside results.
+
+Exact Dice values depend on the versions of the numeric libraries (scikit-image's superpixels,
+OpenCV's warps, torch's kernels), so every checkpoint and result records them.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+__all__ = ["environment", "git_commit"]
+
+_PACKAGES = (
+    "fewshot-medseg",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "opencv-python-headless",
+    "albumentations",
+    "pytorch-lightning",
+    "fast-slic",
+)
+
+
+def environment() -> dict[str, str | None]:
+    """``{"python": ..., "<package>": version or None}`` of the packages that decide the numbers."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the source checkout holding this package (``+dirty`` with uncommitted changes), or
+    ``None`` outside a git checkout."""
+    root = Path(path) if path is not None else Path(__file__).resolve().parent.parent
+    if path is None and not (root / "pyproject.toml").is_file():
+        return None  # an installed copy, not a source checkout: a git repo above it would be another project
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

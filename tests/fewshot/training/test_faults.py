@@ -1,0 +1,314 @@
+"""Process faults of ``fewshot train``: SIGKILL (workers, checkpoints) and two runs in one ``--out``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset
+
+from episodes.data.phantom import make_phantom_dataset
+from episodes.data.volumes import Volume
+from fewshot.cli import main
+from fewshot.config import ExperimentConfig, load_config
+from fewshot.training import train
+from fewshot.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
+from fewshot.training.data import _worker_init
+from fewshot.training.lock import LOCK_NAME, OutputInUseError, train_lock
+
+REPO = Path(__file__).resolve().parents[3]
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux-only"
+)
+
+#: The issue's command: the phantom, tiny model, 2 DataLoader workers, far more steps than the test runs.
+TRAIN_ARGS = [
+    "train",
+    "--config",
+    "demo_phantom",
+    "--steps",
+    "2000",
+    "--workers",
+    "2",
+    "--set",
+    "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}",
+    "--set",
+    "data.size=64",
+    "--set",
+    "model.backbone.name=cbr-tiny",
+    "--set",
+    "model.backbone.truncate=block2",
+    "--set",
+    "model.head.feature_dim=8",
+    "--set",
+    "train.accelerator=cpu",
+    "--set",
+    "train.progress_bar=false",
+]
+
+
+# ------------------------------------------------------------------------- /proc helpers (Linux)
+
+
+def _stat(pid: int) -> tuple[int, str, str] | None:
+    """``(ppid, state, start time)`` of a live or zombie process, ``None`` once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[1]), rest[0], rest[19]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
+def descendants(root: int) -> dict[int, str]:
+    """``{pid: start time}`` of every live descendant of ``root``."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None and st[1] != "Z":
+            parents.setdefault(st[0], []).append(int(entry.name))
+            starts[int(entry.name)] = st[2]
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = starts[child]
+            todo.append(child)
+    return found
+
+
+def still_running(procs: dict[int, str]) -> list[int]:
+    """The pids of ``procs`` that are the same process (start time) and not a zombie."""
+    return [pid for pid, start in procs.items() if (st := _stat(pid)) and st[2] == start and st[1] != "Z"]
+
+
+def kill_leftovers(procs: dict[int, str]) -> None:
+    """Clean-up after a failure: SIGKILL the processes of ``procs`` still running."""
+    for pid in still_running(procs):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------------------------------------------ SIGKILL
+
+
+@LINUX_ONLY
+def test_sigkill_of_train_leaves_no_process(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    log_path = tmp_path / "train.log"
+    seen: dict[int, str] = {}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fewshot", *TRAIN_ARGS, "--out", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # DataLoader workers: forked children, same command line as the trainer
+            seen.update(descendants(proc.pid))
+            cmd = _cmdline(proc.pid)  # read here: right after Popen it can still be the pre-exec fork
+            workers = [p for p in seen if (st := _stat(p)) and st[0] == proc.pid and _cmdline(p) == cmd]
+            if len(workers) >= 2:
+                break
+            assert proc.poll() is None, f"train exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no DataLoader workers after 60 s:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        time.sleep(0.5)  # let the workers fill their queues (where they used to block forever)
+        seen.update(descendants(proc.pid))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        t0 = time.monotonic()
+        while (left := still_running(seen)) and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert not left, f"still running {elapsed:.1f} s after SIGKILL of train: {left} (of {sorted(seen)})"
+        print(f"{len(seen)} descendants of the killed train gone {elapsed:.2f} s after SIGKILL")
+        with train_lock(out):  # the OS released the killed run's lock
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_leftovers(seen)
+
+
+class _Draws(Dataset[torch.Tensor]):
+    """Each item: one draw from numpy's, Python's and torch's global generators (in a worker)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        legacy = np.random.random()  # noqa: NPY002 - the global generator is what worker seeding sets
+        return torch.tensor([legacy, random.random(), torch.rand(()).item()], dtype=torch.float64)
+
+
+def _draws(init_fn: Any) -> torch.Tensor:
+    torch.manual_seed(0)  # the loader's base seed
+    return torch.cat(list(DataLoader(_Draws(), batch_size=1, num_workers=2, worker_init_fn=init_fn)))
+
+
+def test_worker_init_keeps_lightning_worker_seeding() -> None:
+    lightning = _draws(partial(pl_worker_init_function, rank=0))  # what Lightning adds without ours
+    ours = partial(_worker_init, parent_pid=os.getpid(), rank=0)
+    torch.testing.assert_close(_draws(partial(ours, seed_workers=True)), lightning, rtol=0, atol=0)
+    assert not torch.equal(_draws(partial(ours, seed_workers=False)), lightning)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("cannot pickle this")
+
+
+def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(100_000), "bad": _Unpicklable()}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+    assert io.load_checkpoint(path)["global_step"] == 1
+    with pytest.raises(TypeError, match="storage_options"):
+        io.save_checkpoint({}, path, storage_options={"x": 1})
+    with pytest.raises(ValueError, match="local files only"):
+        io.save_checkpoint({}, "s3://bucket/last.ckpt")
+
+
+def test_remove_stale_temps(tmp_path: Path) -> None:
+    target = tmp_path / "last.ckpt"
+    stale = tmp_path / ".last.ckpt.0a1b2c3d.tmp"
+    other = tmp_path / ".other.ckpt.0a1b2c3d.tmp"
+    for p in (target, stale, other):
+        p.write_bytes(b"x")
+    assert remove_stale_temps(target) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]
+    assert remove_stale_temps(tmp_path / "missing" / "last.ckpt") == []
+
+
+# ------------------------------------------------------------------------------ the output lock
+
+
+@pytest.fixture(scope="module")
+def volumes() -> list[Volume]:
+    return make_phantom_dataset(6, modality="CT", shape=(12, 64, 64))
+
+
+def _cfg(out: Path) -> ExperimentConfig:
+    return load_config(
+        {
+            "data": {
+                "dataset": "phantom-ct",
+                "size": 64,
+                "protocol": {"organs": ["liver", "spleen"]},
+                "superpixels": {"params": {"min_size": 50}},
+                "episodes": {"min_superpixel_pixels": 20},
+            },
+            "model": {
+                "backbone": {"name": "cbr-tiny", "truncate": "block2"},
+                "head": {"name": "alpnet", "feature_dim": 8, "window_train": 2, "window_test": 2},
+            },
+            "train": {
+                "steps": 2,
+                "num_workers": 0,
+                "log_every": 1,
+                "progress_bar": False,
+                "accelerator": "cpu",
+            },
+            "out_dir": str(out),
+        }
+    )
+
+
+def _hold_lock(out: Path) -> int:
+    """Lock ``out`` like a running train (this process's pid in the file); returns the fd."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class _UsesAtomicIO(pl.Callback):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_second_train_in_same_out_fails_at_once(
+    volumes: list[Volume], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    fd = _hold_lock(out)
+    try:
+        message = (
+            f"another fewshot train (pid {os.getpid()}) is using {out}; wait for it or choose another --out"
+        )
+        with pytest.raises(OutputInUseError) as info:
+            train(_cfg(out), volumes=volumes)
+        assert str(info.value) == message
+        assert not (out / "config.yaml").exists()  # failed before writing anything
+        assert main(["train", "--dataset", "phantom-ct", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"fewshot train: error: {message}"
+    finally:
+        os.close(fd)
+    stale = out / "checkpoints" / ".last.ckpt.0a1b2c3d.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"truncated")
+    result = train(_cfg(out), volumes=volumes, callbacks=[_UsesAtomicIO()])
+    assert result.steps == 2 and Path(str(result.checkpoint)).is_file()
+    assert not stale.exists()  # removed under the lock
+    assert (out / LOCK_NAME).read_text() == ""  # released: holder pid cleared
+    os.close(_hold_lock(out))  # and lockable again
+
+
+def test_lock_messages_and_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    with train_lock(out) as path:
+        assert path == out / LOCK_NAME and path.read_text().strip() == str(os.getpid())
+        monkeypatch.setenv("LOCAL_RANK", "1")  # a rank-1 process started by a launcher shares the folder
+        with train_lock(out) as other:
+            assert other is None
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(OutputInUseError, match=rf"pid {os.getpid()}\) is using"):
+            with train_lock(out):
+                pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    fd = _hold_lock(out)
+    try:
+        os.pwrite(fd, dead.stdout.ljust(16), 0)
+        with pytest.raises(OutputInUseError, match=r"exited; processes it started still hold the lock"):
+            with train_lock(out):
+                pass
+    finally:
+        os.close(fd)
