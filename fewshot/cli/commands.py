@@ -192,7 +192,25 @@ def _experiment_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "devices", None) is not None:
         overrides["train.devices"] = _parse_value(args.devices)
     overrides.update(_overrides(args.set))
+    if overrides.get("model.backbone.truncate") == "none":
+        overrides["model.backbone.truncate"] = None
+    if getattr(args, "backbone", None) and getattr(args, "truncate", None) is None:
+        _check_truncate_fits(args, {k: v for k, v in overrides.items() if not k.startswith("model.backbone")})
     return load_config(_config_source(args.config), overrides)
+
+
+def _check_truncate_fits(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """``--backbone`` on a config that cuts its backbone after a stage the new one lacks: say what to do."""
+    from fewshot.backbones import get_backbone_spec
+    from fewshot.config import load_config
+
+    truncate = load_config(_config_source(args.config), overrides).model.backbone.truncate
+    stages = get_backbone_spec(args.backbone).stages
+    if truncate is not None and stages and truncate not in stages:
+        raise CLIError(
+            f"the config cuts the backbone after stage {truncate!r}, which {args.backbone} does not have; add "
+            f"--truncate STAGE (one of {', '.join(stages)}) or --truncate none"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    + " (random:kaiming|xavier|uniform, transfuse:K)")
     t.add_argument("--weights", default=None, help="weights file for imagenet / genesis / meanvar / transfuse")
     t.add_argument("--weights-sha256", default=None, help="expected sha256 (hex or prefix) of --weights")
-    t.add_argument("--truncate", default=None, help="cut the backbone after this stage (e.g. layer3, block3)")
+    t.add_argument("--truncate", default=None, help="cut the backbone after this stage (e.g. layer3, block3; none: keep every stage)")
     t.add_argument("--head", default=None, choices=names["head"], metavar="HEAD", help=" | ".join(names["head"]))
     t.add_argument("--setting", type=int, choices=(1, 2), default=None, help="1: nothing excluded; 2: test organ groups excluded")
     t.add_argument("--fold", type=int, default=None, help="fold 0..4")

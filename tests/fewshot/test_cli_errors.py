@@ -132,3 +132,39 @@ def test_fast_slic_missing_prints_the_install_recipe(
         algorithms._fast_slic_class.cache_clear()
     assert code == 2 and "Traceback" not in err
     assert "--no-build-isolation" in err and "fast-slic==0.4.0" in err
+
+
+def test_a_missing_imagenet_file_fails_before_any_data_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    out = tmp_path / "run"
+    code, err = _run(
+        ["train", "--config", "demo_phantom", "--backbone", "resnet50", "--init", "imagenet", "--out", str(out)],
+        capsys,
+    )
+    assert code == 2 and "--truncate STAGE (one of stem, layer1" in err, err  # demo_phantom cuts cbr-small
+    code, err = _run(
+        ["train", "--config", "demo_phantom", "--backbone", "resnet50", "--truncate", "none", "--init", "imagenet",
+         "--out", str(out)],
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err and "resnet50-0676ba61.pth" in err, err
+    assert not (out / "cache").exists()  # no superpixel was computed
+
+
+def test_segment_input_checks() -> None:
+    from fewshot.segment import check_intensities, plausibility_warnings
+
+    mr_like = np.random.default_rng(0).uniform(0, 800, (4, 16, 16))
+    ct_like = np.full((4, 16, 16), -1000.0)
+    ct_like[:, 4:12, 4:12] = 40.0
+    check_intensities(mr_like, "MR", "query q.nii.gz")
+    check_intensities(ct_like, "CT", "query q.nii.gz")
+    with pytest.raises(ValueError, match="does not look like CT"):
+        check_intensities(mr_like, "CT", "query q.nii.gz")
+    with pytest.raises(ValueError, match="looks like CT"):
+        check_intensities(ct_like, "MR", "query q.nii.gz")
+    assert plausibility_warnings("liver", 1500.0, 0.05) == []
+    warned = plausibility_warnings("liver", 10_000.0, 0.41)
+    assert len(warned) == 2 and "10000 ml" in warned[0] and "41%" in warned[1]
