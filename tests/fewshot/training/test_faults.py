@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,9 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
-from episodes.data.phantom import make_phantom_dataset
 from episodes.data.volumes import Volume
 from fewshot.cli import main
-from fewshot.config import ExperimentConfig, load_config
+from fewshot.config import ExperimentConfig
 from fewshot.training import train
 from fewshot.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
 from fewshot.training.data import _worker_init
@@ -220,37 +220,6 @@ def test_remove_stale_temps(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ the output lock
 
 
-@pytest.fixture(scope="module")
-def volumes() -> list[Volume]:
-    return make_phantom_dataset(6, modality="CT", shape=(12, 64, 64))
-
-
-def _cfg(out: Path) -> ExperimentConfig:
-    return load_config(
-        {
-            "data": {
-                "dataset": "phantom-ct",
-                "size": 64,
-                "protocol": {"organs": ["liver", "spleen"]},
-                "superpixels": {"params": {"min_size": 50}},
-                "episodes": {"min_superpixel_pixels": 20},
-            },
-            "model": {
-                "backbone": {"name": "cbr-tiny", "truncate": "block2"},
-                "head": {"name": "alpnet", "feature_dim": 8, "window_train": 2, "window_test": 2},
-            },
-            "train": {
-                "steps": 2,
-                "num_workers": 0,
-                "log_every": 1,
-                "progress_bar": False,
-                "accelerator": "cpu",
-            },
-            "out_dir": str(out),
-        }
-    )
-
-
 def _hold_lock(out: Path) -> int:
     """Lock ``out`` like a running train (this process's pid in the file); returns the fd."""
     out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +235,7 @@ class _UsesAtomicIO(pl.Callback):
 
 
 def test_second_train_in_same_out_fails_at_once(
-    volumes: list[Volume], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    volumes: list[Volume], tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_config: Callable[..., ExperimentConfig]) -> None:
     out = tmp_path / "run"
     fd = _hold_lock(out)
     try:
@@ -275,7 +243,7 @@ def test_second_train_in_same_out_fails_at_once(
             f"another fewshot train (pid {os.getpid()}) is using {out}; wait for it or choose another --out"
         )
         with pytest.raises(OutputInUseError) as info:
-            train(_cfg(out), volumes=volumes)
+            train(tiny_config(out, steps=2), volumes=volumes)
         assert str(info.value) == message
         assert not (out / "config.yaml").exists()  # failed before writing anything
         assert main(["train", "--dataset", "phantom-ct", "--out", str(out)]) == 2
@@ -285,7 +253,7 @@ def test_second_train_in_same_out_fails_at_once(
     stale = out / "checkpoints" / ".last.ckpt.0a1b2c3d.tmp"
     stale.parent.mkdir()
     stale.write_bytes(b"truncated")
-    result = train(_cfg(out), volumes=volumes, callbacks=[_UsesAtomicIO()])
+    result = train(tiny_config(out, steps=2), volumes=volumes, callbacks=[_UsesAtomicIO()])
     assert result.steps == 2 and Path(str(result.checkpoint)).is_file()
     assert not stale.exists()  # removed under the lock
     assert (out / LOCK_NAME).read_text() == ""  # released: holder pid cleared

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from episodes.data.phantom import make_phantom_dataset
 from episodes.data.volumes import Volume
 from fewshot.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
 from fewshot.config import ExperimentConfig, ModelConfig, load_config
@@ -18,49 +18,25 @@ from fewshot.training.module import flatten_episode_batch, foreground_dice, weig
 
 
 @pytest.fixture(scope="module")
-def volumes() -> list[Volume]:
-    return make_phantom_dataset(6, modality="CT", shape=(12, 64, 64))
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("superpixels"))
 
 
-def _cfg(out: Path, cache: str, **train: Any) -> ExperimentConfig:
-    return load_config(
-        {
-            "data": {
-                "dataset": "phantom-ct",
-                "size": 64,
-                "protocol": {"organs": ["liver", "spleen"]},
-                "superpixels": {"params": {"min_size": 50}},
-                "episodes": {"min_superpixel_pixels": 20},
-                "cache_dir": cache,
-            },
-            "model": {
-                "backbone": {"name": "cbr-tiny", "truncate": "block2"},
-                "head": {"name": "alpnet", "feature_dim": 8, "window_train": 2, "window_test": 2},
-            },
-            "optim": {"lr": 0.05, "lr_step": 2, "lr_gamma": 0.5},
-            "train": {
-                "steps": 4,
-                "num_workers": 0,
-                "ckpt_every": 2,
-                "log_every": 1,
-                "progress_bar": False,
-                "accelerator": "cpu",
-                **train,
-            },
-            "out_dir": str(out),
-        }
-    )
+@pytest.fixture(scope="module")
+def cfg_of(tiny_config: Callable[..., ExperimentConfig]) -> Callable[..., ExperimentConfig]:
+    """``cfg_of(out, cache, **train)``: the tiny config, 4 steps, lr 0.05 halved every 2 steps."""
+
+    def make(out: Path, cache: str, **train: Any) -> ExperimentConfig:
+        optim = {"lr": 0.05, "lr_step": 2, "lr_gamma": 0.5}
+        return tiny_config(out, cache, optim, **{"steps": 4, "ckpt_every": 2, **train})
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def trained(volumes: list[Volume], cache_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def trained(volumes: list[Volume], cache_dir: str, tmp_path_factory: pytest.TempPathFactory, cfg_of: Callable[..., ExperimentConfig]) -> Any:
     out = tmp_path_factory.mktemp("full")
-    return train(_cfg(out, cache_dir), volumes=volumes), out
+    return train(cfg_of(out, cache_dir), volumes=volumes), out
 
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -107,16 +83,15 @@ def test_step_batch_sampler_partitions_and_resumes() -> None:
 # ------------------------------------------------------------------------------------ training
 
 
-def test_fast_dev_run(volumes: list[Volume], cache_dir: str, tmp_path: Path) -> None:
-    result = train(_cfg(tmp_path, cache_dir), volumes=volumes, fast_dev_run=True)
+def test_fast_dev_run(volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]) -> None:
+    result = train(cfg_of(tmp_path, cache_dir), volumes=volumes, fast_dev_run=True)
     assert result.checkpoint is None and result.steps == 1
     assert np.isfinite(result.losses["loss"]) and result.losses["loss"] > 0
     assert (tmp_path / "config.yaml").is_file()
 
 
 def test_progress_is_plain_lines_off_a_terminal(
-    volumes: list[Volume], cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], cfg_of: Callable[..., ExperimentConfig]) -> None:
     import io
 
     from fewshot.training.progress import LineProgress, training_progress
@@ -130,7 +105,7 @@ def test_progress_is_plain_lines_off_a_terminal(
     show_bar, callbacks = training_progress(True, io.StringIO())
     assert not show_bar and [type(c) for c in callbacks] == [LineProgress]
 
-    train(_cfg(tmp_path, cache_dir, progress_bar=True), volumes=volumes)
+    train(cfg_of(tmp_path, cache_dir, progress_bar=True), volumes=volumes)
     err = capsys.readouterr().err
     assert "\r" not in err and "it/s" not in err
     lines = [line for line in err.splitlines() if line.startswith("train: ")]
@@ -148,10 +123,9 @@ class _StopAt(pl.Callback):
 
 
 def test_resume_continues_schedule_and_matches_uninterrupted_run(
-    trained: Any, volumes: list[Volume], cache_dir: str, tmp_path: Path
-) -> None:
+    trained: Any, volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]) -> None:
     full, _ = trained
-    cfg = _cfg(tmp_path, cache_dir)
+    cfg = cfg_of(tmp_path, cache_dir)
     first = train(cfg, volumes=volumes, callbacks=[_StopAt(1)])
     assert first.steps == 1
     second = train(cfg, volumes=volumes)
@@ -227,8 +201,8 @@ def res_protocol_on_train_subjects() -> Any:
     return Protocol("phantom-ct", organs=("liver",), support_subject="2", query_subjects=("3",))
 
 
-def test_ddp_spawn_two_cpu_processes(volumes: list[Volume], cache_dir: str, tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, cache_dir, steps=2, devices=2, strategy="ddp_spawn")
+def test_ddp_spawn_two_cpu_processes(volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]) -> None:
+    cfg = cfg_of(tmp_path, cache_dir, steps=2, devices=2, strategy="ddp_spawn")
     result = train(cfg, volumes=volumes)
     assert result.steps == 2
     ck = load_checkpoint(result.checkpoint)
