@@ -273,6 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         allow_train_overlap=args.allow_train_overlap,
         postprocess=(args.postprocess, *(p for p in POSTPROCESS if p != args.postprocess)),
         resolution=args.resolution,
+        shot_fusion=args.shot_fusion,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")

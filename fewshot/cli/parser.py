@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution", default="native", choices=("native", "model"),
         help="score against the scans' own labels (native; predictions upsampled) or labels resized to data.size",
     )
+    e.add_argument(
+        "--shot-fusion", default=None, choices=("prototypes", "scores"),
+        help="combine k > 1 support slices by pooling their prototypes or averaging per-shot scores "
+        "(default: the trained head's setting)",
+    )
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")

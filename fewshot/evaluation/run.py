@@ -27,6 +27,7 @@ from fewshot.device import default_device
 from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.scoring import evaluate
+from fewshot.heads.functional import check_fusion
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
 
@@ -99,6 +100,7 @@ def run_evaluation(
     progress: bool = False,
     postprocess: str | Sequence[str] = "none",
     resolution: Literal["native", "model"] = "native",
+    shot_fusion: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -121,12 +123,19 @@ def run_evaluation(
         resolution: ``"native"`` scores against the scans' own labels (the 256-px labels of the
             SSL-ALPNet data; predictions upsampled from the model's ``data.size``), ``"model"`` against
             the labels resized to ``data.size``.
+        shot_fusion: how k > 1 support slices are combined (``"prototypes"`` or ``"scores"``, see
+            :func:`fewshot.heads.functional.alp_segment`); default: the trained head's setting.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
     dev = default_device(device)
     loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
     cfg = loaded.config
+    if shot_fusion is not None:
+        head = loaded.model.head
+        if not hasattr(head, "shot_fusion"):
+            raise ValueError(f"head {cfg.model.head.name!r} has no shot fusion setting (only panet/alpnet/sgone)")
+        head.shot_fusion = check_fusion(shot_fusion)
     protocol = protocol if protocol is not None else cfg.data.protocol
     data = cfg.data if protocol.dataset == cfg.data.dataset else replace(cfg.data, dataset=protocol.dataset,
                                                                          protocol=protocol, loader_args={})
@@ -157,6 +166,7 @@ def run_evaluation(
             "trained_with_library_version": loaded.payload.get("library_version"),
             "trained_with_commit": loaded.payload.get("commit"),
             "resolution": _resolution_note(resolution, fold),
+            "shot_fusion": getattr(loaded.model.head, "shot_fusion", None),
             "environment": environment(),
             "commit": git_commit(),
         },

@@ -1,0 +1,69 @@
+"""The benchmark scripts' tables and the k-shot benchmark end to end on a tiny phantom run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(base: float) -> dict[str, dict[str, float]]:
+    organs = ("liver", "right_kidney", "left_kidney", "spleen")
+    one = {o: base for o in organs} | {"mean": base}
+    return {"dice": one, "precision": one, "recall": one}
+
+
+def _record(fold: int, dice: float) -> dict[str, Any]:
+    sc = _scores(dice)
+    return {
+        "dataset": "chaos-mr", "setting": 1, "fold": fold, "config_name": "cpu_chaos_30min",
+        "model": {"backbone": "cbr-small", "truncate": "block3", "init": "random", "head": "alpnet", "size": 128},
+        **sc, "postprocess": {"none": sc, "lcc": _scores(dice + 0.02)}, "resolution": "native labels (256x256 px)",
+        "commit": "abc123", "train": {"steps": 10, "stopped_by_time_limit": False, "wall_seconds": 60.0,
+                                      "steps_per_s": 1.0},
+        "eval": {"scans_per_s": 1.0}, "total_wall_seconds": 90.0,
+        "peak_memory_mb": {"cpu_rss_self_mb": 100.0, "cpu_rss_children_mb": 50.0},
+    }
+
+
+def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
+    bench = _load("bench_accuracy")
+    text = bench.markdown_report([_record(0, 0.60), _record(1, 0.70)])
+    assert "| **ours, folds 0,1: mean ± std** | 65.00 ± 7.07 |" in text
+    assert "| **ours, folds 0,1: mean ± std + LCC post-processing** | 67.00 ± 7.07 |" in text
+    assert "SSL-ALPNet (ECCV'20), published 5-fold (no post-processing) | 76.10 |" in text
+    assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
+
+
+def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fewshot.cli import main
+
+    run = tmp_path / "run"
+    tiny = [
+        "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}", "--set", "data.size=64",
+        "--set", "data.protocol.organs=[liver]", "--set", "model.backbone.name=cbr-tiny",
+        "--set", "model.backbone.truncate=block2", "--set", "model.head.feature_dim=8",
+        "--set", "train.num_workers=0", "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu",
+    ]  # fmt: skip
+    assert main(["train", "--config", "demo_phantom", "--steps", "2", "--out", str(run), *tiny]) == 0
+    bench = _load("bench_shots")
+    out = tmp_path / "shots"
+    assert bench.main(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--shots", "1,3", "--out", str(out)]) == 0
+    table = (out / "shots.md").read_text()
+    assert "| 1 | - | none |" in table and "| 3 | prototypes | lcc |" in table and "| 3 | scores | none |" in table
+    assert table.count("\n| ") == 3 * 2  # (k=1), (k=3, prototypes), (k=3, scores), each without and with LCC
