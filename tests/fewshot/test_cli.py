@@ -123,7 +123,7 @@ def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.Cap
 def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     args = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--steps", "2", "--out", str(run)]
-    assert main([*args, *TINY]) == 0
+    assert main([*args, *TINY, "--set", "data.protocol.chunks=2"]) == 0
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (run / "config.yaml").is_file()
     capsys.readouterr()
@@ -131,6 +131,8 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     res = tmp_path / "results.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res), "--overlays", "1"]) == 0
     data = json.loads(res.read_text())
+    assert data["protocol"]["chunks"] == 2 and data["protocol"]["shots"] == 1  # the trained protocol is kept
+    assert "native labels" in data["resolution"] and set(data["postprocess"]) == {"none", "lcc"}
     assert (tmp_path / "results.plan.json").is_file() and (tmp_path / "results.md").is_file()
     assert list((tmp_path / "results_overlays").glob("*.png"))
     assert (
