@@ -356,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score against the native 256-px labels (headline) or the labels resized to data.size",
     )
     args = p.parse_args(argv)
+    from fewshot.cli import quiet_logs
+
+    quiet_logs()
 
     from fewshot.config import load_config
     from fewshot.configs import config_path

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fusions", default="prototypes,scores", help="comma list of shot fusions")
     p.add_argument("--out", default="runs/bench_shots", help="output folder")
     args = p.parse_args(argv)
+    from fewshot.cli import quiet_logs
+
+    quiet_logs()
 
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.evaluation import run_evaluation

@@ -7,6 +7,7 @@ options, missing or corrupt files, invalid configs) print one line and exit with
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,13 +18,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from fewshot.cli.commands import CLIError
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "main", "quiet_logs"]
 
 #: Exceptions that mean "the input is wrong" (exit status 2, one line).
 USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, KeyError, ValueError, ImportError)
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fewshot`` parser (imported lazily: the registries it lists import torch)."""
     from fewshot.cli.parser import build_parser as build
 
     return build()
@@ -39,7 +41,8 @@ class _DropLightningTips(logging.Filter):
 _DROP_TIPS = _DropLightningTips()
 
 
-def _quiet_logs(verbose: bool) -> None:
+def quiet_logs(verbose: bool = False) -> None:
+    """INFO logging without Lightning's tips and torch's LeafSpec notice (the CLI and the benchmarks use it)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -58,7 +61,7 @@ def _quiet_logs(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_logs(args.verbose)
+    quiet_logs(args.verbose)
     try:
         return int(args.func(args))
     except USER_ERRORS as e:
