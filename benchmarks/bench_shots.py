@@ -66,26 +66,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for k in (int(s) for s in args.shots.split(",") if s.strip()):
         for fusion in (f.strip() for f in args.fusions.split(",") if f.strip()):
-            if k == 1 and rows and rows[-1]["shots"] == 1:
+            if k == 1 and any(r["shots"] == 1 for r in rows):
                 continue  # with one shot both fusions are the same computation
             protocol = replace(loaded.config.data.protocol, shots=k)
-            ev = run_evaluation(
-                args.checkpoint,
-                protocol=protocol,
-                volumes=volumes,
-                out=out / f"k{k}_{fusion}",
-                progress=True,
-                postprocess=("none", "lcc"),
-                shot_fusion=fusion,
-            )
+            try:
+                ev = run_evaluation(
+                    args.checkpoint,
+                    protocol=protocol,
+                    volumes=volumes,
+                    out=out / f"k{k}_{fusion}",
+                    progress=True,
+                    postprocess=("none", "lcc"),
+                    shot_fusion=fusion,
+                )
+            except ValueError as e:  # e.g. an organ with fewer slices than k x chunks in the support scan
+                skipped.append(f"{k}-shot ({fusion}): {e}")
+                print(f"k={k} {fusion}: not possible: {e}", flush=True)
+                continue
             variants = ev.extras["postprocess"]
             rows.append({"shots": k, "fusion": fusion if k > 1 else "-", **variants})
             print(f"k={k} {fusion}: mean Dice {100 * ev.dice['mean']:.2f} (LCC {100 * variants['lcc']['dice']['mean']:.2f})",
                   flush=True)
+    if not rows:
+        raise SystemExit("no k could be evaluated: " + "; ".join(skipped))
     table = shot_table(rows)
-    footer = (
+    footer = "".join(f"\nNot evaluated: {s}" for s in dict.fromkeys(skipped)) + (
         f"\nCheckpoint {args.checkpoint} (fold {loaded.config.data.protocol.fold}, setting "
         f"{loaded.config.data.protocol.setting}, {loaded.global_step} steps); commit {git_commit()}; "
         f"{ev.extras.get('resolution')}.\n"
