@@ -26,7 +26,6 @@ Example (the CPU recipe, CHAOS MRI setting 1 fold 0, 30 minutes in total)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -360,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_logs()
 
+    from episodes.atomic import atomic_write_json
     from fewshot.config import load_config
     from fewshot.configs import config_path
     from fewshot.pipeline import load_volumes
@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = markdown_report(records, load=_load())
     print(report)
     (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"argv": sys.argv[1:], "folds": records}, indent=1) + "\n")
+    atomic_write_json(out / "results.json", {"argv": sys.argv[1:], "folds": records})
     return 0
 
 

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -56,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_logs()
 
+    from episodes.atomic import atomic_write_json
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.evaluation import run_evaluation
     from fewshot.pipeline import load_volumes
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(table + footer)
     (out / "shots.md").write_text(table + footer)
-    (out / "shots.json").write_text(json.dumps({"checkpoint": args.checkpoint, "rows": rows}, indent=1) + "\n")
+    atomic_write_json(out / "shots.json", {"checkpoint": args.checkpoint, "rows": rows})
     return 0
 
 

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -82,6 +81,7 @@ def _episodes_per_second(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from episodes.atomic import atomic_write_json
     from episodes.data.loaders import load_ssl_alpnet_folder
     from episodes.pseudolabels import (
         METHODS,
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         }
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.out, result)
     return 0
 
 

@@ -9,6 +9,7 @@ untouched and removes its temporary file. The temporary file is created with the
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,15 +17,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_writer",
+    "read_json",
+    "remove_stale_temps",
+]
 
 _MODES = ("wb", "w", "wt")
+
+
+def _temp_name(path: Path, token: str) -> Path:
+    return path.with_name(f".{path.name}.{token}.tmp")
 
 
 def _create_temp(path: Path) -> Path:
     """Create (exclusively) a new empty temporary file beside ``path``."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = _temp_name(path, secrets.token_hex(4))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -80,3 +92,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
     with atomic_writer(path, "w", encoding=encoding) as fh:
         fh.write(text)
     return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON (one trailing newline) to ``path`` atomically; returns ``Path(path)``."""
+    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """The JSON content of ``path``; an unreadable or invalid file raises ``ValueError`` naming ``what`` it held."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read {what} ({e})") from e
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes of ``path`` left beside it; returns them.
+
+    Only call it while no other process may be writing ``path`` (e.g. under a lock).
+    """
+    target = Path(path)
+    stale = sorted(target.parent.glob(_temp_name(target, "*").name)) if target.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

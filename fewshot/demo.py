@@ -6,14 +6,13 @@ architecture before and after training, so the table shows what self-supervision
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from episodes.atomic import atomic_write_text
+from episodes.atomic import atomic_write_json, atomic_write_text
 from fewshot.config import load_config, save_config
 from fewshot.configs import config_path
 from fewshot.evaluation import EvaluationResult, evaluate, run_evaluation
@@ -80,7 +79,7 @@ def run_demo(
         "seconds": seconds,
         "config": cfg.to_dict(),
     }
-    atomic_write_text(out / "demo.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(out / "demo.json", summary)
     markdown = (
         f"## fewshot demo: phantom CT, fold {cfg.data.protocol.fold}, setting {cfg.data.protocol.setting}, "
         f"{cfg.data.protocol.shots}-shot, 3D Dice (%)\n\n"

@@ -11,14 +11,13 @@ from the finished runs' checkpoints.
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from episodes.atomic import atomic_write_text, atomic_writer
+from episodes.atomic import atomic_write_json, atomic_write_text, atomic_writer
 from episodes.data.preprocess import unit_slices
 from episodes.data.volumes import Volume
 from fewshot.backbones.inits import get_init, parse_init
@@ -202,7 +201,7 @@ def run_study(
     summary = summarize(rows)
     table = _markdown(summary)
     payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
-    atomic_write_text(out / "study.json", json.dumps(payload, indent=1) + "\n")
+    atomic_write_json(out / "study.json", payload)
     atomic_write_text(out / "study.md", table)
     _plot(summary, out / "study.png")
     return table

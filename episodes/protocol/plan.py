@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json, read_json
 from ..data.labels import canonical_organ
 from ..data.volumes import Volume
 from .folds import FoldSplit
@@ -130,17 +129,12 @@ class EvaluationPlan:
         )
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the plan as JSON, atomically (:func:`episodes.atomic.atomic_write_text`)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the plan as JSON, atomically (:func:`episodes.atomic.atomic_write_json`)."""
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> EvaluationPlan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read evaluation plan ({exc})") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "evaluation plan"))
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ JSON schema of :meth:`EvaluationResult.to_json` (scores in [0, 1])::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from episodes.atomic import atomic_write_text
+from episodes.atomic import atomic_write_json, read_json
 
 __all__ = ["SCORES", "EvaluationResult", "aggregate", "summarize_scans"]
 
@@ -90,16 +89,11 @@ class EvaluationResult:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON (atomically: a partial file never replaces a good one)."""
-        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> EvaluationResult:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read evaluation result ({e})") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "evaluation result"))
 
     def to_markdown(self, title: str | None = None) -> str:
         """Table: organs as columns (then ``mean``), rows Dice / precision / recall in %; then a row per

@@ -6,13 +6,12 @@ evaluated. :class:`AtomicCheckpointIO` serialises into a temporary file beside t
 (``.<name>.<random>.tmp``), ``fsync``-s it and ``os.replace``-s it onto the target: the checkpoint on
 disk is always the previous complete one or the new complete one. A failed write (an exception while
 pickling, a full disk) leaves the previous file untouched and removes the temporary file; a killed
-write may leave the temporary file, which :func:`remove_stale_temps` deletes.
+write may leave the temporary file, which :func:`episodes.atomic.remove_stale_temps` deletes.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from episodes.atomic import atomic_writer
 
-__all__ = ["AtomicCheckpointIO", "remove_stale_temps"]
+__all__ = ["AtomicCheckpointIO"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,15 +34,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise ValueError(f"{type(self).__name__} writes local files only, got {str(path)!r}")
         with atomic_writer(path, "wb") as fh:
             torch.save(checkpoint, fh)
-
-
-def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files left beside ``path`` by killed atomic writes; returns the deleted paths.
-
-    Only call it while no other process may be writing ``path`` (e.g. under the training lock).
-    """
-    target = Path(path)
-    stale = sorted(target.parent.glob(f".{target.name}.*.tmp")) if target.parent.is_dir() else []
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale

@@ -21,7 +21,6 @@ Files under ``out_dir``: ``config.yaml`` (resolved config), ``checkpoints/last.c
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -34,14 +33,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from episodes.atomic import atomic_write_text
+from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
 from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint
 from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
 from fewshot.device import cuda_requested
 from fewshot.models import create_model
 from fewshot.pipeline import prepare_fold
-from fewshot.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
+from fewshot.training.checkpoint_io import AtomicCheckpointIO
 from fewshot.training.data import EpisodeDataModule
 from fewshot.training.lock import train_lock
 from fewshot.training.module import FewShotModule
@@ -241,7 +240,7 @@ def _train(
         resumed_from=resumed,
     )
     if not fast_dev_run and trainer.global_rank == 0:
-        atomic_write_text(out / "train_result.json", json.dumps(result.to_dict(), indent=1) + "\n")
+        atomic_write_json(out / "train_result.json", result.to_dict())
     return result
 
 

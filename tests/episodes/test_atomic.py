@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,14 @@ def test_save_nifti_failure_leaves_nothing(tmp_path, raw_mr, monkeypatch) -> Non
     with pytest.raises(OSError, match="disk full"):
         save_nifti(np.zeros(raw_mr.shape, np.uint8), raw_mr, tmp_path / "pred.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_helpers_round_trip_and_name_what_was_unreadable(tmp_path: Path) -> None:
+    from episodes.atomic import atomic_write_json, read_json
+
+    path = atomic_write_json(tmp_path / "r.json", {"a": [1, 2], "b": None})
+    assert path.read_text() == '{\n "a": [\n  1,\n  2\n ],\n "b": null\n}\n'
+    assert read_json(path, "result") == {"a": [1, 2], "b": None}
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match=r"r\.json: cannot read evaluation plan"):
+        read_json(path, "evaluation plan")

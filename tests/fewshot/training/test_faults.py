@@ -21,11 +21,12 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
+from episodes.atomic import remove_stale_temps
 from episodes.data.volumes import Volume
 from fewshot.cli import main
 from fewshot.config import ExperimentConfig
 from fewshot.training import train
-from fewshot.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
+from fewshot.training.checkpoint_io import AtomicCheckpointIO
 from fewshot.training.data import _worker_init
 from fewshot.training.lock import LOCK_NAME, OutputInUseError, train_lock
 
