@@ -6,7 +6,8 @@ A ``last.ckpt`` written by :func:`fewshot.training.train` holds Lightning's ``st
 
 ``config`` (the resolved experiment config, reloadable with :func:`fewshot.config.load_config`),
 ``init_report`` (which weights file/sha256/layers initialised the backbone), ``library_version``,
-``environment`` (versions of the numeric libraries), ``commit`` (source commit, when known),
+``environment`` (versions of the numeric libraries) and ``commit`` (source commit, when known), both
+recorded once when training starts,
 ``norm_stats`` (CT: training-split statistics), ``modality``, ``train_subjects`` (with ``dataset``),
 ``superpixel_stats``, ``episodes``, ``precision``, ``channels_last``.
 """
@@ -50,17 +51,18 @@ def checkpoint_path(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def build_payload(model: torch.nn.Module, config: Mapping[str, Any], extras: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``"fewshot"`` section: config, backbone init report, library version and ``extras``."""
+    """The ``"fewshot"`` section: config, backbone init report, library version and ``extras``.
+
+    Called at every checkpoint save, so ``extras`` carries what is fixed for the run (CT statistics,
+    library versions, commit) already computed.
+    """
     from fewshot import __version__
-    from fewshot.provenance import environment, git_commit
 
     report = getattr(getattr(model, "backbone", None), "init_report", None)
     return {
         "config": plain(dict(config)),
         "init_report": report.to_dict() if report is not None else None,
         "library_version": __version__,
-        "environment": environment(),
-        "commit": git_commit(),
         **plain(dict(extras)),
     }
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["POSTPROCESS", "largest_connected_component", "postprocess"]
+__all__ = ["POSTPROCESS", "check_postprocess", "largest_connected_component", "postprocess"]
 
 
 def largest_connected_component(mask: np.ndarray) -> np.ndarray:
@@ -38,8 +38,13 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def postprocess(mask: np.ndarray, name: str) -> np.ndarray:
-    """Apply the post-processing step ``name`` (``"none"`` or ``"lcc"``) to a ``(Z, H, W)`` mask."""
+def check_postprocess(name: str) -> str:
+    """``name`` if it is a registered step; else ``ValueError`` listing the choices."""
     if name not in POSTPROCESS:
         raise ValueError(f"unknown postprocess {name!r}; choices: {', '.join(POSTPROCESS)}")
-    return POSTPROCESS[name](mask)
+    return name
+
+
+def postprocess(mask: np.ndarray, name: str) -> np.ndarray:
+    """Apply the post-processing step ``name`` (``"none"`` or ``"lcc"``) to a ``(Z, H, W)`` mask."""
+    return POSTPROCESS[check_postprocess(name)](mask)

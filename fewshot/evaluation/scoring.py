@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +22,7 @@ from episodes.data.volumes import Volume
 from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
 from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
+from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
@@ -173,7 +173,7 @@ def evaluate(
     if not steps:
         raise ValueError("postprocess: give at least one step (e.g. 'none')")
     for name in steps:
-        apply_postprocess(np.zeros((1, 1, 1), dtype=bool), name)  # unknown names fail before any work
+        check_postprocess(name)  # unknown names fail before any work
     variants: dict[str, dict[str, list[Mapping[str, Any]]]] = {name: {} for name in steps}
     bar = Progress(sum(len(o.queries) for o in plan.organs), "evaluate", unit="scans", enabled=progress)
     try:

@@ -40,6 +40,7 @@ from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_prec
 from fewshot.device import cuda_requested
 from fewshot.models import create_model
 from fewshot.pipeline import prepare_fold
+from fewshot.provenance import environment, git_commit
 from fewshot.training.checkpoint_io import AtomicCheckpointIO
 from fewshot.training.data import EpisodeDataModule
 from fewshot.training.lock import train_lock
@@ -164,6 +165,8 @@ def _train(
         "superpixel_stats": {k: v for k, v in sp_stats.items() if k != "per_subject_regions"},
         "precision": precision,
         "channels_last": channels_last,
+        "environment": environment(),
+        "commit": git_commit(),
     }
     module = FewShotModule(model, cfg.optim, to_dict(cfg), extras=extras, channels_last=channels_last)
 

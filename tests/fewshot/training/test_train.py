@@ -152,6 +152,7 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     assert payload["init_report"]["init"] == "random"
     assert payload["norm_stats"]["std"] > 0 and isinstance(payload["library_version"], str)
     assert payload["dataset"] == "phantom-ct" and payload["train_subjects"]
+    assert payload["environment"]["torch"] and "commit" in payload  # versions and source, recorded per run
     loaded = load_model_from_checkpoint(result.checkpoint)
     model = loaded.model
     assert not model.training and loaded.config.out_dir == str(out) and loaded.global_step == 4
