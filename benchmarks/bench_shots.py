@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             protocol = replace(loaded.config.data.protocol, shots=k)
             try:
                 ev = run_evaluation(
-                    args.checkpoint,
+                    loaded,
                     protocol=protocol,
                     volumes=volumes,
                     out=out / f"k{k}_{fusion}",

@@ -228,15 +228,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from fewshot.checkpoint import load_checkpoint, read_payload
-    from fewshot.config import load_config
+    from fewshot.checkpoint import load_model_from_checkpoint
+    from fewshot.device import default_device
     from fewshot.evaluation import run_evaluation
     from fewshot.evaluation.postprocess import POSTPROCESS
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    cfg = load_config(read_payload(load_checkpoint(args.checkpoint), args.checkpoint)["config"])
-    trained = cfg.data
+    loaded = load_model_from_checkpoint(args.checkpoint, map_location=default_device(args.device))
+    trained = loaded.config.data
     dataset = args.dataset or trained.dataset
     volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)
     support_subject = args.support_subject
@@ -263,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         changes["organs"] = tuple(_csv(args.organs))
     protocol = replace(trained.protocol, **changes)
     result = run_evaluation(
-        args.checkpoint,
+        loaded,
         protocol=protocol,
         volumes=volumes,
         out=out,

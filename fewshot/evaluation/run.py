@@ -87,7 +87,7 @@ def _resolution_note(resolution: str, fold: Any) -> str:
 
 
 def run_evaluation(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | LoadedCheckpoint,
     *,
     protocol: Protocol | None = None,
     volumes: Sequence[Volume] | None = None,
@@ -105,7 +105,8 @@ def run_evaluation(
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
     Args:
-        checkpoint: ``last.ckpt`` of a training run.
+        checkpoint: ``last.ckpt`` of a training run, or one already loaded
+            (:func:`~fewshot.checkpoint.load_model_from_checkpoint`), which is then not read again.
         protocol: default: the training config's protocol (fold, setting, organs, shots, chunks).
         volumes: raw volumes of the whole dataset (default: loaded from the training config);
             the support and query scans are preprocessed like the training scans (CT: with the
@@ -129,7 +130,11 @@ def run_evaluation(
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
     dev = default_device(device)
-    loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
+    if isinstance(checkpoint, LoadedCheckpoint):
+        loaded = checkpoint
+        loaded.model.to(dev)
+    else:
+        loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
     cfg = loaded.config
     if shot_fusion is not None:
         head = loaded.model.head
@@ -160,7 +165,7 @@ def run_evaluation(
         result,
         extras={
             **dict(result.extras),
-            "checkpoint": str(checkpoint),
+            "checkpoint": loaded.path,
             "global_step": loaded.global_step,
             "init": init_report.get("init"),
             "trained_with_library_version": loaded.payload.get("library_version"),
