@@ -159,7 +159,7 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
 
 
 def _experiment_from_args(args: argparse.Namespace) -> Any:
-    from fewshot.config import load_config
+    from fewshot.config import ConfigError, load_config
 
     overrides: dict[str, Any] = {}
     mapping = {
@@ -194,9 +194,12 @@ def _experiment_from_args(args: argparse.Namespace) -> Any:
     overrides.update(_overrides(args.set))
     if overrides.get("model.backbone.truncate") == "none":
         overrides["model.backbone.truncate"] = None
-    if getattr(args, "backbone", None) and getattr(args, "truncate", None) is None:
-        _check_truncate_fits(args, {k: v for k, v in overrides.items() if not k.startswith("model.backbone")})
-    return load_config(_config_source(args.config), overrides)
+    try:
+        return load_config(_config_source(args.config), overrides)
+    except ConfigError as e:
+        if getattr(args, "backbone", None) and getattr(args, "truncate", None) is None and "truncate" in str(e):
+            _check_truncate_fits(args, {k: v for k, v in overrides.items() if not k.startswith("model.backbone")})
+        raise
 
 
 def _check_truncate_fits(args: argparse.Namespace, overrides: dict[str, Any]) -> None:

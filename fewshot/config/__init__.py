@@ -13,7 +13,6 @@ can always be traced to its settings.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from fewshot.config.schema import (
     TRAIN_SEED_OFFSET,
     ConfigError,
     config_from_dict,
+    head_fields,
     migrate_legacy,
     parse_overrides,
     read_yaml,
@@ -91,14 +91,12 @@ def load_config(
 def _retarget_head(tree: dict[str, Any], over: Mapping[str, Any]) -> None:
     """An override that switches ``model.head.name`` keeps only the fields the new head has
     (``--head panet`` on an ALPNet config keeps ``feature_dim``/``scale``, drops the ALP windows)."""
-    from fewshot.heads.registry import head_config_class
-
     new = ((over.get("model") or {}).get("head") or {}).get("name")
     head = (tree.get("model") or {}).get("head")
     if not isinstance(new, str) or not isinstance(head, dict) or head.get("name", new) == new:
         return
     try:
-        fields = {f.name for f in dataclasses.fields(head_config_class(new))}
+        fields = head_fields(new)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"model.head.name: {e.args[0] if e.args else e}") from e
     tree["model"]["head"] = {k: v for k, v in head.items() if k in fields}

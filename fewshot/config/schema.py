@@ -45,8 +45,10 @@ __all__ = [
 #: the configs that had separate ``model.seed: 0`` / ``train.seed: 1234``).
 TRAIN_SEED_OFFSET = 1234
 
-#: Field that a plain string sets, for sub-configs written as a string.
+#: Field that a plain string sets, for sub-configs written as a string (by config class, and by the
+#: ``model`` section's key).
 _SHORTHAND = {"BackboneConfig": "name", "InitConfig": "scheme", "HeadConfig": "name"}
+_MODEL_SHORTHAND = {"backbone": "name", "init": "scheme", "head": "name"}
 
 
 class ConfigError(ValueError):
@@ -201,14 +203,12 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
             if isinstance(child, str):  # a string shorthand (``model.head: alpnet``) becomes a section
-                child = node[p] = {_SHORTHAND_KEYS.get(p, "name"): child}
+                child = node[p] = {_MODEL_SHORTHAND.get(p, "name"): child}
             else:
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node = child
     node[parts[-1]] = value
 
-
-_SHORTHAND_KEYS = {"init": "scheme"}
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -296,16 +296,21 @@ def _get_dotted(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     return True, node
 
 
+def head_fields(name: str) -> set[str]:
+    """Field names of the registered head ``name``'s config (``ValueError`` for an unknown head)."""
+    from fewshot.heads.registry import head_config_class
+
+    return {f.name for f in dataclasses.fields(head_config_class(name))}
+
+
 def _drop_fields_the_head_lacks(tree: dict[str, Any], moved_keys: list[str]) -> None:
     """Old flat head keys that the chosen head does not have were ignored before (``model.align`` with
     ``head: sgone``); they are dropped instead of refused."""
     head = (tree.get("model") or {}).get("head")
     if not isinstance(head, dict) or "name" not in head:
         return
-    from fewshot.heads.registry import head_config_class
-
     try:
-        fields = {f.name for f in dataclasses.fields(head_config_class(head["name"]))}
+        fields = head_fields(head["name"])
     except ValueError:
         return  # the unknown name is reported when the config is built
     for old in moved_keys:
@@ -326,7 +331,7 @@ def migrate_legacy(tree: dict[str, Any], *, source: str = "config") -> dict[str,
     # Sub-configs given as strings become sections first, so flat keys can move into them.
     model = tree.get("model")
     if isinstance(model, dict):
-        for name, field_name in (("backbone", "name"), ("init", "scheme"), ("head", "name")):
+        for name, field_name in _MODEL_SHORTHAND.items():
             if isinstance(model.get(name), str):
                 model[name] = {field_name: model[name]}
     for old, targets in LEGACY_KEYS.items():
