@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from episodes.data.labels import LabelMap, canonical_organ, get_label_map
+from episodes.data.labels import LabelMap, canonical_organ, get_label_map, known_organs
 from episodes.data.preprocess import NormStats, preprocess
 from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
 from episodes.protocol import query_chunk, support_slice_indices, tile_slices
@@ -35,7 +35,6 @@ __all__ = [
     "MAX_SPACING_RATIO",
     "check_intensities",
     "check_organ_name",
-    "known_organs",
     "plausibility_warnings",
     "segment_files",
     "segment_volume",
@@ -103,11 +102,6 @@ def segment_volume(
 PLAUSIBLE_ML = {"liver": 4000.0, "spleen": 1500.0, "right_kidney": 500.0, "left_kidney": 500.0}
 #: Largest plausible fraction of the scan's voxels any one organ covers.
 PLAUSIBLE_FRACTION = 0.25
-
-
-def known_organs() -> list[str]:
-    """Every organ name of the built-in label maps (CHAOS, BTCV, phantom)."""
-    return sorted({o for name in ("chaos-mr", "btcv-ct", "phantom") for o in get_label_map(name).organs})
 
 
 def check_organ_name(organ: str) -> str:

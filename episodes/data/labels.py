@@ -19,6 +19,7 @@ __all__ = [
     "LabelMap",
     "canonical_organ",
     "get_label_map",
+    "known_organs",
 ]
 
 #: The four organs of the SSL-ALPNet abdominal benchmark, in the order tables use.
@@ -114,3 +115,8 @@ def get_label_map(name: str) -> LabelMap:
     if name not in _MAPS:
         raise KeyError(f"no built-in label map {name!r}; choices: {sorted(_MAPS)}")
     return _MAPS[name]
+
+
+def known_organs() -> list[str]:
+    """Every organ name of the built-in label maps, sorted."""
+    return sorted({organ for m in _MAPS.values() for organ in m.organs})
