@@ -1,10 +1,13 @@
-"""k-shot evaluation of one trained checkpoint: 1/3/5 support slices per chunk, two ways to fuse them.
+"""Evaluation-only settings of one trained checkpoint: 1/3/5 support slices per chunk, two ways to fuse
+them, and the foreground probability threshold.
 
-For each ``k`` in ``--shots`` and each fusion in ``--fusions`` (``prototypes``: the shots'
+For each ``k`` in ``--shots``, each fusion in ``--fusions`` (``prototypes``: the shots'
 prototypes pooled into one set, as SSL-ALPNet; ``scores``: the query scored against each shot
-alone and the score maps averaged), the checkpoint's own fold and setting are evaluated at the
-native label resolution, with and without 3D largest-connected-component post-processing, side by
-side in one run. No training happens here, so the rows differ only in the evaluation.
+alone and the score maps averaged) and each threshold in ``--thresholds`` (a pixel is foreground
+where its probability exceeds it; 0.5 = argmax), the checkpoint's own fold and setting are evaluated
+at the native label resolution, with and without 3D largest-connected-component post-processing, side
+by side in one run. No training happens here, so the rows differ only in the evaluation. Choose a
+threshold on fold 0 only and put it in the recipe (``model.threshold``).
 
 Example::
 
@@ -30,8 +33,8 @@ def shot_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (k, fusion, post-processing): Dice per organ, mean, precision, recall (%)."""
     organs = [o for o in rows[0]["none"]["dice"] if o != "mean"]
     lines = [
-        "| shots | fusion | post-processing | " + " | ".join(organs) + " | mean | precision | recall |",
-        "|---:|---|---|" + "---:|" * (len(organs) + 3),
+        "| shots | fusion | threshold | post-processing | " + " | ".join(organs) + " | mean | precision | recall |",
+        "|---:|---|---:|---|" + "---:|" * (len(organs) + 3),
     ]
     for r in rows:
         for step in ("none", "lcc"):
@@ -39,7 +42,9 @@ def shot_table(rows: Sequence[dict[str, Any]]) -> str:
             cells = [100 * sc["dice"][o] for o in (*organs, "mean")]
             cells += [100 * sc["precision"]["mean"], 100 * sc["recall"]["mean"]]
             lines.append(
-                f"| {r['shots']} | {r['fusion']} | {step} | " + " | ".join(f"{v:.2f}" for v in cells) + " |"
+                f"| {r['shots']} | {r['fusion']} | {r['threshold']:g} | {step} | "
+                + " | ".join(f"{v:.2f}" for v in cells)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
@@ -49,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
     p.add_argument("--shots", default="1,3,5", help="comma list of support slices per chunk")
     p.add_argument("--fusions", default="prototypes,scores", help="comma list of shot fusions")
+    p.add_argument(
+        "--thresholds", default=None,
+        help="comma list of foreground probability thresholds (default: the checkpoint's model.threshold)",
+    )
     p.add_argument("--out", default="runs/bench_shots", help="output folder")
     args = p.parse_args(argv)
     from fewshot.cli import quiet_logs
@@ -65,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     volumes = load_volumes(loaded.config.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    thresholds = (
+        [float(t) for t in args.thresholds.split(",") if t.strip()]
+        if args.thresholds
+        else [loaded.config.model.threshold]
+    )
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for k in (int(s) for s in args.shots.split(",") if s.strip()):
@@ -72,24 +86,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             if k == 1 and any(r["shots"] == 1 for r in rows):
                 continue  # with one shot both fusions are the same computation
             protocol = replace(loaded.config.data.protocol, shots=k)
-            try:
-                ev = run_evaluation(
-                    loaded,
-                    protocol=protocol,
-                    volumes=volumes,
-                    out=out / f"k{k}_{fusion}",
-                    progress=True,
-                    postprocess=("none", "lcc"),
-                    shot_fusion=fusion,
+            for threshold in thresholds:
+                name = f"k{k}_{fusion}" + (f"_t{threshold:g}" if len(thresholds) > 1 else "")
+                try:
+                    ev = run_evaluation(
+                        loaded,
+                        protocol=protocol,
+                        volumes=volumes,
+                        out=out / name,
+                        progress=True,
+                        postprocess=("none", "lcc"),
+                        shot_fusion=fusion,
+                        threshold=threshold,
+                    )
+                except ValueError as e:  # e.g. an organ with fewer slices than k x chunks in the support scan
+                    skipped.append(f"{k}-shot ({fusion}): {e}")
+                    print(f"k={k} {fusion}: not possible: {e}", flush=True)
+                    break
+                variants = ev.extras["postprocess"]
+                rows.append({"shots": k, "fusion": fusion if k > 1 else "-", "threshold": threshold, **variants})
+                print(
+                    f"k={k} {fusion} threshold {threshold:g}: mean Dice {100 * ev.dice['mean']:.2f} "
+                    f"(LCC {100 * variants['lcc']['dice']['mean']:.2f})",
+                    flush=True,
                 )
-            except ValueError as e:  # e.g. an organ with fewer slices than k x chunks in the support scan
-                skipped.append(f"{k}-shot ({fusion}): {e}")
-                print(f"k={k} {fusion}: not possible: {e}", flush=True)
-                continue
-            variants = ev.extras["postprocess"]
-            rows.append({"shots": k, "fusion": fusion if k > 1 else "-", **variants})
-            print(f"k={k} {fusion}: mean Dice {100 * ev.dice['mean']:.2f} (LCC {100 * variants['lcc']['dice']['mean']:.2f})",
-                  flush=True)
     if not rows:
         raise SystemExit("no k could be evaluated: " + "; ".join(skipped))
     table = shot_table(rows)

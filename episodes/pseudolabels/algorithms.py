@@ -18,9 +18,17 @@ Per 2D axial slice (``(H, W)``):
    * ``fast-slic`` (optional ``fast_slic`` package, imported lazily) on the slice as uint8 ``H×W×3``.
      The AVX2 build (``fast_slic.avx2.SlicAvx2``, identical output, ~1.7x faster) is used when both
      the package and the CPU support it.
+   * ``slic3d``: **3D supervoxels** (ADNet/Q-Net use 3D felzenszwalb; scikit-image has 3D SLIC, not
+     3D felzenszwalb): scikit-image SLIC on the whole ``(Z, H, W)`` volume, min-max scaled to [0, 1],
+     with the voxel spacing in mm and the stacked per-slice body masks as its mask;
+     ``n_segments = ceil(body voxels / segment_voxels)``. One id is one region across slices, so an
+     episode may take its support and query from different slices of it
+     (:class:`~episodes.sampling.EpisodeConfig` ``query_distance``). Only whole volumes can be
+     segmented (:func:`superpixels_into`), not single slices.
 
 3. Superpixels outside the body are dropped (set to 0) and the rest relabelled ``1..N`` in order of
-   first appearance in raster order. Output: ``(H, W)`` int32, ``0`` = outside the body.
+   first appearance in raster order (per slice; per volume for ``slic3d``). Output: ``(H, W)`` int32,
+   ``0`` = outside the body.
 
 Whole volumes and data sets, cached and in parallel: :mod:`episodes.pseudolabels.dataset`.
 Superpixels are computed on the **raw** (not z-scored) image, as in SSL-ALPNet; CT in HU is first
@@ -35,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..data.volumes import Volume, VolumeError
-from .params import DEFAULT_PARAMS, check_method, check_params
+from .params import DEFAULT_PARAMS, VOLUMETRIC_METHODS, check_method, check_params
 
 __all__ = [
     "BODY_THRESHOLD_CT255",
@@ -242,6 +250,23 @@ def _fast_slic(image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return np.asarray(slic_class(**params).iterate(rgb))
 
 
+def _slic3d(volume: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], params: dict[str, Any]) -> np.ndarray:
+    """3D SLIC supervoxels of a ``(Z, H, W)`` float32 volume inside ``mask`` (labels 0 outside)."""
+    from skimage.segmentation import slic
+
+    params = dict(params)
+    size = params.pop("segment_voxels")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"slic3d segment_voxels must be an integer >= 1, got {size!r}")
+    n_segments = max(1, -(-int(mask.sum()) // size))
+    return np.asarray(
+        slic(
+            _scaled(volume, 1.0), n_segments=n_segments, mask=mask, spacing=np.asarray(spacing, dtype=float),
+            channel_axis=None, start_label=1, **params,
+        )
+    )
+
+
 _BACKENDS = {"felzenszwalb": _felzenszwalb, "slic": _slic, "fast-slic": _fast_slic}
 
 
@@ -291,6 +316,11 @@ def compute_superpixels(
     """
     image = _check_slice(slice_2d)
     key = check_method(method)
+    if key in VOLUMETRIC_METHODS:
+        raise ValueError(
+            f"{key} segments whole volumes into supervoxels, not single slices: use "
+            "episodes.pseudolabels.compute_volume_superpixels or compute_dataset_superpixels_with_stats"
+        )
     check_params(key, params)
     mask = np.ones(image.shape, dtype=bool) if body_mask is None else np.asarray(body_mask, dtype=bool)
     if mask.shape != image.shape:
@@ -309,11 +339,27 @@ def _segment(image: np.ndarray, mask: np.ndarray, key: str, params: dict[str, An
 
 
 def superpixels_into(
-    images: np.ndarray, out: np.ndarray, threshold: float, method: str, params: dict[str, Any]
+    images: np.ndarray,
+    out: np.ndarray,
+    threshold: float,
+    method: str,
+    params: dict[str, Any],
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> None:
-    """Fill ``out`` ``(Z, H, W)`` int32 with the superpixels of ``images`` ``(Z, H, W)`` float32."""
+    """Fill ``out`` ``(Z, H, W)`` int32 with the superpixels of ``images`` ``(Z, H, W)`` float32.
+
+    A volumetric method (``slic3d``) treats ``images`` as one volume with voxel size ``spacing``
+    (mm, ``(z, h, w)``) and numbers its supervoxels ``1..N`` over the whole volume.
+    """
     key = check_method(method)
     merged = {**DEFAULT_PARAMS[key], **params}
+    if key in VOLUMETRIC_METHODS:
+        mask = np.stack([_body_mask(image, threshold) for image in images]) if len(images) else images > 0
+        out[...] = 0
+        if mask.any():
+            segments = _slic3d(images, mask, spacing, merged)
+            out[...] = _relabel_inside(segments, mask)
+        return
     for z in range(images.shape[0]):
         image = images[z]
         out[z] = _segment(image, _body_mask(image, threshold), key, merged)

@@ -97,6 +97,8 @@ def superpixel_cache_key(volume: Volume, image: np.ndarray, params: SuperpixelPa
         "threshold": params.threshold_for(volume),
         **params.to_dict(),
     }
+    if params.volumetric:  # supervoxels depend on the voxel spacing; 2D keys stay as they were
+        doc["spacing"] = list(volume.spacing)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -26,18 +26,14 @@ from .params import SuperpixelParams, SuperpixelStats
 __all__ = ["compute_dataset_superpixels_with_stats", "compute_volume_superpixels"]
 
 
-def _slices_worker(images: np.ndarray, threshold: float, method: str, params: dict[str, Any]) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    out = np.empty(images.shape, dtype=np.int32)
-    superpixels_into(images, out, threshold, method, params)
-    return out
-
-
 def compute_volume_superpixels(volume: Volume, params: SuperpixelParams | None = None) -> np.ndarray:
-    """``(Z, H, W)`` int32 superpixels of every slice of one raw volume (single process, no cache)."""
+    """``(Z, H, W)`` int32 superpixels of every slice (or the supervoxels) of one raw volume (single
+    process, no cache)."""
     params = params or SuperpixelParams()
-    image = superpixel_input(volume)
-    return _slices_worker(image, params.threshold_for(volume), params.method, dict(params.params))
+    image = np.asarray(superpixel_input(volume), dtype=np.float32)
+    out = np.empty(image.shape, dtype=np.int32)
+    superpixels_into(image, out, params.threshold_for(volume), params.method, dict(params.params), volume.spacing)
+    return out
 
 
 def compute_dataset_superpixels_with_stats(
@@ -60,7 +56,7 @@ def compute_dataset_superpixels_with_stats(
             worker processes); ``0`` or ``1`` computes in this process only.
         progress: report progress on stderr (:class:`episodes.progress.Progress`: a bar on a terminal,
             else a line every 10 %).
-        slices_per_task: slices claimed by a process at a time.
+        slices_per_task: slices claimed by a process at a time (a volumetric method claims whole volumes).
         mp_context: multiprocessing start method of the workers. ``spawn`` (default) is safe with
             OpenMP libraries (torch, fast-slic) already loaded in the parent.
 
@@ -80,6 +76,7 @@ def compute_dataset_superpixels_with_stats(
     results: dict[str, np.ndarray] = {}
     keys: dict[str, str] = {}
     todo: list[tuple[Volume, np.ndarray, float]] = []
+    whole_volumes = params.volumetric
     hits = 0
     for volume in volumes:
         image = superpixel_input(volume)
@@ -101,6 +98,8 @@ def compute_dataset_superpixels_with_stats(
         todo.append((volume, image, threshold))
 
     total = sum(image.shape[0] for _, image, _ in todo)
+    if whole_volumes:  # supervoxels need the whole volume in one task
+        slices_per_task = max((image.shape[0] for _, image, _ in todo), default=1)
     n_tasks = sum(math.ceil(image.shape[0] / slices_per_task) for _, image, _ in todo)
     method, kw = params.method, dict(params.params)
     if workers > 1 and n_tasks > 1:
@@ -121,12 +120,12 @@ def compute_dataset_superpixels_with_stats(
                 seg = np.empty(image.shape, dtype=np.int32)
                 for z0 in range(0, image.shape[0], slices_per_task):
                     z1 = min(z0 + slices_per_task, image.shape[0])
-                    superpixels_into(image[z0:z1], seg[z0:z1], threshold, method, kw)
+                    superpixels_into(image[z0:z1], seg[z0:z1], threshold, method, kw, volume.spacing)
                     bar.update(z1 - z0)
                 outputs[volume.subject] = seg
         else:
             outputs = parallel.compute_parallel(
-                [(v.subject, img, thr) for v, img, thr in todo],
+                [(v.subject, img, thr, v.spacing) for v, img, thr in todo],
                 method,
                 kw,
                 workers,
@@ -151,11 +150,13 @@ def _cache_meta(volume: Volume, params: SuperpixelParams) -> dict[str, Any]:
     return {"subject": volume.subject, "source": volume.source, **params.to_dict()}
 
 
+def _regions_per_slice(seg: np.ndarray) -> list[int]:
+    """Distinct non-zero ids per slice (supervoxel ids are numbered over the volume, not per slice)."""
+    return [int(np.count_nonzero(np.bincount(s.ravel())[1:])) for s in seg.reshape(seg.shape[0], -1)]
+
+
 def _stats(maps: Mapping[str, np.ndarray], hits: int, misses: int, seconds: float) -> SuperpixelStats:
-    per_subject = {
-        s: tuple(int(c) for c in m.reshape(m.shape[0], m.shape[1] * m.shape[2]).max(axis=1, initial=0))
-        for s, m in maps.items()
-    }
+    per_subject = {s: tuple(_regions_per_slice(m)) for s, m in maps.items()}
     counts = np.array([c for cs in per_subject.values() for c in cs], dtype=np.int64)
     if counts.size == 0:
         counts = np.zeros(1, dtype=np.int64)

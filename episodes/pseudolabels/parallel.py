@@ -31,8 +31,8 @@ __all__ = ["compute_parallel", "shm_free_bytes"]
 _MAIN_PROCESS_COMPUTES = True
 
 
-# A task is (element offset of its first slice in the shared buffers, slices, H, W, threshold).
-_Task = tuple[int, int, int, int, float]
+# A task is (element offset of its first slice in the shared buffers, slices, H, W, threshold, spacing).
+_Task = tuple[int, int, int, int, float, tuple[float, float, float]]
 
 
 def _claim(counter: Any, n_tasks: int) -> int:
@@ -56,10 +56,11 @@ def _run_claimed(
     """Claim and compute tasks (slices of the flat float32 input into the flat int32 output) until none
     is left; ``on_done()`` is called after each task."""
     while (index := _claim(counter, len(tasks))) < len(tasks):
-        start, z, h, w, threshold = tasks[index]
+        start, z, h, w, threshold, spacing = tasks[index]
         stop = start + z * h * w
         superpixels_into(
-            flat_in[start:stop].reshape(z, h, w), flat_out[start:stop].reshape(z, h, w), threshold, method, kw
+            flat_in[start:stop].reshape(z, h, w), flat_out[start:stop].reshape(z, h, w), threshold, method, kw,
+            spacing,
         )
         done[index] = 1
         if on_done is not None:
@@ -116,7 +117,7 @@ def shm_free_bytes() -> int | None:
 
 
 def compute_parallel(
-    todo: Sequence[tuple[str, np.ndarray, float]],
+    todo: Sequence[tuple[str, np.ndarray, float, tuple[float, float, float]]],
     method: str,
     kw: dict[str, Any],
     workers: int,
@@ -127,13 +128,16 @@ def compute_parallel(
     """The calling process plus ``workers - 1`` spawned processes over shared-memory buffers."""
     from multiprocessing import shared_memory
 
-    offsets, tasks, total = [], [], 0
-    for _, image, threshold in todo:
+    offsets: list[int] = []
+    tasks: list[_Task] = []
+    total = 0
+    for _, image, threshold, spacing in todo:
         offsets.append(total)
         _, h, w = image.shape
         for z0 in range(0, image.shape[0], slices_per_task):
             z = min(slices_per_task, image.shape[0] - z0)
-            tasks.append((total + z0 * h * w, z, h, w, float(threshold)))
+            sz, sh, sw = (float(x) for x in spacing)
+            tasks.append((total + z0 * h * w, z, h, w, float(threshold), (sz, sh, sw)))
         total += image.size
     nbytes = max(4 * total, 1)
     ctx = get_context(mp_context)
@@ -142,7 +146,7 @@ def compute_parallel(
     procs: list[Any] = []
     try:
         flat_in = np.ndarray((total,), dtype=np.float32, buffer=shm_in.buf)
-        for (_, image, _), start in zip(todo, offsets):
+        for (_, image, _, _), start in zip(todo, offsets):
             flat_in[start : start + image.size].reshape(image.shape)[...] = image
         counter = ctx.Value("q", 0)
         done = ctx.Array("b", len(tasks), lock=False)
@@ -186,7 +190,7 @@ def compute_parallel(
         progress()
         outputs = {
             subject: flat_out[start : start + image.size].reshape(image.shape).copy()
-            for (subject, image, _), start in zip(todo, offsets)
+            for (subject, image, _, _), start in zip(todo, offsets)
         }
         del flat_out, flat_in
         return outputs

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_PARAMS",
     "METHODS",
     "OPTIONAL_PARAMS",
+    "VOLUMETRIC_METHODS",
     "SuperpixelParams",
     "SuperpixelStats",
     "check_method",
@@ -29,13 +30,19 @@ __all__ = [
 ]
 
 #: Supported methods.
-METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "fast-slic")
+METHODS: tuple[str, ...] = ("felzenszwalb", "slic", "fast-slic", "slic3d")
+
+#: Methods that segment a whole volume into 3D supervoxels (ADNet/Q-Net style): one id is one region
+#: across slices, so a support and a query may come from different slices of it.
+VOLUMETRIC_METHODS: tuple[str, ...] = ("slic3d",)
 
 #: Default parameters per method (felzenszwalb = SSL-ALPNet "MIDDLE" setting on a 0-255 scale).
 DEFAULT_PARAMS: Mapping[str, Mapping[str, Any]] = {
     "felzenszwalb": {"scale": 1.0, "sigma": 1.0, "min_size": 400},
     "slic": {"n_segments": 100, "compactness": 0.1, "sigma": 0.0},
     "fast-slic": {"num_components": 100, "compactness": 10.0},
+    # scikit-image SLIC on the volume with its voxel spacing; n_segments = body voxels / segment_voxels
+    "slic3d": {"segment_voxels": 2000, "compactness": 0.2, "sigma": 0.0},
 }
 
 #: Further accepted parameters per method with the value used when they are not given (the
@@ -51,6 +58,12 @@ OPTIONAL_PARAMS: Mapping[str, Mapping[str, Any]] = {
         "min_size_factor": 0.5,
         "max_size_factor": 3.0,
         "slic_zero": False,
+    },
+    "slic3d": {
+        "max_num_iter": 10,
+        "enforce_connectivity": True,
+        "min_size_factor": 0.5,
+        "max_size_factor": 3.0,
     },
     "fast-slic": {
         "min_size_factor": 0.25,
@@ -117,6 +130,11 @@ class SuperpixelParams:
                 )
         object.__setattr__(self, "method", key)
         object.__setattr__(self, "params", dict(sorted(merged.items())))
+
+    @property
+    def volumetric(self) -> bool:
+        """True for 3D supervoxel methods (:data:`VOLUMETRIC_METHODS`)."""
+        return self.method in VOLUMETRIC_METHODS
 
     def threshold_for(self, volume: Volume) -> float:
         """The body-mask threshold for ``volume`` (the SSL-ALPNet default when ``body_threshold`` is None)."""

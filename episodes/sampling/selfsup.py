@@ -13,7 +13,12 @@ from SSL-ALPNet, all explicit:
 * every episode is a pure function of ``(seed, epoch, index)``, so it is identical across DataLoader
   worker counts and reruns;
 * an augmentation that empties the support mask is redrawn (at most ``max_augment_tries`` times), then
-  a ``RuntimeError`` names the slice and superpixel. Query masks may be empty.
+  a ``RuntimeError`` names the slice and superpixel. Query masks may be empty;
+* with **3D supervoxels** (``slic3d``, ids shared across slices) and ``query_distance = d > 0``, the
+  queries come from another slice ``z'`` of the same supervoxel, ``0 < |z' - z| <= d``, drawn
+  uniformly among the slices where it covers at least ``min_superpixel_pixels`` (ADNet/Q-Net's
+  supervoxel episodes: support and query differ in anatomy, not only by augmentation). When no such
+  slice exists the query is the support's slice, as with ``d = 0``.
 
 Episodes are assembled in numpy (no torch intra-op threads for these small arrays); the episode
 types and their pickling live in :mod:`episodes.sampling.types`.
@@ -54,18 +59,25 @@ class EpisodeConfig:
         queries: query copies ``Q`` (>= 1).
         augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
         min_superpixel_pixels: smallest superpixel (pixels at the slice resolution) that may be drawn.
+        query_distance: ``d``: queries from another slice within ``d`` slices of the support's, of the
+            same 3D supervoxel (needs a volumetric superpixel method, e.g. ``slic3d``); ``0``: the
+            query is an augmented copy of the support slice (SSL-ALPNet).
     """
 
     shots: int = 1
     queries: int = 1
     augment: str = "alpnet"
     min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS
+    query_distance: int = 0
 
     def __post_init__(self) -> None:
         for name in ("shots", "queries", "min_superpixel_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EpisodeConfig.{name} must be an integer >= 1, got {value!r}")
+        d = self.query_distance
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"EpisodeConfig.query_distance must be an integer >= 0, got {d!r}")
         if self.augment not in PRESETS:
             raise ValueError(f"EpisodeConfig.augment={self.augment!r}; choices: {list(PRESETS)}")
 
@@ -82,6 +94,8 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         channels: ``C``; the single-channel slice is tiled.
         augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
         min_superpixel_pixels: smallest superpixel (pixels) that may be drawn.
+        query_distance: queries from another slice of the same supervoxel at most this many slices
+            away (the maps must be 3D supervoxels, ids shared across slices); ``0``: same slice.
         exclude_organs: setting 2: drop every slice that contains **any** of these organs
             (``exclude_mode="any"``, SSL-ALPNet semantics; the Q-Net lineage uses "all").
             Needs labels on every volume.
@@ -104,6 +118,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         channels: int = 3,
         augment: str = "alpnet",
         min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS,
+        query_distance: int = 0,
         exclude_organs: Sequence[str] = (),
         length: int = 1000,
         seed: int = 0,
@@ -114,6 +129,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             ("queries", queries, 1),
             ("channels", channels, 1),
             ("min_superpixel_pixels", min_superpixel_pixels, 1),
+            ("query_distance", query_distance, 0),
             ("length", length, 1),
             ("max_augment_tries", max_augment_tries, 1),
         ):
@@ -125,6 +141,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             raise ValueError("SelfSupervisedEpisodes: no volumes given")
         self.shots, self.queries, self.channels = int(shots), int(queries), int(channels)
         self.min_superpixel_pixels = int(min_superpixel_pixels)
+        self.query_distance = int(query_distance)
         self.length, self.seed, self.max_augment_tries = int(length), int(seed), int(max_augment_tries)
         self.augment_name = augment
         self.augmenter = Augmenter(augment)
@@ -233,6 +250,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             channels=channels,
             augment=config.augment,
             min_superpixel_pixels=config.min_superpixel_pixels,
+            query_distance=config.query_distance,
             exclude_organs=exclude_organs,
             length=length,
             seed=seed,
@@ -246,6 +264,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             queries=self.queries,
             augment=self.augment_name,
             min_superpixel_pixels=self.min_superpixel_pixels,
+            query_distance=self.query_distance,
         )
 
     def __len__(self) -> int:
@@ -267,6 +286,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             "exclude_organs": list(self.exclude_organs),
             "exclude_mode": "any",
             "min_superpixel_pixels": self.min_superpixel_pixels,
+            "query_distance": self.query_distance,
             "shots": self.shots,
             "queries": self.queries,
             "channels": self.channels,
@@ -291,6 +311,9 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         label = int(rng.choice(self._eligible[k]))
         image = self._images[vi][z]
         mask = (self._maps[vi][z] == label).view(np.uint8)
+        zq = self._query_slice(vi, z, label, rng) if self.query_distance else z
+        query_source = (self._images[vi][zq], (self._maps[vi][zq] == label).view(np.uint8)) if zq != z else None
+        sources = ((image, mask), query_source or (image, mask))
         aug_seeds = rng.integers(0, 2**32, size=(self.shots + self.queries, self.max_augment_tries))
         h, w = image.shape
         s, c = self.shots, self.channels
@@ -300,8 +323,9 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         sup_msk = np.empty((s, h, w), dtype=np.float32)
         qry_msk = np.empty((self.queries, h, w), dtype=np.float32)
         for copy in range(self.shots + self.queries):
+            src_img, src_msk = sources[copy >= s]
             for attempt in range(self.max_augment_tries):
-                img, msk = self.augmenter(image, mask, int(aug_seeds[copy, attempt]))
+                img, msk = self.augmenter(src_img, src_msk, int(aug_seeds[copy, attempt]))
                 if copy >= self.shots or msk.any():
                     break
             else:
@@ -327,5 +351,16 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
                 organ=None,
                 seed=seed,
                 kind="superpixel",
+                query_slice_index=zq if zq != z else None,
             ),
         )
+
+    def _query_slice(self, vi: int, z: int, label: int, rng: np.random.Generator) -> int:
+        """A slice ``z'`` with ``0 < |z' - z| <= query_distance`` where supervoxel ``label`` covers at
+        least ``min_superpixel_pixels``, uniformly; ``z`` when there is none."""
+        sp = self._maps[vi]
+        lo, hi = max(0, z - self.query_distance), min(sp.shape[0], z + self.query_distance + 1)
+        near = [c for c in range(lo, hi) if c != z]
+        counts = np.count_nonzero(sp[near] == label, axis=(1, 2)) if near else np.zeros(0)
+        candidates = [c for c, n in zip(near, counts) if n >= self.min_superpixel_pixels]
+        return int(rng.choice(candidates)) if candidates else z

@@ -33,11 +33,13 @@ class EpisodeInfo:
 
     Attributes:
         subject: subject id of the slice.
-        slice_index: axial slice index ``z``.
+        slice_index: axial slice index ``z`` (of the support).
         label: superpixel id (``kind="superpixel"``) or organ label value (``"annotated"``).
         organ: organ name for annotated episodes, ``None`` for superpixels.
         seed: the seed the episode was generated from.
         kind: ``"superpixel"`` or ``"annotated"``.
+        query_slice_index: the query's slice when it differs from the support's (3D supervoxel
+            episodes, ``query_distance > 0``); ``None``: the query is an augmented copy of slice ``z``.
     """
 
     subject: str
@@ -46,6 +48,7 @@ class EpisodeInfo:
     organ: str | None
     seed: int
     kind: EpisodeKind = "superpixel"
+    query_slice_index: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("superpixel", "annotated"):

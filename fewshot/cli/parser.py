@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="combine k > 1 support slices by pooling their prototypes or averaging per-shot scores "
         "(default: the trained head's setting)",
     )
+    e.add_argument(
+        "--threshold", type=float, default=None,
+        help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
+        "the trained config's model.threshold)",
+    )
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")

@@ -18,7 +18,7 @@ from typing import Any
 
 from episodes.data.datasets import list_datasets
 from episodes.protocol import Protocol
-from episodes.pseudolabels import SuperpixelParams
+from episodes.pseudolabels import VOLUMETRIC_METHODS, SuperpixelParams
 from episodes.sampling import EpisodeConfig
 from fewshot.config.model import ModelConfig
 from fewshot.config.schema import TRAIN_SEED_OFFSET, ConfigError, to_dict
@@ -73,6 +73,13 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.superpixel_workers < 0:
             raise ConfigError(f"data.superpixel_workers must be >= 0, got {self.superpixel_workers}")
+        if self.episodes.query_distance and not self.superpixels.volumetric:
+            raise ConfigError(
+                f"data.episodes.query_distance={self.episodes.query_distance} draws queries from other slices "
+                f"of a supervoxel, but data.superpixels.method={self.superpixels.method!r} is per slice "
+                f"(its ids are unrelated across slices); use a 3D method {list(VOLUMETRIC_METHODS)} or "
+                "query_distance 0"
+            )
         if not self.protocol.dataset:
             object.__setattr__(self, "protocol", dataclasses.replace(self.protocol, dataset=self.dataset))
         elif self.protocol.dataset != self.dataset:

@@ -25,7 +25,14 @@ from fewshot.backbones.staged import resolve_stages
 from fewshot.backbones.weights import normalise_sha256
 from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
 
-__all__ = ["BackboneConfig", "InitConfig", "ModelConfig"]
+__all__ = ["BackboneConfig", "InitConfig", "ModelConfig", "check_threshold"]
+
+
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """``value`` as a float in ``(0, 1)`` (a foreground probability threshold), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{what} must be a probability in (0, 1) (0.5 = argmax), got {value!r}")
+    return float(value)
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
@@ -115,12 +122,16 @@ class ModelConfig:
         init: :class:`InitConfig` (or its ``scheme`` as a string, or a mapping).
         head: a :class:`~fewshot.heads.HeadConfig` subclass (or a head name, or ``{name: ..., ...}``).
         allow_empty_support: accept empty support masks instead of raising ``EmptySupportError``.
+        threshold: foreground probability (softmax of the two logits) above which a pixel is predicted
+            foreground at inference (:func:`fewshot.evaluation.predict_query`); ``0.5`` is the argmax.
+            Training does not use it; a recipe chooses it on fold 0 (``benchmarks/ABLATION.md``).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     init: InitConfig = field(default_factory=InitConfig)
     head: HeadConfig = field(default_factory=ALPNetConfig)
     allow_empty_support: bool = False
+    threshold: float = 0.5
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -130,6 +141,7 @@ class ModelConfig:
             init: InitConfig | str | Mapping[str, Any] = ...,
             head: HeadConfig | str | Mapping[str, Any] = ...,
             allow_empty_support: bool = ...,
+            threshold: float = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -147,6 +159,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a {cls.__name__}, a string or a mapping, got {value!r}")
             object.__setattr__(self, name, value)
         object.__setattr__(self, "head", _coerce_head(self.head))
+        object.__setattr__(self, "threshold", check_threshold(self.threshold, "ModelConfig.threshold"))
         scheme = get_init(self.init.scheme)
         stages = self.backbone.stages
         if scheme.check_stages is not None and stages:

@@ -115,6 +115,8 @@ class EvaluationResult:
                 )
         if self.extras.get("resolution"):
             lines += ["", f"Scored against {self.extras['resolution']}."]
+        if self.extras.get("threshold") not in (None, 0.5):
+            lines += ["", f"Foreground where the predicted probability > {self.extras['threshold']:g} (0.5 = argmax)."]
         return "\n".join(lines) + "\n"
 
 

@@ -101,6 +101,7 @@ def run_evaluation(
     postprocess: str | Sequence[str] = "none",
     resolution: Literal["native", "model"] = "native",
     shot_fusion: str | None = None,
+    threshold: float | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -126,6 +127,7 @@ def run_evaluation(
             the labels resized to ``data.size``.
         shot_fusion: how k > 1 support slices are combined (``"prototypes"`` or ``"scores"``, see
             :func:`fewshot.heads.functional.alp_segment`); default: the trained head's setting.
+        threshold: foreground probability threshold; default: the trained config's ``model.threshold``.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
@@ -158,7 +160,7 @@ def run_evaluation(
     reference = {v.subject: v for v in fold.test_raw} if resolution == "native" else None
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"],
-        progress=progress, postprocess=postprocess, reference=reference,
+        progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     result = replace(

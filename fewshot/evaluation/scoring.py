@@ -10,6 +10,7 @@ over query scans; ``mean`` = mean over organs (:mod:`fewshot.evaluation.results`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
-__all__ = ["evaluate", "model_channels", "predict_query"]
+__all__ = ["evaluate", "model_channels", "model_threshold", "predict_query"]
 
 
 def model_channels(model: nn.Module, channels: int | None) -> int:
@@ -36,6 +37,15 @@ def model_channels(model: nn.Module, channels: int | None) -> int:
     if backbone is None or not hasattr(backbone, "in_channels"):
         raise ValueError("model has no config.backbone.in_channels; pass channels=")
     return int(backbone.in_channels)
+
+
+def model_threshold(model: nn.Module, threshold: float | None) -> float:
+    """``threshold`` if given, else the model's ``config.threshold`` (0.5, the argmax, if it has none)."""
+    from fewshot.config.model import check_threshold
+
+    if threshold is None:
+        threshold = getattr(getattr(model, "config", None), "threshold", None)
+    return 0.5 if threshold is None else check_threshold(threshold)
 
 
 @torch.inference_mode()
@@ -49,15 +59,21 @@ def predict_query(
     device: torch.device | str = "cpu",
     amp: bool = False,
     out_size: tuple[int, int] | None = None,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Foreground masks ``(N, H, W)`` bool of ``query_images (N, C, H, W)`` given one support set.
 
     ``support_images (1, K, C, H, W)`` / ``support_masks (1, K, H, W)`` are broadcast over
     query batches of ``batch_size``. ``out_size``: upsample the logits (bilinear) to this size
-    before the argmax (masks are then ``(N, *out_size)``), to score against native-resolution labels.
+    before thresholding (masks are then ``(N, *out_size)``), to score against native-resolution labels.
+    ``threshold``: a pixel is foreground where ``softmax(logits)[1] > threshold`` (default
+    ``model.config.threshold``, else 0.5 = the argmax).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # softmax([bg, fg])[1] > t  <=>  fg - bg > log(t / (1 - t)); t = 0.5 is the argmax (ties -> bg)
+    t = model_threshold(model, threshold)
+    margin = math.log(t / (1.0 - t))
     device = torch.device(device)
     s_img, s_msk = support_images.to(device), support_masks.to(device)
     out = []
@@ -67,7 +83,7 @@ def predict_query(
             logits = model(s_img, s_msk, q).logits
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-        out.append((logits.argmax(1) == 1).cpu())
+        out.append((logits[:, 1] - logits[:, 0] > margin).cpu())
     if not out:
         return torch.zeros((0, *(out_size or query_images.shape[-2:])), dtype=torch.bool)
     return torch.cat(out)
@@ -84,6 +100,7 @@ def _evaluate_organ(
     bar: Progress,
     postprocess: Sequence[str],
     reference: Mapping[str, Volume] | None,
+    threshold: float,
 ) -> tuple[dict[str, list[ScanScore]], int]:
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
@@ -106,7 +123,7 @@ def _evaluate_organ(
             if idx.numel():
                 pred[idx] = predict_query(
                     model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
-                    out_size=out_size,
+                    out_size=out_size, threshold=threshold,
                 )
         bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
         if bad:
@@ -136,6 +153,7 @@ def evaluate(
     progress: bool = False,
     postprocess: str | Sequence[str] = "none",
     reference: Mapping[str, Volume] | None = None,
+    threshold: float | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -154,7 +172,9 @@ def evaluate(
             summarised in ``extras["postprocess"]`` (one forward pass for all).
         reference: ``{subject: Volume}`` whose labels are the ground truth instead of ``volumes``'
             (e.g. the native 256-px labels when the model runs at 128 px): logits are upsampled
-            (bilinear) to the reference size before the argmax. Slices must correspond one to one.
+            (bilinear) to the reference size before thresholding. Slices must correspond one to one.
+        threshold: foreground probability threshold (default ``model.config.threshold``, else 0.5 =
+            argmax), recorded in ``extras["threshold"]``.
     """
     from fewshot import __version__
 
@@ -163,6 +183,7 @@ def evaluate(
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else amp
     channels = model_channels(model, channels)
+    threshold = model_threshold(model, threshold)
     was_training = model.training
     model.eval().to(device)
     t0 = time.perf_counter()
@@ -179,7 +200,7 @@ def evaluate(
     try:
         for organ_plan in plan.organs:
             by_step, n = _evaluate_organ(
-                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference
+                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold
             )
             scores = by_step[steps[0]]
             if not scores:
@@ -214,6 +235,7 @@ def evaluate(
             "counts": {"tp": total.tp, "fp": total.fp, "fn": total.fn},
             "postprocess": {name: summarize_scans(v) for name, v in variants.items()},
             "resolution": "reference labels" if reference is not None else "model input",
+            "threshold": threshold,
             "timing": {
                 "seconds": seconds,
                 "scans": len(all_scores),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -63,7 +64,16 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["train", "--config", "demo_phantom", "--steps", "2", "--out", str(run), *tiny]) == 0
     bench = _load("bench_shots")
     out = tmp_path / "shots"
-    assert bench.main(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--shots", "1,3", "--out", str(out)]) == 0
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert bench.main(["--checkpoint", ckpt, "--shots", "1,3", "--out", str(out)]) == 0
     table = (out / "shots.md").read_text()
-    assert "| 1 | - | none |" in table and "| 3 | prototypes | lcc |" in table and "| 3 | scores | none |" in table
+    assert "| 1 | - | 0.5 | none |" in table and "| 3 | prototypes | 0.5 | lcc |" in table
+    assert "| 3 | scores | 0.5 | none |" in table
     assert table.count("\n| ") == 3 * 2  # (k=1), (k=3, prototypes), (k=3, scores), each without and with LCC
+    # a threshold sweep: a higher foreground threshold can only remove foreground, so recall cannot rise
+    out2 = tmp_path / "thresholds"
+    assert bench.main(["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,0.9", "--out", str(out2)]) == 0
+    rows = json.loads((out2 / "shots.json").read_text())["rows"]
+    assert [r["threshold"] for r in rows] == [0.5, 0.9]
+    assert rows[1]["none"]["recall"]["mean"] <= rows[0]["none"]["recall"]["mean"]
+    assert "| 1 | - | 0.9 | none |" in (out2 / "shots.md").read_text()

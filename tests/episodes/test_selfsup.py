@@ -312,3 +312,39 @@ def test_from_config_equals_constructor(data) -> None:  # type: ignore[no-untype
         vols, maps, cfg, channels=1, exclude_organs=("liver",), length=5, seed=7
     )
     assert c.describe()["exclude_organs"] == ["liver"]
+
+
+def test_supervoxel_queries_come_from_nearby_slices(make_volume) -> None:  # type: ignore[no-untyped-def]
+    """query_distance d: the query is slice z' (0 < |z' - z| <= d) of the same supervoxel, covering at
+    least min_superpixel_pixels there; d = 0 leaves the SSL-ALPNet stream unchanged."""
+    raws = [make_volume("1", seed=1, z=8), make_volume("2", seed=2, z=8)]
+    params = SuperpixelParams("slic3d", {"segment_voxels": 600})
+    maps = {v.subject: compute_volume_superpixels(v, params) for v in raws}
+    vols = [preprocess(v, size=None) for v in raws]
+    d = 2
+    ds = SelfSupervisedEpisodes(vols, maps, augment="none", min_superpixel_pixels=30, query_distance=d, length=40)
+    moved = 0
+    for i in range(len(ds)):
+        ep = ds[i]
+        z, zq = ep.info.slice_index, ep.info.query_slice_index
+        vol = vols[[v.subject for v in vols].index(ep.info.subject)]
+        sp = maps[ep.info.subject]
+        np.testing.assert_array_equal(ep.support_masks[0].numpy(), (sp[z] == ep.info.label).astype(np.float32))
+        if zq is None:  # no other slice of this supervoxel is large enough
+            near = [c for c in range(max(0, z - d), min(8, z + d + 1)) if c != z]
+            assert all((sp[c] == ep.info.label).sum() < 30 for c in near)
+            zq = z
+        else:
+            moved += 1
+            assert 0 < abs(zq - z) <= d
+            assert (sp[zq] == ep.info.label).sum() >= 30
+        np.testing.assert_array_equal(ep.query_masks[0].numpy(), (sp[zq] == ep.info.label).astype(np.float32))
+        np.testing.assert_array_equal(ep.query_images[0, 0].numpy(), vol.image[zq])
+    assert moved > len(ds) // 2
+    assert ds.describe()["query_distance"] == d and ds.config.query_distance == d
+    same = SelfSupervisedEpisodes(vols, maps, augment="none", min_superpixel_pixels=30, length=5)
+    explicit = SelfSupervisedEpisodes(vols, maps, augment="none", min_superpixel_pixels=30, length=5, query_distance=0)
+    assert all(_same(same[i], explicit[i]) and same[i].info.query_slice_index is None for i in range(5))
+    with pytest.raises(ValueError, match="query_distance must be an integer >= 0"):
+        EpisodeConfig(query_distance=-1)
+

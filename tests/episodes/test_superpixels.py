@@ -90,7 +90,7 @@ def test_params_defaults_and_dict() -> None:
     }
     assert SuperpixelParams.from_dict(p.to_dict()) == p
     assert SuperpixelParams("fast_slic").method == "fast-slic"
-    assert set(METHODS) == {"felzenszwalb", "slic", "fast-slic"}
+    assert set(METHODS) == {"felzenszwalb", "slic", "fast-slic", "slic3d"}
 
 
 def test_unknown_params_refused_listing_valid() -> None:
@@ -273,3 +273,52 @@ def test_dataset_level_small_shm_warns_and_runs_in_process(make_volume, monkeypa
             vols, params, cache_dir=None, workers=2, progress=False, slices_per_task=1
         )
     np.testing.assert_array_equal(maps["1"], compute_volume_superpixels(vols[0], params))
+
+
+def test_slic3d_supervoxels_span_slices(make_volume) -> None:  # type: ignore[no-untyped-def]
+    """3D SLIC: ids are numbered over the volume, shared by neighbouring slices, 0 outside the body;
+    the dataset driver (whole volumes per task, 2 processes) gives the single-process maps."""
+    from episodes.pseudolabels import VOLUMETRIC_METHODS
+
+    assert VOLUMETRIC_METHODS == ("slic3d",) and "slic3d" in METHODS
+    vols = [make_volume("1", seed=1, z=8), make_volume("2", seed=2, z=5)]
+    params = SuperpixelParams("slic3d", {"segment_voxels": 400})
+    assert params.volumetric and not SuperpixelParams().volumetric
+    maps, stats = compute_dataset_superpixels_with_stats(
+        vols, params, cache_dir=None, workers=2, progress=False, slices_per_task=2
+    )
+    for v in vols:
+        seg = maps[v.subject]
+        np.testing.assert_array_equal(seg, compute_volume_superpixels(v, params))
+        body = np.stack([body_mask(s, 50.0) for s in superpixel_input(v)])
+        assert (seg[~body] == 0).all() and (seg[body] > 0).all()
+        ids = np.unique(seg[seg > 0])
+        np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # one numbering for the volume
+        shared = set(np.unique(seg[0])) & set(np.unique(seg[1])) - {0}
+        assert shared, "a supervoxel must continue into the next slice"
+        # more than one region, and each id lies in one z-run of consecutive slices
+        assert len(ids) >= 3
+        for i in ids:
+            zs = np.flatnonzero((seg == i).any(axis=(1, 2)))
+            assert zs[-1] - zs[0] + 1 == len(zs)
+    # per-slice region counts count distinct ids (not the maximum id)
+    first = maps["1"][0]
+    assert stats.per_subject_regions["1"][0] == len(np.unique(first[first > 0]))
+    # a single slice cannot be segmented into supervoxels
+    with pytest.raises(ValueError, match="whole volumes"):
+        compute_superpixels(_slice(), "slic3d")
+    with pytest.raises(ValueError, match="segment_voxels"):
+        compute_volume_superpixels(vols[0], SuperpixelParams("slic3d", {"segment_voxels": 0}))
+
+
+def test_slic3d_cache_key_includes_spacing(make_volume) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from episodes.pseudolabels.cache import superpixel_cache_key
+
+    v = make_volume("1")
+    w = replace(v, spacing=(2.0, 1.0, 1.0))
+    image = superpixel_input(v)
+    sv, flat = SuperpixelParams("slic3d"), SuperpixelParams()
+    assert superpixel_cache_key(v, image, sv) != superpixel_cache_key(w, image, sv)
+    assert superpixel_cache_key(v, image, flat) == superpixel_cache_key(w, image, flat)  # 2D keys unchanged

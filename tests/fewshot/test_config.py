@@ -195,3 +195,25 @@ def test_parse_overrides_reads_yaml_values() -> None:
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.steps"])
+
+
+def test_query_distance_needs_supervoxels() -> None:
+    from episodes.pseudolabels import SuperpixelParams
+    from episodes.sampling import EpisodeConfig
+    from fewshot.config import ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match="per slice"):
+        DataConfig(episodes=EpisodeConfig(query_distance=2))
+    cfg = DataConfig(superpixels=SuperpixelParams("slic3d"), episodes=EpisodeConfig(query_distance=2))
+    assert cfg.episodes.query_distance == 2
+
+
+def test_model_threshold_validated_and_saved() -> None:
+    from fewshot.config import ModelConfig
+
+    assert ModelConfig().threshold == 0.5
+    cfg = ModelConfig(threshold=0.7)
+    assert ModelConfig(**cfg.to_dict()).threshold == 0.7
+    for bad in (0.0, 1.0, -0.1, "high", True):
+        with pytest.raises(ValueError, match=r"ModelConfig.threshold must be a probability in \(0, 1\)"):
+            ModelConfig(threshold=bad)  # type: ignore[arg-type]

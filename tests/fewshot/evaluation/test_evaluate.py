@@ -203,3 +203,46 @@ def test_lcc_and_native_reference(setup: tuple[Protocol, dict[str, Volume]]) -> 
         assert native.dice[organ] == pytest.approx(result.dice[organ], abs=0.05)
     with pytest.raises(ValueError, match="unknown postprocess"):
         evaluate(ThresholdModel(), plan, vols, postprocess="erode")
+
+
+class _LogitModel(nn.Module):
+    """Returns fixed logits ``[0, d]``: the foreground probability is ``sigmoid(d)``."""
+
+    def __init__(self, diff: torch.Tensor, threshold: float | None = None) -> None:
+        super().__init__()
+        self.diff = diff
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), threshold=threshold)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        d = self.diff.expand(q.shape[0], *self.diff.shape)
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(d), d], 1) + self.dummy, align_loss=None)
+
+
+def test_predict_query_threshold() -> None:
+    from fewshot.evaluation import predict_query
+
+    diff = torch.linspace(-3, 3, 13).reshape(1, 13)  # probabilities sigmoid(-3) .. sigmoid(3); 0 at index 6
+    args = (torch.zeros(1, 1, 1, 1, 13), torch.ones(1, 1, 1, 13), torch.zeros(2, 1, 1, 13))
+    argmax = predict_query(_LogitModel(diff), *args)
+    assert argmax.shape == (2, 1, 13)
+    assert argmax[0, 0].tolist() == [False] * 7 + [True] * 6  # 0.5: the argmax (a tie is background)
+    high = predict_query(_LogitModel(diff), *args, threshold=0.9)
+    expected = (torch.sigmoid(diff) > 0.9)[0].tolist()
+    assert high[0, 0].tolist() == expected and sum(expected) == 2  # sigmoid(2.5), sigmoid(3) > 0.9
+    assert predict_query(_LogitModel(diff, threshold=0.9), *args).equal(high)  # model.config.threshold
+    assert predict_query(_LogitModel(diff, threshold=0.9), *args, threshold=0.5).equal(argmax)  # explicit wins
+    for bad in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ValueError, match="probability in"):
+            predict_query(_LogitModel(diff), *args, threshold=bad)
+
+
+def test_evaluate_records_threshold(setup: tuple[Protocol, dict[str, Volume]]) -> None:
+    protocol, vols = setup
+    plan = protocol.build_plan(list(vols.values()))
+    base = evaluate(ThresholdModel(), plan, vols, device="cpu")
+    strict = evaluate(ThresholdModel(), plan, vols, device="cpu", threshold=0.8)
+    # ThresholdModel's foreground probability is sigmoid(1) = 0.73 < 0.8: nothing is foreground
+    assert base.extras["threshold"] == 0.5 and strict.extras["threshold"] == 0.8
+    assert strict.recall["mean"] == 0.0 < base.recall["mean"]
+    assert "probability > 0.8" in strict.to_markdown()
