@@ -354,12 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="native",
         help="score against the native 256-px labels (headline) or the labels resized to data.size",
     )
+    p.add_argument(
+        "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+        help="no training: combine the fold records of earlier runs' results.json files into one table in --out",
+    )
     args = p.parse_args(argv)
     from fewshot.cli import quiet_logs
 
     quiet_logs()
 
-    from episodes.atomic import atomic_write_json
+    from episodes.atomic import atomic_write_json, read_json
     from fewshot.config import load_config
     from fewshot.configs import config_path
     from fewshot.pipeline import load_volumes
@@ -372,6 +376,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
+
+    def write_report() -> str:
+        report = markdown_report(records, load=_load())
+        (out / "results.md").write_text(report)
+        atomic_write_json(out / "results.json", {"argv": sys.argv[1:] if argv is None else list(argv), "folds": records})
+        return report
+
+    if args.merge:
+        for path in args.merge:
+            records += read_json(path, "bench_accuracy results")["folds"]
+        keys = [(r["dataset"], r["setting"], r["fold"]) for r in records]
+        if len(set(keys)) != len(keys):
+            raise SystemExit(f"--merge: a (dataset, setting, fold) appears twice: {sorted(keys)}")
+        records.sort(key=lambda r: (r["dataset"], r["setting"], r["fold"]))
+        print(write_report())
+        return 0
     for dataset in datasets:
         name = args.config or _config_name(dataset, args.budget, args.setting)
         data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
@@ -403,10 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" | total {rec['total_wall_seconds'] / 60:.1f} min | load {rec['load_average_end']}",
                 flush=True,
             )
-    report = markdown_report(records, load=_load())
-    print(report)
-    (out / "results.md").write_text(report)
-    atomic_write_json(out / "results.json", {"argv": sys.argv[1:], "folds": records})
+            write_report()  # after every fold, so an interrupted run keeps the folds it finished
+    print(write_report())
     return 0
 
 

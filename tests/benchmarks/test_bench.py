@@ -51,6 +51,22 @@ def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
     assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
 
 
+def test_accuracy_merge_combines_fold_records(tmp_path: Path) -> None:
+    bench = _load("bench_accuracy")
+    for fold, dice in ((1, 0.70), (0, 0.60)):
+        part = tmp_path / f"run{fold}"
+        part.mkdir()
+        (part / "results.json").write_text(json.dumps({"argv": [], "folds": [_record(fold, dice)]}))
+    out = tmp_path / "merged"
+    parts = [str(tmp_path / "run1" / "results.json"), str(tmp_path / "run0" / "results.json")]
+    assert bench.main(["--merge", *parts, "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())["folds"]
+    assert [r["fold"] for r in merged] == [0, 1]
+    assert "| **ours, folds 0,1: mean ± std** | 65.00 ± 7.07 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match="appears twice"):
+        bench.main(["--merge", parts[0], parts[0], "--out", str(out)])
+
+
 def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fewshot.cli import main
 
