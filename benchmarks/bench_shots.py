@@ -7,7 +7,7 @@ alone and the score maps averaged) and each threshold in ``--thresholds`` (a pix
 where its probability exceeds it; 0.5 = argmax), the checkpoint's own fold and setting are evaluated
 at the native label resolution, with and without 3D largest-connected-component post-processing, side
 by side in one run. No training happens here, so the rows differ only in the evaluation. Choose a
-threshold on fold 0 only and put it in the recipe (``model.threshold``).
+threshold on fold 0 only and put it in the recipe (``model.fg_threshold``).
 
 Example::
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fusions", default="prototypes,scores", help="comma list of shot fusions")
     p.add_argument(
         "--thresholds", default=None,
-        help="comma list of foreground probability thresholds (default: the checkpoint's model.threshold)",
+        help="comma list of foreground probability thresholds (default: the checkpoint's model.fg_threshold)",
     )
     p.add_argument("--out", default="runs/bench_shots", help="output folder")
     args = p.parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = (
         [float(t) for t in args.thresholds.split(",") if t.strip()]
         if args.thresholds
-        else [loaded.config.model.threshold]
+        else [loaded.config.model.fg_threshold]
     )
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []

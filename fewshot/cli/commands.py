@@ -277,7 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         postprocess=(args.postprocess, *(p for p in POSTPROCESS if p != args.postprocess)),
         resolution=args.resolution,
         shot_fusion=args.shot_fusion,
-        threshold=args.threshold,
+        threshold=args.fg_threshold,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")

@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the trained head's setting)",
     )
     e.add_argument(
-        "--threshold", type=float, default=None,
+        "--fg-threshold", type=float, default=None,
         help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
-        "the trained config's model.threshold)",
+        "the trained config's model.fg_threshold)",
     )
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")

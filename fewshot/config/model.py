@@ -122,7 +122,7 @@ class ModelConfig:
         init: :class:`InitConfig` (or its ``scheme`` as a string, or a mapping).
         head: a :class:`~fewshot.heads.HeadConfig` subclass (or a head name, or ``{name: ..., ...}``).
         allow_empty_support: accept empty support masks instead of raising ``EmptySupportError``.
-        threshold: foreground probability (softmax of the two logits) above which a pixel is predicted
+        fg_threshold: foreground probability (softmax of the two logits) above which a pixel is predicted
             foreground at inference (:func:`fewshot.evaluation.predict_query`); ``0.5`` is the argmax.
             Training does not use it; a recipe chooses it on fold 0 (``benchmarks/ABLATION.md``).
     """
@@ -131,7 +131,7 @@ class ModelConfig:
     init: InitConfig = field(default_factory=InitConfig)
     head: HeadConfig = field(default_factory=ALPNetConfig)
     allow_empty_support: bool = False
-    threshold: float = 0.5
+    fg_threshold: float = 0.5
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -141,7 +141,7 @@ class ModelConfig:
             init: InitConfig | str | Mapping[str, Any] = ...,
             head: HeadConfig | str | Mapping[str, Any] = ...,
             allow_empty_support: bool = ...,
-            threshold: float = ...,
+            fg_threshold: float = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -159,7 +159,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a {cls.__name__}, a string or a mapping, got {value!r}")
             object.__setattr__(self, name, value)
         object.__setattr__(self, "head", _coerce_head(self.head))
-        object.__setattr__(self, "threshold", check_threshold(self.threshold, "ModelConfig.threshold"))
+        object.__setattr__(self, "fg_threshold", check_threshold(self.fg_threshold, "ModelConfig.fg_threshold"))
         scheme = get_init(self.init.scheme)
         stages = self.backbone.stages
         if scheme.check_stages is not None and stages:

@@ -127,7 +127,7 @@ def run_evaluation(
             the labels resized to ``data.size``.
         shot_fusion: how k > 1 support slices are combined (``"prototypes"`` or ``"scores"``, see
             :func:`fewshot.heads.functional.alp_segment`); default: the trained head's setting.
-        threshold: foreground probability threshold; default: the trained config's ``model.threshold``.
+        threshold: foreground probability threshold; default: the trained config's ``model.fg_threshold``.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")

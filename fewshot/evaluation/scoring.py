@@ -40,11 +40,11 @@ def model_channels(model: nn.Module, channels: int | None) -> int:
 
 
 def model_threshold(model: nn.Module, threshold: float | None) -> float:
-    """``threshold`` if given, else the model's ``config.threshold`` (0.5, the argmax, if it has none)."""
+    """``threshold`` if given, else the model's ``config.fg_threshold`` (0.5, the argmax, if it has none)."""
     from fewshot.config.model import check_threshold
 
     if threshold is None:
-        threshold = getattr(getattr(model, "config", None), "threshold", None)
+        threshold = getattr(getattr(model, "config", None), "fg_threshold", None)
     return 0.5 if threshold is None else check_threshold(threshold)
 
 
@@ -67,7 +67,7 @@ def predict_query(
     query batches of ``batch_size``. ``out_size``: upsample the logits (bilinear) to this size
     before thresholding (masks are then ``(N, *out_size)``), to score against native-resolution labels.
     ``threshold``: a pixel is foreground where ``softmax(logits)[1] > threshold`` (default
-    ``model.config.threshold``, else 0.5 = the argmax).
+    ``model.config.fg_threshold``, else 0.5 = the argmax).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -173,7 +173,7 @@ def evaluate(
         reference: ``{subject: Volume}`` whose labels are the ground truth instead of ``volumes``'
             (e.g. the native 256-px labels when the model runs at 128 px): logits are upsampled
             (bilinear) to the reference size before thresholding. Slices must correspond one to one.
-        threshold: foreground probability threshold (default ``model.config.threshold``, else 0.5 =
+        threshold: foreground probability threshold (default ``model.config.fg_threshold``, else 0.5 =
             argmax), recorded in ``extras["threshold"]``.
     """
     from fewshot import __version__

@@ -211,9 +211,9 @@ def test_query_distance_needs_supervoxels() -> None:
 def test_model_threshold_validated_and_saved() -> None:
     from fewshot.config import ModelConfig
 
-    assert ModelConfig().threshold == 0.5
-    cfg = ModelConfig(threshold=0.7)
-    assert ModelConfig(**cfg.to_dict()).threshold == 0.7
+    assert ModelConfig().fg_threshold == 0.5
+    cfg = ModelConfig(fg_threshold=0.7)
+    assert ModelConfig(**cfg.to_dict()).fg_threshold == 0.7
     for bad in (0.0, 1.0, -0.1, "high", True):
-        with pytest.raises(ValueError, match=r"ModelConfig.threshold must be a probability in \(0, 1\)"):
-            ModelConfig(threshold=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"ModelConfig.fg_threshold must be a probability in \(0, 1\)"):
+            ModelConfig(fg_threshold=bad)  # type: ignore[arg-type]

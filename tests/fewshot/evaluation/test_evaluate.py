@@ -211,7 +211,7 @@ class _LogitModel(nn.Module):
     def __init__(self, diff: torch.Tensor, threshold: float | None = None) -> None:
         super().__init__()
         self.diff = diff
-        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), threshold=threshold)
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), fg_threshold=threshold)
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
@@ -230,7 +230,7 @@ def test_predict_query_threshold() -> None:
     high = predict_query(_LogitModel(diff), *args, threshold=0.9)
     expected = (torch.sigmoid(diff) > 0.9)[0].tolist()
     assert high[0, 0].tolist() == expected and sum(expected) == 2  # sigmoid(2.5), sigmoid(3) > 0.9
-    assert predict_query(_LogitModel(diff, threshold=0.9), *args).equal(high)  # model.config.threshold
+    assert predict_query(_LogitModel(diff, threshold=0.9), *args).equal(high)  # model.config.fg_threshold
     assert predict_query(_LogitModel(diff, threshold=0.9), *args, threshold=0.5).equal(argmax)  # explicit wins
     for bad in (0.0, 1.0, 1.5, True):
         with pytest.raises(ValueError, match="probability in"):
