@@ -229,7 +229,9 @@ def run_fold(
         "recall": dict(ev.recall),
         "postprocess": dict(ev.extras.get("postprocess", {})),
         "resolution": ev.extras.get("resolution"),
-        "commit": ev.extras.get("commit"),
+        # the code that trained the model (the checkout may move on while a long run trains)
+        "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
+        "eval_commit": ev.extras.get("commit"),
         "train": {
             "steps": tr.steps,
             "steps_planned": cfg.train.steps,

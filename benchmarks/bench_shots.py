@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = shot_table(rows)
     footer = "".join(f"\nNot evaluated: {s}" for s in dict.fromkeys(skipped)) + (
         f"\nCheckpoint {args.checkpoint} (fold {loaded.config.data.protocol.fold}, setting "
-        f"{loaded.config.data.protocol.setting}, {loaded.global_step} steps); commit {git_commit()}; "
+        f"{loaded.config.data.protocol.setting}, {loaded.global_step} steps, trained at commit "
+        f"{loaded.payload.get('commit')}); evaluated at commit {git_commit()}; "
         f"{ev.extras.get('resolution')}.\n"
     )
     print(table + footer)
