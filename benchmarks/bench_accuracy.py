@@ -26,6 +26,7 @@ Example (the CPU recipe, CHAOS MRI setting 1 fold 0, 30 minutes in total)::
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import resource
@@ -155,8 +156,15 @@ def run_fold(
     genesis_steps: int = 0,
     eval_batch_size: int = 16,
     resolution: str = "native",
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1])."""
+    """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1]).
+
+    ``previous``: this fold's record from an earlier run in the same ``out`` (``--reuse``). When its
+    checkpoint exists and was trained with the same config up to inference-only keys
+    (:data:`INFERENCE_KEYS`), it is evaluated again instead of retrained; the record keeps the earlier
+    training statistics and says ``"reused": true``.
+    """
     from fewshot.config import load_config, save_config
     from fewshot.configs import config_path
     from fewshot.evaluation import run_evaluation
@@ -183,7 +191,28 @@ def run_fold(
         genesis_s = time.perf_counter() - t0
         cfg = load_config(config_path(name), {**over, "model.init.scheme": "genesis", "model.init.weights": weights})
     fold_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(cfg.out_dir) / "checkpoints" / "last.ckpt"
+    if previous is not None and not _reusable(checkpoint, cfg):
+        print(f"   not reusing {checkpoint}: missing, unfinished or trained with another config", flush=True)
+        previous = None
     save_config(cfg, fold_dir / "config.yaml")
+    if previous is not None:
+        print(f"   reusing {checkpoint}", flush=True)
+        t0 = time.perf_counter()
+        ev = run_evaluation(
+            checkpoint, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size,
+            progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
+            threshold=cfg.model.fg_threshold,
+        )
+        timing = dict(ev.extras.get("timing", {}))
+        return {
+            **previous,
+            "checkpoint": str(checkpoint),
+            "config": cfg.to_dict(),
+            "reused": True,
+            **_scores_of(ev),
+            "eval": {**previous["eval"], "seconds": timing.get("seconds"), "wall_seconds": time.perf_counter() - t0},
+        }
 
     callbacks: list[Callback] = []
     budget_cb = None
@@ -211,6 +240,8 @@ def run_fold(
     eval_wall = time.perf_counter() - t0
     timing = dict(ev.extras.get("timing", {}))
     return {
+        "checkpoint": str(tr.checkpoint),
+        "reused": False,
         "dataset": dataset,
         "setting": setting,
         "fold": fold,
@@ -224,14 +255,7 @@ def run_fold(
             "feature_dim": getattr(cfg.model.head, "feature_dim", None),
             "size": cfg.data.size,
         },
-        "dice": dict(ev.dice),
-        "precision": dict(ev.precision),
-        "recall": dict(ev.recall),
-        "postprocess": dict(ev.extras.get("postprocess", {})),
-        "resolution": ev.extras.get("resolution"),
-        # the code that trained the model (the checkout may move on while a long run trains)
-        "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
-        "eval_commit": ev.extras.get("commit"),
+        **_scores_of(ev),
         "train": {
             "steps": tr.steps,
             "steps_planned": cfg.train.steps,
@@ -254,6 +278,45 @@ def run_fold(
         "total_wall_seconds": time.perf_counter() - t_fold,
         "peak_memory_mb": _peak_memory_mb(),
         "out_dir": str(fold_dir),
+    }
+
+
+#: Config keys that only change inference: a checkpoint trained with other values is still reusable.
+INFERENCE_KEYS = (("model", "fg_threshold"),)
+
+
+def _training_view(config: dict[str, Any]) -> dict[str, Any]:
+    view = copy.deepcopy(config)
+    for section, key in INFERENCE_KEYS:
+        view.get(section, {}).pop(key, None)
+    return view
+
+
+def _reusable(checkpoint: Path, cfg: Any) -> bool:
+    """Whether ``checkpoint`` exists and was trained with ``cfg`` (up to inference keys; the saved config is
+    read with today's defaults filled in) for all of its steps."""
+    if not checkpoint.is_file():
+        return False
+    from fewshot.checkpoint import load_checkpoint, read_payload
+    from fewshot.config import load_config
+
+    ckpt = load_checkpoint(checkpoint)
+    trained = load_config(read_payload(ckpt, checkpoint)["config"]).to_dict()
+    done = int(ckpt.get("global_step", -1)) >= cfg.train.steps
+    return done and _training_view(trained) == _training_view(cfg.to_dict())
+
+
+def _scores_of(ev: Any) -> dict[str, Any]:
+    return {
+        "dice": dict(ev.dice),
+        "precision": dict(ev.precision),
+        "recall": dict(ev.recall),
+        "postprocess": dict(ev.extras.get("postprocess", {})),
+        "resolution": ev.extras.get("resolution"),
+        "fg_threshold": ev.extras.get("threshold"),
+        # the code that trained the model (the checkout may move on while a long run trains)
+        "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
+        "eval_commit": ev.extras.get("commit"),
     }
 
 
@@ -292,6 +355,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f"ours fold {r['fold']}{suffix}: {m['backbone']}"
                     f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
                     f"{m['size']} px, {r['train']['steps']} steps"
+                    + (f", p > {r['fg_threshold']:g}" if r.get("fg_threshold") not in (None, 0.5) else "")
                 )
                 values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
                 lines.append(_row(label, values))
@@ -357,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score against the native 256-px labels (headline) or the labels resized to data.size",
     )
     p.add_argument(
+        "--reuse", action="store_true",
+        help="evaluate, instead of retraining, every fold whose checkpoint in --out (from its results.json) was "
+        "trained with the same config up to inference-only keys (model.fg_threshold)",
+    )
+    p.add_argument(
         "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
         help="no training: combine the fold records of earlier runs' results.json files into one table in --out",
     )
@@ -385,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_json(out / "results.json", {"argv": sys.argv[1:] if argv is None else list(argv), "folds": records})
         return report
 
+    earlier: dict[tuple[str, int, int], dict[str, Any]] = {}
+    if args.reuse and (out / "results.json").is_file():
+        for r in read_json(out / "results.json", "bench_accuracy results")["folds"]:
+            earlier[(r["dataset"], r["setting"], r["fold"])] = r
     if args.merge:
         for path in args.merge:
             records += read_json(path, "bench_accuracy results")["folds"]
@@ -414,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 genesis_steps=args.genesis_steps,
                 eval_batch_size=args.eval_batch_size,
                 resolution=args.resolution,
+                previous=earlier.get((dataset, args.setting, fold)),
             )
             rec["load_average_end"] = _load()
             records.append(rec)

@@ -46,6 +46,8 @@ def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
     bench = _load("bench_accuracy")
     text = bench.markdown_report([_record(0, 0.60), _record(1, 0.70)])
     assert "| **ours, folds 0,1: mean ± std** | 65.00 ± 7.07 |" in text
+    assert "p > " not in text  # the argmax is not labelled
+    assert ", p > 0.8 |" in bench.markdown_report([_record(0, 0.60) | {"fg_threshold": 0.8}])
     assert "| **ours, folds 0,1: mean ± std + LCC post-processing** | 67.00 ± 7.07 |" in text
     assert "SSL-ALPNet (ECCV'20), published 5-fold (no post-processing) | 76.10 |" in text
     assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
@@ -67,6 +69,21 @@ def test_accuracy_merge_combines_fold_records(tmp_path: Path) -> None:
         bench.main(["--merge", parts[0], parts[0], "--out", str(out)])
 
 
+def _check_reuse_rule(run: Path) -> None:
+    """bench_accuracy --reuse: a finished checkpoint is reused for the same training config, whatever its
+    inference-only keys; another training setting or more steps means retraining."""
+    from fewshot.config import load_config
+
+    acc = _load("bench_accuracy")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    trained = load_config(run / "config.yaml")
+    assert acc._reusable(ckpt, trained)
+    assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.fg_threshold": 0.8}))
+    assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"optim.lr": 0.5}))
+    assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"train.steps": 3}))
+    assert not acc._reusable(run / "missing.ckpt", trained)
+
+
 def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fewshot.cli import main
 
@@ -81,6 +98,7 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     bench = _load("bench_shots")
     out = tmp_path / "shots"
     ckpt = str(run / "checkpoints" / "last.ckpt")
+    _check_reuse_rule(run)
     assert bench.main(["--checkpoint", ckpt, "--shots", "1,3", "--out", str(out)]) == 0
     table = (out / "shots.md").read_text()
     assert "| 1 | - | 0.5 | none |" in table and "| 3 | prototypes | 0.5 | lcc |" in table
