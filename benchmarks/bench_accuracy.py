@@ -202,7 +202,7 @@ def run_fold(
         ev = run_evaluation(
             checkpoint, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size,
             progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
-            threshold=cfg.model.fg_threshold,
+            threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
         )
         timing = dict(ev.extras.get("timing", {}))
         return {
@@ -282,13 +282,22 @@ def run_fold(
 
 
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
-INFERENCE_KEYS = (("model", "fg_threshold"),)
+#: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
+INFERENCE_KEYS = ("model.fg_threshold", "model.head.shot_fusion")
 
 
 def _training_view(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the inference-only keys (:data:`INFERENCE_KEYS`)."""
     view = copy.deepcopy(config)
-    for section, key in INFERENCE_KEYS:
-        view.get(section, {}).pop(key, None)
+    one_shot = view.get("data", {}).get("episodes", {}).get("shots", 1) == 1
+    for key in INFERENCE_KEYS:
+        if key == "model.head.shot_fusion" and not one_shot:
+            continue
+        *parents, leaf = key.split(".")
+        node = view
+        for name in parents:
+            node = node.get(name, {})
+        node.pop(leaf, None)
     return view
 
 
@@ -423,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--reuse", action="store_true",
         help="evaluate, instead of retraining, every fold whose checkpoint in --out (from its results.json) was "
-        "trained with the same config up to inference-only keys (model.fg_threshold)",
+        "trained with the same config up to inference-only keys (model.fg_threshold; model.head.shot_fusion "
+        "for 1-shot training)",
     )
     p.add_argument(
         "--merge", nargs="+", default=None, metavar="RESULTS_JSON",

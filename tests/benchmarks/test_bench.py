@@ -79,6 +79,7 @@ def _check_reuse_rule(run: Path) -> None:
     trained = load_config(run / "config.yaml")
     assert acc._reusable(ckpt, trained)
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.fg_threshold": 0.8}))
+    assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.head.shot_fusion": "scores"}))  # 1-shot
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"optim.lr": 0.5}))
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"train.steps": 3}))
     assert not acc._reusable(run / "missing.ckpt", trained)
