@@ -23,7 +23,7 @@ from fewshot.evaluation.metrics import (
 from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult, aggregate
 from fewshot.evaluation.run import output_paths, run_evaluation
-from fewshot.evaluation.scoring import evaluate, predict_query
+from fewshot.evaluation.scoring import evaluate, false_positive_regions, predict_query
 
 __all__ = [
     "Counts",
@@ -37,6 +37,7 @@ __all__ = [
     "output_paths",
     "precision",
     "precision_from_counts",
+    "false_positive_regions",
     "predict_query",
     "recall",
     "recall_from_counts",

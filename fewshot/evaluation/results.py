@@ -113,6 +113,17 @@ class EvaluationResult:
                     + " | ".join(f"{100 * summary[name][c]:.2f}" for c in cols)
                     + " |"
                 )
+        fps = {o: r for o, r in dict(self.extras.get("false_positives") or {}).items() if r}
+        if fps:
+            regions = list(dict.fromkeys(k for r in fps.values() for k in r))
+            lines += ["", "False positives by true region (% of each organ's false-positive voxels):", ""]
+            lines.append("| organ | FP voxels | " + " | ".join(regions) + " |")
+            lines.append("|---|---:|" + "---:|" * len(regions))
+            for organ, r in fps.items():
+                total = sum(r.values())
+                lines.append(
+                    f"| {organ} | {total} | " + " | ".join(f"{100 * r.get(k, 0) / total:.1f}" for k in regions) + " |"
+                )
         if self.extras.get("resolution"):
             lines += ["", f"Scored against {self.extras['resolution']}."]
         if self.extras.get("threshold") not in (None, 0.5):

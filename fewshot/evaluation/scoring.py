@@ -15,10 +15,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from episodes.data.labels import LabelMap
 from episodes.data.volumes import Volume
 from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
@@ -27,7 +29,7 @@ from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
-__all__ = ["evaluate", "model_channels", "model_threshold", "predict_query"]
+__all__ = ["evaluate", "false_positive_regions", "model_channels", "model_threshold", "predict_query"]
 
 
 def model_channels(model: nn.Module, channels: int | None) -> int:
@@ -37,6 +39,36 @@ def model_channels(model: nn.Module, channels: int | None) -> int:
     if backbone is None or not hasattr(backbone, "in_channels"):
         raise ValueError("model has no config.backbone.in_channels; pass channels=")
     return int(backbone.in_channels)
+
+
+def false_positive_regions(
+    pred: np.ndarray, labels: np.ndarray, label_map: LabelMap, organ_value: int
+) -> dict[str, int]:
+    """Where the false positives of an organ's prediction lie: ``{region: voxels}``.
+
+    ``pred`` ``(Z, H, W)`` bool and ``labels`` ``(Z, H, W)`` int (all organs' ground truth) of the scored
+    slices; a region is another organ of ``label_map``, ``"background"`` (label 0) or ``"label <v>"`` for a
+    value the map does not name. Tells over-segmentation into the neighbours (e.g. a kidney into the
+    liver) from leaks into unlabelled tissue.
+    """
+    values = labels[pred & (labels != organ_value)].astype(np.int64, copy=False)
+    if values.size == 0:
+        return {}
+    if values.min() < 0:
+        raise ValueError("labels must be non-negative")
+    counts = np.bincount(values)
+    out: dict[str, int] = {}
+    for v in np.flatnonzero(counts).tolist():
+        n = int(counts[v])
+        if v == 0:
+            name = "background"
+        else:
+            try:
+                name = label_map.name_of(v)
+            except KeyError:
+                name = f"label {v}"
+        out[name] = n
+    return out
 
 
 def model_threshold(model: nn.Module, threshold: float | None) -> float:
@@ -101,6 +133,7 @@ def _evaluate_organ(
     postprocess: Sequence[str],
     reference: Mapping[str, Volume] | None,
     threshold: float,
+    fp_regions: dict[str, int],
 ) -> tuple[dict[str, list[ScanScore]], int]:
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
@@ -109,13 +142,16 @@ def _evaluate_organ(
     n_slices = 0
     for query in plan.queries:
         images, masks, chunks = query_tensors(query, volumes, plan.label_value, channels=channels)
-        truth = masks.numpy().astype(bool)
+        source = volumes[query.subject]
         out_size = None
         if reference is not None:
-            ref = reference[query.subject]
-            if ref.label is None:
+            source = reference[query.subject]
+            if source.label is None:
                 raise ValueError(f"reference volume {query.subject} has no labels")
-            truth = ref.label[list(query.slices)] == plan.label_value
+        assert source.label is not None  # query_tensors checked the query volume
+        labels = source.label[list(query.slices)]
+        truth = labels == plan.label_value
+        if reference is not None:
             out_size = (int(truth.shape[1]), int(truth.shape[2]))
         pred = torch.zeros((len(query.slices), *(out_size or masks.shape[-2:])), dtype=torch.bool)
         for c, (s_img, s_msk) in enumerate(supports):
@@ -130,11 +166,15 @@ def _evaluate_organ(
             raise ValueError(
                 f"query {query.subject}: chunks {bad} have no support (plan has {len(supports)})"
             )
-        for name in postprocess:
-            counts = confusion_counts(apply_postprocess(pred.numpy(), name), truth)
+        for i, name in enumerate(postprocess):
+            mask = apply_postprocess(pred.numpy(), name)
+            counts = confusion_counts(mask, truth)
             scores[name].append(
                 ScanScore(subject=query.subject, organ=plan.organ, counts=counts, n_slices=len(query.slices))
             )
+            if i == 0:
+                for region, n in false_positive_regions(mask, labels, source.label_map, plan.label_value).items():
+                    fp_regions[region] = fp_regions.get(region, 0) + n
         n_slices += len(query.slices)
         bar.update(1, note=plan.organ)
     return scores, n_slices
@@ -196,11 +236,14 @@ def evaluate(
     for name in steps:
         check_postprocess(name)  # unknown names fail before any work
     variants: dict[str, dict[str, list[Mapping[str, Any]]]] = {name: {} for name in steps}
+    fp_regions: dict[str, dict[str, int]] = {}
     bar = Progress(sum(len(o.queries) for o in plan.organs), "evaluate", unit="scans", enabled=progress)
     try:
         for organ_plan in plan.organs:
+            fp_regions[organ_plan.organ] = {}
             by_step, n = _evaluate_organ(
-                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold
+                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold,
+                fp_regions[organ_plan.organ],
             )
             scores = by_step[steps[0]]
             if not scores:
@@ -236,6 +279,8 @@ def evaluate(
             "postprocess": {name: summarize_scans(v) for name, v in variants.items()},
             "resolution": "reference labels" if reference is not None else "model input",
             "threshold": threshold,
+            # false-positive voxels of each organ's (first post-processing step's) prediction, by true region
+            "false_positives": {o: dict(sorted(r.items(), key=lambda kv: -kv[1])) for o, r in fp_regions.items()},
             "timing": {
                 "seconds": seconds,
                 "scans": len(all_scores),

@@ -246,3 +246,21 @@ def test_evaluate_records_threshold(setup: tuple[Protocol, dict[str, Volume]]) -
     assert base.extras["threshold"] == 0.5 and strict.extras["threshold"] == 0.8
     assert strict.recall["mean"] == 0.0 < base.recall["mean"]
     assert "probability > 0.8" in strict.to_markdown()
+
+
+def test_false_positive_regions(setup: tuple[Protocol, dict[str, Volume]]) -> None:
+    from fewshot.evaluation import false_positive_regions
+
+    labels = np.array([[[0, 1, 4, 4, 7]]])
+    pred = np.array([[[True, True, True, False, True]]])
+    # organ 1 (liver) predicted on a background voxel, one spleen voxel and an unnamed label 7
+    assert false_positive_regions(pred, labels, PHANTOM, 1) == {"background": 1, "spleen": 1, "label 7": 1}
+    assert false_positive_regions(pred & (labels == 1), labels, PHANTOM, 1) == {}
+    # end to end: ThresholdModel segments both bright organs, so the liver's false positives include the spleen
+    protocol, vols = setup
+    result = evaluate(ThresholdModel(), protocol.build_plan(list(vols.values())), vols, device="cpu")
+    fps = result.extras["false_positives"]
+    assert set(fps) == {"liver", "spleen"} and fps["liver"]["spleen"] > 0 and fps["liver"]["background"] > 0
+    fp_total = result.extras["counts"]["fp"]
+    assert sum(sum(r.values()) for r in fps.values()) == fp_total  # every FP voxel is attributed once
+    assert "False positives by true region" in result.to_markdown()
