@@ -122,7 +122,9 @@ class EvaluationResult:
             for organ, r in fps.items():
                 total = sum(r.values())
                 lines.append(
-                    f"| {organ} | {total} | " + " | ".join(f"{100 * r.get(k, 0) / total:.1f}" for k in regions) + " |"
+                    f"| {organ} | {total} | "
+                    + " | ".join("-" if k == organ else f"{100 * r.get(k, 0) / total:.1f}" for k in regions)
+                    + " |"
                 )
         if self.extras.get("resolution"):
             lines += ["", f"Scored against {self.extras['resolution']}."]
