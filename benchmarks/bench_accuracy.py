@@ -329,6 +329,14 @@ def _scores_of(ev: Any) -> dict[str, Any]:
     }
 
 
+def _fg_threshold(record: dict[str, Any]) -> float:
+    """The record's inference threshold (records written before it was stored: from its config)."""
+    value = record.get("fg_threshold")
+    if value is None:
+        value = (record.get("config") or {}).get("model", {}).get("fg_threshold", 0.5)
+    return float(value)
+
+
 def _row(label: str, values: Sequence[float]) -> str:
     return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
 
@@ -364,7 +372,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f"ours fold {r['fold']}{suffix}: {m['backbone']}"
                     f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
                     f"{m['size']} px, {r['train']['steps']} steps"
-                    + (f", p > {r['fg_threshold']:g}" if r.get("fg_threshold") not in (None, 0.5) else "")
+                    + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                 )
                 values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
                 lines.append(_row(label, values))
