@@ -58,12 +58,14 @@ def segment_volume(
     channels: int = 3,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
+    fg_threshold: float | None = None,
 ) -> np.ndarray:
     """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
 
     Args:
         support_mask: ``(Z, H, W)`` bool organ mask of ``support``.
         query_range: inclusive slice range ``(z0, z1)`` of the query to segment (default: all).
+        fg_threshold: foreground probability threshold (default: the model's ``config.fg_threshold``).
     """
     from fewshot.evaluation.scoring import predict_query
 
@@ -92,7 +94,8 @@ def segment_volume(
         s_img = tile_slices(support.image[s_z], channels).unsqueeze(0)
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
         out = predict_query(
-            model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device
+            model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device,
+            threshold=fg_threshold,
         )
         pred[q_z] = out.numpy()
     return pred
@@ -170,6 +173,7 @@ def segment_files(
     allow_spacing_mismatch: bool = False,
     device: str | None = None,
     overwrite: bool = False,
+    fg_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
@@ -178,6 +182,7 @@ def segment_files(
     """
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.device import default_device
+    from fewshot.evaluation.scoring import model_threshold
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -253,6 +258,7 @@ def segment_files(
         query_range=query_range,
         channels=channels,
         device=dev,
+        fg_threshold=fg_threshold,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]
@@ -273,6 +279,7 @@ def segment_files(
         "slices_with_prediction": int(pred.any(axis=(1, 2)).sum()),
         "voxels": voxels,
         "volume_ml": volume_ml,
+        "fg_threshold": model_threshold(model, fg_threshold),
         "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

@@ -313,6 +313,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         allow_spacing_mismatch=args.allow_spacing_mismatch,
         device=args.device,
         overwrite=args.overwrite,
+        fg_threshold=args.fg_threshold,
     )
     print(json.dumps(report, indent=1))
     return 0

@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--chunks", type=int, default=3, help="support chunks")
     sg.add_argument("--query-range", default=None, metavar="Z0:Z1", help="slices holding the organ (default: all)")
     sg.add_argument("--allow-spacing-mismatch", action="store_true", help="accept in-plane pixel sizes that differ > 1.5x")
+    sg.add_argument(
+        "--fg-threshold", type=float, default=None,
+        help="foreground probability threshold (0.5 = argmax; default: the trained config's model.fg_threshold)",
+    )
     sg.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     sg.add_argument("--out", required=True, help="prediction file (.nii or .nii.gz)")
     sg.add_argument("--overwrite", action="store_true", help="replace an existing prediction file")

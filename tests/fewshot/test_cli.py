@@ -140,6 +140,12 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
         == 0
     )
     assert (tmp_path / "evaldir" / "results.json").is_file()
+    strict = tmp_path / "strict.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(strict), "--overlays", "0", "--fg-threshold", "0.9"]) == 0
+    data_strict = json.loads(strict.read_text())
+    assert data_strict["threshold"] == 0.9 and json.loads((tmp_path / "evaldir" / "results.json").read_text())["threshold"] == 0.5
+    # a higher threshold predicts a subset of the foreground: recall cannot rise
+    assert data_strict["recall"]["mean"] <= json.loads((tmp_path / "evaldir" / "results.json").read_text())["recall"]["mean"]
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
     assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res)]) == 2  # exists
@@ -169,8 +175,11 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     np.testing.assert_allclose(out.affine, affine)
     assert out.shape == (64, 64, 12)
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
-    assert report["voxels"] == int(np.asarray(out.dataobj).sum())
+    assert report["voxels"] == int(np.asarray(out.dataobj).sum()) and report["fg_threshold"] == 0.5
     assert main(seg) == 2  # exists
+    assert main([*seg[:-1], str(tmp_path / "strict.nii.gz"), "--fg-threshold", "0.9"]) == 0
+    strict_report = json.loads(capsys.readouterr().out)
+    assert strict_report["fg_threshold"] == 0.9 and strict_report["voxels"] <= report["voxels"]
 
     # a multi-label mask needs --label-map; an organ absent from the support mask is a clear error
     def multi(organ: str, out: str, *extra: str) -> list[str]:
