@@ -88,12 +88,14 @@ def save_overlays(
     device: torch.device | str | None = None,
     channels: int | None = None,
     scan_dice: Mapping[tuple[str, str], float] | None = None,
+    threshold: float | None = None,
 ) -> list[Path]:
     """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
     Slices are spread evenly over the first query scan's scored range. Each picture is headed by
     the organ, the support and query subjects, the slice and (from ``scan_dice``,
-    ``{(organ, subject): dice}``) the 3D Dice of that query scan. Returns the files.
+    ``{(organ, subject): dice}``) the 3D Dice of that query scan. ``threshold``: foreground probability
+    threshold (default the model's ``config.fg_threshold``). Returns the files.
     """
     from PIL import Image
 
@@ -120,7 +122,9 @@ def save_overlays(
             for i in picks.tolist():
                 chunk = int(chunks[i])
                 s_img, s_msk = support_episode_tensors(organ_plan, volumes, chunk, channels=channels)
-                pred = predict_query(model, s_img, s_msk, images[i : i + 1], device=device)[0].numpy()
+                pred = predict_query(
+                    model, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold
+                )[0].numpy()
                 heading = (
                     f"{organ_plan.organ}: support {organ_plan.support_subject} "
                     f"(chunk {chunk + 1}/{len(organ_plan.support_slices)}), query {query.subject} "

@@ -193,6 +193,7 @@ def run_evaluation(
         if overlays > 0:
             scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
             save_overlays(
-                loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice
+                loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice,
+                threshold=threshold,
             )
     return result
