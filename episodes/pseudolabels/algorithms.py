@@ -252,19 +252,12 @@ def _fast_slic(image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
 
 def _slic3d(volume: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], params: dict[str, Any]) -> np.ndarray:
     """3D SLIC supervoxels of a ``(Z, H, W)`` float32 volume inside ``mask`` (labels 0 outside)."""
-    from skimage.segmentation import slic
-
     params = dict(params)
     size = params.pop("segment_voxels")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"slic3d segment_voxels must be an integer >= 1, got {size!r}")
     n_segments = max(1, -(-int(mask.sum()) // size))
-    return np.asarray(
-        slic(
-            _scaled(volume, 1.0), n_segments=n_segments, mask=mask, spacing=np.asarray(spacing, dtype=float),
-            channel_axis=None, start_label=1, **params,
-        )
-    )
+    return _slic(volume, {**params, "n_segments": n_segments, "mask": mask, "spacing": np.asarray(spacing, dtype=float)})
 
 
 _BACKENDS = {"felzenszwalb": _felzenszwalb, "slic": _slic, "fast-slic": _fast_slic}

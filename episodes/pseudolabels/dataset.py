@@ -76,7 +76,6 @@ def compute_dataset_superpixels_with_stats(
     results: dict[str, np.ndarray] = {}
     keys: dict[str, str] = {}
     todo: list[tuple[Volume, np.ndarray, float]] = []
-    whole_volumes = params.volumetric
     hits = 0
     for volume in volumes:
         image = superpixel_input(volume)
@@ -98,7 +97,7 @@ def compute_dataset_superpixels_with_stats(
         todo.append((volume, image, threshold))
 
     total = sum(image.shape[0] for _, image, _ in todo)
-    if whole_volumes:  # supervoxels need the whole volume in one task
+    if params.volumetric:  # supervoxels need the whole volume in one task
         slices_per_task = max((image.shape[0] for _, image, _ in todo), default=1)
     n_tasks = sum(math.ceil(image.shape[0] / slices_per_task) for _, image, _ in todo)
     method, kw = params.method, dict(params.params)
