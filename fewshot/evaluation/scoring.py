@@ -56,19 +56,9 @@ def false_positive_regions(
         return {}
     if values.min() < 0:
         raise ValueError("labels must be non-negative")
+    names = {0: "background", **{v: organ for organ, v in label_map.organs.items()}}
     counts = np.bincount(values)
-    out: dict[str, int] = {}
-    for v in np.flatnonzero(counts).tolist():
-        n = int(counts[v])
-        if v == 0:
-            name = "background"
-        else:
-            try:
-                name = label_map.name_of(v)
-            except KeyError:
-                name = f"label {v}"
-        out[name] = n
-    return out
+    return {names.get(v, f"label {v}"): int(counts[v]) for v in np.flatnonzero(counts).tolist()}
 
 
 def model_threshold(model: nn.Module, threshold: float | None) -> float:
@@ -133,26 +123,22 @@ def _evaluate_organ(
     postprocess: Sequence[str],
     reference: Mapping[str, Volume] | None,
     threshold: float,
-    fp_regions: dict[str, int],
-) -> tuple[dict[str, list[ScanScore]], int]:
+) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
+    """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
     ]
     scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
+    fp_regions: dict[str, int] = {}
     n_slices = 0
     for query in plan.queries:
         images, masks, chunks = query_tensors(query, volumes, plan.label_value, channels=channels)
-        source = volumes[query.subject]
-        out_size = None
-        if reference is not None:
-            source = reference[query.subject]
-            if source.label is None:
-                raise ValueError(f"reference volume {query.subject} has no labels")
-        assert source.label is not None  # query_tensors checked the query volume
+        source = volumes[query.subject] if reference is None else reference[query.subject]
+        if source.label is None:  # only a reference can lack labels: query_tensors checked the volume
+            raise ValueError(f"reference volume {query.subject} has no labels")
         labels = source.label[list(query.slices)]
         truth = labels == plan.label_value
-        if reference is not None:
-            out_size = (int(truth.shape[1]), int(truth.shape[2]))
+        out_size = (int(truth.shape[1]), int(truth.shape[2])) if reference is not None else None
         pred = torch.zeros((len(query.slices), *(out_size or masks.shape[-2:])), dtype=torch.bool)
         for c, (s_img, s_msk) in enumerate(supports):
             idx = torch.nonzero(chunks == c).flatten()
@@ -177,7 +163,7 @@ def _evaluate_organ(
                     fp_regions[region] = fp_regions.get(region, 0) + n
         n_slices += len(query.slices)
         bar.update(1, note=plan.organ)
-    return scores, n_slices
+    return scores, n_slices, fp_regions
 
 
 def evaluate(
@@ -240,10 +226,8 @@ def evaluate(
     bar = Progress(sum(len(o.queries) for o in plan.organs), "evaluate", unit="scans", enabled=progress)
     try:
         for organ_plan in plan.organs:
-            fp_regions[organ_plan.organ] = {}
-            by_step, n = _evaluate_organ(
-                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold,
-                fp_regions[organ_plan.organ],
+            by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
+                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold
             )
             scores = by_step[steps[0]]
             if not scores:
