@@ -196,22 +196,28 @@ def run_fold(
         print(f"   not reusing {checkpoint}: missing, unfinished or trained with another config", flush=True)
         previous = None
     save_config(cfg, fold_dir / "config.yaml")
-    if previous is not None:
-        print(f"   reusing {checkpoint}", flush=True)
+
+    def evaluate(ckpt: str | Path) -> tuple[Any, float]:
+        """The fold's evaluation with this config's inference settings, and its wall seconds."""
         t0 = time.perf_counter()
         ev = run_evaluation(
-            checkpoint, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size,
+            ckpt, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size,
             progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
             threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
         )
-        timing = dict(ev.extras.get("timing", {}))
+        return ev, time.perf_counter() - t0
+
+    if previous is not None:
+        print(f"   reusing {checkpoint}", flush=True)
+        ev, eval_wall = evaluate(checkpoint)
+        seconds = ev.extras.get("timing", {}).get("seconds")
         return {
             **previous,
             "checkpoint": str(checkpoint),
             "config": cfg.to_dict(),
             "reused": True,
             **_scores_of(ev),
-            "eval": {**previous["eval"], "seconds": timing.get("seconds"), "wall_seconds": time.perf_counter() - t0},
+            "eval": {**previous["eval"], "seconds": seconds, "wall_seconds": eval_wall},
         }
 
     callbacks: list[Callback] = []
@@ -227,17 +233,7 @@ def run_fold(
     mem_train = _peak_memory_mb()
     if tr.checkpoint is None:
         raise RuntimeError(f"training of {fold_dir} wrote no checkpoint")
-    t0 = time.perf_counter()
-    ev = run_evaluation(
-        tr.checkpoint,
-        volumes=volumes,
-        out=fold_dir / "eval",
-        batch_size=eval_batch_size,
-        progress=True,
-        postprocess=("none", "lcc"),
-        resolution=resolution,  # type: ignore[arg-type]
-    )
-    eval_wall = time.perf_counter() - t0
+    ev, eval_wall = evaluate(tr.checkpoint)
     timing = dict(ev.extras.get("timing", {}))
     return {
         "checkpoint": str(tr.checkpoint),

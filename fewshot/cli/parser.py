@@ -41,6 +41,14 @@ def registry_choices() -> dict[str, list[str]]:
     }
 
 
+def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fg-threshold", type=float, default=None,
+        help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
+        "the trained config's model.fg_threshold)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewshot import __version__
 
@@ -173,11 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="combine k > 1 support slices by pooling their prototypes or averaging per-shot scores "
         "(default: the trained head's setting)",
     )
-    e.add_argument(
-        "--fg-threshold", type=float, default=None,
-        help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
-        "the trained config's model.fg_threshold)",
-    )
+    _add_fg_threshold(e)
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     e.add_argument("--overlays", type=int, default=3, help="overlay PNGs per organ (0: none)")
@@ -197,10 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--chunks", type=int, default=3, help="support chunks")
     sg.add_argument("--query-range", default=None, metavar="Z0:Z1", help="slices holding the organ (default: all)")
     sg.add_argument("--allow-spacing-mismatch", action="store_true", help="accept in-plane pixel sizes that differ > 1.5x")
-    sg.add_argument(
-        "--fg-threshold", type=float, default=None,
-        help="foreground probability threshold (0.5 = argmax; default: the trained config's model.fg_threshold)",
-    )
+    _add_fg_threshold(sg)
     sg.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     sg.add_argument("--out", required=True, help="prediction file (.nii or .nii.gz)")
     sg.add_argument("--overwrite", action="store_true", help="replace an existing prediction file")
