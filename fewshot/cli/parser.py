@@ -41,9 +41,18 @@ def registry_choices() -> dict[str, list[str]]:
     }
 
 
+def _probability(text: str) -> float:
+    from fewshot.config.model import check_threshold
+
+    try:
+        return check_threshold(float(text), "--fg-threshold")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--fg-threshold", type=float, default=None,
+        "--fg-threshold", type=_probability, default=None,
         help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
         "the trained config's model.fg_threshold)",
     )

@@ -168,3 +168,14 @@ def test_segment_input_checks() -> None:
     assert plausibility_warnings("liver", 1500.0, 0.05) == []
     warned = plausibility_warnings("liver", 10_000.0, 0.41)
     assert len(warned) == 2 and "10000 ml" in warned[0] and "41%" in warned[1]
+
+
+def test_fg_threshold_refused_at_parse_time(capsys: pytest.CaptureFixture[str]) -> None:
+    from fewshot.cli import main
+
+    for cmd in (["evaluate", "--out", "x"], ["segment", "--support", "a", "--support-mask", "b", "--organ", "liver",
+                                            "--query", "c", "--out", "d.nii.gz"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*cmd, "--checkpoint", "missing.ckpt", "--fg-threshold", "1.5"])
+        assert exc.value.code == 2
+        assert "--fg-threshold must be a probability in (0, 1)" in capsys.readouterr().err
