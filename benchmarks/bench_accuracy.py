@@ -246,6 +246,7 @@ def run_fold(
         "model": {
             "backbone": cfg.model.backbone.name,
             "truncate": cfg.model.backbone.truncate,
+            "output_stride": cfg.model.backbone.output_stride,
             "init": cfg.model.init.scheme,
             "head": cfg.model.head.name,
             "feature_dim": getattr(cfg.model.head, "feature_dim", None),
@@ -366,7 +367,9 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                 m = r["model"]
                 label = (
                     f"ours fold {r['fold']}{suffix}: {m['backbone']}"
-                    f"{'/' + m['truncate'] if m['truncate'] else ''}, init {m['init']}, {m['head']}, "
+                    f"{'/' + m['truncate'] if m['truncate'] else ''}"
+                    f"{', output stride ' + str(m['output_stride']) if m.get('output_stride') else ''}"
+                    f", init {m['init']}, {m['head']}, "
                     f"{m['size']} px, {r['train']['steps']} steps"
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                 )

@@ -125,7 +125,9 @@ class LoadedCheckpoint:
 
 def _describe(cfg: ModelConfig) -> str:
     head = dataclasses.asdict(cfg.head)
-    return f"backbone {cfg.backbone.name!r} (truncate={cfg.backbone.truncate}), head {head}"
+    bb = cfg.backbone
+    stride = f", output_stride={bb.output_stride}" if bb.output_stride is not None else ""
+    return f"backbone {bb.name!r} (truncate={bb.truncate}{stride}), head {head}"
 
 
 def load_model_from_checkpoint(

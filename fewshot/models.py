@@ -188,6 +188,7 @@ def create_model(
             truncate=config.backbone.truncate,
             seed=seed,
             weights_sha256=config.init.sha256,
+            output_stride=config.backbone.output_stride,
         )
     return FewShotSegmenter(config, backbone, seed=seed)
 
@@ -201,6 +202,7 @@ def create_model_skeleton(config: ModelConfig) -> FewShotSegmenter:
     from fewshot.backbones import get_backbone_spec
 
     spec = get_backbone_spec(config.backbone.name)
-    backbone = spec.builder(in_channels=config.backbone.in_channels, truncate=config.backbone.truncate)
+    bb = config.backbone
+    backbone = spec.build(in_channels=bb.in_channels, truncate=bb.truncate, output_stride=bb.output_stride)
     logger.debug("model skeleton: backbone %s, head %s (weights to be loaded)", spec.name, config.head.name)
     return FewShotSegmenter(config, backbone)

@@ -2,7 +2,8 @@
 
 Builders are functions ``(in_channels: int = 3, truncate: str | None = None) -> StagedBackbone``
 registered with :func:`register_backbone`, together with their stage names (for early
-validation of ``truncate``) and the pretrained weights they have, as
+validation of ``truncate``), the output strides they can be built with besides their own (builders
+that declare any also take ``output_stride: int | None = None``) and the pretrained weights they have, as
 :class:`~fewshot.backbones.weights.WeightsRecord` data. Registering a name twice raises; asking
 for an unknown name raises ``KeyError`` listing the registered names.
 """
@@ -22,7 +23,7 @@ from fewshot.backbones.weights import WeightsRecord
 if TYPE_CHECKING:
     from fewshot.backbones.staged import StagedBackbone
 
-__all__ = ["BackboneSpec", "create_backbone", "get_backbone_spec", "list_backbones", "register_backbone"]
+__all__ = ["BackboneSpec", "check_output_stride", "create_backbone", "get_backbone_spec", "list_backbones", "register_backbone"]
 
 logger = logging.getLogger("fewshot")
 
@@ -41,12 +42,37 @@ class BackboneSpec:
             ``()`` if not declared.
         weights: init scheme -> :class:`WeightsRecord` of the pretrained file it uses by default
             (``"imagenet"``: the official torchvision file); empty if there is none.
+        output_strides: the values the builder accepts as ``output_stride`` (the stride of the last
+            feature; pools beyond it are dropped, later convs dilated); ``()``: its own stride only.
     """
 
     name: str
     builder: Callable[..., StagedBackbone]
     stages: tuple[str, ...] = ()
     weights: Mapping[str, WeightsRecord] = field(default_factory=lambda: MappingProxyType({}))
+    output_strides: tuple[int, ...] = ()
+
+    def build(self, in_channels: int = 3, truncate: str | None = None, output_stride: int | None = None) -> StagedBackbone:
+        """The builder's uninitialised network.
+
+        Raises:
+            ValueError: ``output_stride`` is not one of :attr:`output_strides`.
+        """
+        if output_stride is None:
+            return self.builder(in_channels=in_channels, truncate=truncate)
+        check_output_stride(self, output_stride)
+        return self.builder(in_channels=in_channels, truncate=truncate, output_stride=output_stride)
+
+
+def check_output_stride(spec: BackboneSpec, output_stride: int | None) -> None:
+    """``ValueError`` unless ``output_stride`` is ``None`` or one that ``spec`` can be built with."""
+    if output_stride is None:
+        return
+    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride not in spec.output_strides:
+        supported = list(spec.output_strides) or "none (its own stride only)"
+        raise ValueError(
+            f"backbone {spec.name!r} cannot be built with output_stride={output_stride!r}; supported: {supported}"
+        )
 
 
 def register_backbone(
@@ -54,6 +80,7 @@ def register_backbone(
     *,
     stages: tuple[str, ...] = (),
     weights: Mapping[str, WeightsRecord] | None = None,
+    output_strides: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., StagedBackbone]], Callable[..., StagedBackbone]]:
     """Decorator registering a builder under ``name``.
 
@@ -61,6 +88,7 @@ def register_backbone(
         name: registry name.
         stages: stage names of the full network (checked early by ``BackboneConfig``).
         weights: ``{init scheme: WeightsRecord}``, e.g. ``{"imagenet": torchvision_imagenet(...)}``.
+        output_strides: values the builder accepts as its ``output_stride`` keyword.
 
     Raises:
         ValueError: ``name`` is already registered, or a record's ``init`` differs from its key.
@@ -73,7 +101,9 @@ def register_backbone(
     def decorator(builder: Callable[..., StagedBackbone]) -> Callable[..., StagedBackbone]:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is already registered ({_REGISTRY[name].builder!r})")
-        _REGISTRY[name] = BackboneSpec(name, builder, tuple(stages), MappingProxyType(records))
+        _REGISTRY[name] = BackboneSpec(
+            name, builder, tuple(stages), MappingProxyType(records), tuple(output_strides)
+        )
         return builder
 
     return decorator
@@ -111,6 +141,7 @@ def create_backbone(
     truncate: str | None = None,
     seed: int = 0,
     weights_sha256: str | None = None,
+    output_stride: int | None = None,
 ) -> StagedBackbone:
     """Build a registered backbone and initialise it.
 
@@ -125,6 +156,8 @@ def create_backbone(
         truncate: keep stages up to and including this one (e.g. ``"layer3"``, ``"block3"``).
         seed: seed of every random draw.
         weights_sha256: expected sha256 (full hex or a prefix) of the weights file.
+        output_stride: stride of the last feature if not the network's own (e.g. 4 for
+            ``cbr-small`` cut at ``block3``, natively 8); see :attr:`BackboneSpec.output_strides`.
 
     Returns:
         The backbone, with ``init_report`` filled; ``forward`` gives one feature per stage.
@@ -133,16 +166,18 @@ def create_backbone(
 
     spec = get_backbone_spec(name)
     check_init_weights(init, weights, backbone=name)  # e.g. no genesis file: fail before building
-    backbone = spec.builder(in_channels=in_channels, truncate=truncate)
+    check_output_stride(spec, output_stride)
+    backbone = spec.build(in_channels=in_channels, truncate=truncate, output_stride=output_stride)
     report = apply_init(
         backbone, init=init, seed=seed, weights=weights, records=spec.weights, weights_sha256=weights_sha256
     )
     backbone.init_report = report
     logger.info(
-        "backbone %s (in_channels=%d, truncate=%s): init=%s source=%s sha256=%s loaded=%d randomized=%d seed=%s",
+        "backbone %s (in_channels=%d, truncate=%s, output_stride=%s): init=%s source=%s sha256=%s loaded=%d randomized=%d seed=%s",
         name,
         in_channels,
         truncate,
+        backbone.feature_info[-1].stride,
         report.init,
         report.source,
         report.sha256,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewshot.backbones.inits import check_init_weights, get_init, parse_init
-from fewshot.backbones.registry import get_backbone_spec, list_backbones
+from fewshot.backbones.registry import check_output_stride, get_backbone_spec, list_backbones
 from fewshot.backbones.staged import resolve_stages
 from fewshot.backbones.weights import normalise_sha256
 from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
@@ -45,11 +45,16 @@ def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Which registered backbone, cut after stage ``truncate`` (``None``: all), for ``in_channels`` inputs."""
+    """Which registered backbone, cut after stage ``truncate`` (``None``: all), for ``in_channels`` inputs.
+
+    ``output_stride``: stride of the last feature when not the network's own (``None``), e.g. 4 for
+    ``cbr-small`` cut at ``block3`` (natively 8); only values the backbone registers are accepted.
+    """
 
     name: str = "resnet50"
     truncate: str | None = None
     in_channels: int = 3
+    output_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in list_backbones():
@@ -60,9 +65,10 @@ class BackboneConfig:
             or self.in_channels < 1
         ):
             raise ValueError(f"in_channels must be an integer >= 1, got {self.in_channels!r}")
-        stages = get_backbone_spec(self.name).stages
-        if self.truncate is not None and stages:
-            resolve_stages(stages, self.truncate)
+        spec = get_backbone_spec(self.name)
+        if self.truncate is not None and spec.stages:
+            resolve_stages(spec.stages, self.truncate)
+        check_output_stride(spec, self.output_stride)
 
     @property
     def stages(self) -> tuple[str, ...]:

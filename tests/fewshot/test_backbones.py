@@ -140,3 +140,56 @@ def test_weights_records_must_match_their_key() -> None:
     with pytest.raises(ValueError, match="declare another init"):
         register_backbone("bad-net", weights={"imagenet": WeightsRecord("genesis")})
     assert "bad-net" not in list_backbones()
+
+
+def test_cbr_output_stride_drops_pools_and_keeps_weights() -> None:
+    """``output_stride=4`` on cbr-small/block3: the last feature is 2x finer, the state-dict keys and shapes
+    are those of the stride-8 network (its weights load unchanged), and the last block's convs are the same
+    (block3 only loses its pool, so its pre-pool output is the stride-4 feature)."""
+    native = create_backbone("cbr-small", truncate="block3", seed=0)
+    fine = create_backbone("cbr-small", truncate="block3", seed=0, output_stride=4)
+    assert [f.stride for f in native.feature_info] == [2, 4, 8]
+    assert [f.stride for f in fine.feature_info] == [2, 4, 4]
+    sd_native, sd_fine = native.state_dict(), fine.state_dict()
+    assert {k: v.shape for k, v in sd_native.items()} == {k: v.shape for k, v in sd_fine.items()}
+    fine.load_state_dict(sd_native)
+    native.eval()
+    fine.eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        a, b = native(x), fine(x)
+        assert b[-1].shape == (2, 128, 16, 12) and a[-1].shape == (2, 128, 8, 6)
+        torch.testing.assert_close(b[1], a[1])
+        pooled = torch.nn.functional.max_pool2d(b[-1], 3, stride=2, padding=1)
+        torch.testing.assert_close(pooled, a[-1])
+
+
+def test_cbr_output_stride_dilates_later_blocks() -> None:
+    """Blocks after a dropped pool are dilated by the factor it would have applied."""
+    bb = create_backbone("cbr-small", output_stride=4)
+    convs = [getattr(bb, f"block{i}")[0] for i in range(1, 5)]
+    assert [c.dilation for c in convs] == [(1, 1), (1, 1), (1, 1), (2, 2)]
+    assert [c.padding for c in convs] == [(3, 3), (3, 3), (3, 3), (6, 6)]
+    out = bb(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in out] == [32, 16, 16, 16]
+    assert [f.stride for f in bb.feature_info] == [2, 4, 4, 4]
+
+
+def test_output_stride_is_checked_against_the_registry() -> None:
+    with pytest.raises(ValueError, match=r"'resnet50' cannot be built with output_stride=4"):
+        create_backbone("resnet50", output_stride=4)
+    with pytest.raises(ValueError, match=r"output_stride=3"):
+        create_backbone("cbr-small", output_stride=3)
+
+
+def test_output_stride_in_model_config_and_skeleton() -> None:
+    from fewshot.config import ModelConfig
+    from fewshot.models import create_model, create_model_skeleton
+
+    cfg = ModelConfig(backbone={"name": "cbr-tiny", "truncate": "block3", "output_stride": 4}, head="alpnet")
+    model = create_model(cfg, seed=0)
+    skeleton = create_model_skeleton(cfg)
+    assert model.backbone.feature_info[-1].stride == skeleton.backbone.feature_info[-1].stride == 4
+    skeleton.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="output_stride"):
+        ModelConfig(backbone={"name": "vgg16", "output_stride": 4})
