@@ -5,6 +5,10 @@ Presets:
 * ``"alpnet"`` (default): SSL-ALPNet ``sabs_aug`` magnitudes: affine rotate ±5°, shift ±5 px,
   shear ±5°, scale (0.9, 1.2); elastic α=10, σ=5; gamma (0.5, 1.5); plus mild brightness/contrast
   (±0.1), Gaussian noise (std ≤ 0.02) and Gaussian blur, each with probability 0.25.
+* ``"alpnet-geometric"``: ``"alpnet"``'s geometry (affine + elastic) with no intensity change (no gamma,
+  brightness/contrast, noise or blur), for modalities whose intensities are calibrated (CT in HU), where
+  telling organs apart by brightness should not be trained away. For one seed its geometry equals
+  ``"alpnet"``'s.
 * ``"strong"``: SSL-ALPNet ``aug_v3`` magnitudes: rotate ±30°, shift ±30 px, shear ±30°, scale
   (0.8, 1.3); elastic α=20, σ=5; gamma (0.2, 1.8); brightness/contrast ±0.2, noise ≤ 0.04, blur.
 * ``"none"``: identity.
@@ -40,6 +44,7 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +53,7 @@ import numpy as np
 __all__ = ["BACKENDS", "PRESETS", "AugmentationConfig", "Augmenter", "build_augmenter"]
 
 #: Preset names accepted by :func:`build_augmenter`.
-PRESETS: tuple[str, ...] = ("alpnet", "strong", "none")
+PRESETS: tuple[str, ...] = ("alpnet", "alpnet-geometric", "strong", "none")
 
 #: Implementations accepted by :class:`Augmenter`.
 BACKENDS: tuple[str, ...] = ("opencv", "albumentations")
@@ -100,6 +105,8 @@ _CONFIGS: dict[str, AugmentationConfig] = {
         blur_sigma=(0.1, 1.2),
     ),
 }
+
+_CONFIGS["alpnet-geometric"] = dataclasses.replace(_CONFIGS["alpnet"], p_gamma=0.0, p_extra=0.0)
 
 
 class Augmenter:

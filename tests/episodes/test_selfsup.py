@@ -156,7 +156,7 @@ def test_augmenter_determinism() -> None:
     img = rng.normal(size=(40, 40)).astype(np.float32)
     mask = np.zeros((40, 40), np.uint8)
     mask[10:30, 12:28] = 1
-    for preset in ("alpnet", "strong"):
+    for preset in ("alpnet", "alpnet-geometric", "strong"):
         aug = Augmenter(preset)
         x1, m1 = aug(img, mask, 7)
         x2, m2 = Augmenter(preset)(img, mask, 7)
@@ -165,6 +165,21 @@ def test_augmenter_determinism() -> None:
         assert set(np.unique(m1)) <= {0, 1} and x1.min() >= img.min() - 1e-5 and x1.max() <= img.max() + 1e-5
     x, m = Augmenter("none")(img, mask, 1)
     assert np.array_equal(x, img) and np.array_equal(m, mask)
+
+
+def test_geometric_preset_keeps_intensities() -> None:
+    """``alpnet-geometric`` warps exactly as ``alpnet`` for the same seed but leaves grey levels alone: the
+    middle level of a three-level image survives in the interior of its region (``alpnet``'s gamma moves it)."""
+    img = np.zeros((64, 64), np.float32)
+    img[8:56, 8:56] = 2.0
+    img[20:44, 20:44] = 1.0
+    mask = (img > 0).astype(np.uint8)
+    for seed in range(5):
+        xg, mg = Augmenter("alpnet-geometric")(img, mask, seed)
+        xa, ma = Augmenter("alpnet")(img, mask, seed)
+        assert np.array_equal(mg, ma)
+        assert np.isclose(xg, 1.0, atol=1e-5).sum() > 100
+        assert np.isclose(xa, 1.0, atol=1e-5).sum() < 10
 
 
 def test_episode_validation() -> None:
