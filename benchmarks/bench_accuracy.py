@@ -10,6 +10,10 @@ Budgets:
 
 * ``cpu``: ``cpu_<dataset>_30min.yaml`` (a recipe tuned for 2 CPU cores and 30 minutes; setting 2
   is the same recipe with ``data.setting=2``);
+
+Setting 2 trains **two models per fold**, as SSL-ALPNet does: one whose training slices exclude the
+kidneys and that is tested on them, one excluding liver + spleen and tested on those (each in its own
+``..._fold<f>_<organs>`` folder); the fold's record joins their organs.
 * ``gpu``: the full SSL-ALPNet recipe, ``ssl_alpnet_<dataset>_setting{1,2}.yaml`` (needs the
   ImageNet ResNet-101 file, see the README).
 
@@ -43,7 +47,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-__all__ = ["PUBLISHED", "TimeBudget", "main", "markdown_report", "run_fold"]
+__all__ = ["PUBLISHED", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "setting_groups"]
 
 ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
 DATASETS = ("chaos-mr", "btcv-ct")
@@ -157,8 +161,12 @@ def run_fold(
     eval_batch_size: int = 16,
     resolution: str = "native",
     previous: dict[str, Any] | None = None,
+    organs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1]).
+
+    ``organs``: test (and, in setting 2, exclude from training) only these organs, in a fold folder of
+    their own (``..._fold<f>_<organs>``): one setting-2 label group (see :func:`run_setting_fold`).
 
     ``previous``: this fold's record from an earlier run in the same ``out`` (``--reuse``). When its
     checkpoint exists and was trained with the same config up to inference-only keys
@@ -171,12 +179,14 @@ def run_fold(
     from fewshot.training import train
 
     t_fold = time.perf_counter()
-    fold_dir = out / f"{dataset}_setting{setting}_fold{fold}"
+    fold_dir = out / f"{dataset}_setting{setting}_fold{fold}{'_' + '+'.join(organs) if organs else ''}"
     over: dict[str, Any] = {
         "data.protocol.fold": fold,
         "data.protocol.setting": setting,
         "out_dir": str(fold_dir / "train"),
     }
+    if organs:
+        over["data.protocol.organs"] = list(organs)
     if steps is not None:
         over["train.steps"] = steps
     over.update(overrides or {})
@@ -278,6 +288,65 @@ def run_fold(
     }
 
 
+def setting_groups(config: Any) -> list[tuple[str, ...]]:
+    """The organ groups that need a training run of their own: ``[all organs]`` in setting 1; in setting 2
+    one per label group (SSL-ALPNet trains one model excluding the kidneys and tests them, another excluding
+    liver + spleen), :meth:`episodes.protocol.Protocol.training_runs`."""
+    return [tuple(tested) for tested, _ in config.data.protocol.training_runs()]
+
+
+def combine_groups(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One fold record from the records of its setting-2 groups (disjoint organs): per-organ scores side by
+    side, means recomputed over all organs; times, steps/s and memory summed or maxed. The group records are
+    kept under ``"groups"`` (what ``--reuse`` reads)."""
+    if len(records) == 1:
+        return dict(records[0])
+
+    def merged(key: str, scores: Sequence[dict[str, Any]]) -> dict[str, float]:
+        per_organ = {o: v for sc in scores for o, v in sc[key].items() if o != "mean"}
+        return {**per_organ, "mean": statistics.fmean(per_organ.values())}
+
+    def scores_of(sc: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {k: merged(k, sc) for k in ("dice", "precision", "recall")}
+
+    first = records[0]
+    steps_post = set.intersection(*(set(r["postprocess"]) for r in records))
+    trains, evals = [r["train"] for r in records], [r["eval"] for r in records]
+    fit = sum(t["fit_seconds"] for t in trains)
+    eval_s = sum(e["seconds"] or 0.0 for e in evals)
+    scans = sum(e["scans"] or 0 for e in evals)
+    memory = {k: max(r["peak_memory_mb"].get(k, 0.0) for r in records) for k in first["peak_memory_mb"]}
+    return {
+        **{k: v for k, v in first.items() if k not in ("groups", "checkpoint")},
+        **scores_of(records),
+        "postprocess": {step: scores_of([r["postprocess"][step] for r in records]) for step in sorted(steps_post)},
+        "reused": all(r.get("reused") for r in records),
+        "checkpoint": [r["checkpoint"] for r in records],
+        "train": {
+            **first["train"],
+            "steps": first["train"]["steps"],
+            "stopped_by_time_limit": any(t["stopped_by_time_limit"] for t in trains),
+            "fit_seconds": fit,
+            "steps_per_s": sum(t["steps"] for t in trains) / fit if fit else 0.0,
+            "wall_seconds": sum(t["wall_seconds"] for t in trains),
+            "genesis_seconds": sum(t["genesis_seconds"] for t in trains),
+            "losses": None,
+            "runs": len(records),
+        },
+        "eval": {
+            **first["eval"],
+            "seconds": eval_s,
+            "wall_seconds": sum(e["wall_seconds"] for e in evals),
+            "scans": scans,
+            "scans_per_s": scans / eval_s if eval_s else None,
+            "slices_per_s": None,
+        },
+        "total_wall_seconds": sum(r["total_wall_seconds"] for r in records),
+        "peak_memory_mb": memory,
+        "groups": [dict(r) for r in records],
+    }
+
+
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
 #: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
 INFERENCE_KEYS = ("model.fg_threshold", "model.head.shot_fusion")
@@ -310,6 +379,14 @@ def _reusable(checkpoint: Path, cfg: Any) -> bool:
     trained = load_config(read_payload(ckpt, checkpoint)["config"]).to_dict()
     done = int(ckpt.get("global_step", -1)) >= cfg.train.steps
     return done and _training_view(trained) == _training_view(cfg.to_dict())
+
+
+def _group_record(record: dict[str, Any] | None, organs: Sequence[str]) -> dict[str, Any] | None:
+    """The group record of ``organs`` inside an earlier combined fold ``record`` (``--reuse``)."""
+    for group in (record or {}).get("groups", []):
+        if set(group["dice"]) - {"mean"} == set(organs):
+            return dict(group)
+    return None
 
 
 def _scores_of(ev: Any) -> dict[str, Any]:
@@ -488,24 +565,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = args.config or _config_name(dataset, args.budget, args.setting)
         data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
         volumes = load_volumes(load_config(config_path(name), data_over).data)
+        base = load_config(config_path(name), {**overrides, "data.protocol.setting": args.setting})
+        groups = setting_groups(base)
         for fold in folds:
-            print(f"== {dataset} setting {args.setting} fold {fold} ({name}), load {_load()}", flush=True)
-            rec = run_fold(
-                dataset,
-                args.budget,
-                args.setting,
-                fold,
-                out,
-                volumes=volumes,
-                steps=args.steps,
-                time_limit_min=args.time_limit_min,
-                overrides=overrides,
-                config=args.config,
-                genesis_steps=args.genesis_steps,
-                eval_batch_size=args.eval_batch_size,
-                resolution=args.resolution,
-                previous=earlier.get((dataset, args.setting, fold)),
-            )
+            before = earlier.get((dataset, args.setting, fold))
+            group_recs = []
+            for gi, organs in enumerate(groups):
+                what = f" ({'+'.join(organs)}: training {gi + 1} of {len(groups)})" if len(groups) > 1 else ""
+                print(f"== {dataset} setting {args.setting} fold {fold}{what} ({name}), load {_load()}", flush=True)
+                previous = before if len(groups) == 1 else _group_record(before, organs)
+                group_recs.append(
+                    run_fold(
+                        dataset,
+                        args.budget,
+                        args.setting,
+                        fold,
+                        out,
+                        volumes=volumes,
+                        steps=args.steps,
+                        time_limit_min=args.time_limit_min,
+                        overrides=overrides,
+                        config=args.config,
+                        genesis_steps=args.genesis_steps,
+                        eval_batch_size=args.eval_batch_size,
+                        resolution=args.resolution,
+                        previous=previous,
+                        organs=organs if len(groups) > 1 else None,
+                    )
+                )
+            rec = combine_groups(group_recs)
             rec["load_average_end"] = _load()
             records.append(rec)
             d = rec["dice"]

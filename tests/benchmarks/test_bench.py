@@ -112,3 +112,63 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert [r["threshold"] for r in rows] == [0.5, 0.9]
     assert rows[1]["none"]["recall"]["mean"] <= rows[0]["none"]["recall"]["mean"]
     assert "| 1 | - | 0.9 | none |" in (out2 / "shots.md").read_text()
+
+
+def test_setting2_trains_one_model_per_label_group() -> None:
+    """SSL-ALPNet's setting 2: one training run excluding (and testing) the kidneys, one for liver + spleen."""
+    from fewshot.config import load_config
+    from fewshot.configs import config_path
+
+    bench = _load("bench_accuracy")
+    s1 = load_config(config_path("cpu_chaos_30min"))
+    s2 = load_config(config_path("cpu_chaos_30min"), {"data.protocol.setting": 2})
+    assert bench.setting_groups(s1) == [("liver", "right_kidney", "left_kidney", "spleen")]
+    assert bench.setting_groups(s2) == [("right_kidney", "left_kidney"), ("liver", "spleen")]
+    kidneys = load_config(config_path("cpu_chaos_30min"), {"data.protocol.setting": 2, "data.protocol.organs": ["left_kidney"]})
+    assert bench.setting_groups(kidneys) == [("left_kidney",)]
+    assert set(kidneys.data.train_exclusions()) == {"right_kidney", "left_kidney"}
+
+
+def _group_record(fold: int, organs: tuple[str, ...], dice: float) -> dict[str, Any]:
+    rec = _record(fold, dice) | {"setting": 2, "checkpoint": f"ckpt_{organs[0]}", "reused": False}
+    for key in ("dice", "precision", "recall"):
+        rec[key] = {o: dice for o in organs} | {"mean": dice}
+    rec["postprocess"] = {"none": {k: rec[k] for k in ("dice", "precision", "recall")}}
+    rec["train"] |= {"fit_seconds": 50.0, "genesis_seconds": 0.0, "steps": 10}
+    rec["eval"] |= {"seconds": 2.0, "wall_seconds": 3.0, "scans": 4}
+    return rec
+
+
+def test_combine_groups_joins_organs_and_recomputes_means() -> None:
+    bench = _load("bench_accuracy")
+    a = _group_record(0, ("right_kidney", "left_kidney"), 0.8)
+    b = _group_record(0, ("liver", "spleen"), 0.4)
+    rec = bench.combine_groups([a, b])
+    assert rec["dice"] == pytest.approx({"right_kidney": 0.8, "left_kidney": 0.8, "liver": 0.4, "spleen": 0.4, "mean": 0.6})
+    assert rec["postprocess"]["none"]["recall"]["mean"] == pytest.approx(0.6)
+    assert rec["train"]["fit_seconds"] == 100.0 and rec["train"]["steps_per_s"] == pytest.approx(0.2)
+    assert rec["eval"]["scans"] == 8 and rec["eval"]["scans_per_s"] == pytest.approx(2.0)
+    assert rec["checkpoint"] == ["ckpt_right_kidney", "ckpt_liver"] and rec["groups"] == [a, b]
+    assert bench.combine_groups([a]) == a
+    assert "| ours fold 0: " in bench.markdown_report([rec])
+    assert bench._group_record(rec, ("spleen", "liver")) == b and bench._group_record(None, ("liver",)) is None
+
+
+def test_setting2_main_runs_each_group_and_reports_the_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fewshot.pipeline
+
+    bench = _load("bench_accuracy")
+    calls: list[tuple[int, tuple[str, ...] | None]] = []
+
+    def fake_run_fold(dataset: str, budget: str, setting: int, fold: int, out: Path, **kw: Any) -> dict[str, Any]:
+        organs = kw["organs"]
+        calls.append((fold, organs))
+        return _group_record(fold, tuple(organs), 0.8 if "left_kidney" in organs else 0.4)
+
+    monkeypatch.setattr(fewshot.pipeline, "load_volumes", lambda data: [])
+    monkeypatch.setattr(bench, "run_fold", fake_run_fold)
+    assert bench.main(["--dataset", "chaos-mr", "--setting", "2", "--folds", "0,1", "--out", str(tmp_path)]) == 0
+    assert calls == [(f, g) for f in (0, 1) for g in (("right_kidney", "left_kidney"), ("liver", "spleen"))]
+    folds = json.loads((tmp_path / "results.json").read_text())["folds"]
+    assert [len(r["groups"]) for r in folds] == [2, 2] and folds[0]["dice"]["mean"] == pytest.approx(0.6)
+    assert "| **ours, folds 0,1: mean ± std** | 40.00 ± 0.00 | 80.00 ± 0.00 |" in (tmp_path / "results.md").read_text()
