@@ -10,12 +10,12 @@ Budgets:
 
 * ``cpu``: ``cpu_<dataset>_30min.yaml`` (a recipe tuned for 2 CPU cores and 30 minutes; setting 2
   is the same recipe with ``data.setting=2``);
+* ``gpu``: the full SSL-ALPNet recipe, ``ssl_alpnet_<dataset>_setting{1,2}.yaml`` (needs the
+  ImageNet ResNet-101 file, see the README).
 
 Setting 2 trains **two models per fold**, as SSL-ALPNet does: one whose training slices exclude the
 kidneys and that is tested on them, one excluding liver + spleen and tested on those (each in its own
 ``..._fold<f>_<organs>`` folder); the fold's record joins their organs.
-* ``gpu``: the full SSL-ALPNet recipe, ``ssl_alpnet_<dataset>_setting{1,2}.yaml`` (needs the
-  ImageNet ResNet-101 file, see the README).
 
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
@@ -166,7 +166,7 @@ def run_fold(
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1]).
 
     ``organs``: test (and, in setting 2, exclude from training) only these organs, in a fold folder of
-    their own (``..._fold<f>_<organs>``): one setting-2 label group (see :func:`run_setting_fold`).
+    their own (``..._fold<f>_<organs>``): one setting-2 label group (see :func:`setting_groups`).
 
     ``previous``: this fold's record from an earlier run in the same ``out`` (``--reuse``). When its
     checkpoint exists and was trained with the same config up to inference-only keys
@@ -324,7 +324,6 @@ def combine_groups(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "checkpoint": [r["checkpoint"] for r in records],
         "train": {
             **first["train"],
-            "steps": first["train"]["steps"],
             "stopped_by_time_limit": any(t["stopped_by_time_limit"] for t in trains),
             "fit_seconds": fit,
             "steps_per_s": sum(t["steps"] for t in trains) / fit if fit else 0.0,
@@ -563,9 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for dataset in datasets:
         name = args.config or _config_name(dataset, args.budget, args.setting)
-        data_over = {k: v for k, v in overrides.items() if k.startswith("data.")}
-        volumes = load_volumes(load_config(config_path(name), data_over).data)
         base = load_config(config_path(name), {**overrides, "data.protocol.setting": args.setting})
+        volumes = load_volumes(base.data)
         groups = setting_groups(base)
         for fold in folds:
             before = earlier.get((dataset, args.setting, fold))

@@ -166,7 +166,6 @@ def create_backbone(
 
     spec = get_backbone_spec(name)
     check_init_weights(init, weights, backbone=name)  # e.g. no genesis file: fail before building
-    check_output_stride(spec, output_stride)
     backbone = spec.build(in_channels=in_channels, truncate=truncate, output_stride=output_stride)
     report = apply_init(
         backbone, init=init, seed=seed, weights=weights, records=spec.weights, weights_sha256=weights_sha256
