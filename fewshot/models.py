@@ -52,10 +52,12 @@ class EmptySupportError(ValueError):
 
 @dataclass
 class SegmentationOutput:
-    """``logits (N, 2, H, W)`` (bg, fg) at input resolution; ``align_loss`` scalar (training + aligning head) or ``None``."""
+    """``logits (N, 2, H, W)`` (bg, fg) at input resolution; ``align_loss`` scalar (training + aligning head) or
+    ``None``; ``aux_loss`` the head's other, already weighted training loss (training only) or ``None``."""
 
     logits: Tensor
     align_loss: Tensor | None
+    aux_loss: Tensor | None = None
 
 
 def _seeded_head(config: ModelConfig, backbone: Backbone, seed: int) -> FewShotHead:
@@ -159,7 +161,9 @@ class FewShotSegmenter(nn.Module):
         s_feats = [f.view(b, k, *f.shape[1:]) for f in s_feats]
         out = self.head(s_feats, masks, q_feats)
         logits = F.interpolate(out.logits, size=query_images.shape[-2:], mode="bilinear", align_corners=False)
-        return SegmentationOutput(logits=logits, align_loss=out.align_loss if self.training else None)
+        if not self.training:
+            return SegmentationOutput(logits=logits, align_loss=None)
+        return SegmentationOutput(logits=logits, align_loss=out.align_loss, aux_loss=out.aux_loss)
 
 
 def create_model(

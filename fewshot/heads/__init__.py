@@ -1,4 +1,4 @@
-"""Few-shot segmentation heads: SG-One, PANet, ALPNet and DPCN (plus their tensor functions).
+"""Few-shot segmentation heads: SG-One, PANet, ALPNet, ADNet and DPCN (plus their tensor functions).
 
 Heads are chosen by name through a strict registry (:mod:`fewshot.heads.registry`); each head has
 its own frozen config dataclass (``ALPNetConfig(window_train=4, ...)``) and
@@ -25,6 +25,7 @@ accept ``model: {head: {name: myhead, feature_dim: 128}}``.
 from __future__ import annotations
 
 from fewshot.heads import functional
+from fewshot.heads.adnet import ADNetConfig, ADNetHead
 from fewshot.heads.alpnet import ALPNetConfig, ALPNetHead
 from fewshot.heads.base import FewShotHead, HeadOutput, broadcast_support
 from fewshot.heads.dpcn import DPCNConfig, DPCNHead, default_dpcn_levels
@@ -33,6 +34,8 @@ from fewshot.heads.registry import HeadConfig, create_head, head_config_class, l
 from fewshot.heads.sgone import SGOneConfig
 
 __all__ = [
+    "ADNetConfig",
+    "ADNetHead",
     "ALPNetConfig",
     "ALPNetHead",
     "DPCNConfig",

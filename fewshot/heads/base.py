@@ -13,10 +13,12 @@ __all__ = ["FewShotHead", "HeadOutput", "apply_2d", "broadcast_support"]
 
 
 class HeadOutput(NamedTuple):
-    """``logits (N, 2, h, w)`` (bg, fg) at the head's feature resolution; ``align_loss`` scalar or ``None``."""
+    """``logits (N, 2, h, w)`` (bg, fg) at the head's feature resolution; ``align_loss`` scalar or ``None``;
+    ``aux_loss``: any other training loss of the head, already weighted (ADNet's threshold loss), or ``None``."""
 
     logits: Tensor
     align_loss: Tensor | None
+    aux_loss: Tensor | None = None
 
 
 def broadcast_support(t: Tensor, n: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Pure tensor functions behind the prototype heads (SG-One/PANet, ALPNet, DPCN).
+"""Pure tensor functions behind the prototype heads (SG-One/PANet, ALPNet, ADNet, DPCN).
 
 Conventions (shared by every function here):
 
@@ -33,6 +33,7 @@ __all__ = [
     "alignment_loss",
     "alp_scores",
     "alp_segment",
+    "anomaly_segment",
     "cosine_similarity_map",
     "dynamic_depthwise_conv",
     "dynamic_kernels",
@@ -169,6 +170,49 @@ def panet_segment(
     fg = masked_average_pooling(feats, masks).view(n, k, -1).mean(1)
     bg = masked_average_pooling(feats, 1.0 - masks).view(n, k, -1).mean(1)
     return prototype_segmentation(query_features, fg, bg, scale)
+
+
+def anomaly_segment(
+    query_features: Tensor,
+    support_features: Tensor,
+    support_masks: Tensor,
+    threshold: Tensor | float,
+    scale: float = 20.0,
+    fusion: str = "prototypes",
+) -> Tensor:
+    """ADNet classifier (Hansen et al., MedIA'22): one foreground prototype and a threshold.
+
+    ``query_features (N,C,h,w)``, ``support_features (N,K,C,h,w)``, ``support_masks (N,K,H,W)``,
+    ``threshold`` a scalar or ``(N,)`` -> logits ``(N,2,h,w)``.
+
+    The foreground probability is ADNet's ``1 - sigmoid(0.5 * (S - t))`` with the anomaly score
+    ``S = -scale * cos(f, p_fg)``, returned as the logits ``[0, 0.5 * (scale * cos + t)]`` (their
+    softmax is exactly that probability). There is no background prototype: a query pixel is
+    foreground when its similarity to the support foreground exceeds ``-t / scale``.
+    ``fusion="prototypes"`` averages the K shots' prototypes (ADNet); ``"scores"`` averages the K
+    per-shot logit maps. An empty support mask gives a zero prototype, cosine 0 and so the
+    foreground logit ``0.5 * t`` everywhere.
+    """
+    _check_episode(query_features, support_features, support_masks)
+    check_fusion(fusion)
+    n, k = support_masks.shape[:2]
+    t = torch.as_tensor(threshold, dtype=query_features.dtype, device=query_features.device)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"threshold must be a scalar or (N,) = ({n},), got shape {tuple(t.shape)}")
+    if fusion == "scores" and k > 1:
+        q = query_features.repeat_interleave(k, dim=0)
+        out = anomaly_segment(
+            q, support_features.flatten(0, 1)[:, None], support_masks.flatten(0, 1)[:, None],
+            t.repeat_interleave(k), scale,
+        )
+        return out.view(n, k, *out.shape[1:]).mean(1)
+    feats = support_features.flatten(0, 1)
+    fg = masked_average_pooling(feats, support_masks.flatten(0, 1).float()).view(n, k, -1).mean(1)
+    sim = cosine_similarity_map(query_features, fg[:, None], scale)[:, 0]  # (N, h, w)
+    fg_logit = 0.5 * (sim + t[:, None, None])
+    return torch.stack([torch.zeros_like(fg_logit), fg_logit], dim=1)
 
 
 def alignment_loss(

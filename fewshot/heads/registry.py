@@ -19,7 +19,7 @@ from fewshot.heads.base import FewShotHead
 
 __all__ = ["HeadConfig", "HeadSpec", "create_head", "head_config_class", "list_heads", "register_head"]
 
-_BUILTIN_MODULES = ("alpnet", "dpcn", "panet", "sgone")
+_BUILTIN_MODULES = ("adnet", "alpnet", "dpcn", "panet", "sgone")
 _REGISTRY: dict[str, HeadSpec] = {}
 
 HeadBuilder = Callable[[Any, Sequence[FeatureInfo]], FewShotHead]
@@ -86,7 +86,7 @@ def _load_builtins() -> None:
 
 
 def list_heads() -> list[str]:
-    """Sorted names of the registered heads (``alpnet, dpcn, panet, sgone``)."""
+    """Sorted names of the registered heads (``adnet, alpnet, dpcn, panet, sgone``)."""
     _load_builtins()
     return sorted(_REGISTRY)
 

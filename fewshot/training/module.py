@@ -117,6 +117,9 @@ class FewShotModule(pl.LightningModule):
         ce = weighted_ce(out.logits, q_msk, self.optim.ce_weights)
         align = out.align_loss if out.align_loss is not None else torch.zeros((), device=ce.device)
         loss = ce + self.optim.align_weight * align.float()
+        if out.aux_loss is not None:  # the head's own weighted loss (ADNet's threshold loss)
+            loss = loss + out.aux_loss.float()
+            self.log("aux", out.aux_loss, batch_size=q_img.shape[0])
         n = q_img.shape[0]
         self.log("loss", loss, prog_bar=True, batch_size=n)
         self.log("ce", ce, batch_size=n)

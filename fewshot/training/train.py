@@ -64,7 +64,7 @@ class TrainResult:
         checkpoint: ``last.ckpt`` path (``None`` after ``fast_dev_run``, which saves nothing).
         steps: global step reached; ``steps_run`` of them ran in this call.
         seconds: wall time of ``Trainer.fit``; ``steps_per_s = steps_run / seconds``.
-        losses: last logged ``loss``, ``ce``, ``align``, ``fg_dice``.
+        losses: last logged ``loss``, ``ce``, ``align``, ``fg_dice`` (and ``aux``, for a head with its own loss).
         log_dir: CSV log folder; ``out_dir``: experiment folder; ``resumed_from``: checkpoint
             training continued from, if any.
     """
@@ -229,7 +229,7 @@ def _train(
         steps = _read_global_step(ckpt)  # valid in the main process for every strategy (ddp_spawn too)
     steps_run = steps - start_step
     losses = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k in ("loss", "ce", "align", "fg_dice")
+        k: float(v) for k, v in trainer.callback_metrics.items() if k in ("loss", "ce", "align", "aux", "fg_dice")
     }
     result = TrainResult(
         checkpoint=None if fast_dev_run else str(ckpt),

@@ -1,4 +1,4 @@
-"""Tests of the nn.Module heads (PANet/SG-One, ALPNet, DPCN) on tiny feature lists."""
+"""Tests of the nn.Module heads (PANet/SG-One, ALPNet, ADNet, DPCN) on tiny feature lists."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from fewshot.backbones.base import FeatureInfo
 from fewshot.heads import (
+    ADNetConfig,
+    ADNetHead,
     ALPNetConfig,
     ALPNetHead,
     DPCNHead,
@@ -139,7 +141,7 @@ def test_head_rejects_wrong_number_of_feature_maps() -> None:
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["alpnet", "dpcn", "panet", "sgone"])
+@pytest.mark.parametrize("name", ["adnet", "alpnet", "dpcn", "panet", "sgone"])
 def test_every_registered_head_builds_from_its_config(name: str) -> None:
     assert name in list_heads()
     cls = head_config_class(name)
@@ -149,12 +151,12 @@ def test_every_registered_head_builds_from_its_config(name: str) -> None:
     assert isinstance(head, FewShotHead)
     s, m, q = _episode()
     assert head(s, m, q).logits.shape[:2] == (2, 2)
-    assert head.does_alignment == (name in ("panet", "alpnet"))
+    assert head.does_alignment == (name in ("adnet", "panet", "alpnet"))
 
 
 def test_head_registry_is_strict() -> None:
-    assert list_heads() == ["alpnet", "dpcn", "panet", "sgone"]
-    with pytest.raises(ValueError, match="unknown head 'unet'; choices: alpnet, dpcn, panet, sgone"):
+    assert list_heads() == ["adnet", "alpnet", "dpcn", "panet", "sgone"]
+    with pytest.raises(ValueError, match="unknown head 'unet'; choices: adnet, alpnet, dpcn, panet, sgone"):
         head_config_class("unet")
     with pytest.raises(ValueError, match="already registered"):
         register_head("alpnet", config=ALPNetConfig)(lambda c, i: PANetHead(i))
@@ -170,3 +172,78 @@ def test_head_registry_is_strict() -> None:
     with pytest.raises(ValueError, match="unknown head 'other'"):
         OtherConfig()  # not registered
     assert "mine" not in list_heads()
+
+
+# --------------------------------------------------------------------------- ADNet
+
+
+def test_anomaly_segment_is_adnets_thresholded_sigmoid() -> None:
+    s, m, q = _episode(n=2, k=1)
+    qf, sf = q[-1], s[-1]
+    t = torch.tensor([-10.0, -4.0])
+    logits = HF.anomaly_segment(qf, sf, m, t, scale=20.0)
+    assert logits.shape == (2, 2, 4, 4) and torch.equal(logits[:, 0], torch.zeros_like(logits[:, 0]))
+    # by hand: MAP prototype (mask resized to 4x4 covers the whole map except the border) + ADNet's formula
+    fg = HF.masked_average_pooling(sf[:, 0], m[:, 0])
+    anomaly = -20.0 * torch.nn.functional.cosine_similarity(qf, fg[..., None, None], dim=1)
+    expected = 1.0 - torch.sigmoid(0.5 * (anomaly - t[:, None, None]))
+    torch.testing.assert_close(logits.softmax(1)[:, 1], expected, atol=1e-5, rtol=1e-5)
+    # a higher threshold t marks more pixels foreground; a scalar t is broadcast
+    assert (HF.anomaly_segment(qf, sf, m, 0.0).softmax(1)[:, 1] > logits.softmax(1)[:, 1]).all()
+    torch.testing.assert_close(HF.anomaly_segment(qf, sf, m, -4.0)[1], logits[1])
+    with pytest.raises(ValueError, match=r"scalar or \(N,\)"):
+        HF.anomaly_segment(qf, sf, m, torch.zeros(3))
+
+
+def test_anomaly_segment_shot_fusion() -> None:
+    s, m, q = _episode(n=2, k=3)
+    m[:, 1, :, :16] = 0.0  # shots differ
+    fused = HF.anomaly_segment(q[-1], s[-1], m, -5.0, fusion="scores")
+    per_shot = [HF.anomaly_segment(q[-1], s[-1][:, [i]], m[:, [i]], -5.0) for i in range(3)]
+    torch.testing.assert_close(fused, torch.stack(per_shot).mean(0))
+    pooled = HF.anomaly_segment(q[-1], s[-1], m, -5.0)
+    assert not torch.allclose(pooled, fused)
+
+
+def test_adnet_head_losses_and_learned_threshold() -> None:
+    torch.manual_seed(0)
+    head = ADNetHead(INFO, feature_dim=5, init_threshold=-6.0, threshold_loss_weight=2.0)
+    s, m, q = _episode()
+    out = head(s, m, q)
+    assert out.logits.shape == (2, 2, 4, 4)
+    assert out.align_loss is not None and out.align_loss.ndim == 0
+    assert out.aux_loss is not None and out.aux_loss.item() == pytest.approx(2.0 * -6.0 / 20.0)
+    # the threshold is trained by the cross-entropy and by its own loss
+    target = torch.ones(2, 4, 4, dtype=torch.long)
+    (torch.nn.functional.cross_entropy(out.logits, target) + out.aux_loss).backward()
+    assert head.t.grad is not None and head.t.grad.item() != pytest.approx(2.0 / 20.0)
+    head.eval()
+    ev = head(s, m, q)
+    assert ev.align_loss is None and ev.aux_loss is None
+    silent = ADNetHead(INFO, feature_dim=5, align=False, threshold_loss_weight=0.0)
+    out2 = silent(s, m, q)
+    assert out2.align_loss is None and out2.aux_loss is None
+    empty = head(s, torch.zeros_like(m), q).logits  # zero prototype: cos 0, foreground logit t / 2
+    torch.testing.assert_close(empty[:, 1], torch.full_like(empty[:, 1], -3.0))
+    with pytest.raises(ValueError, match="threshold_loss_weight"):
+        ADNetConfig(threshold_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="init_threshold must be finite"):
+        ADNetConfig(init_threshold=float("nan"))
+
+
+def test_adnet_query_threshold_starts_as_adnet_and_adapts_per_query() -> None:
+    torch.manual_seed(0)
+    plain = ADNetHead(INFO, feature_dim=0, align=False).eval()
+    informed = ADNetHead(INFO, feature_dim=0, align=False, query_threshold=True).eval()
+    s, m, q = _episode()
+    torch.testing.assert_close(informed(s, m, q).logits, plain(s, m, q).logits)  # w = 0 at the start
+    assert informed.query_threshold is not None
+    with torch.no_grad():
+        informed.query_threshold.weight.fill_(1.0)
+    t = informed.threshold(q[-1])
+    torch.testing.assert_close(t, -10.0 + q[-1].mean(dim=(-2, -1)).sum(1))
+    assert t[0] != t[1]
+    informed.train()
+    out = informed(s, m, q)
+    (out.logits[:, 1].sum() + out.aux_loss).backward()  # type: ignore[operator]
+    assert float(informed.query_threshold.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]

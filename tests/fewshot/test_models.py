@@ -24,7 +24,7 @@ from fewshot.models import (
     list_heads,
 )
 
-HEADS = ["sgone", "panet", "alpnet", "dpcn"]
+HEADS = ["sgone", "panet", "alpnet", "adnet", "dpcn"]
 
 
 MakeModel = Callable[..., FewShotSegmenter]
@@ -65,11 +65,13 @@ def test_output_shape_and_alignment(head: str, make_model: MakeModel) -> None:
     out = model(si, sm, q)
     assert isinstance(out, SegmentationOutput)
     assert out.logits.shape == (2, 2, 32, 32)
-    assert (out.align_loss is not None) == (head in ("panet", "alpnet"))
+    assert (out.align_loss is not None) == (head in ("panet", "alpnet", "adnet"))
     if out.align_loss is not None:
         assert out.align_loss.ndim == 0 and torch.isfinite(out.align_loss)
+    assert (out.aux_loss is not None) == (head == "adnet")  # ADNet's threshold loss
     model.eval()
-    assert model(si, sm, q).align_loss is None
+    ev = model(si, sm, q)
+    assert ev.align_loss is None and ev.aux_loss is None
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -175,7 +177,7 @@ def test_config_coerces_strings_and_mappings() -> None:
 
 
 def test_config_is_validated_early(tiny_backbone_cls: type[Backbone]) -> None:
-    with pytest.raises(ValueError, match="unknown head 'unet'; choices: alpnet, dpcn, panet, sgone"):
+    with pytest.raises(ValueError, match="unknown head 'unet'; choices: adnet, alpnet, dpcn, panet, sgone"):
         ModelConfig(head="unet")
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet-50'; choices: cbr-large-t, .*vgg16"):
         ModelConfig(backbone="resnet-50")

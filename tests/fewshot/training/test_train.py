@@ -165,6 +165,21 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     assert (out / "train_result.json").is_file() and result.steps_per_s > 0
 
 
+def test_adnet_head_trains_its_threshold_and_reloads_it(
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]
+) -> None:
+    base = cfg_of(tmp_path, cache_dir).to_dict()
+    base["model"]["head"] = {"name": "adnet", "feature_dim": 8, "init_threshold": -10.0}
+    cfg = load_config(base)
+    result = train(cfg, volumes=volumes)
+    # the loss is ce + align + the threshold loss t / 20, and t has left its start
+    losses = result.losses
+    assert losses["loss"] == pytest.approx(losses["ce"] + losses["align"] + losses["aux"], abs=1e-5)
+    t = load_model_from_checkpoint(result.checkpoint).model.head.t.detach()
+    assert float(t) != pytest.approx(-10.0, abs=1e-6)
+    assert losses["aux"] == pytest.approx(float(t) / 20.0, abs=0.05)
+
+
 def test_corrupt_and_foreign_checkpoints(trained: Any, tmp_path: Path) -> None:
     result, _ = trained
     data = Path(result.checkpoint).read_bytes()
