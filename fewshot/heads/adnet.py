@@ -20,8 +20,8 @@ ADNet's single threshold. (Q-Net computes its threshold from the encoder's deepe
 use the head's input feature map.) In the alignment loss the "query" is the support image, so its
 own features give the threshold there.
 
-The model's output probabilities are ADNet's: evaluate with ``model.fg_threshold: 0.5`` (or
-null = argmax, the same rule) to use the learned threshold as it is.
+The model's output probabilities are ADNet's: evaluate with ``model.fg_threshold: 0.5`` (the
+default, the same rule as the argmax) to use the learned threshold as it is.
 """
 
 from __future__ import annotations
