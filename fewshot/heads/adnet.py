@@ -39,8 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.backbones.base import FeatureInfo
-from fewshot.heads.base import HeadOutput, apply_2d, broadcast_support
-from fewshot.heads.functional import alignment_loss, anomaly_segment, check_fusion
+from fewshot.heads.functional import anomaly_segment, check_fusion
 from fewshot.heads.panet import PANetHead, check_prototype_config
 from fewshot.heads.registry import HeadConfig, register_head
 
@@ -139,23 +138,11 @@ class ADNetHead(PANetHead):
             self.scale, self.shot_fusion,
         )
 
-    def forward(
-        self, support_features: Sequence[Tensor], support_masks: Tensor, query_features: Sequence[Tensor]
-    ) -> HeadOutput:
-        self._check_inputs(support_features, query_features)
-        q = apply_2d(self.reduce, query_features[self.feature_index])
-        n = q.shape[0]
-        s = broadcast_support(apply_2d(self.reduce, support_features[self.feature_index]), n)
-        masks = broadcast_support(support_masks, n)
-        t = self.threshold(q)
-        logits = anomaly_segment(q, s, masks, t, self.scale, self.shot_fusion)
-        if not self.training:
-            return HeadOutput(logits, None)
-        align = None
-        if self.align:
-            align = alignment_loss(q, logits, s, masks, segment=self.segment, class_weights=self.align_class_weights)
-        aux = self.threshold_loss_weight * t.mean() / self.scale if self.threshold_loss_weight > 0 else None
-        return HeadOutput(logits, align, aux)
+    def extra_loss(self, query_features: Tensor) -> Tensor | None:
+        """ADNet's threshold loss ``threshold_loss_weight * mean(t) / scale`` (``None`` at weight 0)."""
+        if self.threshold_loss_weight == 0:
+            return None
+        return self.threshold_loss_weight * self.threshold(query_features).mean() / self.scale
 
     def extra_repr(self) -> str:
         return (

@@ -109,12 +109,19 @@ class PANetHead(FewShotHead):
         s = broadcast_support(apply_2d(self.reduce, support_features[self.feature_index]), n)
         masks = broadcast_support(support_masks, n)
         logits = self.segment(q, s, masks)
+        if not self.training:
+            return HeadOutput(logits, None)
         loss = None
-        if self.align and self.training:
+        if self.align:
             loss = alignment_loss(
                 q, logits, s, masks, segment=self.segment, class_weights=self.align_class_weights
             )
-        return HeadOutput(logits, loss)
+        return HeadOutput(logits, loss, self.extra_loss(q))
+
+    def extra_loss(self, query_features: Tensor) -> Tensor | None:
+        """A subclass's own weighted training loss from the reduced query features (``HeadOutput.aux_loss``);
+        ``None`` here."""
+        return None
 
 
 @register_head("panet", config=PANetConfig)
