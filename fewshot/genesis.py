@@ -353,6 +353,8 @@ def pretrain_genesis(
     in_channels: int = 3,
     device: str = "cpu",
     config: GenesisConfig = GenesisConfig(),
+    truncate: str | None = None,
+    output_stride: int | None = None,
 ) -> GenesisResult:
     """Pretrain ``backbone`` by Models Genesis restoration and save its encoder weights.
 
@@ -368,6 +370,9 @@ def pretrain_genesis(
         in_channels: model input channels; gray images are tiled.
         device: torch device.
         config: transform probabilities.
+        truncate, output_stride: pretrain the encoder as the few-shot model will use it (e.g.
+            ``cbr-small`` cut at ``block3`` with stride 4): no compute is spent on stages it drops,
+            and the file then loads only into a backbone built with the same two arguments.
 
     Returns:
         :class:`GenesisResult` with the per-step MSE losses and ``out``.
@@ -377,7 +382,9 @@ def pretrain_genesis(
     out = Path(out)
     draw, data_sha256 = _sampler(slices)
     rng = np.random.default_rng(seed)
-    encoder = create_backbone(backbone, init="random", in_channels=in_channels, seed=seed)
+    encoder = create_backbone(
+        backbone, init="random", in_channels=in_channels, seed=seed, truncate=truncate, output_stride=output_stride
+    )
     model = GenesisModel(encoder)
     random_init_(model.decoder, "kaiming", torch.Generator().manual_seed(seed + 1))
     model.to(device).train()
@@ -400,6 +407,8 @@ def pretrain_genesis(
         "format": GENESIS_FORMAT,
         "backbone": backbone,
         "in_channels": in_channels,
+        "truncate": truncate,
+        "output_stride": encoder.feature_info[-1].stride,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -433,6 +442,8 @@ def run_pretrain_genesis(
     seed: int = 0,
     in_channels: int = 3,
     device: str = "cpu",
+    truncate: str | None = None,
+    output_stride: int | None = None,
 ) -> GenesisResult:
     """CLI entry point: ``images`` ``(N, H, W)`` float in [0, 1] -> :func:`pretrain_genesis`."""
     images = np.asarray(images)
@@ -448,4 +459,6 @@ def run_pretrain_genesis(
         out=out,
         in_channels=in_channels,
         device=device,
+        truncate=truncate,
+        output_stride=output_stride,
     )

@@ -67,6 +67,8 @@ def fold_genesis_weights(
 ) -> tuple[str, GenesisResult | None]:
     """Models Genesis weights pretrained on the fold's training slices (no labels), written to ``out``.
 
+    The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``).
+
     An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume.
     """
     from fewshot.genesis import run_pretrain_genesis
@@ -83,6 +85,8 @@ def fold_genesis_weights(
         seed=cfg.train_seed,
         in_channels=cfg.model.backbone.in_channels,
         device=str(default_device()),
+        truncate=cfg.model.backbone.truncate,
+        output_stride=cfg.model.backbone.output_stride,
     )
     return str(out), result
 

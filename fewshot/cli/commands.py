@@ -145,12 +145,16 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         device=str(default_device(args.device)),
+        truncate=args.truncate,
+        output_stride=args.output_stride,
     )
     first, last = result.loss_drop()
     print(
         f"Models Genesis pretraining of {args.backbone}: {len(result.losses)} steps on {len(images)} slices, "
         f"restoration MSE {first:.4f} -> {last:.4f}; weights: {result.out}\n"
         f"use them with: --backbone {args.backbone} --init genesis --weights {result.out}"
+        + (f" --truncate {args.truncate}" if args.truncate else "")
+        + (f" (and model.backbone.output_stride: {args.output_stride})" if args.output_stride else "")
     )
     return 0
 

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", default="unet", choices=names["backbone"], metavar="BACKBONE",
         help=" | ".join(names["backbone"]),
     )
+    g.add_argument(
+        "--truncate", default=None,
+        help="pretrain the backbone cut after this stage, as the few-shot model uses it (e.g. block3)",
+    )
+    g.add_argument(
+        "--output-stride", type=int, default=None,
+        help="stride of the last feature, as model.backbone.output_stride (e.g. 4 for cbr-small cut at block3)",
+    )
     g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     g.add_argument("--batch-size", type=int, default=8, help="slices per step")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")

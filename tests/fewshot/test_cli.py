@@ -224,6 +224,11 @@ def test_pretrain_genesis_command(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     bb = create_backbone("cbr-tiny", init="genesis", weights=out)
     assert bb.init_report is not None and bb.init_report.loaded
+    cut = tmp_path / "g_cut.pt"
+    assert main([*cmd, "--truncate", "block3", "--output-stride", "4", "--size", "48", "--out", str(cut)]) == 0
+    assert "--truncate block3 (and model.backbone.output_stride: 4)" in capsys.readouterr().out
+    bb = create_backbone("cbr-tiny", init="genesis", weights=cut, truncate="block3", output_stride=4)
+    assert bb.init_report is not None and bb.init_report.randomized == []
 
 
 def test_study_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -194,3 +194,24 @@ def test_genesis_result_loss_drop() -> None:
     assert result.loss_drop() == pytest.approx((0.9, 0.15))
     with pytest.raises(ValueError, match="no losses"):
         GenesisResult().loss_drop()
+
+
+def test_pretraining_a_truncated_encoder(tmp_path: Path) -> None:
+    """The encoder is pretrained as the few-shot model cuts it: its file holds exactly those keys."""
+    out = tmp_path / "genesis_cbr.pt"
+    run_pretrain_genesis(
+        _smooth_images(8, 32), backbone="cbr-small", steps=2, out=out, batch_size=2, in_channels=1,
+        truncate="block3", output_stride=4,
+    )
+    blob = torch.load(out, weights_only=True)
+    assert (blob["meta"]["truncate"], blob["meta"]["output_stride"]) == ("block3", 4)
+    cut = create_backbone("cbr-small", in_channels=1, truncate="block3", output_stride=4)
+    assert set(blob["state_dict"]) == set(cut.state_dict())
+    assert len(blob["state_dict"]) < len(create_backbone("cbr-small", in_channels=1).state_dict())
+    bb = create_backbone(
+        "cbr-small", init="genesis", weights=out, in_channels=1, truncate="block3", output_stride=4
+    )
+    assert bb.init_report is not None and bb.init_report.randomized == []
+    assert all(torch.equal(v, blob["state_dict"][k]) for k, v in bb.state_dict().items())
+    with pytest.raises(ValueError, match=r"pretrained with truncate='block3' \(output stride 4\).*block4"):
+        create_backbone("cbr-small", init="genesis", weights=out, in_channels=1)
