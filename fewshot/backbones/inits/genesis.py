@@ -27,13 +27,12 @@ __all__: list[str] = []
 def init_genesis(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
     """Copy every key of the backbone from the Genesis file."""
     src, report = read_and_reset(backbone, ctx)
-    cut = (src.meta or {}).get("truncate")
-    missing = [k for k in backbone.state_dict() if k not in src.state]
-    if cut is not None and missing:
-        raise ValueError(
-            f"{str(src.path)!r} holds {backbone.name} pretrained with truncate={cut!r} (output stride "
-            f"{(src.meta or {}).get('output_stride')}); this backbone also has {missing[:3]}...: build it with "
-            f"the same truncate and output_stride, or pretrain the full backbone"
+    meta = src.meta or {}
+    where = f"from {str(src.path)!r}"
+    if meta.get("truncate") is not None:  # a mismatch error then says how the file was cut
+        where += (
+            f" (pretrained with truncate={meta['truncate']!r} (output stride {meta.get('output_stride')}): "
+            "build the backbone with the same truncate and output_stride)"
         )
-    copy_weights(backbone, src.state, list(backbone.state_dict()), f"from {str(src.path)!r}", report)
+    copy_weights(backbone, src.state, list(backbone.state_dict()), where, report)
     return report
