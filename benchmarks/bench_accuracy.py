@@ -17,6 +17,10 @@ Setting 2 trains **two models per fold**, as SSL-ALPNet does: one whose training
 kidneys and that is tested on them, one excluding liver + spleen and tested on those (each in its own
 ``..._fold<f>_<organs>`` folder); the fold's record joins their organs.
 
+``--shots 1,3,5`` also evaluates every checkpoint with 3 and 5 support slices per chunk (fused as the recipe's
+``model.head.shot_fusion``, at its threshold) and adds a k-shot table; a k that a support scan cannot give (an
+organ with fewer than k x 3 slices) is named with its reason instead of a number.
+
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
 a Lightning callback that sets ``trainer.should_stop``; the steps actually reached are recorded.
@@ -38,6 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +167,14 @@ def run_fold(
     resolution: str = "native",
     previous: dict[str, Any] | None = None,
     organs: Sequence[str] | None = None,
+    shots: Sequence[int] = (1,),
 ) -> dict[str, Any]:
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1]).
+
+    ``shots``: besides the recipe's own 1-shot evaluation (the record's scores), evaluate the same
+    checkpoint with every ``k > 1`` support slices per chunk, fused as the recipe's
+    ``model.head.shot_fusion`` says, at the same threshold: ``record["kshot"][str(k)]`` holds the scores
+    without and with LCC, or ``{"error": ...}`` when the support scan has too few organ slices for k shots.
 
     ``organs``: test (and, in setting 2, exclude from training) only these organs, in a fold folder of
     their own (``..._fold<f>_<organs>``): one setting-2 label group (see :func:`setting_groups`).
@@ -173,6 +184,7 @@ def run_fold(
     (:data:`INFERENCE_KEYS`), it is evaluated again instead of retrained; the record keeps the earlier
     training statistics and says ``"reused": true``.
     """
+    from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.config import load_config, save_config
     from fewshot.configs import config_path
     from fewshot.evaluation import run_evaluation
@@ -207,19 +219,34 @@ def run_fold(
         previous = None
     save_config(cfg, fold_dir / "config.yaml")
 
-    def evaluate(ckpt: str | Path) -> tuple[Any, float]:
-        """The fold's evaluation with this config's inference settings, and its wall seconds."""
+    def evaluate(ckpt: str | Path) -> tuple[Any, float, dict[str, Any]]:
+        """The fold's evaluation with this config's inference settings, its wall seconds, and the
+        k-shot evaluations of ``shots`` (k > 1)."""
         t0 = time.perf_counter()
-        ev = run_evaluation(
-            ckpt, volumes=volumes, out=fold_dir / "eval", batch_size=eval_batch_size,
-            progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
-            threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
-        )
-        return ev, time.perf_counter() - t0
+        loaded = load_model_from_checkpoint(ckpt)
+
+        def at(k: int) -> Any:
+            return run_evaluation(
+                loaded, protocol=replace(cfg.data.protocol, shots=k), volumes=volumes,
+                out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
+                progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
+                threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
+            )
+
+        ev = at(1)
+        wall = time.perf_counter() - t0
+        kshot: dict[str, Any] = {}
+        for k in sorted(set(shots) - {1}):
+            try:
+                kshot[str(k)] = dict(at(k).extras["postprocess"])
+            except ValueError as e:  # the support scan has fewer organ slices than k x chunks
+                kshot[str(k)] = {"error": str(e)}
+                print(f"   {k}-shot: not possible: {e}", flush=True)
+        return ev, wall, kshot
 
     if previous is not None:
         print(f"   reusing {checkpoint}", flush=True)
-        ev, eval_wall = evaluate(checkpoint)
+        ev, eval_wall, kshot = evaluate(checkpoint)
         seconds = ev.extras.get("timing", {}).get("seconds")
         return {
             **previous,
@@ -227,6 +254,7 @@ def run_fold(
             "config": cfg.to_dict(),
             "reused": True,
             **_scores_of(ev),
+            "kshot": kshot,
             "eval": {**previous["eval"], "seconds": seconds, "wall_seconds": eval_wall},
         }
 
@@ -243,7 +271,7 @@ def run_fold(
     mem_train = _peak_memory_mb()
     if tr.checkpoint is None:
         raise RuntimeError(f"training of {fold_dir} wrote no checkpoint")
-    ev, eval_wall = evaluate(tr.checkpoint)
+    ev, eval_wall, kshot = evaluate(tr.checkpoint)
     timing = dict(ev.extras.get("timing", {}))
     return {
         "checkpoint": str(tr.checkpoint),
@@ -263,6 +291,7 @@ def run_fold(
             "size": cfg.data.size,
         },
         **_scores_of(ev),
+        "kshot": kshot,
         "train": {
             "steps": tr.steps,
             "steps_planned": cfg.train.steps,
@@ -320,6 +349,7 @@ def combine_groups(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **{k: v for k, v in first.items() if k not in ("groups", "checkpoint")},
         **scores_of(records),
         "postprocess": {step: scores_of([r["postprocess"][step] for r in records]) for step in sorted(steps_post)},
+        "kshot": _combine_kshot([r.get("kshot", {}) for r in records], scores_of),
         "reused": all(r.get("reused") for r in records),
         "checkpoint": [r["checkpoint"] for r in records],
         "train": {
@@ -344,6 +374,17 @@ def combine_groups(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "peak_memory_mb": memory,
         "groups": [dict(r) for r in records],
     }
+
+
+def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str, Any]:
+    """The groups' k-shot scores joined per k (an error in any group is the fold's error for that k)."""
+    joined: dict[str, Any] = {}
+    for k in sorted(set.intersection(*(set(p) for p in parts)), key=int):
+        errors = [p[k]["error"] for p in parts if "error" in p[k]]
+        joined[k] = {"error": "; ".join(errors)} if errors else {
+            step: scores_of([p[k][step] for p in parts]) for step in ("none", "lcc")
+        }
+    return joined
 
 
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
@@ -423,6 +464,38 @@ def _scores(r: dict[str, Any], step: str) -> dict[str, dict[str, float]]:
     return r["postprocess"].get(step) or {k: r[k] for k in ("dice", "precision", "recall")}
 
 
+def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: Dice (%) per organ for 1 and every evaluated k > 1 support slices per chunk, mean ±
+    std over the folds where k was possible, the same mean with LCC; folds where it was not are named."""
+    ks = sorted({k for r in recs for k in r.get("kshot", {})}, key=int)
+    if not ks:
+        return []
+    fusion = (recs[0].get("config") or {}).get("model", {}).get("head", {}).get("shot_fusion", "prototypes")
+    organs = [o for o in recs[0]["dice"] if o != "mean"]
+    lines = [
+        "", f"k-shot: k support slices per chunk (fused: {fusion}), the same checkpoints and threshold:", "",
+        "| shots | folds | " + " | ".join(o.replace("_", " ") for o in organs) + " | mean | mean + LCC |",
+        "|---:|---|" + "---:|" * (len(organs) + 2),
+    ]
+    notes: list[str] = []
+    for k in ["1", *ks]:
+        if k == "1":
+            ok = [(r, {"none": _scores(r, "none"), "lcc": _scores(r, "lcc")}) for r in recs]
+        else:
+            ok = [(r, r["kshot"][k]) for r in recs if k in r.get("kshot", {}) and "error" not in r["kshot"][k]]
+            notes += [
+                f"{k}-shot, fold {r['fold']}: {r['kshot'][k]['error']}"
+                for r in recs if "error" in r.get("kshot", {}).get(k, {})
+            ]
+        if not ok:
+            lines.append(f"| {k} | none | " + " | ".join(["n/a"] * (len(organs) + 2)) + " |")
+            continue
+        cells = [_mean_std([100 * sc["none"]["dice"][o] for _, sc in ok]) for o in (*organs, "mean")]
+        cells.append(_mean_std([100 * sc["lcc"]["dice"]["mean"] for _, sc in ok]))
+        lines.append(f"| {k} | {','.join(str(r['fold']) for r, _ in ok)} | " + " | ".join(cells) + " |")
+    return lines + ([""] + [f"Not possible: {n}" for n in notes] if notes else [])
+
+
 def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str:
     """Per dataset/setting: Dice (%) per organ, precision and recall per fold, the mean ± std over folds,
     the same with LCC post-processing, then the published rows; config, commit and timing below."""
@@ -459,6 +532,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                 lines.append(f"| **ours, folds {folds}: mean ± std{suffix}** | " + " | ".join(cells) + " |")
         for label, values in PUBLISHED[(dataset, setting)]:
             lines.append(_row(f"{label}, published 5-fold (no post-processing)", [*values]) + " | |")
+        lines += kshot_table(recs)
         names = sorted({r["config_name"] for r in recs})
         commits = sorted({str(r.get("commit")) for r in recs})
         lines += ["", f"Config: {', '.join(names)}; commit {', '.join(commits)}."]
@@ -507,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--eval-batch-size", type=int, default=16, help="query slices per forward pass")
     p.add_argument(
+        "--shots", default="1",
+        help="comma list of support slices per chunk to evaluate every checkpoint with, e.g. 1,3,5 "
+        "(k > 1 fused as the recipe's model.head.shot_fusion; a k-shot table joins the report)",
+    )
+    p.add_argument(
         "--resolution",
         choices=["native", "model"],
         default="native",
@@ -533,6 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fewshot.pipeline import load_volumes
 
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    try:
+        shots = sorted({int(k) for k in args.shots.split(",") if k.strip()})
+    except ValueError:
+        raise SystemExit(f"--shots: expected a comma list of integers, got {args.shots!r}") from None
+    if not shots or shots[0] < 1:
+        raise SystemExit(f"--shots: every k must be >= 1, got {args.shots!r}")
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     if args.config is not None and len(datasets) > 1:
         raise SystemExit("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
@@ -589,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         resolution=args.resolution,
                         previous=previous,
                         organs=organs if len(groups) > 1 else None,
+                        shots=shots,
                     )
                 )
             rec = combine_groups(group_recs)

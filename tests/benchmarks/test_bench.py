@@ -172,3 +172,61 @@ def test_setting2_main_runs_each_group_and_reports_the_fold(tmp_path: Path, monk
     folds = json.loads((tmp_path / "results.json").read_text())["folds"]
     assert [len(r["groups"]) for r in folds] == [2, 2] and folds[0]["dice"]["mean"] == pytest.approx(0.6)
     assert "| **ours, folds 0,1: mean ± std** | 40.00 ± 0.00 | 80.00 ± 0.00 |" in (tmp_path / "results.md").read_text()
+
+
+TINY = [
+    "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}", "data.size=64", "data.protocol.organs=[liver]",
+    "model.backbone.name=cbr-tiny", "model.backbone.truncate=block2", "model.head.feature_dim=8",
+    "train.num_workers=0", "train.progress_bar=false", "train.accelerator=cpu",
+]  # fmt: skip
+
+
+def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
+    """bench_accuracy --shots: every checkpoint is also evaluated with k > 1 support slices per chunk; a k that
+    the support scan cannot give is recorded with its reason; --reuse evaluates k-shot again."""
+    from fewshot.config import load_config
+    from fewshot.configs import config_path
+    from fewshot.pipeline import load_volumes
+
+    bench = _load("bench_accuracy")
+    over = bench._parse_set(TINY)
+    volumes = load_volumes(load_config(config_path("demo_phantom"), over).data)
+
+    def fold(**kw: Any) -> dict[str, Any]:
+        return bench.run_fold(
+            "phantom-ct", "cpu", 1, 0, tmp_path, volumes=volumes, steps=2, overrides=over, config="demo_phantom", **kw
+        )
+
+    rec = fold(shots=(1, 2, 50))
+    assert set(rec["kshot"]) == {"2", "50"}
+    assert "needs 150 distinct support slices" in rec["kshot"]["50"]["error"]
+    two = rec["kshot"]["2"]
+    assert set(two) == {"none", "lcc"} and 0.0 <= two["none"]["dice"]["liver"] <= 1.0
+    assert (tmp_path / "phantom-ct_setting1_fold0" / "eval_2shot").is_dir()
+    text = "\n".join(bench.kshot_table([rec, rec | {"fold": 1, "kshot": {"2": two}}]))
+    assert "| shots | folds | liver | mean | mean + LCC |" in text
+    assert f"| 1 | 0,1 | {100 * rec['dice']['liver']:.2f} ± 0.00 |" in text
+    assert f"| 2 | 0,1 | {100 * two['none']['dice']['liver']:.2f} ± 0.00 |" in text
+    assert "| 50 | 0 |" not in text and "Not possible: 50-shot, fold 0: " in text
+    again = fold(shots=(1, 2), previous=rec)
+    assert again["reused"] and again["kshot"] == {"2": two}  # the same checkpoint, plan and threshold
+    assert bench.kshot_table([again | {"kshot": {}}]) == []
+
+
+def test_combine_groups_joins_kshot_per_k() -> None:
+    bench = _load("bench_accuracy")
+    a = _group_record(0, ("right_kidney", "left_kidney"), 0.8) | {
+        "kshot": {"3": {"none": _scores(0.9), "lcc": _scores(0.9)}, "5": {"error": "too few kidney slices"}}
+    }
+    b = _group_record(0, ("liver", "spleen"), 0.4) | {
+        "kshot": {"3": {"none": _scores(0.5), "lcc": _scores(0.5)}, "5": {"none": _scores(0.5), "lcc": _scores(0.5)}}
+    }
+    for part, organs in ((a, ("right_kidney", "left_kidney")), (b, ("liver", "spleen"))):
+        for sc in part["kshot"]["3"].values():
+            for key in ("dice", "precision", "recall"):
+                sc[key] = {o: sc[key][o] for o in organs} | {"mean": sc[key]["mean"]}
+    kshot = bench.combine_groups([a, b])["kshot"]
+    assert kshot["3"]["none"]["dice"] == pytest.approx(
+        {"right_kidney": 0.9, "left_kidney": 0.9, "liver": 0.5, "spleen": 0.5, "mean": 0.7}
+    )
+    assert kshot["5"] == {"error": "too few kidney slices"}
