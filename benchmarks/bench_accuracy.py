@@ -19,7 +19,11 @@ kidneys and that is tested on them, one excluding liver + spleen and tested on t
 
 ``--shots 1,3,5`` also evaluates every checkpoint with 3 and 5 support slices per chunk (fused as the recipe's
 ``model.head.shot_fusion``, at its threshold) and adds a k-shot table; a k that a support scan cannot give (an
-organ with fewer than k x 3 slices) is named with its reason instead of a number.
+organ with fewer than k x 3 slices) is scored with neighbouring chunks sharing support slices and named under
+the table (``Protocol.share_support_slices``); one with fewer than k slices is named instead of a number.
+
+``--jobs 2`` trains two runs (folds, or setting 2's label groups) at once, each in a spawned process with CPU
+cores / 2 torch threads and its output in ``OUT/logs/<run>.log`` (:func:`run_tasks`); the fold table is the same.
 
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
@@ -42,7 +46,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-__all__ = ["PUBLISHED", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "setting_groups"]
+__all__ = [
+    "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
+    "setting_groups",
+]
 
 ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
 DATASETS = ("chaos-mr", "btcv-ct")
@@ -191,7 +198,7 @@ def run_fold(
     from fewshot.training import train
 
     t_fold = time.perf_counter()
-    fold_dir = out / f"{dataset}_setting{setting}_fold{fold}{'_' + '+'.join(organs) if organs else ''}"
+    fold_dir = out / _fold_dir_name(dataset, setting, fold, organs)
     over: dict[str, Any] = {
         "data.protocol.fold": fold,
         "data.protocol.setting": setting,
@@ -225,9 +232,9 @@ def run_fold(
         t0 = time.perf_counter()
         loaded = load_model_from_checkpoint(ckpt)
 
-        def at(k: int) -> Any:
+        def at(k: int, share: bool = False) -> Any:
             return run_evaluation(
-                loaded, protocol=replace(cfg.data.protocol, shots=k), volumes=volumes,
+                loaded, protocol=replace(cfg.data.protocol, shots=k, share_support_slices=share), volumes=volumes,
                 out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
                 progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
                 threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
@@ -240,8 +247,12 @@ def run_fold(
             try:
                 kshot[str(k)] = dict(at(k).extras["postprocess"])
             except ValueError as e:  # the support scan has fewer organ slices than k x chunks
-                kshot[str(k)] = {"error": str(e)}
-                print(f"   {k}-shot: not possible: {e}", flush=True)
+                try:  # neighbouring chunks share support slices, and the table says so
+                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": str(e)}
+                    print(f"   {k}-shot: {e}; scored with chunks sharing support slices", flush=True)
+                except ValueError as e2:  # fewer organ slices than k
+                    kshot[str(k)] = {"error": str(e2)}
+                    print(f"   {k}-shot: not possible: {e2}", flush=True)
         return ev, wall, kshot
 
     if previous is not None:
@@ -381,9 +392,10 @@ def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str,
     joined: dict[str, Any] = {}
     for k in sorted(set.intersection(*(set(p) for p in parts)), key=int):
         errors = [p[k]["error"] for p in parts if "error" in p[k]]
+        shared = [p[k]["shared"] for p in parts if "shared" in p[k]]
         joined[k] = {"error": "; ".join(errors)} if errors else {
             step: scores_of([p[k][step] for p in parts]) for step in ("none", "lcc")
-        }
+        } | ({"shared": "; ".join(shared)} if shared else {})
     return joined
 
 
@@ -484,8 +496,12 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
         else:
             ok = [(r, r["kshot"][k]) for r in recs if k in r.get("kshot", {}) and "error" not in r["kshot"][k]]
             notes += [
-                f"{k}-shot, fold {r['fold']}: {r['kshot'][k]['error']}"
+                f"Not possible: {k}-shot, fold {r['fold']}: {r['kshot'][k]['error']}"
                 for r in recs if "error" in r.get("kshot", {}).get(k, {})
+            ] + [
+                f"Shared support slices: {k}-shot, fold {r['fold']}: {sc['shared']}; neighbouring chunks share "
+                "slices (the k organ slices around each chunk's percentile)"
+                for r, sc in ok if "shared" in sc
             ]
         if not ok:
             lines.append(f"| {k} | none | " + " | ".join(["n/a"] * (len(organs) + 2)) + " |")
@@ -493,7 +509,7 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
         cells = [_mean_std([100 * sc["none"]["dice"][o] for _, sc in ok]) for o in (*organs, "mean")]
         cells.append(_mean_std([100 * sc["lcc"]["dice"]["mean"] for _, sc in ok]))
         lines.append(f"| {k} | {','.join(str(r['fold']) for r, _ in ok)} | " + " | ".join(cells) + " |")
-    return lines + ([""] + [f"Not possible: {n}" for n in notes] if notes else [])
+    return lines + (["", *notes] if notes else [])
 
 
 def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str:
@@ -553,6 +569,181 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
     return "\n".join(lines)
 
 
+def _fold_dir_name(dataset: str, setting: int, fold: int, organs: Sequence[str] | None) -> str:
+    """The folder (and ``--jobs`` log) name of one training run: ``<dataset>_setting<s>_fold<f>[_<organs>]``."""
+    return f"{dataset}_setting{setting}_fold{fold}{'_' + '+'.join(organs) if organs else ''}"
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One :func:`run_fold` call of a benchmark run: a fold, or one setting-2 label group of a fold."""
+
+    label: str  # what progress lines call it
+    fold_key: tuple[str, int]  # (dataset, fold): the tasks sharing it are joined into one fold record
+    groups: int  # how many tasks share fold_key
+    config_name: str  # the packaged config name or YAML path the volumes are loaded with
+    kwargs: dict[str, Any]  # run_fold's arguments except ``volumes``
+
+    @property
+    def name(self) -> str:
+        kw = self.kwargs
+        return _fold_dir_name(kw["dataset"], kw["setting"], kw["fold"], kw.get("organs"))
+
+
+_VOLUMES: dict[str, list[Any]] = {}
+
+
+def _volumes_for(task: FoldTask) -> list[Any]:
+    """The volumes ``task`` trains and is tested on, loaded once per process (one dataset kept at a time)."""
+    from fewshot.config import load_config
+    from fewshot.configs import config_path
+    from fewshot.pipeline import load_volumes
+
+    kw = task.kwargs
+    key = repr((task.config_name, sorted(kw["overrides"].items()), kw["setting"]))
+    if key not in _VOLUMES:
+        cfg = load_config(
+            config_path(task.config_name), {**kw["overrides"], "data.protocol.setting": kw["setting"]}
+        )
+        _VOLUMES.clear()
+        _VOLUMES[key] = load_volumes(cfg.data)
+    return _VOLUMES[key]
+
+
+def _run_in_worker(task: FoldTask, threads: int, log: Path) -> dict[str, Any]:
+    """A ``--jobs`` worker process runs ``task`` with ``threads`` torch threads, all its output going to ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    torch.set_num_threads(threads)
+    from fewshot.cli import quiet_logs
+
+    quiet_logs()
+    print(f"== {task.label}, {threads} torch thread(s), load {_load()}", flush=True)
+    record = run_fold(**task.kwargs, volumes=_volumes_for(task))
+    print(f"   {_summary(record)}", flush=True)
+    return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """One line: a fold record's Dice per organ, steps, steps/s, wall minutes and the load average."""
+    d, tr = record["dice"], record["train"]
+    return (
+        "Dice " + " ".join(f"{o} {100 * v:.2f}" for o, v in d.items())
+        + f" | steps {tr['steps']} ({tr['steps_per_s']:.3f}/s) | total {record['total_wall_seconds'] / 60:.1f} min"
+        + f" | load {_load()}"
+    )
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (its last 4 KiB; progress bars may end lines with carriage returns)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").split("\n") if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_tasks(
+    tasks: Sequence[FoldTask],
+    *,
+    jobs: int,
+    out: Path,
+    on_fold: Any,
+    threads: int | None = None,
+    poll_s: float = 60.0,
+) -> None:
+    """Runs ``tasks`` and calls ``on_fold(group_records)`` once all tasks of a fold are done (records in task order).
+
+    ``jobs == 1``: one after another in this process, output to the terminal. ``jobs > 1``: up to ``jobs`` tasks at
+    once, each in a spawned worker process with ``threads`` torch threads (default: CPU cores // jobs) and its output
+    in ``out/logs/<run>.log``; every ``poll_s`` seconds the last line of each log that changed is printed. A task
+    that fails stops the run: tasks not started are cancelled, running ones finish (their folds are reported), then
+    a ``RuntimeError`` names the failed run and its log.
+    """
+    parts: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+
+    def finished(i: int, record: dict[str, Any]) -> None:
+        task = tasks[i]
+        got = parts.setdefault(task.fold_key, {})
+        got[i] = record
+        if len(got) == task.groups:
+            on_fold([got[j] for j in sorted(got)])
+            del parts[task.fold_key]
+
+    if jobs == 1:
+        for i, task in enumerate(tasks):
+            print(f"== {task.label}, load {_load()}", flush=True)
+            finished(i, run_fold(**task.kwargs, volumes=_volumes_for(task)))
+        return
+
+    import concurrent.futures as cf
+    import multiprocessing
+
+    threads = threads or max(1, _cores() // jobs)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failure: tuple[int, Exception] | None = None
+    shown: dict[int, str] = {}
+    here = str(Path(__file__).resolve().parent)
+    path_added = here not in sys.path
+    if path_added:  # spawned workers import this script by its module name when it was imported, not run
+        sys.path.insert(0, here)
+    with cf.ProcessPoolExecutor(
+        min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures: dict[cf.Future[dict[str, Any]], int] = {}
+        for i, task in enumerate(tasks):
+            log = logs / f"{task.name}.log"
+            log.write_text("")
+            futures[pool.submit(_run_in_worker, task, threads, log)] = i
+            print(f"== {task.label}: {threads} torch thread(s), log {log}", flush=True)
+        waiting = set(futures)
+        while waiting:
+            done, waiting = cf.wait(waiting, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                i = futures[future]
+                if future.cancelled():
+                    continue
+                try:
+                    record = future.result()
+                except Exception as err:  # re-raised below, once the running tasks have finished
+                    if failure is None:
+                        failure = (i, err)
+                        for other in waiting:
+                            other.cancel()
+                        print(
+                            f"   {tasks[i].label} failed: {err!r}; waiting for the running tasks", flush=True
+                        )
+                    continue
+                finished(i, record)
+            for future in waiting:
+                i = futures[future]
+                line = _last_line(logs / f"{tasks[i].name}.log")
+                if future.running() and line and line != shown.get(i):
+                    shown[i] = line
+                    print(f"   [{tasks[i].name}] {line}", flush=True)
+    if path_added:
+        sys.path.remove(here)
+    if failure is not None:
+        bad, error = failure
+        log = logs / f"{tasks[bad].name}.log"
+        raise RuntimeError(f"{tasks[bad].label} failed: {error!r}; its log: {log}") from error
+
+
 def _load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -598,6 +789,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "for 1-shot training)",
     )
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train this many fold runs (folds, or setting 2's label groups) at once, each in its own process "
+        "with CPU cores / JOBS torch threads and its log in OUT/logs/ (on 2 CPU cores, --jobs 2 gives about 25 %% "
+        "more throughput; consider --set train.num_workers=1)",
+    )
+    p.add_argument(
         "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
         help="no training: combine the fold records of earlier runs' results.json files into one table in --out",
     )
@@ -609,9 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from episodes.atomic import atomic_write_json, read_json
     from fewshot.config import load_config
     from fewshot.configs import config_path
-    from fewshot.pipeline import load_volumes
 
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs: expected a positive integer, got {args.jobs}")
     try:
         shots = sorted({int(k) for k in args.shots.split(",") if k.strip()})
     except ValueError:
@@ -645,50 +845,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.sort(key=lambda r: (r["dataset"], r["setting"], r["fold"]))
         print(write_report())
         return 0
+    tasks: list[FoldTask] = []
     for dataset in datasets:
         name = args.config or _config_name(dataset, args.budget, args.setting)
         base = load_config(config_path(name), {**overrides, "data.protocol.setting": args.setting})
-        volumes = load_volumes(base.data)
         groups = setting_groups(base)
         for fold in folds:
             before = earlier.get((dataset, args.setting, fold))
-            group_recs = []
             for gi, organs in enumerate(groups):
                 what = f" ({'+'.join(organs)}: training {gi + 1} of {len(groups)})" if len(groups) > 1 else ""
-                print(f"== {dataset} setting {args.setting} fold {fold}{what} ({name}), load {_load()}", flush=True)
-                previous = before if len(groups) == 1 else _group_record(before, organs)
-                group_recs.append(
-                    run_fold(
-                        dataset,
-                        args.budget,
-                        args.setting,
-                        fold,
-                        out,
-                        volumes=volumes,
-                        steps=args.steps,
-                        time_limit_min=args.time_limit_min,
-                        overrides=overrides,
-                        config=args.config,
-                        genesis_steps=args.genesis_steps,
-                        eval_batch_size=args.eval_batch_size,
-                        resolution=args.resolution,
-                        previous=previous,
-                        organs=organs if len(groups) > 1 else None,
-                        shots=shots,
+                tasks.append(
+                    FoldTask(
+                        label=f"{dataset} setting {args.setting} fold {fold}{what} ({name})",
+                        fold_key=(dataset, fold),
+                        groups=len(groups),
+                        config_name=name,
+                        kwargs=dict(
+                            dataset=dataset,
+                            budget=args.budget,
+                            setting=args.setting,
+                            fold=fold,
+                            out=out,
+                            steps=args.steps,
+                            time_limit_min=args.time_limit_min,
+                            overrides=overrides,
+                            config=args.config,
+                            genesis_steps=args.genesis_steps,
+                            eval_batch_size=args.eval_batch_size,
+                            resolution=args.resolution,
+                            previous=before if len(groups) == 1 else _group_record(before, organs),
+                            organs=organs if len(groups) > 1 else None,
+                            shots=shots,
+                        ),
                     )
                 )
-            rec = combine_groups(group_recs)
-            rec["load_average_end"] = _load()
-            records.append(rec)
-            d = rec["dice"]
-            print(
-                "   Dice "
-                + " ".join(f"{o} {100 * d[o]:.2f}" for o in (*ORGANS, "mean"))
-                + f" | steps {rec['train']['steps']} ({rec['train']['steps_per_s']:.3f}/s)"
-                f" | total {rec['total_wall_seconds'] / 60:.1f} min | load {rec['load_average_end']}",
-                flush=True,
-            )
-            write_report()  # after every fold, so an interrupted run keeps the folds it finished
+
+    def fold_done(group_recs: list[dict[str, Any]]) -> None:
+        rec = combine_groups(group_recs)
+        rec["load_average_end"] = _load()
+        records.append(rec)
+        records.sort(key=lambda r: (datasets.index(r["dataset"]), folds.index(r["fold"])))
+        print(f"   {rec['dataset']} fold {rec['fold']}: {_summary(rec)}", flush=True)
+        write_report()  # after every fold, so an interrupted run keeps the folds it finished
+
+    run_tasks(tasks, jobs=args.jobs, out=out, on_fold=fold_done)
     print(write_report())
     return 0
 

@@ -22,7 +22,11 @@ training run per group (:meth:`episodes.protocol.Protocol.training_runs`).
   chunk ``i`` of ``n`` uses ``zs[floor(p * L)]`` with ``p = (2i + 1) / (2n)`` (percentiles 1/6, 1/2,
   5/6 for ``n=3``). For ``k`` shots the ``k`` slices of chunk ``i`` are at
   ``p = (i + (2j + 1) / (2k)) / n``, ``j < k`` (``k=1`` is SSL-ALPNet's rule; SSL-ALPNet's multi-shot
-  uses several support *scans* instead). Requires ``k * n <= L`` so the picks are distinct.
+  uses several support *scans* instead). Requires ``k * n <= L`` so the picks are distinct; with
+  ``share=True`` (``Protocol.share_support_slices``) an organ with ``k <= L < k * n`` slices is still
+  scored: chunk ``i`` takes the ``k`` consecutive organ slices ``zs[s:s + k]`` centred on its
+  percentile, ``s = clamp(floor(p * L - k / 2 + 1/2), 0, L - k)`` with ``p = (2i + 1) / (2n)``, so each
+  chunk keeps ``k`` distinct slices and neighbouring chunks share some.
 * queries: every slice ``z`` in the query's ground-truth range ``z_min..z_max`` (inclusive, also
   slices inside the range without the organ) is scored, with chunk
   ``clamp(floor((z - z_min) / ((z_max - z_min) / n)), 0, n - 1)`` (``0`` when ``z_max == z_min``),
@@ -74,7 +78,7 @@ class FoldSplit:
 
 
 def support_slice_indices(
-    organ_slices: Sequence[int], chunks: int, shots: int
+    organ_slices: Sequence[int], chunks: int, shots: int, *, share: bool = False
 ) -> tuple[tuple[int, ...], ...]:
     """Support slices per chunk (see module docs).
 
@@ -82,18 +86,31 @@ def support_slice_indices(
         organ_slices: sorted slice indices of the support subject that contain the organ.
         chunks: number of chunks ``n``.
         shots: slices per chunk ``k``.
+        share: when the organ covers fewer than ``k * n`` slices (but at least ``k``), let neighbouring
+            chunks share slices (each chunk: the ``k`` consecutive organ slices around its percentile)
+            instead of raising. With ``k * n`` slices or more it changes nothing.
 
     Returns:
-        ``n`` tuples of ``k`` slice indices.
+        ``n`` tuples of ``k`` distinct slice indices.
     """
     zs = list(organ_slices)
     n_slices = len(zs)
     if chunks < 1 or shots < 1:
         raise ValueError(f"chunks and shots must be >= 1, got chunks={chunks}, shots={shots}")
     if shots * chunks > n_slices:
+        if share and shots <= n_slices:
+            return tuple(
+                tuple(int(z) for z in zs[s : s + shots])
+                for s in (
+                    min(max(math.floor(Fraction(2 * i + 1, 2 * chunks) * n_slices - Fraction(shots - 1, 2)), 0),
+                        n_slices - shots)
+                    for i in range(chunks)
+                )
+            )  # fmt: skip
         raise ValueError(
             f"{shots}-shot with {chunks} chunks needs {shots * chunks} distinct support slices, but the organ "
             f"covers only {n_slices} slice(s) ({n_slices // chunks} per chunk)"
+            + ("" if share else "; share_support_slices lets neighbouring chunks share slices")
         )
     out = []
     for i in range(chunks):

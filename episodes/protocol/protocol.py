@@ -35,6 +35,9 @@ class Protocol:
         chunks: number of chunks (``n_sup_part``, 3).
         support_subject: explicit support subject (overrides the fold rule).
         query_subjects: explicit query subjects (default with an explicit support: all others).
+        share_support_slices: an organ covering fewer than ``shots * chunks`` slices of the support scan
+            (but at least ``shots``) is still scored, neighbouring chunks sharing support slices
+            (:func:`~episodes.protocol.folds.support_slice_indices`); off, such a plan raises.
     """
 
     dataset: str = ""
@@ -45,6 +48,7 @@ class Protocol:
     chunks: int = 3
     support_subject: str | None = None
     query_subjects: tuple[str, ...] | None = None
+    share_support_slices: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.fold < N_FOLDS:
@@ -161,7 +165,9 @@ class Protocol:
                     "choose another support_subject"
                 )
             try:
-                support_slices = support_slice_indices(zs.tolist(), self.chunks, self.shots)
+                support_slices = support_slice_indices(
+                    zs.tolist(), self.chunks, self.shots, share=self.share_support_slices
+                )
             except ValueError as exc:
                 raise ValueError(f"support subject {support.subject!r}, organ {organ!r}: {exc}") from exc
             queries = []

@@ -268,6 +268,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             changes[name] = getattr(args, name)
     if args.organs:
         changes["organs"] = tuple(_csv(args.organs))
+    if args.share_support_slices:
+        changes["share_support_slices"] = True
     protocol = replace(trained.protocol, **changes)
     result = run_evaluation(
         loaded,

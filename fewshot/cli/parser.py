@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--setting", type=int, choices=(1, 2), default=None, help="default: the training setting")
     e.add_argument("--shots", type=int, default=None, help="support slices per chunk (default: the training config's)")
     e.add_argument("--chunks", type=int, default=None, help="support chunks (default: the training config's, 3)")
+    e.add_argument(
+        "--share-support-slices", action="store_true",
+        help="score an organ with fewer than shots x chunks support slices (but >= shots): neighbouring chunks share "
+        "slices (default: refuse such a plan)",
+    )
     e.add_argument("--organs", default=None, help="comma-separated organs (default: the training config's)")
     e.add_argument("--support-data", default=None, help="folder holding the support subject (held-out evaluation)")
     e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")

@@ -197,17 +197,21 @@ def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
             "phantom-ct", "cpu", 1, 0, tmp_path, volumes=volumes, steps=2, overrides=over, config="demo_phantom", **kw
         )
 
-    rec = fold(shots=(1, 2, 50))
-    assert set(rec["kshot"]) == {"2", "50"}
+    rec = fold(shots=(1, 2, 4, 50))  # the support scan's liver covers 9 slices: 4-shot x 3 chunks share some
+    assert set(rec["kshot"]) == {"2", "4", "50"}
     assert "needs 150 distinct support slices" in rec["kshot"]["50"]["error"]
-    two = rec["kshot"]["2"]
+    two, four = rec["kshot"]["2"], rec["kshot"]["4"]
     assert set(two) == {"none", "lcc"} and 0.0 <= two["none"]["dice"]["liver"] <= 1.0
+    assert "needs 12 distinct support slices" in four["shared"] and 0.0 <= four["none"]["dice"]["liver"] <= 1.0
+    plan = json.loads((tmp_path / "phantom-ct_setting1_fold0" / "eval_4shot" / "plan.json").read_text())
+    assert plan["protocol"]["share_support_slices"] and plan["organs"][0]["support_slices"][1][0] == 3
     assert (tmp_path / "phantom-ct_setting1_fold0" / "eval_2shot").is_dir()
     text = "\n".join(bench.kshot_table([rec, rec | {"fold": 1, "kshot": {"2": two}}]))
     assert "| shots | folds | liver | mean | mean + LCC |" in text
     assert f"| 1 | 0,1 | {100 * rec['dice']['liver']:.2f} ± 0.00 |" in text
     assert f"| 2 | 0,1 | {100 * two['none']['dice']['liver']:.2f} ± 0.00 |" in text
     assert "| 50 | 0 |" not in text and "Not possible: 50-shot, fold 0: " in text
+    assert "| 4 | 0 |" in text and "Shared support slices: 4-shot, fold 0: support subject '1'" in text
     again = fold(shots=(1, 2), previous=rec)
     assert again["reused"] and again["kshot"] == {"2": two}  # the same checkpoint, plan and threshold
     assert bench.kshot_table([again | {"kshot": {}}]) == []
@@ -230,3 +234,46 @@ def test_combine_groups_joins_kshot_per_k() -> None:
         {"right_kidney": 0.9, "left_kidney": 0.9, "liver": 0.5, "spleen": 0.5, "mean": 0.7}
     )
     assert kshot["5"] == {"error": "too few kidney slices"}
+
+
+def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(tmp_path: Path) -> None:
+    """bench_accuracy --jobs 2: folds trained side by side in spawned workers (one torch thread each, logs in
+    out/logs) give the same records as one after another in this process; a failing run stops the run after the
+    running ones finish and names its log."""
+    import torch
+
+    bench = _load("bench_accuracy")
+    over = bench._parse_set(TINY)
+
+    def tasks(out: Path, folds: tuple[int, ...]) -> list[Any]:
+        return [
+            bench.FoldTask(
+                label=f"fold {f}", fold_key=("phantom-ct", f), groups=1, config_name="demo_phantom",
+                kwargs=dict(dataset="phantom-ct", budget="cpu", setting=1, fold=f, out=out, steps=2,
+                            overrides=over, config="demo_phantom", shots=(1,)),
+            )
+            for f in folds
+        ]  # fmt: skip
+
+    one: list[list[dict[str, Any]]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench.run_tasks(tasks(tmp_path / "one", (0, 1)), jobs=1, out=tmp_path / "one", on_fold=one.append)
+    finally:
+        torch.set_num_threads(threads)
+    two: list[list[dict[str, Any]]] = []
+    with pytest.raises(RuntimeError, match=r"fold 99 failed: .*its log: .*phantom-ct_setting1_fold99\.log"):
+        bench.run_tasks(
+            tasks(tmp_path / "two", (0, 1, 99)), jobs=2, out=tmp_path / "two", on_fold=two.append, threads=1,
+            poll_s=0.5,
+        )
+    assert sorted(r[0]["fold"] for r in two) == [0, 1]
+    by_fold = {r[0]["fold"]: r[0] for r in two}
+    for (rec,) in one:
+        assert by_fold[rec["fold"]]["dice"] == rec["dice"] and by_fold[rec["fold"]]["postprocess"] == rec["postprocess"]
+    log = (tmp_path / "two" / "logs" / "phantom-ct_setting1_fold0.log").read_text()
+    assert "== fold 0, 1 torch thread(s)" in log and "Dice" in log
+    assert (tmp_path / "two" / "phantom-ct_setting1_fold1" / "train" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(SystemExit, match="--jobs: expected a positive integer, got 0"):
+        bench.main(["--jobs", "0", "--out", str(tmp_path / "bad")])

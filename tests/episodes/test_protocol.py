@@ -91,8 +91,22 @@ def test_support_slice_rule_hand_computed() -> None:
     # 2-shot: pct (i + 1/4)/3, (i + 3/4)/3 -> indices 1,3 | 5,8 | 10,12
     assert support_slice_indices(zs, 3, 2) == ((11, 13), (15, 18), (20, 22))
     assert support_slice_indices([4, 5, 6], 3, 1) == ((4,), (5,), (6,))
-    with pytest.raises(ValueError, match="needs 15 distinct support slices"):
+    with pytest.raises(ValueError, match=r"needs 15 distinct support slices.*share_support_slices"):
         support_slice_indices(zs, 3, 5)
+
+
+def test_shared_support_slices_hand_computed() -> None:
+    zs = list(range(10, 24))  # L = 14 < 5 x 3: windows of 5 around p * L = 2.33, 7, 11.67 -> starts 0, 5, 9
+    assert support_slice_indices(zs, 3, 5, share=True) == (
+        (10, 11, 12, 13, 14), (15, 16, 17, 18, 19), (19, 20, 21, 22, 23)
+    )
+    # starts floor(0.83 - 0.5), floor(2.5 - 0.5), floor(4.17 - 0.5) = 0, 2, 3: chunks 2 and 3 share slice 3
+    assert support_slice_indices([0, 1, 2, 3, 4], 3, 2, share=True) == ((0, 1), (2, 3), (3, 4))
+    for k in (1, 2, 4):  # enough slices: the same picks as without sharing
+        assert support_slice_indices(zs, 3, k, share=True) == support_slice_indices(zs, 3, k)
+    with pytest.raises(ValueError, match="needs 15 distinct support slices") as info:
+        support_slice_indices([1, 2, 3, 4], 3, 5, share=True)  # fewer slices than shots
+    assert "share_support_slices" not in str(info.value)
 
 
 def test_query_chunk_hand_computed() -> None:
@@ -138,6 +152,9 @@ def test_build_plan_errors() -> None:
         Protocol("chaos-mr", organs=("spleen",), support_subject="s").build_plan(vols)
     with pytest.raises(ValueError, match="needs 9 distinct support slices"):
         Protocol("chaos-mr", organs=("liver",), shots=3, support_subject="s").build_plan(vols)
+    shared = Protocol("chaos-mr", organs=("liver",), shots=3, support_subject="s", share_support_slices=True)
+    assert shared.build_plan(vols).organ("liver").support_slices == ((2, 3, 4), (4, 5, 6), (5, 6, 7))
+    assert Protocol.from_dict(shared.to_dict()) == shared
     with pytest.raises(ValueError, match="absent from query subject 'q2'"):
         Protocol("chaos-mr", organs=("left_kidney",), support_subject="s").build_plan(
             [_vol("s", {3: range(3)}), _vol("q2", {1: [1]})]

@@ -150,6 +150,15 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res)]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
+    # 4 shots x 2 chunks: the support scan's spleen covers 6 slices, too few unless chunks share slices
+    k4 = ["evaluate", "--checkpoint", str(ckpt), "--overlays", "0", "--shots", "4"]
+    assert main([*k4, "--out", str(tmp_path / "k4_strict.json")]) == 2
+    assert "needs 8 distinct support slices" in capsys.readouterr().err
+    assert main([*k4, "--out", str(tmp_path / "k4.json"), "--share-support-slices"]) == 0
+    plan = json.loads((tmp_path / "k4.plan.json").read_text())
+    spleen = next(o for o in plan["organs"] if o["organ"] == "spleen")
+    assert plan["protocol"]["share_support_slices"] and spleen["support_slices"][0][2:] == spleen["support_slices"][1][:2]
+    capsys.readouterr()
 
     # segment: a phantom scan written as NIfTI with a non-trivial affine, segmented from another one
     sup, qry = make_phantom(101, shape=(12, 64, 64)), make_phantom(102, shape=(12, 64, 64))
