@@ -238,6 +238,7 @@ def run_fold(
                 out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
                 progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
                 threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
+                tta=cfg.model.tta,
             )
 
         ev = at(1)
@@ -401,7 +402,7 @@ def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str,
 
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
 #: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
-INFERENCE_KEYS = ("model.fg_threshold", "model.head.shot_fusion")
+INFERENCE_KEYS = ("model.fg_threshold", "model.tta", "model.head.shot_fusion")
 
 
 def _training_view(config: dict[str, Any]) -> dict[str, Any]:
@@ -449,6 +450,7 @@ def _scores_of(ev: Any) -> dict[str, Any]:
         "postprocess": dict(ev.extras.get("postprocess", {})),
         "resolution": ev.extras.get("resolution"),
         "fg_threshold": ev.extras.get("threshold"),
+        "tta": ev.extras.get("tta", "none"),
         # the code that trained the model (the checkout may move on while a long run trains)
         "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
         "eval_commit": ev.extras.get("commit"),
@@ -537,6 +539,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f", init {m['init']}, {m['head']}, "
                     f"{m['size']} px, {r['train']['steps']} steps"
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
+                    + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
                 )
                 values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
                 lines.append(_row(label, values))
@@ -785,8 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--reuse", action="store_true",
         help="evaluate, instead of retraining, every fold whose checkpoint in --out (from its results.json) was "
-        "trained with the same config up to inference-only keys (model.fg_threshold; model.head.shot_fusion "
-        "for 1-shot training)",
+        "trained with the same config up to inference-only keys (model.fg_threshold, model.tta; "
+        "model.head.shot_fusion for 1-shot training)",
     )
     p.add_argument(
         "--jobs",

@@ -59,6 +59,7 @@ def segment_volume(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     fg_threshold: float | None = None,
+    tta: str | None = None,
 ) -> np.ndarray:
     """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
 
@@ -66,6 +67,7 @@ def segment_volume(
         support_mask: ``(Z, H, W)`` bool organ mask of ``support``.
         query_range: inclusive slice range ``(z0, z1)`` of the query to segment (default: all).
         fg_threshold: foreground probability threshold (default: the model's ``config.fg_threshold``).
+        tta: test-time augmentation, ``"none"`` or ``"flip"`` (default: the model's ``config.tta``).
     """
     from fewshot.evaluation.scoring import predict_query
 
@@ -95,7 +97,7 @@ def segment_volume(
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
         out = predict_query(
             model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device,
-            threshold=fg_threshold,
+            threshold=fg_threshold, tta=tta,
         )
         pred[q_z] = out.numpy()
     return pred
@@ -174,6 +176,7 @@ def segment_files(
     device: str | None = None,
     overwrite: bool = False,
     fg_threshold: float | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
@@ -182,7 +185,7 @@ def segment_files(
     """
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.device import default_device
-    from fewshot.evaluation.scoring import model_threshold
+    from fewshot.evaluation.scoring import model_threshold, model_tta
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -259,6 +262,7 @@ def segment_files(
         channels=channels,
         device=dev,
         fg_threshold=fg_threshold,
+        tta=tta,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]
@@ -280,6 +284,7 @@ def segment_files(
         "voxels": voxels,
         "volume_ml": volume_ml,
         "fg_threshold": model_threshold(model, fg_threshold),
+        "tta": model_tta(model, tta),
         "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

@@ -284,6 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         shot_fusion=args.shot_fusion,
         threshold=args.fg_threshold,
+        tta=args.tta,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")
@@ -320,6 +321,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         fg_threshold=args.fg_threshold,
+        tta=args.tta,
     )
     print(json.dumps(report, indent=1))
     return 0

@@ -35,6 +35,18 @@ def check_threshold(value: Any, what: str = "threshold") -> float:
     return float(value)
 
 
+#: Test-time augmentations (:func:`fewshot.evaluation.predict_query`): ``none``; ``flip``, the mean of the logits of
+#: the episode as given and of the episode mirrored left-right (support and query), mirrored back.
+TTA_CHOICES = ("none", "flip")
+
+
+def check_tta(value: Any, what: str = "tta") -> str:
+    """``value`` if it is one of :data:`TTA_CHOICES`, else ``ValueError``."""
+    if value not in TTA_CHOICES:
+        raise ValueError(f"{what} must be one of {list(TTA_CHOICES)}, got {value!r}")
+    return str(value)
+
+
 def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
@@ -131,6 +143,8 @@ class ModelConfig:
         fg_threshold: foreground probability (softmax of the two logits) above which a pixel is predicted
             foreground at inference (:func:`fewshot.evaluation.predict_query`); ``0.5`` is the argmax.
             Training does not use it; a recipe chooses it on fold 0 (``benchmarks/ABLATION.md``).
+        tta: test-time augmentation at inference, one of :data:`TTA_CHOICES` (``flip``: logits averaged with
+            those of the left-right mirrored episode, twice the inference cost). Training does not use it.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -138,6 +152,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=ALPNetConfig)
     allow_empty_support: bool = False
     fg_threshold: float = 0.5
+    tta: str = "none"
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -148,6 +163,7 @@ class ModelConfig:
             head: HeadConfig | str | Mapping[str, Any] = ...,
             allow_empty_support: bool = ...,
             fg_threshold: float = ...,
+            tta: str = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -166,6 +182,7 @@ class ModelConfig:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "head", _coerce_head(self.head))
         object.__setattr__(self, "fg_threshold", check_threshold(self.fg_threshold, "ModelConfig.fg_threshold"))
+        object.__setattr__(self, "tta", check_tta(self.tta, "ModelConfig.tta"))
         scheme = get_init(self.init.scheme)
         stages = self.backbone.stages
         if scheme.check_stages is not None and stages:

@@ -89,13 +89,15 @@ def save_overlays(
     channels: int | None = None,
     scan_dice: Mapping[tuple[str, str], float] | None = None,
     threshold: float | None = None,
+    tta: str | None = None,
 ) -> list[Path]:
     """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
     Slices are spread evenly over the first query scan's scored range. Each picture is headed by
     the organ, the support and query subjects, the slice and (from ``scan_dice``,
     ``{(organ, subject): dice}``) the 3D Dice of that query scan. ``threshold``: foreground probability
-    threshold (default the model's ``config.fg_threshold``). Returns the files.
+    threshold (default the model's ``config.fg_threshold``); ``tta``: test-time augmentation (default the model's
+    ``config.tta``). Returns the files.
     """
     from PIL import Image
 
@@ -123,7 +125,7 @@ def save_overlays(
                 chunk = int(chunks[i])
                 s_img, s_msk = support_episode_tensors(organ_plan, volumes, chunk, channels=channels)
                 pred = predict_query(
-                    model, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold
+                    model, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
                 )[0].numpy()
                 heading = (
                     f"{organ_plan.organ}: support {organ_plan.support_subject} "

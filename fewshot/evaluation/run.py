@@ -102,6 +102,7 @@ def run_evaluation(
     resolution: Literal["native", "model"] = "native",
     shot_fusion: str | None = None,
     threshold: float | None = None,
+    tta: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -128,6 +129,7 @@ def run_evaluation(
         shot_fusion: how k > 1 support slices are combined (``"prototypes"`` or ``"scores"``, see
             :func:`fewshot.heads.functional.alp_segment`); default: the trained head's setting.
         threshold: foreground probability threshold; default: the trained config's ``model.fg_threshold``.
+        tta: test-time augmentation (``"none"``, ``"flip"``); default: the trained config's ``model.tta``.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
@@ -161,6 +163,7 @@ def run_evaluation(
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"],
         progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
+        tta=tta,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     result = replace(
@@ -194,6 +197,6 @@ def run_evaluation(
             scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
             save_overlays(
                 loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice,
-                threshold=threshold,
+                threshold=threshold, tta=tta,
             )
     return result

@@ -29,7 +29,9 @@ from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
-__all__ = ["evaluate", "false_positive_regions", "model_channels", "model_threshold", "predict_query"]
+__all__ = [
+    "evaluate", "false_positive_regions", "model_channels", "model_threshold", "model_tta", "predict_query",
+]
 
 
 def model_channels(model: nn.Module, channels: int | None) -> int:
@@ -70,6 +72,15 @@ def model_threshold(model: nn.Module, threshold: float | None) -> float:
     return 0.5 if threshold is None else check_threshold(threshold)
 
 
+def model_tta(model: nn.Module, tta: str | None) -> str:
+    """``tta`` if given, else the model's ``config.tta`` (``"none"`` if it has none)."""
+    from fewshot.config.model import check_tta
+
+    if tta is None:
+        tta = getattr(getattr(model, "config", None), "tta", None)
+    return "none" if tta is None else check_tta(tta)
+
+
 @torch.inference_mode()
 def predict_query(
     model: nn.Module,
@@ -82,6 +93,7 @@ def predict_query(
     amp: bool = False,
     out_size: tuple[int, int] | None = None,
     threshold: float | None = None,
+    tta: str | None = None,
 ) -> torch.Tensor:
     """Foreground masks ``(N, H, W)`` bool of ``query_images (N, C, H, W)`` given one support set.
 
@@ -89,12 +101,15 @@ def predict_query(
     query batches of ``batch_size``. ``out_size``: upsample the logits (bilinear) to this size
     before thresholding (masks are then ``(N, *out_size)``), to score against native-resolution labels.
     ``threshold``: a pixel is foreground where ``softmax(logits)[1] > threshold`` (default
-    ``model.config.fg_threshold``, else 0.5 = the argmax).
+    ``model.config.fg_threshold``, else 0.5 = the argmax). ``tta``: ``"flip"`` averages the logits with those
+    of the episode mirrored left-right (support and query), mirrored back (default ``model.config.tta``, else
+    ``"none"``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # softmax([bg, fg])[1] > t  <=>  fg - bg > log(t / (1 - t)); t = 0.5 is the argmax (ties -> bg)
     t = model_threshold(model, threshold)
+    flip = model_tta(model, tta) == "flip"
     margin = math.log(t / (1.0 - t))
     device = torch.device(device)
     s_img, s_msk = support_images.to(device), support_masks.to(device)
@@ -103,6 +118,9 @@ def predict_query(
         q = query_images[start : start + batch_size].to(device)
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(s_img, s_msk, q).logits
+            if flip:
+                mirrored = model(s_img.flip(-1), s_msk.flip(-1), q.flip(-1)).logits.flip(-1)
+                logits = (logits.float() + mirrored.float()) / 2
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
         out.append((logits[:, 1] - logits[:, 0] > margin).cpu())
@@ -123,6 +141,7 @@ def _evaluate_organ(
     postprocess: Sequence[str],
     reference: Mapping[str, Volume] | None,
     threshold: float,
+    tta: str,
 ) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
     """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
@@ -145,7 +164,7 @@ def _evaluate_organ(
             if idx.numel():
                 pred[idx] = predict_query(
                     model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
-                    out_size=out_size, threshold=threshold,
+                    out_size=out_size, threshold=threshold, tta=tta,
                 )
         bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
         if bad:
@@ -180,6 +199,7 @@ def evaluate(
     postprocess: str | Sequence[str] = "none",
     reference: Mapping[str, Volume] | None = None,
     threshold: float | None = None,
+    tta: str | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -201,6 +221,8 @@ def evaluate(
             (bilinear) to the reference size before thresholding. Slices must correspond one to one.
         threshold: foreground probability threshold (default ``model.config.fg_threshold``, else 0.5 =
             argmax), recorded in ``extras["threshold"]``.
+        tta: test-time augmentation, ``"none"`` or ``"flip"`` (default ``model.config.tta``, else ``"none"``),
+            recorded in ``extras["tta"]``.
     """
     from fewshot import __version__
 
@@ -210,6 +232,7 @@ def evaluate(
     amp = device.type == "cuda" if amp is None else amp
     channels = model_channels(model, channels)
     threshold = model_threshold(model, threshold)
+    tta = model_tta(model, tta)
     was_training = model.training
     model.eval().to(device)
     t0 = time.perf_counter()
@@ -227,7 +250,7 @@ def evaluate(
     try:
         for organ_plan in plan.organs:
             by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
-                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold
+                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold, tta
             )
             scores = by_step[steps[0]]
             if not scores:
@@ -263,6 +286,7 @@ def evaluate(
             "postprocess": {name: summarize_scans(v) for name, v in variants.items()},
             "resolution": "reference labels" if reference is not None else "model input",
             "threshold": threshold,
+            "tta": tta,
             # false-positive voxels of each organ's (first post-processing step's) prediction, by true region
             "false_positives": {o: dict(sorted(r.items(), key=lambda kv: -kv[1])) for o, r in fp_regions.items()},
             "timing": {

@@ -141,8 +141,9 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     assert (tmp_path / "evaldir" / "results.json").is_file()
     strict = tmp_path / "strict.json"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(strict), "--overlays", "0", "--fg-threshold", "0.9"]) == 0
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(strict), "--overlays", "0", "--fg-threshold", "0.9", "--tta", "flip"]) == 0
     data_strict = json.loads(strict.read_text())
+    assert data_strict["tta"] == "flip" and data["tta"] == "none"
     assert data_strict["threshold"] == 0.9 and json.loads((tmp_path / "evaldir" / "results.json").read_text())["threshold"] == 0.5
     # a higher threshold predicts a subset of the foreground: recall cannot rise
     assert data_strict["recall"]["mean"] <= json.loads((tmp_path / "evaldir" / "results.json").read_text())["recall"]["mean"]

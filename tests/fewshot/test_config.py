@@ -217,3 +217,12 @@ def test_model_threshold_validated_and_saved() -> None:
     for bad in (0.0, 1.0, -0.1, "high", True):
         with pytest.raises(ValueError, match=r"ModelConfig.fg_threshold must be a probability in \(0, 1\)"):
             ModelConfig(fg_threshold=bad)  # type: ignore[arg-type]
+
+
+def test_model_tta_validated_and_saved() -> None:
+    from fewshot.config import ModelConfig
+
+    assert ModelConfig().tta == "none"
+    assert ModelConfig(**ModelConfig(tta="flip").to_dict()).tta == "flip"
+    with pytest.raises(ValueError, match=r"ModelConfig.tta must be one of \['none', 'flip'\], got 'rotate'"):
+        ModelConfig(tta="rotate")

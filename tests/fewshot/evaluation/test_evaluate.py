@@ -208,10 +208,10 @@ def test_lcc_and_native_reference(setup: tuple[Protocol, dict[str, Volume]]) -> 
 class _LogitModel(nn.Module):
     """Returns fixed logits ``[0, d]``: the foreground probability is ``sigmoid(d)``."""
 
-    def __init__(self, diff: torch.Tensor, threshold: float | None = None) -> None:
+    def __init__(self, diff: torch.Tensor, threshold: float | None = None, tta: str | None = None) -> None:
         super().__init__()
         self.diff = diff
-        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), fg_threshold=threshold)
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), fg_threshold=threshold, tta=tta)
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
@@ -235,6 +235,50 @@ def test_predict_query_threshold() -> None:
     for bad in (0.0, 1.0, 1.5, True):
         with pytest.raises(ValueError, match="probability in"):
             predict_query(_LogitModel(diff), *args, threshold=bad)
+
+
+def test_predict_query_flip_tta_averages_the_mirrored_episode() -> None:
+    from fewshot.evaluation import predict_query
+
+    ramp = torch.linspace(-3, 3, 13).reshape(1, 13)  # mirrored: -ramp, so the mean logit is 0 everywhere
+    args = (torch.zeros(1, 1, 1, 1, 13), torch.ones(1, 1, 1, 13), torch.zeros(2, 1, 1, 13))
+    assert predict_query(_LogitModel(ramp), *args).any()
+    assert not predict_query(_LogitModel(ramp), *args, tta="flip").any()
+    assert not predict_query(_LogitModel(ramp, tta="flip"), *args).any()  # model.config.tta
+    assert predict_query(_LogitModel(ramp, tta="flip"), *args, tta="none").equal(predict_query(_LogitModel(ramp), *args))
+    bump = 3 - ramp.abs()  # mirror-symmetric: the same masks with and without TTA
+    assert predict_query(_LogitModel(bump), *args, tta="flip").equal(predict_query(_LogitModel(bump), *args))
+    with pytest.raises(ValueError, match=r"tta must be one of \['none', 'flip'\]"):
+        predict_query(_LogitModel(ramp), *args, tta="rotate")
+
+
+class _MirrorSeer(nn.Module):
+    """Foreground logit +2 on the query's left half; records the support/query it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1))
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        self.seen.append((s_msk.clone(), q.clone()))
+        d = torch.full(q.shape[:1] + q.shape[2:], -2.0)
+        d[..., : q.shape[-1] // 2] = 2.0
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(d), d], 1) + self.dummy, align_loss=None)
+
+
+def test_flip_tta_mirrors_support_and_query_together() -> None:
+    from fewshot.evaluation import predict_query
+
+    model = _MirrorSeer()
+    s_msk = torch.zeros(1, 1, 4, 8)
+    s_msk[..., :3] = 1
+    q = torch.arange(64.0).reshape(1, 1, 8, 8)
+    pred = predict_query(model, torch.zeros(1, 1, 1, 4, 8), s_msk, q, tta="flip")
+    (s0, q0), (s1, q1) = model.seen
+    assert s1.equal(s0.flip(-1)) and q1.equal(q0.flip(-1))
+    assert not pred.any()  # left half (+2) averaged with the mirrored pass's -2 there: 0 -> background
 
 
 def test_evaluate_records_threshold(setup: tuple[Protocol, dict[str, Volume]]) -> None:
