@@ -243,7 +243,7 @@ def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(t
     import torch
 
     bench = _load("bench_accuracy")
-    over = bench._parse_set(TINY)
+    over = bench._parse_set([*TINY, "train.num_workers=1"])  # a DataLoader worker inside each worker process
 
     def tasks(out: Path, folds: tuple[int, ...]) -> list[Any]:
         return [
