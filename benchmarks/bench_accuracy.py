@@ -549,8 +549,8 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                 ] + [_mean_std([100 * _scores(r, step)[k]["mean"] for r in recs]) for k in ("precision", "recall")]
                 folds = ",".join(str(r["fold"]) for r in recs)
                 lines.append(f"| **ours, folds {folds}: mean ± std{suffix}** | " + " | ".join(cells) + " |")
-        for label, values in PUBLISHED[(dataset, setting)]:
-            lines.append(_row(f"{label}, published 5-fold (no post-processing)", [*values]) + " | |")
+        for label, published in PUBLISHED[(dataset, setting)]:
+            lines.append(_row(f"{label}, published 5-fold (no post-processing)", published) + " | |")
         lines += kshot_table(recs)
         names = sorted({r["config_name"] for r in recs})
         commits = sorted({str(r.get("commit")) for r in recs})
@@ -849,6 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_report())
         return 0
     tasks: list[FoldTask] = []
+    common = dict(
+        budget=args.budget, setting=args.setting, out=out, steps=args.steps, time_limit_min=args.time_limit_min,
+        overrides=overrides, config=args.config, genesis_steps=args.genesis_steps,
+        eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots,
+    )
     for dataset in datasets:
         name = args.config or _config_name(dataset, args.budget, args.setting)
         base = load_config(config_path(name), {**overrides, "data.protocol.setting": args.setting})
@@ -857,31 +862,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = earlier.get((dataset, args.setting, fold))
             for gi, organs in enumerate(groups):
                 what = f" ({'+'.join(organs)}: training {gi + 1} of {len(groups)})" if len(groups) > 1 else ""
-                tasks.append(
-                    FoldTask(
-                        label=f"{dataset} setting {args.setting} fold {fold}{what} ({name})",
-                        fold_key=(dataset, fold),
-                        groups=len(groups),
-                        config_name=name,
-                        kwargs=dict(
-                            dataset=dataset,
-                            budget=args.budget,
-                            setting=args.setting,
-                            fold=fold,
-                            out=out,
-                            steps=args.steps,
-                            time_limit_min=args.time_limit_min,
-                            overrides=overrides,
-                            config=args.config,
-                            genesis_steps=args.genesis_steps,
-                            eval_batch_size=args.eval_batch_size,
-                            resolution=args.resolution,
-                            previous=before if len(groups) == 1 else _group_record(before, organs),
-                            organs=organs if len(groups) > 1 else None,
-                            shots=shots,
-                        ),
-                    )
-                )
+                kwargs = {
+                    **common, "dataset": dataset, "fold": fold,
+                    "previous": before if len(groups) == 1 else _group_record(before, organs),
+                    "organs": organs if len(groups) > 1 else None,
+                }
+                label = f"{dataset} setting {args.setting} fold {fold}{what} ({name})"
+                tasks.append(FoldTask(label, (dataset, fold), len(groups), name, kwargs))
 
     def fold_done(group_recs: list[dict[str, Any]]) -> None:
         rec = combine_groups(group_recs)
