@@ -56,6 +56,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from episodes.protocol.folds import SHARE_HINT
+
 __all__ = [
     "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
     "setting_groups",
@@ -249,8 +251,9 @@ def run_fold(
                 kshot[str(k)] = dict(at(k).extras["postprocess"])
             except ValueError as e:  # the support scan has fewer organ slices than k x chunks
                 try:  # neighbouring chunks share support slices, and the table says so
-                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": str(e)}
-                    print(f"   {k}-shot: {e}; scored with chunks sharing support slices", flush=True)
+                    reason = str(e).removesuffix(SHARE_HINT)
+                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": reason}
+                    print(f"   {k}-shot: {reason}; scored with chunks sharing support slices", flush=True)
                 except ValueError as e2:  # fewer organ slices than k
                     kshot[str(k)] = {"error": str(e2)}
                     print(f"   {k}-shot: not possible: {e2}", flush=True)
@@ -501,8 +504,9 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
                 f"Not possible: {k}-shot, fold {r['fold']}: {r['kshot'][k]['error']}"
                 for r in recs if "error" in r.get("kshot", {}).get(k, {})
             ] + [
-                f"Shared support slices: {k}-shot, fold {r['fold']}: {sc['shared']}; neighbouring chunks share "
-                "slices (the k organ slices around each chunk's percentile)"
+                f"Shared support slices: {k}-shot, fold {r['fold']}: {sc['shared'].removesuffix(SHARE_HINT)}; "
+                f"scored with neighbouring chunks sharing slices (each chunk: the {k} organ slices around its "
+                "percentile)"
                 for r, sc in ok if "shared" in sc
             ]
         if not ok:

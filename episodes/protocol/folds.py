@@ -43,6 +43,7 @@ from fractions import Fraction
 __all__ = [
     "N_FOLDS",
     "SETTING2_GROUPS",
+    "SHARE_HINT",
     "FoldSplit",
     "fold_boundaries",
     "query_chunk",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 N_FOLDS = 5
+
+#: Ends the "too few support slices" error when sharing was not allowed.
+SHARE_HINT = "; share_support_slices lets neighbouring chunks share slices"
 
 #: Setting-2 label groups (tested together, excluded together from training), canonical names.
 #: SSL-ALPNet: MRI ``[2, 3]`` / ``[1, 4]``, CT ``[2, 3]`` / ``[1, 6]``.
@@ -110,7 +114,7 @@ def support_slice_indices(
         raise ValueError(
             f"{shots}-shot with {chunks} chunks needs {shots * chunks} distinct support slices, but the organ "
             f"covers only {n_slices} slice(s) ({n_slices // chunks} per chunk)"
-            + ("" if share else "; share_support_slices lets neighbouring chunks share slices")
+            + ("" if share else SHARE_HINT)
         )
     out = []
     for i in range(chunks):

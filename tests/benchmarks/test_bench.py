@@ -202,7 +202,7 @@ def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
     assert "needs 150 distinct support slices" in rec["kshot"]["50"]["error"]
     two, four = rec["kshot"]["2"], rec["kshot"]["4"]
     assert set(two) == {"none", "lcc"} and 0.0 <= two["none"]["dice"]["liver"] <= 1.0
-    assert "needs 12 distinct support slices" in four["shared"] and 0.0 <= four["none"]["dice"]["liver"] <= 1.0
+    assert four["shared"].endswith("covers only 9 slice(s) (3 per chunk)") and 0.0 <= four["none"]["dice"]["liver"] <= 1.0
     plan = json.loads((tmp_path / "phantom-ct_setting1_fold0" / "eval_4shot" / "plan.json").read_text())
     assert plan["protocol"]["share_support_slices"] and plan["organs"][0]["support_slices"][1][0] == 3
     assert (tmp_path / "phantom-ct_setting1_fold0" / "eval_2shot").is_dir()
@@ -212,6 +212,7 @@ def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
     assert f"| 2 | 0,1 | {100 * two['none']['dice']['liver']:.2f} ± 0.00 |" in text
     assert "| 50 | 0 |" not in text and "Not possible: 50-shot, fold 0: " in text
     assert "| 4 | 0 |" in text and "Shared support slices: 4-shot, fold 0: support subject '1'" in text
+    assert "(3 per chunk); scored with neighbouring chunks sharing slices (each chunk: the 4 organ slices" in text
     again = fold(shots=(1, 2), previous=rec)
     assert again["reused"] and again["kshot"] == {"2": two}  # the same checkpoint, plan and threshold
     assert bench.kshot_table([again | {"kshot": {}}]) == []
