@@ -709,42 +709,44 @@ def run_tasks(
     path_added = here not in sys.path
     if path_added:  # spawned workers import this script by its module name when it was imported, not run
         sys.path.insert(0, here)
-    with cf.ProcessPoolExecutor(
-        min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
-        futures: dict[cf.Future[dict[str, Any]], int] = {}
-        for i, task in enumerate(tasks):
-            log = logs / f"{task.name}.log"
-            log.write_text("")
-            futures[pool.submit(_run_in_worker, task, threads, log)] = i
-            print(f"== {task.label}: {threads} torch thread(s), log {log}", flush=True)
-        waiting = set(futures)
-        while waiting:
-            done, waiting = cf.wait(waiting, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                i = futures[future]
-                if future.cancelled():
-                    continue
-                try:
-                    record = future.result()
-                except Exception as err:  # re-raised below, once the running tasks have finished
-                    if failure is None:
-                        failure = (i, err)
-                        for other in waiting:
-                            other.cancel()
-                        print(
-                            f"   {tasks[i].label} failed: {err!r}; waiting for the running tasks", flush=True
-                        )
-                    continue
-                finished(i, record)
-            for future in waiting:
-                i = futures[future]
-                line = _last_line(logs / f"{tasks[i].name}.log")
-                if future.running() and line and line != shown.get(i):
-                    shown[i] = line
-                    print(f"   [{tasks[i].name}] {line}", flush=True)
-    if path_added:
-        sys.path.remove(here)
+    try:
+        with cf.ProcessPoolExecutor(
+            min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures: dict[cf.Future[dict[str, Any]], int] = {}
+            for i, task in enumerate(tasks):
+                log = logs / f"{task.name}.log"
+                log.write_text("")
+                futures[pool.submit(_run_in_worker, task, threads, log)] = i
+                print(f"== {task.label}: {threads} torch thread(s), log {log}", flush=True)
+            waiting = set(futures)
+            while waiting:
+                done, waiting = cf.wait(waiting, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    i = futures[future]
+                    if future.cancelled():
+                        continue
+                    try:
+                        record = future.result()
+                    except Exception as err:  # re-raised below, once the running tasks have finished
+                        if failure is None:
+                            failure = (i, err)
+                            for other in waiting:
+                                other.cancel()
+                            print(
+                                f"   {tasks[i].label} failed: {err!r}; waiting for the running tasks", flush=True
+                            )
+                        continue
+                    finished(i, record)
+                for future in waiting:
+                    i = futures[future]
+                    line = _last_line(logs / f"{tasks[i].name}.log")
+                    if future.running() and line and line != shown.get(i):
+                        shown[i] = line
+                        print(f"   [{tasks[i].name}] {line}", flush=True)
+    finally:
+        if path_added:
+            sys.path.remove(here)
     if failure is not None:
         bad, error = failure
         log = logs / f"{tasks[bad].name}.log"
