@@ -406,13 +406,16 @@ def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str,
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
 #: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
 INFERENCE_KEYS = ("model.fg_threshold", "model.tta", "model.head.shot_fusion")
+#: Config keys that say where a run was written, not how it trained: an output folder copied or moved elsewhere
+#: is still reusable.
+LOCATION_KEYS = ("out_dir",)
 
 
 def _training_view(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the inference-only keys (:data:`INFERENCE_KEYS`)."""
+    """``config`` without the inference-only and location keys (:data:`INFERENCE_KEYS`, :data:`LOCATION_KEYS`)."""
     view = copy.deepcopy(config)
     one_shot = view.get("data", {}).get("episodes", {}).get("shots", 1) == 1
-    for key in INFERENCE_KEYS:
+    for key in (*INFERENCE_KEYS, *LOCATION_KEYS):
         if key == "model.head.shot_fusion" and not one_shot:
             continue
         *parents, leaf = key.split(".")

@@ -80,6 +80,8 @@ def _check_reuse_rule(run: Path) -> None:
     assert acc._reusable(ckpt, trained)
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.fg_threshold": 0.8}))
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.head.shot_fusion": "scores"}))  # 1-shot
+    assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.tta": "flip"}))
+    assert acc._reusable(ckpt, load_config(run / "config.yaml", {"out_dir": str(run.parent / "moved")}))  # a copied run
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"optim.lr": 0.5}))
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"train.steps": 3}))
     assert not acc._reusable(run / "missing.ckpt", trained)
