@@ -52,13 +52,15 @@ def _probability(text: str) -> float:
 
 def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
     """The inference options: ``--fg-threshold`` and ``--tta``."""
+    from fewshot.config.model import TTA_CHOICES
+
     parser.add_argument(
         "--fg-threshold", type=_probability, default=None,
         help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
         "the trained config's model.fg_threshold)",
     )
     parser.add_argument(
-        "--tta", choices=["none", "flip"], default=None,
+        "--tta", choices=TTA_CHOICES, default=None,
         help="test-time augmentation: flip averages the logits with those of the left-right mirrored episode "
         "(default: the trained config's model.tta)",
     )
