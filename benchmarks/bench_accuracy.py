@@ -56,7 +56,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from episodes.protocol.folds import SHARE_HINT
+from episodes.protocol.folds import SHARE_HINT, TooFewSupportSlices
 
 __all__ = [
     "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
@@ -249,14 +249,13 @@ def run_fold(
         for k in sorted(set(shots) - {1}):
             try:
                 kshot[str(k)] = dict(at(k).extras["postprocess"])
-            except ValueError as e:  # the support scan has fewer organ slices than k x chunks
-                try:  # neighbouring chunks share support slices, and the table says so
-                    reason = str(e).removesuffix(SHARE_HINT)
-                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": reason}
-                    print(f"   {k}-shot: {reason}; scored with chunks sharing support slices", flush=True)
-                except ValueError as e2:  # fewer organ slices than k
-                    kshot[str(k)] = {"error": str(e2)}
-                    print(f"   {k}-shot: not possible: {e2}", flush=True)
+            except TooFewSupportSlices as e:  # the support scan has fewer organ slices than k x chunks
+                if e.shareable:  # neighbouring chunks share support slices, and the table says so
+                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": e.reason}
+                    print(f"   {k}-shot: {e.reason}; scored with chunks sharing support slices", flush=True)
+                else:  # fewer organ slices than k
+                    kshot[str(k)] = {"error": e.reason}
+                    print(f"   {k}-shot: not possible: {e.reason}", flush=True)
         return ev, wall, kshot
 
     if previous is not None:
@@ -506,7 +505,7 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
             notes += [
                 f"Not possible: {k}-shot, fold {r['fold']}: {r['kshot'][k]['error']}"
                 for r in recs if "error" in r.get("kshot", {}).get(k, {})
-            ] + [
+            ] + [  # results written before TooFewSupportSlices.reason keep the hint: strip it
                 f"Shared support slices: {k}-shot, fold {r['fold']}: {sc['shared'].removesuffix(SHARE_HINT)}; "
                 f"scored with neighbouring chunks sharing slices (each chunk: the {k} organ slices around its "
                 "percentile)"

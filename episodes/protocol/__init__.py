@@ -9,7 +9,15 @@ Every name is importable from ``episodes.protocol``.
 
 from __future__ import annotations
 
-from .folds import N_FOLDS, SETTING2_GROUPS, FoldSplit, fold_boundaries, query_chunk, support_slice_indices
+from .folds import (
+    N_FOLDS,
+    SETTING2_GROUPS,
+    FoldSplit,
+    TooFewSupportSlices,
+    fold_boundaries,
+    query_chunk,
+    support_slice_indices,
+)
 from .plan import (
     PLAN_SCHEMA_VERSION,
     EvaluationPlan,
@@ -30,6 +38,7 @@ __all__ = [
     "OrganPlan",
     "Protocol",
     "QueryPlan",
+    "TooFewSupportSlices",
     "fold_boundaries",
     "query_chunk",
     "query_tensors",

@@ -45,6 +45,7 @@ __all__ = [
     "SETTING2_GROUPS",
     "SHARE_HINT",
     "FoldSplit",
+    "TooFewSupportSlices",
     "fold_boundaries",
     "query_chunk",
     "support_slice_indices",
@@ -52,8 +53,35 @@ __all__ = [
 
 N_FOLDS = 5
 
-#: Ends the "too few support slices" error when sharing was not allowed.
+#: Ends the :class:`TooFewSupportSlices` message when sharing slices would make the plan possible.
 SHARE_HINT = "; share_support_slices lets neighbouring chunks share slices"
+
+
+class TooFewSupportSlices(ValueError):
+    """The support organ covers fewer slices than ``shots * chunks`` distinct picks need.
+
+    ``shareable`` is true when ``share=False`` was asked and sharing would work (``shots <= n_slices``); the
+    message then ends with :data:`SHARE_HINT`. ``reason`` is the message without the hint.
+    """
+
+    def __init__(self, shots: int, chunks: int, n_slices: int, *, shared: bool, where: str = "") -> None:
+        self.shots, self.chunks, self.n_slices = shots, chunks, n_slices
+        self.shared, self.where = shared, where
+        self.shareable = not shared and shots <= n_slices
+        super().__init__(self.reason + (SHARE_HINT if self.shareable else ""))
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"{self.where}{self.shots}-shot with {self.chunks} chunks needs {self.shots * self.chunks} distinct "
+            f"support slices, but the organ covers only {self.n_slices} slice(s) "
+            f"({self.n_slices // self.chunks} per chunk)"
+        )
+
+    def at(self, where: str) -> TooFewSupportSlices:
+        """The same error, its message prefixed with ``where`` (e.g. the support subject and organ)."""
+        return TooFewSupportSlices(self.shots, self.chunks, self.n_slices, shared=self.shared, where=f"{where}: ")
+
 
 #: Setting-2 label groups (tested together, excluded together from training), canonical names.
 #: SSL-ALPNet: MRI ``[2, 3]`` / ``[1, 4]``, CT ``[2, 3]`` / ``[1, 6]``.
@@ -96,6 +124,9 @@ def support_slice_indices(
 
     Returns:
         ``n`` tuples of ``k`` distinct slice indices.
+
+    Raises:
+        TooFewSupportSlices: fewer than ``k * n`` organ slices (with ``share``: fewer than ``k``).
     """
     zs = list(organ_slices)
     n_slices = len(zs)
@@ -111,11 +142,7 @@ def support_slice_indices(
                     for i in range(chunks)
                 )
             )  # fmt: skip
-        raise ValueError(
-            f"{shots}-shot with {chunks} chunks needs {shots * chunks} distinct support slices, but the organ "
-            f"covers only {n_slices} slice(s) ({n_slices // chunks} per chunk)"
-            + ("" if share else SHARE_HINT)
-        )
+        raise TooFewSupportSlices(shots, chunks, n_slices, shared=share)
     out = []
     for i in range(chunks):
         picks = []

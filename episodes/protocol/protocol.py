@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..data.labels import ABDOMINAL_ORGANS, canonical_organ
 from ..data.volumes import Volume
-from .folds import N_FOLDS, SETTING2_GROUPS, FoldSplit, fold_boundaries, query_chunk, support_slice_indices
+from .folds import (
+    N_FOLDS,
+    SETTING2_GROUPS,
+    FoldSplit,
+    TooFewSupportSlices,
+    fold_boundaries,
+    query_chunk,
+    support_slice_indices,
+)
 
 if TYPE_CHECKING:
     from .plan import EvaluationPlan
@@ -168,8 +176,8 @@ class Protocol:
                 support_slices = support_slice_indices(
                     zs.tolist(), self.chunks, self.shots, share=self.share_support_slices
                 )
-            except ValueError as exc:
-                raise ValueError(f"support subject {support.subject!r}, organ {organ!r}: {exc}") from exc
+            except TooFewSupportSlices as exc:
+                raise exc.at(f"support subject {support.subject!r}, organ {organ!r}") from exc
             queries = []
             for sid in split.queries:
                 q = by_id[sid]

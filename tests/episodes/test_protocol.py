@@ -11,12 +11,14 @@ from episodes.data.volumes import Volume
 from episodes.protocol import (
     EvaluationPlan,
     Protocol,
+    TooFewSupportSlices,
     fold_boundaries,
     query_chunk,
     query_tensors,
     support_episode_tensors,
     support_slice_indices,
 )
+from episodes.protocol.folds import SHARE_HINT
 
 
 def _vol(subject: str, organ_slices: dict[int, range], z: int = 12, label_map=CHAOS_MR) -> Volume:  # type: ignore[no-untyped-def]
@@ -91,22 +93,31 @@ def test_support_slice_rule_hand_computed() -> None:
     # 2-shot: pct (i + 1/4)/3, (i + 3/4)/3 -> indices 1,3 | 5,8 | 10,12
     assert support_slice_indices(zs, 3, 2) == ((11, 13), (15, 18), (20, 22))
     assert support_slice_indices([4, 5, 6], 3, 1) == ((4,), (5,), (6,))
-    with pytest.raises(ValueError, match=r"needs 15 distinct support slices.*share_support_slices"):
+    with pytest.raises(
+        TooFewSupportSlices, match=r"needs 15 distinct support slices.*share_support_slices"
+    ) as info:
         support_slice_indices(zs, 3, 5)
+    assert info.value.shareable and (info.value.shots, info.value.chunks, info.value.n_slices) == (5, 3, 14)
+    assert str(info.value) == info.value.reason + SHARE_HINT
 
 
 def test_shared_support_slices_hand_computed() -> None:
     zs = list(range(10, 24))  # L = 14 < 5 x 3: windows of 5 around p * L = 2.33, 7, 11.67 -> starts 0, 5, 9
     assert support_slice_indices(zs, 3, 5, share=True) == (
-        (10, 11, 12, 13, 14), (15, 16, 17, 18, 19), (19, 20, 21, 22, 23)
+        (10, 11, 12, 13, 14),
+        (15, 16, 17, 18, 19),
+        (19, 20, 21, 22, 23),
     )
     # starts floor(0.83 - 0.5), floor(2.5 - 0.5), floor(4.17 - 0.5) = 0, 2, 3: chunks 2 and 3 share slice 3
     assert support_slice_indices([0, 1, 2, 3, 4], 3, 2, share=True) == ((0, 1), (2, 3), (3, 4))
     for k in (1, 2, 4):  # enough slices: the same picks as without sharing
         assert support_slice_indices(zs, 3, k, share=True) == support_slice_indices(zs, 3, k)
-    with pytest.raises(ValueError, match="needs 15 distinct support slices") as info:
+    with pytest.raises(TooFewSupportSlices, match="needs 15 distinct support slices") as info:
         support_slice_indices([1, 2, 3, 4], 3, 5, share=True)  # fewer slices than shots
-    assert "share_support_slices" not in str(info.value)
+    assert "share_support_slices" not in str(info.value) and not info.value.shareable
+    with pytest.raises(TooFewSupportSlices) as info:  # sharing would not help either: no hint
+        support_slice_indices([1, 2, 3, 4], 3, 5)
+    assert not info.value.shareable and str(info.value) == info.value.reason
 
 
 def test_query_chunk_hand_computed() -> None:
@@ -150,8 +161,11 @@ def test_build_plan_errors() -> None:
     vols = _volumes()
     with pytest.raises(ValueError, match="absent from support subject 's'"):
         Protocol("chaos-mr", organs=("spleen",), support_subject="s").build_plan(vols)
-    with pytest.raises(ValueError, match="needs 9 distinct support slices"):
+    with pytest.raises(
+        TooFewSupportSlices, match=r"^support subject 's', organ 'liver': 3-shot .* 9 distinct"
+    ) as info:
         Protocol("chaos-mr", organs=("liver",), shots=3, support_subject="s").build_plan(vols)
+    assert info.value.shareable and info.value.reason.startswith("support subject 's', organ 'liver': ")
     shared = Protocol("chaos-mr", organs=("liver",), shots=3, support_subject="s", share_support_slices=True)
     assert shared.build_plan(vols).organ("liver").support_slices == ((2, 3, 4), (4, 5, 6), (5, 6, 7))
     assert Protocol.from_dict(shared.to_dict()) == shared
