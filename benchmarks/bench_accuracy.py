@@ -485,7 +485,8 @@ def _scores(r: dict[str, Any], step: str) -> dict[str, dict[str, float]]:
 
 def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: Dice (%) per organ for 1 and every evaluated k > 1 support slices per chunk, mean ±
-    std over the folds where k was possible, the same mean with LCC; folds where it was not are named."""
+    std over the folds where k was possible, the same mean with LCC, then (several folds) each fold's mean
+    Dice per k; folds where a k was not possible are named."""
     ks = sorted({k for r in recs for k in r.get("kshot", {})}, key=int)
     if not ks:
         return []
@@ -497,6 +498,7 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
         "|---:|---|" + "---:|" * (len(organs) + 2),
     ]
     notes: list[str] = []
+    per_fold: list[str] = []
     for k in ["1", *ks]:
         if k == "1":
             ok = [(r, {"none": _scores(r, "none"), "lcc": _scores(r, "lcc")}) for r in recs]
@@ -517,6 +519,22 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
         cells = [_mean_std([100 * sc["none"]["dice"][o] for _, sc in ok]) for o in (*organs, "mean")]
         cells.append(_mean_std([100 * sc["lcc"]["dice"]["mean"] for _, sc in ok]))
         lines.append(f"| {k} | {','.join(str(r['fold']) for r, _ in ok)} | " + " | ".join(cells) + " |")
+        by_fold = {r["fold"]: sc for r, sc in ok}
+        per_fold.append(
+            f"| {k} | "
+            + " | ".join(
+                f"{100 * by_fold[r['fold']]['none']['dice']['mean']:.2f}" if r["fold"] in by_fold else "n/a"
+                for r in recs
+            )
+            + " |"
+        )
+    if len(recs) > 1:  # each fold's k-shot mean, so the report alone keeps every number behind the means
+        lines += [
+            "", "Mean Dice per fold:", "",
+            "| shots | " + " | ".join(f"fold {r['fold']}" for r in recs) + " |",
+            "|---:|" + "---:|" * len(recs),
+            *per_fold,
+        ]
     return lines + (["", *notes] if notes else [])
 
 

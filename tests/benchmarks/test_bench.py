@@ -215,6 +215,10 @@ def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
     assert "| 50 | 0 |" not in text and "Not possible: 50-shot, fold 0: " in text
     assert "| 4 | 0 |" in text and "Shared support slices: 4-shot, fold 0: support subject '1'" in text
     assert "(3 per chunk); scored with neighbouring chunks sharing slices (each chunk: the 4 organ slices" in text
+    m1, m2 = 100 * rec["dice"]["mean"], 100 * two["none"]["dice"]["mean"]
+    assert "| shots | fold 0 | fold 1 |" in text and f"| 1 | {m1:.2f} | {m1:.2f} |" in text
+    assert f"| 2 | {m2:.2f} | {m2:.2f} |" in text and "| 50 | n/a | n/a |" not in text
+    assert f"| 4 | {100 * four['none']['dice']['mean']:.2f} | n/a |" in text
     again = fold(shots=(1, 2), previous=rec)
     assert again["reused"] and again["kshot"] == {"2": two}  # the same checkpoint, plan and threshold
     assert bench.kshot_table([again | {"kshot": {}}]) == []
