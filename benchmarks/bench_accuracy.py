@@ -140,15 +140,6 @@ def _peak_memory_mb() -> dict[str, float]:
     return out
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    from fewshot.config import ConfigError, parse_overrides
-
-    try:
-        return parse_overrides(items)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from e
-
-
 def _genesis_weights(cfg: Any, volumes: list[Any], steps: int, out: Path) -> str:
     from fewshot.study import fold_genesis_weights
 
@@ -500,6 +491,7 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
     notes: list[str] = []
     per_fold: list[str] = []
     for k in ["1", *ks]:
+        ok: list[tuple[dict[str, Any], dict[str, Any]]]
         if k == "1":
             ok = [(r, {"none": _scores(r, "none"), "lcc": _scores(r, "lcc")}) for r in recs]
         else:
@@ -835,28 +827,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logs()
 
     from episodes.atomic import atomic_write_json, read_json
-    from fewshot.config import load_config
+    from fewshot.config import load_config, parse_overrides
     from fewshot.configs import config_path
 
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
     if args.jobs < 1:
-        raise SystemExit(f"--jobs: expected a positive integer, got {args.jobs}")
+        p.error(f"--jobs: expected a positive integer, got {args.jobs}")
     try:
         shots = sorted({int(k) for k in args.shots.split(",") if k.strip()})
     except ValueError:
-        raise SystemExit(f"--shots: expected a comma list of integers, got {args.shots!r}") from None
+        p.error(f"--shots: expected a comma list of integers, got {args.shots!r}")
     if not shots or shots[0] < 1:
-        raise SystemExit(f"--shots: every k must be >= 1, got {args.shots!r}")
+        p.error(f"--shots: every k must be >= 1, got {args.shots!r}")
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     if args.config is not None and len(datasets) > 1:
-        raise SystemExit("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
-    overrides = _parse_set(args.set)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        p.error("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
+    overrides = parse_overrides(args.set)
+    out = Path(args.out)  # made once the inputs are known to be valid
     records: list[dict[str, Any]] = []
 
     def write_report() -> str:
         report = markdown_report(records, load=_load())
+        out.mkdir(parents=True, exist_ok=True)
         (out / "results.md").write_text(report)
         atomic_write_json(out / "results.json", {"argv": sys.argv[1:] if argv is None else list(argv), "folds": records})
         return report
@@ -870,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += read_json(path, "bench_accuracy results")["folds"]
         keys = [(r["dataset"], r["setting"], r["fold"]) for r in records]
         if len(set(keys)) != len(keys):
-            raise SystemExit(f"--merge: a (dataset, setting, fold) appears twice: {sorted(keys)}")
+            raise ValueError(f"--merge: a (dataset, setting, fold) appears twice: {sorted(keys)}")
         records.sort(key=lambda r: (r["dataset"], r["setting"], r["fold"]))
         print(write_report())
         return 0
@@ -904,10 +896,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"   {rec['dataset']} fold {rec['fold']}: {_summary(rec)}", flush=True)
         write_report()  # after every fold, so an interrupted run keeps the folds it finished
 
+    out.mkdir(parents=True, exist_ok=True)
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=fold_done)
     print(write_report())
     return 0
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` for the command line: a user error (bad path, bad ``--set`` value) prints one line, exit 2."""
+    from fewshot.cli import run_reporting_user_errors
+
+    return run_reporting_user_errors("bench_accuracy.py", lambda: main(argv))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -125,5 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` for the command line: a user error (bad path, bad ``--set`` value) prints one line, exit 2."""
+    from fewshot.cli import run_reporting_user_errors
+
+    return run_reporting_user_errors("bench_shots.py", lambda: main(argv))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from fewshot.cli.commands import CLIError
 
-__all__ = ["CLIError", "build_parser", "main", "quiet_logs"]
+__all__ = ["CLIError", "build_parser", "main", "quiet_logs", "run_reporting_user_errors", "user_error_message"]
 
 #: Exceptions that mean "the input is wrong" (exit status 2, one line).
 USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, KeyError, ValueError, ImportError)
@@ -58,21 +58,34 @@ def quiet_logs(verbose: bool = False) -> None:
         )
 
 
+def user_error_message(error: BaseException) -> str:
+    """The one line shown for a user error (a ``KeyError``'s message without the quotes ``str`` adds)."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def run_reporting_user_errors(prog: str, fn: Callable[[], int], verbose: bool = False) -> int:
+    """Run ``fn``; a :data:`USER_ERRORS` exception prints ``"{prog}: error: ..."`` and returns 2.
+
+    Ctrl-C prints ``"{prog}: interrupted"`` and returns 130. With ``verbose`` user errors are re-raised
+    (traceback). Shared by the ``fewshot`` command and the scripts under ``benchmarks/``.
+    """
+    try:
+        return int(fn())
+    except USER_ERRORS as e:
+        if verbose:
+            raise
+        print(f"{prog}: error: {user_error_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_logs(args.verbose)
-    try:
-        return int(args.func(args))
-    except USER_ERRORS as e:
-        if args.verbose:
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"fewshot {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fewshot {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_user_errors(f"fewshot {args.command}", lambda: args.func(args), args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,7 +65,7 @@ def test_accuracy_merge_combines_fold_records(tmp_path: Path) -> None:
     merged = json.loads((out / "results.json").read_text())["folds"]
     assert [r["fold"] for r in merged] == [0, 1]
     assert "| **ours, folds 0,1: mean ± std** | 65.00 ± 7.07 |" in (out / "results.md").read_text()
-    with pytest.raises(SystemExit, match="appears twice"):
+    with pytest.raises(ValueError, match="appears twice"):
         bench.main(["--merge", parts[0], parts[0], "--out", str(out)])
 
 
@@ -186,12 +186,12 @@ TINY = [
 def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
     """bench_accuracy --shots: every checkpoint is also evaluated with k > 1 support slices per chunk; a k that
     the support scan cannot give is recorded with its reason; --reuse evaluates k-shot again."""
-    from fewshot.config import load_config
+    from fewshot.config import load_config, parse_overrides
     from fewshot.configs import config_path
     from fewshot.pipeline import load_volumes
 
     bench = _load("bench_accuracy")
-    over = bench._parse_set(TINY)
+    over = parse_overrides(TINY)
     volumes = load_volumes(load_config(config_path("demo_phantom"), over).data)
 
     def fold(**kw: Any) -> dict[str, Any]:
@@ -243,14 +243,18 @@ def test_combine_groups_joins_kshot_per_k() -> None:
     assert kshot["5"] == {"error": "too few kidney slices"}
 
 
-def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(tmp_path: Path) -> None:
+def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """bench_accuracy --jobs 2: folds trained side by side in spawned workers (one torch thread each, logs in
     out/logs) give the same records as one after another in this process; a failing run stops the run after the
     running ones finish and names its log."""
     import torch
 
+    from fewshot.config import parse_overrides
+
     bench = _load("bench_accuracy")
-    over = bench._parse_set([*TINY, "train.num_workers=1"])  # a DataLoader worker inside each worker process
+    over = parse_overrides([*TINY, "train.num_workers=1"])  # a DataLoader worker inside each worker process
 
     def tasks(out: Path, folds: tuple[int, ...]) -> list[Any]:
         return [
@@ -282,5 +286,26 @@ def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(t
     log = (tmp_path / "two" / "logs" / "phantom-ct_setting1_fold0.log").read_text()
     assert "== fold 0, 1 torch thread(s)" in log and "Dice" in log
     assert (tmp_path / "two" / "phantom-ct_setting1_fold1" / "train" / "checkpoints" / "last.ckpt").is_file()
-    with pytest.raises(SystemExit, match="--jobs: expected a positive integer, got 0"):
+    with pytest.raises(SystemExit) as exit_info:
         bench.main(["--jobs", "0", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "--jobs: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("bench_accuracy", ["--config", "no/such/recipe.yaml"], "config 'no/such/recipe.yaml' is neither a YAML file nor a packaged config"),
+        ("bench_accuracy", ["--set", "train.steps=abc"], "train.steps must be an integer, got 'abc'"),
+        ("bench_accuracy", ["--set", "nosuch.key=1"], "unknown key(s) ['nosuch']"),
+        ("bench_shots", ["--checkpoint", "no/such/last.ckpt"], "checkpoint no/such/last.ckpt not found"),
+    ],
+)
+def test_benchmark_scripts_report_user_errors_in_one_line(
+    script: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load(script)
+    assert bench.cli([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{script}.py: error: {message}" in err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert not (tmp_path / "out").exists()  # nothing trained or written
