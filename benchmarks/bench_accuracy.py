@@ -843,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config is not None and len(datasets) > 1:
         p.error("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
     overrides = parse_overrides(args.set)
-    out = Path(args.out)  # made once the inputs are known to be valid
+    out = Path(args.out)  # made by its writers (write_report, the fold and log folders), after the inputs are checked
     records: list[dict[str, Any]] = []
 
     def write_report() -> str:
@@ -896,7 +896,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"   {rec['dataset']} fold {rec['fold']}: {_summary(rec)}", flush=True)
         write_report()  # after every fold, so an interrupted run keeps the folds it finished
 
-    out.mkdir(parents=True, exist_ok=True)
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=fold_done)
     print(write_report())
     return 0

@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """:func:`main` for the command line: a user error (bad path, bad ``--set`` value) prints one line, exit 2."""
+    """:func:`main` for the command line: a user error (missing or corrupt checkpoint) prints one line, exit 2."""
     from fewshot.cli import run_reporting_user_errors
 
     return run_reporting_user_errors("bench_shots.py", lambda: main(argv))
