@@ -28,8 +28,9 @@ from torch import nn
 
 from episodes.data.labels import LabelMap, canonical_organ, get_label_map, known_organs
 from episodes.data.preprocess import NormStats, preprocess
+from episodes.data.slices import stack_slices
 from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
-from episodes.protocol import query_chunk, support_slice_indices, tile_slices
+from episodes.protocol import query_chunk, support_slice_indices
 
 __all__ = [
     "MAX_SPACING_RATIO",
@@ -56,6 +57,7 @@ def segment_volume(
     chunks: int = 3,
     query_range: tuple[int, int] | None = None,
     channels: int = 3,
+    slice_input: str | None = None,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     fg_threshold: float | None = None,
@@ -66,10 +68,12 @@ def segment_volume(
     Args:
         support_mask: ``(Z, H, W)`` bool organ mask of ``support``.
         query_range: inclusive slice range ``(z0, z1)`` of the query to segment (default: all).
+        slice_input: how a slice fills the channels, ``"tile"`` or ``"adjacent"`` (default: the model's
+            ``config.slice_input``).
         fg_threshold: foreground probability threshold (default: the model's ``config.fg_threshold``).
         tta: test-time augmentation, ``"none"`` or ``"flip"`` (default: the model's ``config.tta``).
     """
-    from fewshot.evaluation.scoring import predict_query
+    from fewshot.evaluation.scoring import model_slice_input, predict_query
 
     if support_mask.shape != support.shape:
         raise VolumeError(
@@ -87,16 +91,18 @@ def segment_volume(
     zs = np.arange(z0, z1 + 1)
     parts = np.array([query_chunk(int(z), z0, z1, chunks) for z in zs])
     pred = np.zeros(query.shape, dtype=bool)
+    mode = model_slice_input(model) if slice_input is None else slice_input
     model.eval().to(device)
     for c in range(chunks):
         q_z = zs[parts == c]
         if q_z.size == 0:
             continue
         s_z = list(sets[c])
-        s_img = tile_slices(support.image[s_z], channels).unsqueeze(0)
+        s_img = torch.from_numpy(stack_slices(support.image, s_z, channels, mode)).unsqueeze(0)
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
         out = predict_query(
-            model, s_img, s_msk, tile_slices(query.image[q_z], channels), batch_size=batch_size, device=device,
+            model, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
+            batch_size=batch_size, device=device,
             threshold=fg_threshold, tta=tta,
         )
         pred[q_z] = out.numpy()

@@ -16,6 +16,7 @@ import torch
 
 from ..atomic import atomic_write_json, read_json
 from ..data.labels import canonical_organ
+from ..data.slices import stack_slices
 from ..data.volumes import Volume
 from .folds import FoldSplit
 from .protocol import Protocol
@@ -161,7 +162,7 @@ def tile_slices(images: np.ndarray, channels: int) -> torch.Tensor:
 
 
 def support_episode_tensors(
-    plan: OrganPlan, volumes: Mapping[str, Volume], chunk: int, *, channels: int = 3
+    plan: OrganPlan, volumes: Mapping[str, Volume], chunk: int, *, channels: int = 3, slice_input: str = "tile"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Support images and masks of one chunk.
 
@@ -169,7 +170,8 @@ def support_episode_tensors(
         plan: the organ's plan.
         volumes: ``{subject: normalised labelled Volume}``.
         chunk: chunk index ``0..n-1``.
-        channels: ``C`` (the slice is tiled).
+        channels: ``C``.
+        slice_input: how a slice fills the channels (:mod:`episodes.data.slices`: ``tile`` or ``adjacent``).
 
     Returns:
         ``(support_images (1, K, C, H, W) float32, support_masks (1, K, H, W) float32 in {0, 1})``.
@@ -179,15 +181,21 @@ def support_episode_tensors(
     v = _volume(volumes, plan.support_subject)
     zs = list(plan.support_slices[chunk])
     assert v.label is not None
-    images = tile_slices(v.image[zs], channels).unsqueeze(0)
+    images = torch.from_numpy(stack_slices(v.image, zs, channels, slice_input)).unsqueeze(0)
     masks = torch.from_numpy((v.label[zs] == plan.label_value).astype(np.float32)).unsqueeze(0)
     return images, masks
 
 
 def query_tensors(
-    query: QueryPlan, volumes: Mapping[str, Volume], label_value: int, *, channels: int = 3
+    query: QueryPlan,
+    volumes: Mapping[str, Volume],
+    label_value: int,
+    *,
+    channels: int = 3,
+    slice_input: str = "tile",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query slices of one subject, in plan order.
+    """Query slices of one subject, in plan order (``channels`` and ``slice_input`` as for
+    :func:`support_episode_tensors`).
 
     Returns:
         ``(images (N, C, H, W) float32, masks (N, H, W) float32 in {0, 1}, chunks (N,) int64)``.
@@ -195,6 +203,6 @@ def query_tensors(
     v = _volume(volumes, query.subject)
     assert v.label is not None
     zs = list(query.slices)
-    images = tile_slices(v.image[zs], channels)
+    images = torch.from_numpy(stack_slices(v.image, zs, channels, slice_input))
     masks = torch.from_numpy((v.label[zs] == label_value).astype(np.float32))
     return images, masks, torch.tensor(query.chunks, dtype=torch.int64)

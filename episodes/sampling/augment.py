@@ -140,18 +140,20 @@ class Augmenter:
         """Augment ``image`` and ``mask`` with randomness fully determined by ``seed``.
 
         Args:
-            image: ``(H, W)`` float image (z-scored or any range).
+            image: ``(H, W)`` float image (z-scored or any range), or ``(H, W, C)`` channels of one scene (e.g.
+                adjacent slices): every channel gets the same geometry and the same intensity change, and the
+                min-max scaling spans all channels, so their relative intensities are kept.
             mask: ``(H, W)`` binary mask.
             seed: non-negative integer seed.
 
         Returns:
-            ``(image (H, W) float32 in the input's [min, max], mask (H, W) uint8 in {0, 1})``.
+            ``(image float32 of the input's shape in its [min, max], mask (H, W) uint8 in {0, 1})``.
         """
         img = np.asarray(image, dtype=np.float32)
         msk = np.asarray(mask)
-        if img.ndim != 2 or msk.shape != img.shape:
+        if img.ndim not in (2, 3) or msk.shape != img.shape[:2] or (img.ndim == 3 and not 1 <= img.shape[2] <= 4):
             raise ValueError(
-                f"expected (H, W) image and mask of the same shape, got {img.shape} and {msk.shape}"
+                f"expected an (H, W) or (H, W, C <= 4) image and an (H, W) mask, got {img.shape} and {msk.shape}"
             )
         msk = (msk > 0).view(np.uint8)
         if self._config is None:
@@ -169,7 +171,7 @@ class Augmenter:
             self._pipeline.set_random_seed(int(seed) % (2**32))
             out = self._pipeline(image=np.ascontiguousarray(unit, dtype=np.float32), mask=msk)
             aug = np.asarray(out["image"], dtype=np.float32)
-            if aug.ndim == 3:
+            if aug.ndim == 3 and img.ndim == 2:
                 aug = aug[..., 0]
             aug_mask = (np.asarray(out["mask"]) > 0).view(np.uint8)
         if span <= 1e-8:
@@ -228,10 +230,10 @@ def _elastic_field(
 def _augment_opencv(
     cfg: AugmentationConfig, unit: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``unit`` ``(H, W)`` float32 in [0, 1] and ``mask`` uint8 → augmented pair (see module docs)."""
+    """``unit`` ``(H, W)`` or ``(H, W, C)`` float32 in [0, 1] and ``mask`` uint8 → augmented pair (module docs)."""
     import cv2
 
-    h, w = unit.shape
+    h, w = unit.shape[:2]
     do_affine = rng.random() < cfg.p_affine
     matrix = _affine_inverse(cfg, rng, h, w) if do_affine else np.array([[1.0, 0, 0], [0, 1.0, 0]])
     do_elastic = rng.random() < cfg.p_elastic

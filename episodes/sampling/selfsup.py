@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.labels import canonical_organ
+from ..data.slices import channel_slices, check_slice_input
 from ..data.volumes import Volume
 from .augment import PRESETS, Augmenter
 from .types import Episode, EpisodeInfo
@@ -91,7 +92,11 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             the body). Compute them on the raw volumes and resize with nearest-neighbour if needed.
         shots: support copies ``K``.
         queries: query copies ``Q``.
-        channels: ``C``; the single-channel slice is tiled.
+        channels: ``C``.
+        slice_input: how a slice fills the ``C`` channels (:mod:`episodes.data.slices`): ``"tile"`` repeats it,
+            ``"adjacent"`` stacks it with its neighbours (2.5D; support and query get the same warp on every
+            channel). With ``exclude_organs`` a slice is then usable only if none of its channel slices is
+            excluded, so no excluded organ reaches training through a neighbour.
         augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
         min_superpixel_pixels: smallest superpixel (pixels) that may be drawn.
         query_distance: queries from another slice of the same supervoxel at most this many slices
@@ -116,6 +121,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         shots: int = 1,
         queries: int = 1,
         channels: int = 3,
+        slice_input: str = "tile",
         augment: str = "alpnet",
         min_superpixel_pixels: int = DEFAULT_MIN_SUPERPIXEL_PIXELS,
         query_distance: int = 0,
@@ -140,6 +146,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         if not volumes:
             raise ValueError("SelfSupervisedEpisodes: no volumes given")
         self.shots, self.queries, self.channels = int(shots), int(queries), int(channels)
+        self.slice_input = check_slice_input(slice_input, self.channels)
         self.min_superpixel_pixels = int(min_superpixel_pixels)
         self.query_distance = int(query_distance)
         self.length, self.seed, self.max_augment_tries = int(length), int(seed), int(max_augment_tries)
@@ -197,6 +204,11 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
                     )
                 values = [volume.label_map.value(o) for o in self.exclude_organs]
                 excluded = np.asarray(np.isin(volume.label, values).any(axis=(1, 2)), dtype=bool)
+                if self.slice_input != "tile":
+                    depth = volume.shape[0]
+                    excluded = np.asarray(
+                        [excluded[channel_slices(z, depth, self.channels, self.slice_input)].any() for z in range(depth)]
+                    )
             self._images.append(volume.image)
             self._maps.append(sp)
             self._subjects.append(volume.subject)
@@ -237,6 +249,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         config: EpisodeConfig,
         *,
         channels: int,
+        slice_input: str = "tile",
         exclude_organs: Sequence[str] = (),
         length: int,
         seed: int,
@@ -248,6 +261,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             shots=config.shots,
             queries=config.queries,
             channels=channels,
+            slice_input=slice_input,
             augment=config.augment,
             min_superpixel_pixels=config.min_superpixel_pixels,
             query_distance=config.query_distance,
@@ -290,6 +304,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
             "shots": self.shots,
             "queries": self.queries,
             "channels": self.channels,
+            "slice_input": self.slice_input,
             "augment": self.augment_name,
             "length": self.length,
             "seed": self.seed,
@@ -309,13 +324,13 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
         k = int(rng.integers(len(self._slice_vol)))
         vi, z = int(self._slice_vol[k]), int(self._slice_z[k])
         label = int(rng.choice(self._eligible[k]))
-        image = self._images[vi][z]
+        image = self._input(vi, z)
         mask = (self._maps[vi][z] == label).view(np.uint8)
         zq = self._query_slice(vi, z, label, rng) if self.query_distance else z
-        query_source = (self._images[vi][zq], (self._maps[vi][zq] == label).view(np.uint8)) if zq != z else None
+        query_source = (self._input(vi, zq), (self._maps[vi][zq] == label).view(np.uint8)) if zq != z else None
         sources = ((image, mask), query_source or (image, mask))
         aug_seeds = rng.integers(0, 2**32, size=(self.shots + self.queries, self.max_augment_tries))
-        h, w = image.shape
+        h, w = image.shape[:2]
         s, c = self.shots, self.channels
         # written once, channel-tiled by broadcasting; support and query own separate buffers
         sup_img = np.empty((s, c, h, w), dtype=np.float32)
@@ -333,6 +348,8 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
                     f"subject {self._subjects[vi]} slice {z} superpixel {label} ({int(mask.sum())} px): "
                     f"support mask empty after {self.max_augment_tries} augmentations"
                 )
+            if img.ndim == 3:  # (H, W, C) stack of adjacent slices
+                img = img.transpose(2, 0, 1)
             if copy < s:
                 sup_img[copy] = img
                 sup_msk[copy] = msk
@@ -354,6 +371,14 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
                 query_slice_index=zq if zq != z else None,
             ),
         )
+
+    def _input(self, vi: int, z: int) -> np.ndarray:
+        """Slice ``z`` of volume ``vi`` as the augmenter takes it: ``(H, W)`` when tiled (the channels are filled
+        by broadcasting after augmentation), else the ``(H, W, C)`` stack of its channel slices."""
+        image = self._images[vi]
+        if self.slice_input == "tile":
+            return image[z]
+        return np.ascontiguousarray(image[channel_slices(z, image.shape[0], self.channels, self.slice_input)].transpose(1, 2, 0))
 
     def _query_slice(self, vi: int, z: int, label: int, rng: np.random.Generator) -> int:
         """A slice ``z'`` with ``0 < |z' - z| <= query_distance`` where supervoxel ``label`` covers at

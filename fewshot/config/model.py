@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from episodes.data.slices import check_slice_input
 from fewshot.backbones.inits import check_init_weights, get_init, parse_init
 from fewshot.backbones.registry import check_output_stride, get_backbone_spec, list_backbones
 from fewshot.backbones.staged import resolve_stages
@@ -145,6 +146,9 @@ class ModelConfig:
             Training does not use it; a recipe chooses it on fold 0 (``benchmarks/ABLATION.md``).
         tta: test-time augmentation at inference, one of :data:`TTA_CHOICES` (``flip``: logits averaged with
             those of the left-right mirrored episode, twice the inference cost). Training does not use it.
+        slice_input: how a slice fills the backbone's ``in_channels`` (:data:`~episodes.data.slices.SLICE_INPUTS`):
+            ``tile`` repeats it (SSL-ALPNet); ``adjacent`` stacks it with its neighbours (2.5D, ``in_channels``
+            odd). Training, evaluation and ``fewshot segment`` all feed the model this way.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -153,6 +157,7 @@ class ModelConfig:
     allow_empty_support: bool = False
     fg_threshold: float = 0.5
     tta: str = "none"
+    slice_input: str = "tile"
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -164,6 +169,7 @@ class ModelConfig:
             allow_empty_support: bool = ...,
             fg_threshold: float = ...,
             tta: str = ...,
+            slice_input: str = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -183,6 +189,11 @@ class ModelConfig:
         object.__setattr__(self, "head", _coerce_head(self.head))
         object.__setattr__(self, "fg_threshold", check_threshold(self.fg_threshold, "ModelConfig.fg_threshold"))
         object.__setattr__(self, "tta", check_tta(self.tta, "ModelConfig.tta"))
+        object.__setattr__(
+            self,
+            "slice_input",
+            check_slice_input(self.slice_input, self.backbone.in_channels, "ModelConfig.slice_input"),
+        )
         scheme = get_init(self.init.scheme)
         stages = self.backbone.stages
         if scheme.check_stages is not None and stages:

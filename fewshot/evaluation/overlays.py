@@ -13,7 +13,7 @@ from torch import nn
 from episodes.atomic import atomic_writer
 from episodes.data.volumes import Volume
 from episodes.protocol import EvaluationPlan, query_tensors, support_episode_tensors
-from fewshot.evaluation.scoring import model_channels, predict_query
+from fewshot.evaluation.scoring import model_channels, model_slice_input, predict_query
 
 __all__ = ["save_overlays"]
 
@@ -106,6 +106,7 @@ def save_overlays(
     if device is None:
         device = next(model.parameters()).device
     channels = model_channels(model, channels)
+    slice_input = model_slice_input(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -116,14 +117,18 @@ def save_overlays(
             if not organ_plan.queries:
                 continue
             query = organ_plan.queries[0]
-            images, masks, chunks = query_tensors(query, volumes, organ_plan.label_value, channels=channels)
+            images, masks, chunks = query_tensors(
+                query, volumes, organ_plan.label_value, channels=channels, slice_input=slice_input
+            )
             picks = np.unique(
                 np.linspace(0, len(query.slices) - 1, num=min(n, len(query.slices))).round().astype(int)
             )
             dice = (scan_dice or {}).get((organ_plan.organ, query.subject))
             for i in picks.tolist():
                 chunk = int(chunks[i])
-                s_img, s_msk = support_episode_tensors(organ_plan, volumes, chunk, channels=channels)
+                s_img, s_msk = support_episode_tensors(
+                    organ_plan, volumes, chunk, channels=channels, slice_input=slice_input
+                )
                 pred = predict_query(
                     model, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
                 )[0].numpy()

@@ -30,7 +30,8 @@ from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
 __all__ = [
-    "evaluate", "false_positive_regions", "model_channels", "model_threshold", "model_tta", "predict_query",
+    "evaluate", "false_positive_regions", "model_channels", "model_slice_input", "model_threshold", "model_tta",
+    "predict_query",
 ]
 
 
@@ -41,6 +42,12 @@ def model_channels(model: nn.Module, channels: int | None) -> int:
     if backbone is None or not hasattr(backbone, "in_channels"):
         raise ValueError("model has no config.backbone.in_channels; pass channels=")
     return int(backbone.in_channels)
+
+
+def model_slice_input(model: nn.Module) -> str:
+    """How the model takes a slice (``config.slice_input``; ``"tile"`` for a model without one)."""
+    value = getattr(getattr(model, "config", None), "slice_input", None)
+    return "tile" if value is None else str(value)
 
 
 def false_positive_regions(
@@ -134,6 +141,7 @@ def _evaluate_organ(
     plan: OrganPlan,
     volumes: Mapping[str, Volume],
     channels: int,
+    slice_input: str,
     batch_size: int,
     device: torch.device,
     amp: bool,
@@ -145,13 +153,16 @@ def _evaluate_organ(
 ) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
     """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
-        support_episode_tensors(plan, volumes, c, channels=channels) for c in range(len(plan.support_slices))
+        support_episode_tensors(plan, volumes, c, channels=channels, slice_input=slice_input)
+        for c in range(len(plan.support_slices))
     ]
     scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
     fp_regions: dict[str, int] = {}
     n_slices = 0
     for query in plan.queries:
-        images, masks, chunks = query_tensors(query, volumes, plan.label_value, channels=channels)
+        images, masks, chunks = query_tensors(
+            query, volumes, plan.label_value, channels=channels, slice_input=slice_input
+        )
         source = volumes[query.subject] if reference is None else reference[query.subject]
         if source.label is None:  # only a reference can lack labels: query_tensors checked the volume
             raise ValueError(f"reference volume {query.subject} has no labels")
@@ -250,7 +261,8 @@ def evaluate(
     try:
         for organ_plan in plan.organs:
             by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
-                model, organ_plan, volumes, channels, batch_size, device, amp, bar, steps, reference, threshold, tta
+                model, organ_plan, volumes, channels, model_slice_input(model), batch_size, device, amp, bar, steps,
+                reference, threshold, tta,
             )
             scores = by_step[steps[0]]
             if not scores:

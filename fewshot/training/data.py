@@ -95,6 +95,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (persistent when > 0).
         seed: episode seed.
         pin_memory: ``None`` = pin when CUDA is available.
+        slice_input: how a slice fills the channels (``ModelConfig.slice_input``).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool | None = None,
+        slice_input: str = "tile",
     ) -> None:
         super().__init__()
         self.batch_size, self.total_steps, self.world_size = batch_size, total_steps, world_size
@@ -119,6 +121,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             superpixels,
             data.episodes,
             channels=data.channels,
+            slice_input=slice_input,
             exclude_organs=data.train_exclusions(),
             length=total_steps * world_size * batch_size,
             seed=seed,

@@ -211,6 +211,7 @@ def _train(
         world_size=trainer.world_size,
         num_workers=cfg.train.num_workers,
         seed=cfg.train_seed,
+        slice_input=cfg.model.slice_input,
     )
     module.extras["episodes"] = datamodule.describe()
     resumed = str(ckpt) if resume and ckpt.is_file() and not fast_dev_run else None

@@ -222,3 +222,18 @@ def test_protocol_dataset_default_and_training_exclusions() -> None:
     assert set(p2.training_exclusions()) == {o for _, excl in p2.training_runs() for o in excl}
     with pytest.raises(ValueError, match="no setting-2 group"):
         Protocol(setting=2, organs=("gallbladder",)).training_exclusions()
+
+
+def test_plan_tensors_with_adjacent_slices() -> None:
+    vols = _volumes()
+    by_id = {v.subject: v for v in vols}
+    plan = Protocol("chaos-mr", organs=("liver",), support_subject="s").build_plan(vols).organ("liver")
+    images, _ = support_episode_tensors(plan, by_id, 1, channels=3, slice_input="adjacent")
+    image = by_id["s"].image
+    assert torch.equal(images[0, 0], torch.from_numpy(np.stack([image[4], image[5], image[6]])))
+    query = plan.queries[1]
+    q_img, _, _ = query_tensors(query, by_id, plan.label_value, channels=3, slice_input="adjacent")
+    q = by_id[query.subject].image
+    for i, z in enumerate(query.slices):
+        expected = np.stack([q[max(z - 1, 0)], q[z], q[min(z + 1, q.shape[0] - 1)]])
+        assert torch.equal(q_img[i], torch.from_numpy(expected))

@@ -363,3 +363,66 @@ def test_supervoxel_queries_come_from_nearby_slices(make_volume) -> None:  # typ
     with pytest.raises(ValueError, match="query_distance must be an integer >= 0"):
         EpisodeConfig(query_distance=-1)
 
+
+
+def test_adjacent_slices_fill_the_channels(data) -> None:  # type: ignore[no-untyped-def]
+    vols, _ = data
+    ds = _dataset(data, slice_input="adjacent", channels=3, augment="none", length=30)
+    assert ds.describe()["slice_input"] == "adjacent"
+    seen_edge = False
+    for i in range(len(ds)):
+        ep = ds[i]
+        image = vols[[v.subject for v in vols].index(ep.info.subject)].image
+        z, depth = ep.info.slice_index, image.shape[0]
+        below, above = image[max(z - 1, 0)], image[min(z + 1, depth - 1)]  # the ends repeat the edge slice
+        seen_edge |= z in (0, depth - 1)
+        for got in (ep.support_images[0], ep.query_images[0]):
+            np.testing.assert_array_equal(got.numpy(), np.stack([below, image[z], above]))
+    assert seen_edge
+    # every channel gets the same warp: the middle channel is the tiled dataset's image
+    a = _dataset(data, slice_input="adjacent", augment="alpnet-geometric", length=4)[1]
+    b = _dataset(data, augment="alpnet-geometric", length=4)[1]
+    assert a.info == b.info
+    torch.testing.assert_close(a.support_images[:, 1], b.support_images[:, 1], atol=1e-5, rtol=0)
+    assert torch.equal(a.support_masks, b.support_masks)
+    assert not torch.equal(a.support_images[:, 0], a.support_images[:, 1])
+
+
+def test_adjacent_slices_keep_excluded_organs_out_of_training(data) -> None:  # type: ignore[no-untyped-def]
+    # liver on slices 1..3 of each 6-slice volume: slices 0 and 4 neighbour it, so only slice 5 is left
+    tiled = _dataset(data, exclude_organs=("liver",), augment="none", length=40)
+    assert {tiled[i].info.slice_index for i in range(40)} == {0, 4, 5}
+    ds = _dataset(data, exclude_organs=("liver",), augment="none", length=40, slice_input="adjacent")
+    assert ds.describe()["n_slices_excluded_by_organs"] == 10
+    assert {ds[i].info.slice_index for i in range(40)} == {5}
+
+
+def test_adjacent_slices_need_an_odd_channel_count(data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="odd number of input channels"):
+        _dataset(data, slice_input="adjacent", channels=2)
+    with pytest.raises(ValueError, match="slice_input must be one of"):
+        _dataset(data, slice_input="volume")
+
+
+def test_augmenter_warps_every_channel_alike() -> None:
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(40, 40)).astype(np.float32)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:25, 12:30] = 1
+    stack = np.stack([plane, plane, plane], axis=-1)
+    geometric = Augmenter("alpnet-geometric")
+    out, out_mask = geometric(stack, mask, seed=5)
+    assert out.shape == (40, 40, 3) and out.dtype == np.float32
+    single, single_mask = geometric(plane, mask, seed=5)
+    for c in range(3):
+        np.testing.assert_allclose(out[..., c], single, atol=1e-5)
+    assert np.array_equal(out_mask, single_mask)
+    # intensity changes too are shared (gamma, contrast), except the noise, drawn per channel like a scan's
+    aug = Augmenter("alpnet")
+    for seed in range(20):
+        out, out_mask = aug(stack, mask, seed=seed)
+        assert np.array_equal(out_mask, aug(plane, mask, seed=seed)[1])
+        span = float(plane.max() - plane.min())
+        assert np.abs(out[..., 0] - out[..., 2]).max() <= 0.2 * span
+    with pytest.raises(ValueError, match=r"\(H, W, C <= 4\)"):
+        aug(np.zeros((40, 40, 5), np.float32), mask, seed=0)

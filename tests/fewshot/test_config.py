@@ -226,3 +226,15 @@ def test_model_tta_validated_and_saved() -> None:
     assert ModelConfig(**ModelConfig(tta="flip").to_dict()).tta == "flip"
     with pytest.raises(ValueError, match=r"ModelConfig.tta must be one of \['none', 'flip'\], got 'rotate'"):
         ModelConfig(tta="rotate")
+
+
+def test_model_slice_input_validated_and_saved() -> None:
+    from fewshot.config import ModelConfig
+
+    assert ModelConfig().slice_input == "tile"
+    cfg = ModelConfig(backbone={"name": "cbr-small", "in_channels": 3}, slice_input="adjacent")
+    assert ModelConfig(**cfg.to_dict()).slice_input == "adjacent"
+    with pytest.raises(ValueError, match=r"ModelConfig.slice_input='adjacent' needs an odd number"):
+        ModelConfig(backbone={"name": "cbr-small", "in_channels": 2}, slice_input="adjacent")
+    with pytest.raises(ValueError, match=r"ModelConfig.slice_input must be one of \['tile', 'adjacent'\]"):
+        ModelConfig(slice_input="2.5d")

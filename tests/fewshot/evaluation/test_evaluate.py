@@ -308,3 +308,36 @@ def test_false_positive_regions(setup: tuple[Protocol, dict[str, Volume]]) -> No
     fp_total = result.extras["counts"]["fp"]
     assert sum(sum(r.values()) for r in fps.values()) == fp_total  # every FP voxel is attributed once
     assert "False positives by true region" in result.to_markdown()
+
+
+class _InputRecorder(ThresholdModel):
+    """:class:`ThresholdModel` on the middle channel of a 3-channel input; records what it was fed."""
+
+    def __init__(self, slice_input: str) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=3), slice_input=slice_input)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        self.inputs += [s_img[0, 0], *q]
+        return super().forward(s_img[:, :, 1:], s_msk, q[:, 1:])
+
+
+@pytest.mark.parametrize("slice_input", ["tile", "adjacent"])
+def test_evaluate_feeds_the_model_its_slice_input(
+    setup: tuple[Protocol, dict[str, Volume]], slice_input: str
+) -> None:
+    protocol, vols = setup
+    plan = protocol.build_plan(list(vols.values()))
+    model = _InputRecorder(slice_input)
+    result = evaluate(model, plan, vols, device="cpu")
+    assert result.dice == evaluate(ThresholdModel(), plan, vols, device="cpu").dice  # same middle channel
+    images = [v.image for v in vols.values()]
+
+    def fed(image: np.ndarray, z: int) -> np.ndarray:
+        depth = image.shape[0]
+        return image[[z] * 3 if slice_input == "tile" else [max(z - 1, 0), z, min(z + 1, depth - 1)]]
+
+    for x in model.inputs:  # every support and query input is some slice's expected stack
+        assert any(np.array_equal(x.numpy(), fed(im, z)) for im in images for z in range(im.shape[0]))
+    assert slice_input == "tile" or any(not torch.equal(x[0], x[1]) for x in model.inputs)

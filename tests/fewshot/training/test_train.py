@@ -180,6 +180,35 @@ def test_adnet_head_trains_its_threshold_and_reloads_it(
     assert losses["aux"] == pytest.approx(float(t) / 20.0, abs=0.05)
 
 
+def test_adjacent_slice_input_trains_and_is_fed_alike_at_evaluation(
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]
+) -> None:
+    from fewshot.evaluation import run_evaluation
+    from fewshot.segment import segment_volume
+
+    base = cfg_of(tmp_path / "train", cache_dir).to_dict()
+    base["model"]["slice_input"] = "adjacent"
+    result = train(load_config(base), volumes=volumes)
+    loaded = load_model_from_checkpoint(result.checkpoint)
+    model = loaded.model
+    assert model.config.slice_input == "adjacent"
+    fed: list[torch.Tensor] = []
+    model.backbone.register_forward_pre_hook(lambda _m, args: fed.append(args[0].detach().clone()))
+    res = run_evaluation(loaded, volumes=volumes)
+    assert 0.0 <= res.dice["mean"] <= 1.0 and fed
+    assert all(x.shape[1] == 3 for x in fed)
+    assert any(not torch.equal(x[:, 0], x[:, 1]) for x in fed)  # neighbours, not the slice tiled
+    # segment_volume takes the mode from the model too: the same prediction as when told explicitly
+    sup, qry = volumes[0], volumes[1]
+    norm = [v.__class__(v.image.astype(np.float32), v.label, v.spacing, v.subject, v.modality, v.label_map,
+                        normalized=True) for v in (sup, qry)]
+    mask = norm[0].label == norm[0].label_map.value("liver")
+    auto = segment_volume(model, norm[0], mask, norm[1])
+    told = segment_volume(model, norm[0], mask, norm[1], slice_input="adjacent")
+    tiled = segment_volume(model, norm[0], mask, norm[1], slice_input="tile")
+    assert np.array_equal(auto, told) and not np.array_equal(auto, tiled)
+
+
 def test_corrupt_and_foreign_checkpoints(trained: Any, tmp_path: Path) -> None:
     result, _ = trained
     data = Path(result.checkpoint).read_bytes()
