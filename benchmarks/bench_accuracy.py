@@ -294,6 +294,7 @@ def run_fold(
             "head": cfg.model.head.name,
             "feature_dim": getattr(cfg.model.head, "feature_dim", None),
             "size": cfg.data.size,
+            "slice_input": cfg.model.slice_input,
         },
         **_scores_of(ev),
         "kshot": kshot,
@@ -553,7 +554,9 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f"{'/' + m['truncate'] if m['truncate'] else ''}"
                     f"{', output stride ' + str(m['output_stride']) if m.get('output_stride') else ''}"
                     f", init {m['init']}, {m['head']}, "
-                    f"{m['size']} px, {r['train']['steps']} steps"
+                    f"{m['size']} px"
+                    + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
+                    + f", {r['train']['steps']} steps"
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
                 )

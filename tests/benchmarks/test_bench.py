@@ -48,6 +48,10 @@ def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
     assert "| **ours, folds 0,1: mean ± std** | 65.00 ± 7.07 |" in text
     assert "p > " not in text  # the argmax is not labelled
     assert ", p > 0.8 |" in bench.markdown_report([_record(0, 0.60) | {"fg_threshold": 0.8}])
+    assert "slices" not in text  # tiled input (and records from before slice_input) are not labelled
+    adjacent = _record(0, 0.60)
+    adjacent["model"] = adjacent["model"] | {"slice_input": "adjacent"}
+    assert "alpnet, 128 px, adjacent slices, 10 steps |" in bench.markdown_report([adjacent])
     assert "| **ours, folds 0,1: mean ± std + LCC post-processing** | 67.00 ± 7.07 |" in text
     assert "SSL-ALPNet (ECCV'20), published 5-fold (no post-processing) | 76.10 |" in text
     assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
