@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.labels import canonical_organ
-from ..data.slices import channel_slices, check_slice_input
+from ..data.slices import channel_slices, check_slice_input, stack_slices
 from ..data.volumes import Volume
 from .augment import PRESETS, Augmenter
 from .types import Episode, EpisodeInfo
@@ -375,10 +375,10 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
     def _input(self, vi: int, z: int) -> np.ndarray:
         """Slice ``z`` of volume ``vi`` as the augmenter takes it: ``(H, W)`` when tiled (the channels are filled
         by broadcasting after augmentation), else the ``(H, W, C)`` stack of its channel slices."""
-        image = self._images[vi]
         if self.slice_input == "tile":
-            return image[z]
-        return np.ascontiguousarray(image[channel_slices(z, image.shape[0], self.channels, self.slice_input)].transpose(1, 2, 0))
+            return self._images[vi][z]
+        stack = stack_slices(self._images[vi], [z], self.channels, self.slice_input)[0]
+        return np.ascontiguousarray(stack.transpose(1, 2, 0))
 
     def _query_slice(self, vi: int, z: int, label: int, rng: np.random.Generator) -> int:
         """A slice ``z'`` with ``0 < |z' - z| <= query_distance`` where supervoxel ``label`` covers at
