@@ -50,6 +50,11 @@ def checkpoint_path(out_dir: str | os.PathLike[str]) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
+def snapshot_path(out_dir: str | os.PathLike[str], step: int) -> Path:
+    """``<out_dir>/checkpoints/step-<step>.ckpt``: the copy ``train.keep_every`` keeps at ``step``."""
+    return checkpoint_path(out_dir).parent / f"step-{step}.ckpt"
+
+
 def build_payload(model: torch.nn.Module, config: Mapping[str, Any], extras: Mapping[str, Any]) -> dict[str, Any]:
     """The ``"fewshot"`` section: config, backbone init report, library version and ``extras``.
 

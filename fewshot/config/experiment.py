@@ -132,6 +132,9 @@ class TrainConfig:
     go to :class:`pytorch_lightning.Trainer` unchanged (e.g. ``strategy: ddp``).
     ``num_workers``: DataLoader worker processes. ``progress_bar``: superpixel and training
     progress on stderr (a bar on a terminal, a line every 10 % otherwise; ``False``: none).
+    ``keep_every``: also keep a copy of the checkpoint every that many steps
+    (``checkpoints/step-<N>.ckpt``), so one long run gives the Dice-against-steps curve;
+    ``None``: only ``last.ckpt`` (rewritten every ``ckpt_every`` steps).
     """
 
     steps: int = 100_100
@@ -144,6 +147,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     ckpt_every: int = 1000
+    keep_every: int | None = None
     log_every: int = 50
     progress_bar: bool = True
     deterministic: bool = False
@@ -154,6 +158,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ConfigError(f"train.keep_every must be >= 1 or null, got {self.keep_every}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
-from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint
+from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint, snapshot_path
 from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
 from fewshot.device import cuda_requested
 from fewshot.models import create_model
@@ -84,6 +84,18 @@ class TrainResult:
 
 
 # -------------------------------------------------------------------------------------- trainer
+
+
+class _Snapshots(Callback):
+    """Writes ``checkpoints/step-<N>.ckpt`` every ``every`` steps (``train.keep_every``)."""
+
+    def __init__(self, out_dir: Path, every: int) -> None:
+        self.out_dir, self.every = out_dir, every
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and not snapshot_path(self.out_dir, step).is_file():
+            trainer.save_checkpoint(snapshot_path(self.out_dir, step), weights_only=False)
 
 
 class _FinalCheckpoint(Callback):
@@ -188,6 +200,7 @@ def _train(
                 dirpath=ckpt.parent, save_top_k=0, save_last=True, every_n_train_steps=cfg.train.ckpt_every
             ),
             *([] if fast_dev_run else [_FinalCheckpoint(ckpt)]),
+            *([_Snapshots(out, cfg.train.keep_every)] if cfg.train.keep_every and not fast_dev_run else []),
             *progress_callbacks,
             *callbacks,
         ],

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from episodes.data.volumes import Volume
-from fewshot.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
-from fewshot.config import ExperimentConfig, ModelConfig, load_config
+from fewshot.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint, snapshot_path
+from fewshot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from fewshot.models import create_model
 from fewshot.training import StepBatchSampler, train
 from fewshot.training.module import flatten_episode_batch, foreground_dice, weighted_ce
@@ -36,7 +36,7 @@ def cfg_of(tiny_config: Callable[..., ExperimentConfig]) -> Callable[..., Experi
 @pytest.fixture(scope="module")
 def trained(volumes: list[Volume], cache_dir: str, tmp_path_factory: pytest.TempPathFactory, cfg_of: Callable[..., ExperimentConfig]) -> Any:
     out = tmp_path_factory.mktemp("full")
-    return train(cfg_of(out, cache_dir), volumes=volumes), out
+    return train(cfg_of(out, cache_dir, keep_every=2), volumes=volumes), out
 
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -163,6 +163,22 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     masks[..., 20:40, 20:40] = 1
     assert model(x[:1, None], masks, x).logits.shape == (2, 2, 64, 64)
     assert (out / "train_result.json").is_file() and result.steps_per_s > 0
+
+
+def test_keep_every_keeps_a_loadable_checkpoint_per_interval(trained: Any) -> None:
+    result, out = trained
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))
+    assert kept == ["step-2.ckpt", "step-4.ckpt"]
+    assert snapshot_path(out, 2) == out / "checkpoints" / "step-2.ckpt"
+    early, final = load_checkpoint(snapshot_path(out, 2)), load_checkpoint(snapshot_path(out, 4))
+    last = load_checkpoint(result.checkpoint)
+    assert early["global_step"] == 2 and final["global_step"] == 4
+    for k, v in last["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][k], v, msg=f"step-4 snapshot differs from last.ckpt at {k}")
+    assert any(not torch.equal(early["state_dict"][k], v) for k, v in last["state_dict"].items())
+    assert load_model_from_checkpoint(snapshot_path(out, 2)).global_step == 2  # each one evaluates alone
+    with pytest.raises(ConfigError, match="keep_every"):
+        load_config({"train": {"keep_every": 0}})
 
 
 def test_adnet_head_trains_its_threshold_and_reloads_it(
