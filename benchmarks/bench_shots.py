@@ -1,13 +1,16 @@
 """Evaluation-only settings of one trained checkpoint: 1/3/5 support slices per chunk, two ways to fuse
-them, and the foreground probability threshold.
+them, the foreground probability threshold and ALPNet's test-time window and cell threshold.
 
 For each ``k`` in ``--shots``, each fusion in ``--fusions`` (``prototypes``: the shots'
 prototypes pooled into one set, as SSL-ALPNet; ``scores``: the query scored against each shot
 alone and the score maps averaged) and each threshold in ``--thresholds`` (a pixel is foreground
-where its probability exceeds it; 0.5 = argmax), the checkpoint's own fold and setting are evaluated
+where its probability exceeds it; 0.5 = argmax), each ALP pooling window in ``--windows`` and each
+ALP cell threshold in ``--alp-thresholds`` (ALPNet heads; default: the trained head's), the
+checkpoint's own fold and setting are evaluated
 at the native label resolution, with and without 3D largest-connected-component post-processing, side
 by side in one run. No training happens here, so the rows differ only in the evaluation. Choose a
-threshold on fold 0 only and put it in the recipe (``model.fg_threshold``).
+threshold on fold 0 only and put it in the recipe (``model.fg_threshold``, ``model.head.window_test``,
+``model.head.threshold``).
 
 Example::
 
@@ -32,17 +35,21 @@ __all__ = ["main", "shot_table"]
 def shot_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (k, fusion, post-processing): Dice per organ, mean, precision, recall (%)."""
     organs = [o for o in rows[0]["none"]["dice"] if o != "mean"]
+    alp = any("window" in r for r in rows)
     lines = [
-        "| shots | fusion | threshold | post-processing | " + " | ".join(organs) + " | mean | precision | recall |",
-        "|---:|---|---:|---|" + "---:|" * (len(organs) + 3),
+        "| shots | fusion | threshold | "
+        + ("ALP window | ALP cell threshold | " if alp else "")
+        + "post-processing | " + " | ".join(organs) + " | mean | precision | recall |",
+        "|---:|---|---:|" + ("---:|---:|" if alp else "") + "---|" + "---:|" * (len(organs) + 3),
     ]
     for r in rows:
         for step in ("none", "lcc"):
             sc = r[step]
             cells = [100 * sc["dice"][o] for o in (*organs, "mean")]
             cells += [100 * sc["precision"]["mean"], 100 * sc["recall"]["mean"]]
+            head = f"{r.get('window', '-')} | {r.get('alp_threshold', '-')} | " if alp else ""
             lines.append(
-                f"| {r['shots']} | {r['fusion']} | {r['threshold']:g} | {step} | "
+                f"| {r['shots']} | {r['fusion']} | {r['threshold']:g} | {head}{step} | "
                 + " | ".join(f"{v:.2f}" for v in cells)
                 + " |"
             )
@@ -58,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--thresholds", default=None,
         help="comma list of foreground probability thresholds (default: the checkpoint's model.fg_threshold)",
     )
+    p.add_argument("--windows", default=None, help="comma list of ALP test windows (default: the trained head's)")
+    p.add_argument(
+        "--alp-thresholds", default=None,
+        help="comma list of ALP cell thresholds (default: the trained head's)",
+    )
     p.add_argument("--out", default="runs/bench_shots", help="output folder")
     args = p.parse_args(argv)
     from fewshot.cli import quiet_logs
@@ -67,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from episodes.atomic import atomic_write_json
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.evaluation import run_evaluation
+    from fewshot.evaluation.run import inference_config
     from fewshot.pipeline import load_volumes
     from fewshot.provenance import git_commit
 
@@ -79,6 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.thresholds
         else [loaded.config.model.fg_threshold]
     )
+    windows: list[int | None] = [int(w) for w in args.windows.split(",") if w.strip()] if args.windows else [None]
+    cells: list[float | None] = (
+        [float(t) for t in args.alp_thresholds.split(",") if t.strip()] if args.alp_thresholds else [None]
+    )
+    heads = [(w, c) for w in windows for c in cells]
+    for w, c in heads:  # a setting the head lacks or rejects fails here, not as "k not possible" below
+        inference_config(loaded, alp_window=w, alp_threshold=c)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for k in (int(s) for s in args.shots.split(",") if s.strip()):
@@ -86,8 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if k == 1 and any(r["shots"] == 1 for r in rows):
                 continue  # with one shot both fusions are the same computation
             protocol = replace(loaded.config.data.protocol, shots=k)
-            for threshold in thresholds:
-                name = f"k{k}_{fusion}" + (f"_t{threshold:g}" if len(thresholds) > 1 else "")
+            for threshold, (window, cell) in ((t, h) for t in thresholds for h in heads):
+                name = (
+                    f"k{k}_{fusion}"
+                    + (f"_t{threshold:g}" if len(thresholds) > 1 else "")
+                    + (f"_w{window}" if window is not None and len(windows) > 1 else "")
+                    + (f"_c{cell:g}" if cell is not None and len(cells) > 1 else "")
+                )
                 try:
                     ev = run_evaluation(
                         loaded,
@@ -98,16 +123,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         postprocess=("none", "lcc"),
                         shot_fusion=fusion,
                         threshold=threshold,
+                        alp_window=window,
+                        alp_threshold=cell,
                     )
                 except ValueError as e:  # e.g. an organ with fewer slices than k x chunks in the support scan
                     skipped.append(f"{k}-shot ({fusion}): {e}")
                     print(f"k={k} {fusion}: not possible: {e}", flush=True)
                     break
                 variants = ev.extras["postprocess"]
-                rows.append({"shots": k, "fusion": fusion if k > 1 else "-", "threshold": threshold, **variants})
+                alp = (
+                    {"window": ev.extras["alp_window_test"], "alp_threshold": ev.extras["alp_threshold"]}
+                    if args.windows or args.alp_thresholds
+                    else {}
+                )
+                rows.append(
+                    {"shots": k, "fusion": fusion if k > 1 else "-", "threshold": threshold, **alp, **variants}
+                )
                 print(
-                    f"k={k} {fusion} threshold {threshold:g}: mean Dice {100 * ev.dice['mean']:.2f} "
-                    f"(LCC {100 * variants['lcc']['dice']['mean']:.2f})",
+                    f"k={k} {fusion} threshold {threshold:g}"
+                    + (f" ALP window {alp['window']} cell threshold {alp['alp_threshold']:g}" if alp else "")
+                    + f": mean Dice {100 * ev.dice['mean']:.2f} (LCC {100 * variants['lcc']['dice']['mean']:.2f})",
                     flush=True,
                 )
     if not rows:

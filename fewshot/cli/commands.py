@@ -285,6 +285,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shot_fusion=args.shot_fusion,
         threshold=args.fg_threshold,
         tta=args.tta,
+        alp_window=args.alp_window,
+        alp_threshold=args.alp_threshold,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")

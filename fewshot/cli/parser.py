@@ -211,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="combine k > 1 support slices by pooling their prototypes or averaging per-shot scores "
         "(default: the trained head's setting)",
     )
+    e.add_argument(
+        "--alp-window", type=int, default=None,
+        help="ALPNet head: pooling window at test time, in feature cells (default: the trained model.head.window_test)",
+    )
+    e.add_argument(
+        "--alp-threshold", type=float, default=None,
+        help="ALPNet head: pooled-mask mean a cell needs to become a local prototype (default: the trained "
+        "model.head.threshold)",
+    )
     _add_fg_threshold(e)
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")

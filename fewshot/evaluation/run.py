@@ -22,16 +22,17 @@ from episodes.data.preprocess import NormStats
 from episodes.data.volumes import Volume
 from episodes.protocol import Protocol
 from fewshot.checkpoint import LoadedCheckpoint, load_model_from_checkpoint
-from fewshot.config import save_config
+from fewshot.config import ExperimentConfig, save_config, to_dict
 from fewshot.device import default_device
 from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.scoring import evaluate
+from fewshot.heads.alpnet import ALPNetConfig, ALPNetHead
 from fewshot.heads.functional import check_fusion
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
 
-__all__ = ["check_protocol", "output_paths", "run_evaluation"]
+__all__ = ["check_protocol", "inference_config", "output_paths", "run_evaluation"]
 
 
 def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
@@ -86,6 +87,40 @@ def _resolution_note(resolution: str, fold: Any) -> str:
     return f"native labels ({', '.join(sizes)} px; predictions upsampled from {fold.data.size} px)"
 
 
+def inference_config(
+    loaded: LoadedCheckpoint,
+    *,
+    shot_fusion: str | None = None,
+    alp_window: int | None = None,
+    alp_threshold: float | None = None,
+) -> ExperimentConfig:
+    """The trained config with these test-time head settings, also set on ``loaded.model.head``.
+
+    A setting left ``None`` takes the trained config's value (not the head's current one), so one
+    loaded checkpoint can be evaluated several ways in a row. Raises ``ValueError`` for a setting
+    the head does not have (ALP settings on a non-ALPNet head) or a value its config rejects.
+    """
+    cfg = loaded.config
+    trained = cfg.model.head
+    head = loaded.model.head
+    changes: dict[str, Any] = {}
+    if shot_fusion is not None:
+        if not hasattr(trained, "shot_fusion") or not hasattr(head, "shot_fusion"):
+            raise ValueError(f"head {trained.name!r} has no shot fusion setting (only panet/alpnet/sgone)")
+        changes["shot_fusion"] = check_fusion(shot_fusion)
+    for name, value in (("window_test", alp_window), ("threshold", alp_threshold)):
+        if value is not None:
+            if not isinstance(head, ALPNetHead):
+                raise ValueError(f"head {trained.name!r} has no ALP {name} (only alpnet)")
+            changes[name] = value
+    resolved = replace(trained, **changes)  # the head config validates the values
+    if hasattr(head, "shot_fusion"):
+        head.shot_fusion = getattr(resolved, "shot_fusion", head.shot_fusion)
+    if isinstance(head, ALPNetHead) and isinstance(resolved, ALPNetConfig):
+        head.window_test, head.threshold = resolved.window_test, resolved.threshold
+    return replace(cfg, model=replace(cfg.model, head=resolved))
+
+
 def run_evaluation(
     checkpoint: str | os.PathLike[str] | LoadedCheckpoint,
     *,
@@ -103,6 +138,8 @@ def run_evaluation(
     shot_fusion: str | None = None,
     threshold: float | None = None,
     tta: str | None = None,
+    alp_window: int | None = None,
+    alp_threshold: float | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -130,6 +167,12 @@ def run_evaluation(
             :func:`fewshot.heads.functional.alp_segment`); default: the trained head's setting.
         threshold: foreground probability threshold; default: the trained config's ``model.fg_threshold``.
         tta: test-time augmentation (``"none"``, ``"flip"``); default: the trained config's ``model.tta``.
+        alp_window: ALPNet's pooling window at test time (``model.head.window_test``); default: the
+            trained head's.
+        alp_threshold: ALPNet's cell threshold (``model.head.threshold``: the pooled-mask mean a cell
+            needs to become a local prototype); default: the trained head's.
+
+    The head settings given here are written into the ``config.yaml`` saved beside the results.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
@@ -139,12 +182,7 @@ def run_evaluation(
         loaded.model.to(dev)
     else:
         loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
-    cfg = loaded.config
-    if shot_fusion is not None:
-        head = loaded.model.head
-        if not hasattr(head, "shot_fusion"):
-            raise ValueError(f"head {cfg.model.head.name!r} has no shot fusion setting (only panet/alpnet/sgone)")
-        head.shot_fusion = check_fusion(shot_fusion)
+    cfg = inference_config(loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold)
     protocol = protocol if protocol is not None else cfg.data.protocol
     data = cfg.data if protocol.dataset == cfg.data.dataset else replace(cfg.data, dataset=protocol.dataset,
                                                                          protocol=protocol, loader_args={})
@@ -161,7 +199,7 @@ def run_evaluation(
     check_protocol(loaded, protocol, set(fold.test), allow_train_overlap=allow_train_overlap)
     reference = {v.subject: v for v in fold.test_raw} if resolution == "native" else None
     result = evaluate(
-        loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=loaded.payload["config"],
+        loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=to_dict(cfg),
         progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
         tta=tta,
     )
@@ -177,6 +215,11 @@ def run_evaluation(
             "trained_with_commit": loaded.payload.get("commit"),
             "resolution": _resolution_note(resolution, fold),
             "shot_fusion": getattr(loaded.model.head, "shot_fusion", None),
+            **(
+                {"alp_window_test": loaded.model.head.window_test, "alp_threshold": loaded.model.head.threshold}
+                if isinstance(loaded.model.head, ALPNetHead)
+                else {}
+            ),
             "environment": environment(),
             "commit": git_commit(),
         },

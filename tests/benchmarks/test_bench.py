@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +119,15 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert [r["threshold"] for r in rows] == [0.5, 0.9]
     assert rows[1]["none"]["recall"]["mean"] <= rows[0]["none"]["recall"]["mean"]
     assert "| 1 | - | 0.9 | none |" in (out2 / "shots.md").read_text()
+    # ALP test window and cell threshold: each row evaluated (and its saved config) with its own setting
+    out3 = tmp_path / "alp"
+    argv = ["--checkpoint", ckpt, "--shots", "1", "--windows", "1,2", "--alp-thresholds", "0.5", "--out", str(out3)]
+    assert bench.main(argv) == 0
+    rows = json.loads((out3 / "shots.json").read_text())["rows"]
+    assert [(r["window"], r["alp_threshold"]) for r in rows] == [(1, 0.5), (2, 0.5)]
+    saved = yaml.safe_load((out3 / "k1_prototypes_w1" / "config.yaml").read_text())
+    assert saved["model"]["head"]["window_test"] == 1 and saved["model"]["head"]["threshold"] == 0.5
+    assert "| 1 | - | 0.5 | 2 | 0.5 | none |" in (out3 / "shots.md").read_text()
 
 
 def test_setting2_trains_one_model_per_label_group() -> None:

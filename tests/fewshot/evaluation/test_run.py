@@ -7,7 +7,7 @@ import pytest
 from episodes.protocol import Protocol
 from fewshot.checkpoint import LoadedCheckpoint
 from fewshot.config import load_config
-from fewshot.evaluation.run import check_protocol
+from fewshot.evaluation.run import check_protocol, inference_config
 
 
 def _loaded(dataset: str, subjects: list[str], setting: int = 1) -> LoadedCheckpoint:
@@ -37,3 +37,37 @@ def test_setting_2_needs_a_model_trained_without_the_group() -> None:
         check_protocol(s1, Protocol("phantom-ct", setting=2, organs=("liver",)), set(), allow_train_overlap=False)
     s2 = _loaded("phantom-ct", [], setting=2)
     check_protocol(s2, Protocol("phantom-ct", setting=2, organs=("liver",)), set(), allow_train_overlap=False)
+
+
+def _built(head: dict[str, object]) -> LoadedCheckpoint:
+    from fewshot.models import create_model
+
+    cfg = load_config({"model": {"backbone": {"name": "cbr-tiny", "truncate": "block2"}, "head": head}})
+    return LoadedCheckpoint(
+        model=create_model(cfg.model, seed=0).eval(), config=cfg, payload={}, global_step=1, path="m.ckpt"
+    )
+
+
+def test_inference_config_sets_alp_head_and_returns_it_as_config() -> None:
+    loaded = _built({"name": "alpnet", "window_test": 2, "threshold": 0.95})
+    cfg = inference_config(loaded, alp_window=1, alp_threshold=0.5, shot_fusion="scores")
+    head = loaded.model.head
+    assert (head.window_test, head.threshold, head.shot_fusion) == (1, 0.5, "scores")
+    assert (cfg.model.head.window_test, cfg.model.head.threshold, cfg.model.head.shot_fusion) == (1, 0.5, "scores")
+    assert loaded.config.model.head.window_test == 2  # the trained config is not changed
+    # a setting left None goes back to the trained value, not the one set by the previous call
+    again = inference_config(loaded)
+    assert (head.window_test, head.threshold, head.shot_fusion) == (2, 0.95, "prototypes")
+    assert again == loaded.config
+    with pytest.raises(ValueError, match="ALP windows must be >= 1"):
+        inference_config(loaded, alp_window=0)
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        inference_config(loaded, alp_threshold=1.0)
+    assert head.window_test == 2  # a rejected value changes nothing
+
+
+def test_inference_config_refuses_alp_settings_on_other_heads() -> None:
+    loaded = _built({"name": "panet"})
+    with pytest.raises(ValueError, match="head 'panet' has no ALP window_test"):
+        inference_config(loaded, alp_window=1)
+    assert inference_config(loaded, shot_fusion="scores").model.head.shot_fusion == "scores"
