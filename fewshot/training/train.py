@@ -87,15 +87,19 @@ class TrainResult:
 
 
 class _Snapshots(Callback):
-    """Writes ``checkpoints/step-<N>.ckpt`` every ``every`` steps (``train.keep_every``)."""
+    """Writes ``checkpoints/step-<N>.ckpt`` every ``every`` steps (``train.keep_every``).
+
+    The decision depends on the global step only, the same on every rank: ``save_checkpoint`` must be
+    called by all processes (it ends in a barrier), so no rank may skip it on its own (e.g. because
+    another rank's file already exists).
+    """
 
     def __init__(self, out_dir: Path, every: int) -> None:
         self.out_dir, self.every = out_dir, every
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if step % self.every == 0 and not snapshot_path(self.out_dir, step).is_file():
-            trainer.save_checkpoint(snapshot_path(self.out_dir, step), weights_only=False)
+        if trainer.global_step % self.every == 0:
+            trainer.save_checkpoint(snapshot_path(self.out_dir, trainer.global_step), weights_only=False)
 
 
 class _FinalCheckpoint(Callback):
