@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = ["main", "shot_table"]
+
+T = TypeVar("T")
 
 
 def shot_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -54,6 +56,11 @@ def shot_table(rows: Sequence[dict[str, Any]]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _values(text: str, cast: Callable[[str], T]) -> list[T]:
+    """The non-empty items of a comma list, stripped and converted by ``cast``."""
+    return [cast(item.strip()) for item in text.split(",") if item.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,22 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     volumes = load_volumes(loaded.config.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    thresholds = (
-        [float(t) for t in args.thresholds.split(",") if t.strip()]
-        if args.thresholds
-        else [loaded.config.model.fg_threshold]
-    )
-    windows: list[int | None] = [int(w) for w in args.windows.split(",") if w.strip()] if args.windows else [None]
-    cells: list[float | None] = (
-        [float(t) for t in args.alp_thresholds.split(",") if t.strip()] if args.alp_thresholds else [None]
-    )
+    thresholds = _values(args.thresholds, float) if args.thresholds else [loaded.config.model.fg_threshold]
+    windows: list[int | None] = [*_values(args.windows, int)] if args.windows else [None]
+    cells: list[float | None] = [*_values(args.alp_thresholds, float)] if args.alp_thresholds else [None]
     heads = [(w, c) for w in windows for c in cells]
     for w, c in heads:  # a setting the head lacks or rejects fails here, not as "k not possible" below
         inference_config(loaded, alp_window=w, alp_threshold=c)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for k in (int(s) for s in args.shots.split(",") if s.strip()):
-        for fusion in (f.strip() for f in args.fusions.split(",") if f.strip()):
+    for k in _values(args.shots, int):
+        for fusion in _values(args.fusions, str):
             if k == 1 and any(r["shots"] == 1 for r in rows):
                 continue  # with one shot both fusions are the same computation
             protocol = replace(loaded.config.data.protocol, shots=k)
