@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows: list[int | None] = [*_values(args.windows, int)] if args.windows else [None]
     cells: list[float | None] = [*_values(args.alp_thresholds, float)] if args.alp_thresholds else [None]
     heads = [(w, c) for w in windows for c in cells]
-    for w, c in heads:  # a setting the head lacks or rejects fails here, not as "k not possible" below
-        inference_config(loaded, alp_window=w, alp_threshold=c)
+    for (w, c), t in ((h, t) for h in heads for t in thresholds):
+        # a setting the head lacks or a config rejects fails here, not as "k not possible" below
+        inference_config(loaded, alp_window=w, alp_threshold=c, threshold=t)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for k in _values(args.shots, int):

@@ -93,9 +93,13 @@ def inference_config(
     shot_fusion: str | None = None,
     alp_window: int | None = None,
     alp_threshold: float | None = None,
+    threshold: float | None = None,
+    tta: str | None = None,
 ) -> ExperimentConfig:
-    """The trained config with these test-time head settings, also set on ``loaded.model.head``.
+    """The trained config with these test-time settings; the head's are also set on ``loaded.model.head``.
 
+    ``threshold`` and ``tta`` become the returned ``model.fg_threshold`` and ``model.tta`` (pass
+    those to :func:`~fewshot.evaluation.evaluate`; the model itself is left as trained).
     A setting left ``None`` takes the trained config's value (not the head's current one), so one
     loaded checkpoint can be evaluated several ways in a row. Raises ``ValueError`` for a setting
     the head does not have (ALP settings on a non-ALPNet head) or a value its config rejects.
@@ -118,7 +122,12 @@ def inference_config(
         head.shot_fusion = getattr(resolved, "shot_fusion", head.shot_fusion)
     if isinstance(head, ALPNetHead) and isinstance(resolved, ALPNetConfig):
         head.window_test, head.threshold = resolved.window_test, resolved.threshold
-    return replace(cfg, model=replace(cfg.model, head=resolved))
+    model_changes: dict[str, Any] = {}
+    if threshold is not None:
+        model_changes["fg_threshold"] = threshold
+    if tta is not None:
+        model_changes["tta"] = tta
+    return replace(cfg, model=replace(cfg.model, head=resolved, **model_changes))  # validated there too
 
 
 def run_evaluation(
@@ -172,7 +181,8 @@ def run_evaluation(
         alp_threshold: ALPNet's cell threshold (``model.head.threshold``: the pooled-mask mean a cell
             needs to become a local prototype); default: the trained head's.
 
-    The head settings given here are written into the ``config.yaml`` saved beside the results.
+    The test-time settings given here (shot fusion, ALP, threshold, TTA) are written into the
+    ``config.yaml`` saved beside the results.
     """
     if resolution not in ("native", "model"):
         raise ValueError(f"resolution must be 'native' or 'model', got {resolution!r}")
@@ -182,7 +192,10 @@ def run_evaluation(
         loaded.model.to(dev)
     else:
         loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
-    cfg = inference_config(loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold)
+    cfg = inference_config(
+        loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta
+    )
+    threshold, tta = cfg.model.fg_threshold, cfg.model.tta
     protocol = protocol if protocol is not None else cfg.data.protocol
     data = cfg.data if protocol.dataset == cfg.data.dataset else replace(cfg.data, dataset=protocol.dataset,
                                                                          protocol=protocol, loader_args={})

@@ -119,6 +119,10 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert [r["threshold"] for r in rows] == [0.5, 0.9]
     assert rows[1]["none"]["recall"]["mean"] <= rows[0]["none"]["recall"]["mean"]
     assert "| 1 | - | 0.9 | none |" in (out2 / "shots.md").read_text()
+    assert yaml.safe_load((out2 / "k1_prototypes_t0.9" / "config.yaml").read_text())["model"]["fg_threshold"] == 0.9
+    with pytest.raises(ValueError, match="fg_threshold"):
+        bench.main(["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,1.5", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "k1_prototypes_t0.5").exists()  # refused before any evaluation
     # ALP test window and cell threshold: each row evaluated (and its saved config) with its own setting
     out3 = tmp_path / "alp"
     argv = ["--checkpoint", ckpt, "--shots", "1", "--windows", "1,2", "--alp-thresholds", "0.5", "--out", str(out3)]

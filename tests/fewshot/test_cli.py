@@ -16,6 +16,7 @@ import pytest
 
 from episodes.data.phantom import make_phantom
 from fewshot.cli import build_parser, main
+from fewshot.config import load_config
 
 # A tiny version of the demo config: 6 phantoms of 12x64x64, cbr-tiny, a few steps.
 TINY = [
@@ -145,6 +146,11 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     data_strict = json.loads(strict.read_text())
     assert data_strict["tta"] == "flip" and data["tta"] == "none"
     assert data_strict["threshold"] == 0.9 and json.loads((tmp_path / "evaldir" / "results.json").read_text())["threshold"] == 0.5
+    # the saved config and the one inside the results record the settings used, not the trained ones
+    strict_cfg = load_config(tmp_path / "strict.config.yaml")
+    assert (strict_cfg.model.fg_threshold, strict_cfg.model.tta) == (0.9, "flip")
+    assert (data_strict["config"]["model"]["fg_threshold"], data_strict["config"]["model"]["tta"]) == (0.9, "flip")
+    assert load_config(tmp_path / "evaldir" / "config.yaml").model.fg_threshold == 0.5
     # a higher threshold predicts a subset of the foreground: recall cannot rise
     assert data_strict["recall"]["mean"] <= json.loads((tmp_path / "evaldir" / "results.json").read_text())["recall"]["mean"]
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)

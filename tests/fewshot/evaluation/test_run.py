@@ -71,3 +71,15 @@ def test_inference_config_refuses_alp_settings_on_other_heads() -> None:
     with pytest.raises(ValueError, match="head 'panet' has no ALP window_test"):
         inference_config(loaded, alp_window=1)
     assert inference_config(loaded, shot_fusion="scores").model.head.shot_fusion == "scores"
+
+
+def test_inference_config_records_threshold_and_tta_without_changing_the_model() -> None:
+    loaded = _built({"name": "panet"})
+    cfg = inference_config(loaded, threshold=0.7, tta="flip")
+    assert (cfg.model.fg_threshold, cfg.model.tta) == (0.7, "flip")
+    assert (loaded.config.model.fg_threshold, loaded.model.config.fg_threshold, loaded.model.config.tta) == (0.5, 0.5, "none")
+    assert inference_config(loaded) == loaded.config
+    with pytest.raises(ValueError, match="tta"):
+        inference_config(loaded, tta="rotate")
+    with pytest.raises(ValueError, match="fg_threshold"):
+        inference_config(loaded, threshold=1.5)
