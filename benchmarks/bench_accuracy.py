@@ -168,6 +168,7 @@ def run_fold(
     previous: dict[str, Any] | None = None,
     organs: Sequence[str] | None = None,
     shots: Sequence[int] = (1,),
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train + evaluate one fold; returns a JSON-able record (scores in [0, 1]).
 
@@ -183,6 +184,11 @@ def run_fold(
     checkpoint exists and was trained with the same config up to inference-only keys
     (:data:`INFERENCE_KEYS`), it is evaluated again instead of retrained; the record keeps the earlier
     training statistics and says ``"reused": true``.
+
+    ``resume``: continue the fold's training from ``<fold>/train/checkpoints/last.ckpt`` when it exists (an
+    interrupted run, or one trained for fewer steps: ``train.steps`` may be raised, the data, model, optimiser
+    and seed must be the same, see :func:`fewshot.training.train`); the record's ``train.steps_run``,
+    ``fit_seconds`` and ``steps_per_s`` then count this run's steps only. Default: train from step 0.
     """
     from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.config import load_config, save_config
@@ -271,7 +277,7 @@ def run_fold(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    tr = train(cfg, volumes=volumes, resume=False, callbacks=callbacks)
+    tr = train(cfg, volumes=volumes, resume=resume, callbacks=callbacks)
     train_wall = time.perf_counter() - t0
     mem_train = _peak_memory_mb()
     if tr.checkpoint is None:
@@ -301,6 +307,8 @@ def run_fold(
         "train": {
             "steps": tr.steps,
             "steps_planned": cfg.train.steps,
+            "steps_run": tr.steps_run,
+            "resumed_from": tr.resumed_from,
             "stopped_by_time_limit": bool(budget_cb is not None and budget_cb.stopped),
             "fit_seconds": tr.seconds,
             "steps_per_s": tr.steps_per_s,
@@ -362,7 +370,7 @@ def combine_groups(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             **first["train"],
             "stopped_by_time_limit": any(t["stopped_by_time_limit"] for t in trains),
             "fit_seconds": fit,
-            "steps_per_s": sum(t["steps"] for t in trains) / fit if fit else 0.0,
+            "steps_per_s": sum(t.get("steps_run", t["steps"]) for t in trains) / fit if fit else 0.0,
             "wall_seconds": sum(t["wall_seconds"] for t in trains),
             "genesis_seconds": sum(t["genesis_seconds"] for t in trains),
             "losses": None,
@@ -578,13 +586,16 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
         lines.append("|---:|---:|---:|---:|---:|---:|---:|")
         for r in recs:
             t, e, mem = r["train"], r["eval"], r["peak_memory_mb"]
+            resumed = f" (resumed at {t['steps'] - t['steps_run']})" if t.get("resumed_from") else ""
             rss = max(mem["cpu_rss_self_mb"], mem["cpu_rss_children_mb"])
             gpu = f" (GPU {mem['cuda_max_allocated_mb']:.0f})" if "cuda_max_allocated_mb" in mem else ""
             lines.append(
-                f"| {r['fold']} | {t['steps']}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
+                f"| {r['fold']} | {t['steps']}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
                 f"{t['wall_seconds'] / 60:.1f} | {t['steps_per_s']:.3f} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
+        if any(r["train"].get("resumed_from") for r in recs):
+            lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")
     if load:
         lines += [f"Host: {platform.node()}, {os.cpu_count()} CPUs, load average {load}.", ""]
@@ -813,6 +824,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model.head.shot_fusion for 1-shot training)",
     )
     p.add_argument(
+        "--resume", action="store_true",
+        help="continue each fold's training from its last.ckpt in --out when there is one (an interrupted run, or "
+        "one trained for fewer steps; the same config but train.steps), instead of training from step 0",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -873,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = dict(
         budget=args.budget, setting=args.setting, out=out, steps=args.steps, time_limit_min=args.time_limit_min,
         overrides=overrides, config=args.config, genesis_steps=args.genesis_steps,
-        eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots,
+        eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
     )
     for dataset in datasets:
         name = args.config or _config_name(dataset, args.budget, args.setting)

@@ -242,6 +242,37 @@ def test_run_fold_adds_kshot_scores_and_table(tmp_path: Path) -> None:
     assert bench.kshot_table([again | {"kshot": {}}]) == []
 
 
+def test_run_fold_resume_continues_training_to_more_steps(tmp_path: Path) -> None:
+    """bench_accuracy --resume: a fold trained for fewer steps (or interrupted) continues from its last.ckpt; without
+    it the fold trains from step 0; a changed training config is refused, not silently retrained."""
+    from fewshot.config import load_config, parse_overrides
+    from fewshot.configs import config_path
+    from fewshot.pipeline import load_volumes
+
+    bench = _load("bench_accuracy")
+    over = parse_overrides(TINY)
+    volumes = load_volumes(load_config(config_path("demo_phantom"), over).data)
+
+    def fold(steps: int, **kw: Any) -> dict[str, Any]:
+        return bench.run_fold(
+            "phantom-ct", "cpu", 1, 0, tmp_path, volumes=volumes, steps=steps, config="demo_phantom", **kw
+        )
+
+    first = fold(2, overrides=over)
+    assert (first["train"]["steps"], first["train"]["steps_run"], first["train"]["resumed_from"]) == (2, 2, None)
+    more = fold(3, overrides=over, resume=True)
+    assert (more["train"]["steps"], more["train"]["steps_run"]) == (3, 1)
+    assert more["train"]["resumed_from"].endswith("last.ckpt")
+    rec = _record(0, 0.6)
+    report = bench.markdown_report([rec | {"train": {**rec["train"], **{k: more["train"][k] for k in more["train"]
+                                                                       if k.startswith(("steps", "resumed"))}}}])
+    assert "| 0 | 3 (resumed at 2) |" in report and "count the steps of its last run only" in report
+    assert "resumed" not in bench.markdown_report([rec])
+    assert fold(3, overrides=over)["train"]["steps_run"] == 3  # no --resume: from step 0
+    with pytest.raises(ValueError, match=r"cannot resume .*the config changed"):
+        fold(4, overrides={**over, "optim.lr": 0.5}, resume=True)
+
+
 def test_combine_groups_joins_kshot_per_k() -> None:
     bench = _load("bench_accuracy")
     a = _group_record(0, ("right_kidney", "left_kidney"), 0.8) | {
