@@ -587,11 +587,12 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
         for r in recs:
             t, e, mem = r["train"], r["eval"], r["peak_memory_mb"]
             resumed = f" (resumed at {t['steps'] - t['steps_run']})" if t.get("resumed_from") else ""
+            speed = "n/a" if t.get("steps_run") == 0 else f"{t['steps_per_s']:.3f}"  # resumed when already done
             rss = max(mem["cpu_rss_self_mb"], mem["cpu_rss_children_mb"])
             gpu = f" (GPU {mem['cuda_max_allocated_mb']:.0f})" if "cuda_max_allocated_mb" in mem else ""
             lines.append(
                 f"| {r['fold']} | {t['steps']}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
-                f"{t['wall_seconds'] / 60:.1f} | {t['steps_per_s']:.3f} | {e['scans_per_s']:.3f} | "
+                f"{t['wall_seconds'] / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
         if any(r["train"].get("resumed_from") for r in recs):

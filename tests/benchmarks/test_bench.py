@@ -268,6 +268,8 @@ def test_run_fold_resume_continues_training_to_more_steps(tmp_path: Path) -> Non
                                                                        if k.startswith(("steps", "resumed"))}}}])
     assert "| 0 | 3 (resumed at 2) |" in report and "count the steps of its last run only" in report
     assert "resumed" not in bench.markdown_report([rec])
+    done = rec | {"train": {**rec["train"], "steps_run": 0, "resumed_from": "last.ckpt"}}
+    assert "| 0 | 10 (resumed at 10) | 1.0 | n/a |" in bench.markdown_report([done])  # no step ran: no speed
     assert fold(3, overrides=over)["train"]["steps_run"] == 3  # no --resume: from step 0
     with pytest.raises(ValueError, match=r"cannot resume .*the config changed"):
         fold(4, overrides={**over, "optim.lr": 0.5}, resume=True)
