@@ -260,7 +260,8 @@ def _train(
         out_dir=str(out),
         resumed_from=resumed,
     )
-    if not fast_dev_run and trainer.global_rank == 0:
+    if not fast_dev_run and trainer.global_rank == 0 and (steps_run > 0 or not (out / "train_result.json").is_file()):
+        # a resumed call that trained nothing (already at train.steps) keeps the record of the run that did
         atomic_write_json(out / "train_result.json", result.to_dict())
     return result
 

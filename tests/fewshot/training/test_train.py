@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,10 @@ def test_resume_continues_schedule_and_matches_uninterrupted_run(
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, msg=f"parameter {k} differs after resume")
     assert len(list((tmp_path / "logs").iterdir())) == 2  # one CSV log version per call
+    record = (tmp_path / "train_result.json").read_text()
+    assert json.loads(record)["steps_run"] == 3
+    assert train(cfg, volumes=volumes).steps_run == 0  # already at train.steps: nothing to train
+    assert (tmp_path / "train_result.json").read_text() == record  # the record of the run that trained is kept
     changed = load_config({**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"], "lr": 0.1}})
     with pytest.raises(ValueError, match=r"config changed \(optim: .*'lr': 0.05.* -> .*'lr': 0.1"):
         train(changed, volumes=volumes)
