@@ -842,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no training: combine the fold records of earlier runs' results.json files into one table in --out",
     )
     args = p.parse_args(argv)
-    from fewshot.cli import quiet_logs
+    from fewshot.cli import comma_list, quiet_logs
 
     quiet_logs()
 
@@ -850,15 +850,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fewshot.config import load_config, parse_overrides
     from fewshot.configs import config_path
 
-    folds = [int(f) for f in args.folds.split(",") if f.strip()]
     if args.jobs < 1:
         p.error(f"--jobs: expected a positive integer, got {args.jobs}")
-    try:
-        shots = sorted({int(k) for k in args.shots.split(",") if k.strip()})
-    except ValueError:
-        p.error(f"--shots: expected a comma list of integers, got {args.shots!r}")
-    if not shots or shots[0] < 1:
-        p.error(f"--shots: every k must be >= 1, got {args.shots!r}")
+    folds = comma_list(args.folds, int, option="--folds", minimum=0)
+    shots = sorted(set(comma_list(args.shots, int, option="--shots", minimum=1)))
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     if args.config is not None and len(datasets) > 1:
         p.error("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")

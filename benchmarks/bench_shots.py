@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = ["main", "shot_table"]
-
-T = TypeVar("T")
-
 
 def shot_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (k, fusion, post-processing): Dice per organ, mean, precision, recall (%)."""
@@ -58,11 +55,6 @@ def shot_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _values(text: str, cast: Callable[[str], T]) -> list[T]:
-    """The non-empty items of a comma list, stripped and converted by ``cast``."""
-    return [cast(item.strip()) for item in text.split(",") if item.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
@@ -79,9 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", default="runs/bench_shots", help="output folder")
     args = p.parse_args(argv)
-    from fewshot.cli import quiet_logs
+    from fewshot.cli import comma_list, quiet_logs
 
     quiet_logs()
+    # every list is checked before the checkpoint and the scans load
+    shots = comma_list(args.shots, int, option="--shots", minimum=1)
+    fusions = comma_list(args.fusions, str, option="--fusions")
+    given_thresholds = comma_list(args.thresholds, float, option="--thresholds") if args.thresholds else None
+    windows: list[int | None] = [*comma_list(args.windows, int, option="--windows")] if args.windows else [None]
+    cells: list[float | None] = (
+        [*comma_list(args.alp_thresholds, float, option="--alp-thresholds")] if args.alp_thresholds else [None]
+    )
 
     from episodes.atomic import atomic_write_json
     from fewshot.checkpoint import load_model_from_checkpoint
@@ -94,17 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     volumes = load_volumes(loaded.config.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    thresholds = _values(args.thresholds, float) if args.thresholds else [loaded.config.model.fg_threshold]
-    windows: list[int | None] = [*_values(args.windows, int)] if args.windows else [None]
-    cells: list[float | None] = [*_values(args.alp_thresholds, float)] if args.alp_thresholds else [None]
+    thresholds = given_thresholds or [loaded.config.model.fg_threshold]
     heads = [(w, c) for w in windows for c in cells]
     for (w, c), t in ((h, t) for h in heads for t in thresholds):
         # a setting the head lacks or a config rejects fails here, not as "k not possible" below
         inference_config(loaded, alp_window=w, alp_threshold=c, threshold=t)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for k in _values(args.shots, int):
-        for fusion in _values(args.fusions, str):
+    for k in shots:
+        for fusion in fusions:
             if k == 1 and any(r["shots"] == 1 for r in rows):
                 continue  # with one shot both fusions are the same computation
             protocol = replace(loaded.config.data.protocol, shots=k)

@@ -16,9 +16,17 @@ from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from fewshot.cli.commands import CLIError
+from fewshot.cli.commands import CLIError, comma_list
 
-__all__ = ["CLIError", "build_parser", "main", "quiet_logs", "run_reporting_user_errors", "user_error_message"]
+__all__ = [
+    "CLIError",
+    "build_parser",
+    "comma_list",
+    "main",
+    "quiet_logs",
+    "run_reporting_user_errors",
+    "user_error_message",
+]
 
 #: Exceptions that mean "the input is wrong" (exit status 2, one line).
 USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, KeyError, ValueError, ImportError)

@@ -11,9 +11,9 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -38,8 +38,35 @@ class CLIError(Exception):
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+T = TypeVar("T")
+
+
+def comma_list(
+    text: str, cast: Callable[[str], T], *, option: str, minimum: float | None = None
+) -> list[T]:
+    """The non-empty items of ``option``'s comma list ``text``, stripped and converted by ``cast``.
+
+    Raises :class:`CLIError` naming ``option`` and the item when the list is empty, ``cast``
+    rejects an item, or an item is below ``minimum``. Shared by the commands and ``benchmarks/``.
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CLIError(f"{option}: expected a comma list, got {text!r}")
+    values: list[T] = []
+    for item in items:
+        try:
+            value = cast(item)
+        except ValueError:
+            kind = getattr(cast, "__name__", "value")
+            raise CLIError(f"{option}: {item!r} is not a valid {kind} (in {text!r})") from None
+        if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+            raise CLIError(f"{option}: every item must be >= {minimum:g}, got {item!r}")
+        values.append(value)
+    return values
+
+
+def _csv(text: str, option: str) -> list[str]:
+    return comma_list(text, str, option=option)
 
 
 def _parse_value(text: str) -> Any:
@@ -192,7 +219,7 @@ def _experiment_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[key] = value
     if getattr(args, "organs", None):
-        overrides["data.protocol.organs"] = _csv(args.organs)
+        overrides["data.protocol.organs"] = _csv(args.organs, "--organs")
     if getattr(args, "devices", None) is not None:
         overrides["train.devices"] = _parse_value(args.devices)
     overrides.update(_overrides(args.set))
@@ -247,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or trained.dataset
     volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)
     support_subject = args.support_subject
-    query_subjects = tuple(_csv(args.query_subjects)) if args.query_subjects else None
+    query_subjects = tuple(_csv(args.query_subjects, "--query-subjects")) if args.query_subjects else None
     if args.support_data:
         if not support_subject:
             raise CLIError("--support-data needs --support-subject")
@@ -267,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     if args.organs:
-        changes["organs"] = tuple(_csv(args.organs))
+        changes["organs"] = tuple(_csv(args.organs, "--organs"))
     if args.share_support_slices:
         changes["share_support_slices"] = True
     protocol = replace(trained.protocol, **changes)
@@ -336,11 +363,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from fewshot.study import StudySpec, run_study
 
     spec = StudySpec(
-        backbones=tuple(_csv(args.backbones)),
-        inits=tuple(_csv(args.inits)),
-        heads=tuple(_csv(args.heads)),
-        seeds=tuple(int(s) for s in _csv(args.seeds)),
-        folds=tuple(int(f) for f in _csv(args.folds)),
+        backbones=tuple(_csv(args.backbones, "--backbones")),
+        inits=tuple(_csv(args.inits, "--inits")),
+        heads=tuple(_csv(args.heads, "--heads")),
+        seeds=tuple(comma_list(args.seeds, int, option="--seeds")),
+        folds=tuple(comma_list(args.folds, int, option="--folds", minimum=0)),
         steps=args.steps,
         genesis_steps=args.genesis_steps,
         weights=dict(pair.split("=", 1) for pair in args.weights),

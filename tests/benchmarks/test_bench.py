@@ -92,6 +92,19 @@ def _check_reuse_rule(run: Path) -> None:
     assert not acc._reusable(run / "missing.ckpt", trained)
 
 
+def test_shot_benchmark_checks_its_lists_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad comma list is named in one line before the checkpoint is read (here it does not exist)."""
+    bench = _load("bench_shots")
+    missing = str(tmp_path / "missing.ckpt")
+    assert bench.cli(["--checkpoint", missing, "--shots", "1,0", "--out", str(tmp_path / "o")]) == 2
+    assert "bench_shots.py: error: --shots: every item must be >= 1, got '0'" in capsys.readouterr().err
+    assert bench.cli(["--checkpoint", missing, "--thresholds", "0.5,high", "--out", str(tmp_path / "o")]) == 2
+    assert "--thresholds: 'high' is not a valid float" in capsys.readouterr().err
+    assert bench.cli(["--checkpoint", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "missing.ckpt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fewshot.cli import main
 
@@ -340,6 +353,11 @@ def test_run_tasks_in_two_processes_matches_one_process_and_names_a_failed_log(
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--jobs", "0", "--out", str(tmp_path / "bad")])
     assert exit_info.value.code == 2 and "--jobs: expected a positive integer, got 0" in capsys.readouterr().err
+    assert bench.cli(["--shots", "1,0", "--out", str(tmp_path / "bad")]) == 2
+    assert "bench_accuracy.py: error: --shots: every item must be >= 1, got '0'" in capsys.readouterr().err
+    assert bench.cli(["--folds", "0,one", "--out", str(tmp_path / "bad")]) == 2
+    assert "--folds: 'one' is not a valid int" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from episodes.data.phantom import make_phantom
-from fewshot.cli import build_parser, main
+from fewshot.cli import CLIError, build_parser, comma_list, main
 from fewshot.config import load_config
 
 # A tiny version of the demo config: 6 phantoms of 12x64x64, cbr-tiny, a few steps.
@@ -262,3 +262,18 @@ def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "missing" in capsys.readouterr().err
     assert main(["train", "--set", "model.nope=1"]) == 2
     assert "valid keys" in capsys.readouterr().err
+    assert main(["study", "--seeds", "0,x", "--out", str(tmp_path / "study")]) == 2
+    assert "--seeds: 'x' is not a valid int (in '0,x')" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+
+
+def test_comma_list_converts_and_names_the_option_it_rejects() -> None:
+    assert comma_list(" 1, 3,,5 ", int, option="--shots", minimum=1) == [1, 3, 5]
+    assert comma_list("liver,spleen", str, option="--organs") == ["liver", "spleen"]
+    assert comma_list("0.5,0.9", float, option="--thresholds") == [0.5, 0.9]
+    with pytest.raises(CLIError, match="--shots: expected a comma list, got ' , '"):
+        comma_list(" , ", int, option="--shots")
+    with pytest.raises(CLIError, match=r"--shots: '1\.5' is not a valid int"):
+        comma_list("1,1.5", int, option="--shots")
+    with pytest.raises(CLIError, match="--shots: every item must be >= 1, got '0'"):
+        comma_list("3,0", int, option="--shots", minimum=1)
