@@ -31,6 +31,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = ["main", "shot_table"]
 
+
 def shot_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (k, fusion, post-processing): Dice per organ, mean, precision, recall (%)."""
     organs = [o for o in rows[0]["none"]["dice"] if o != "mean"]

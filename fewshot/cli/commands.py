@@ -65,10 +65,6 @@ def comma_list(
     return values
 
 
-def _csv(text: str, option: str) -> list[str]:
-    return comma_list(text, str, option=option)
-
-
 def _parse_value(text: str) -> Any:
     import yaml
 
@@ -219,7 +215,7 @@ def _experiment_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[key] = value
     if getattr(args, "organs", None):
-        overrides["data.protocol.organs"] = _csv(args.organs, "--organs")
+        overrides["data.protocol.organs"] = comma_list(args.organs, str, option="--organs")
     if getattr(args, "devices", None) is not None:
         overrides["train.devices"] = _parse_value(args.devices)
     overrides.update(_overrides(args.set))
@@ -274,7 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or trained.dataset
     volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)
     support_subject = args.support_subject
-    query_subjects = tuple(_csv(args.query_subjects, "--query-subjects")) if args.query_subjects else None
+    query_subjects = tuple(comma_list(args.query_subjects, str, option="--query-subjects")) if args.query_subjects else None
     if args.support_data:
         if not support_subject:
             raise CLIError("--support-data needs --support-subject")
@@ -294,7 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     if args.organs:
-        changes["organs"] = tuple(_csv(args.organs, "--organs"))
+        changes["organs"] = tuple(comma_list(args.organs, str, option="--organs"))
     if args.share_support_slices:
         changes["share_support_slices"] = True
     protocol = replace(trained.protocol, **changes)
@@ -363,9 +359,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     from fewshot.study import StudySpec, run_study
 
     spec = StudySpec(
-        backbones=tuple(_csv(args.backbones, "--backbones")),
-        inits=tuple(_csv(args.inits, "--inits")),
-        heads=tuple(_csv(args.heads, "--heads")),
+        backbones=tuple(comma_list(args.backbones, str, option="--backbones")),
+        inits=tuple(comma_list(args.inits, str, option="--inits")),
+        heads=tuple(comma_list(args.heads, str, option="--heads")),
         seeds=tuple(comma_list(args.seeds, int, option="--seeds")),
         folds=tuple(comma_list(args.folds, int, option="--folds", minimum=0)),
         steps=args.steps,
