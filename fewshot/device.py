@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
-__all__ = ["cuda_requested", "default_device"]
+__all__ = ["cpu_bf16_native", "cpu_name", "cuda_requested", "default_device"]
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -27,3 +29,27 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 def cuda_requested(accelerator: str) -> bool:
     """Whether a Lightning ``accelerator`` setting will run on CUDA here."""
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles).
+
+    ``train.precision: bf16-mixed`` on such a CPU trains the CPU recipes about 2x faster than
+    ``32-true`` (measured on 2 cores of a Sapphire Rapids Xeon); without it torch emulates bfloat16
+    and the run is slower than in float32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_name() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; ``platform.processor()`` elsewhere), or ``None``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

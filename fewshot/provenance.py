@@ -11,6 +11,10 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
+from fewshot.device import cpu_bf16_native, cpu_name
+
 __all__ = ["environment", "git_commit"]
 
 _PACKAGES = (
@@ -28,13 +32,23 @@ _PACKAGES = (
 
 
 def environment() -> dict[str, str | None]:
-    """``{"python": ..., "<package>": version or None}`` of the packages that decide the numbers."""
+    """``{"python": ..., "<package>": version or None, "cpu": ..., ...}``: what decides the numbers.
+
+    Besides the package versions: the CPU's model name, torch's CPU kernel level
+    (``cpu_capability``, e.g. ``AVX2``, ``AVX512``), whether it has hardware bfloat16
+    (``cpu_bf16``: ``native`` or ``emulated``) and torch's thread count, since the same code and seed
+    give Dice a few tenths to points apart across CPUs and thread counts (floating-point order).
+    """
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
+    out["cpu"] = cpu_name()
+    out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    out["cpu_bf16"] = "native" if cpu_bf16_native() else "emulated"
+    out["torch_threads"] = str(torch.get_num_threads())
     return out
 
 

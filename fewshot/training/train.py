@@ -37,7 +37,7 @@ from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
 from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint, snapshot_path
 from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
-from fewshot.device import cuda_requested
+from fewshot.device import cpu_bf16_native, cuda_requested
 from fewshot.models import create_model
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
@@ -164,6 +164,12 @@ def _train(
     on_cuda = cuda_requested(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, on_cuda)
     channels_last = resolve_channels_last(cfg.train.channels_last, on_cuda)
+    if precision.startswith("bf16") and not on_cuda and not cpu_bf16_native():
+        logger.warning(
+            "train.precision=%s on a CPU without hardware bfloat16 (no AVX512-BF16 or AMX): torch emulates it "
+            "and training is slower than with train.precision=32-true",
+            precision,
+        )
     pl.seed_everything(cfg.train_seed, workers=True, verbose=False)
     # The model first: a missing weights file fails before any data is read or superpixel computed.
     model = create_model(cfg.model, seed=cfg.seed)

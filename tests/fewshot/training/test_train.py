@@ -91,6 +91,20 @@ def test_fast_dev_run(volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg
     assert (tmp_path / "config.yaml").is_file()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_mixed_trains_on_cpu_and_warns_when_emulated(
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.modules["fewshot.training.train"], "cpu_bf16_native", lambda: native)
+    with caplog.at_level("WARNING", logger="fewshot"):
+        result = train(cfg_of(tmp_path, cache_dir, precision="bf16-mixed"), volumes=volumes, fast_dev_run=True)
+    assert result.steps == 1 and np.isfinite(result.losses["loss"])
+    emulated = [r.getMessage() for r in caplog.records if "without hardware bfloat16" in r.getMessage()]
+    assert emulated == ([] if native else [emulated[0]]) and (native or "32-true" in emulated[0])
+
+
 def test_progress_is_plain_lines_off_a_terminal(
     volumes: list[Volume], cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], cfg_of: Callable[..., ExperimentConfig]) -> None:
     import io
@@ -158,6 +172,8 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     assert payload["norm_stats"]["std"] > 0 and isinstance(payload["library_version"], str)
     assert payload["dataset"] == "phantom-ct" and payload["train_subjects"]
     assert payload["environment"]["torch"] and "commit" in payload  # versions and source, recorded per run
+    env = payload["environment"]
+    assert env["cpu_capability"] and env["cpu_bf16"] in ("native", "emulated") and int(env["torch_threads"]) >= 1
     loaded = load_model_from_checkpoint(result.checkpoint)
     model = loaded.model
     assert not model.training and loaded.config.out_dir == str(out) and loaded.global_step == 4
