@@ -57,6 +57,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from episodes.protocol.folds import SHARE_HINT, TooFewSupportSlices
+from fewshot.device import cpu_bf16_native, cpu_name
 
 __all__ = [
     "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
@@ -462,6 +463,11 @@ def _scores_of(ev: Any) -> dict[str, Any]:
     }
 
 
+def _train_precision(record: dict[str, Any]) -> str:
+    """The record's ``train.precision`` (``auto`` for records without a config)."""
+    return str((record.get("config") or {}).get("train", {}).get("precision", "auto"))
+
+
 def _fg_threshold(record: dict[str, Any]) -> float:
     """The record's inference threshold (records written before it was stored: from its config)."""
     value = record.get("fg_threshold")
@@ -565,6 +571,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f"{m['size']} px"
                     + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
                     + f", {r['train']['steps']} steps"
+                    + (f", {_train_precision(r)} training" if _train_precision(r) not in ("auto", "32-true", "32") else "")
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
                 )
@@ -599,7 +606,12 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
             lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")
     if load:
-        lines += [f"Host: {platform.node()}, {os.cpu_count()} CPUs, load average {load}.", ""]
+        bf16 = "hardware bf16" if cpu_bf16_native() else "no hardware bf16"
+        lines += [
+            f"Host: {platform.node()}, {os.cpu_count()} CPUs ({cpu_name() or 'unknown CPU'}, "
+            f"{torch.backends.cpu.get_cpu_capability()}, {bf16}), load average {load}.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -53,6 +53,11 @@ def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
     adjacent = _record(0, 0.60)
     adjacent["model"] = adjacent["model"] | {"slice_input": "adjacent"}
     assert "alpnet, 128 px, adjacent slices, 10 steps |" in bench.markdown_report([adjacent])
+    assert "training" not in text  # float32 (and records without a config) are not labelled
+    bf16 = _record(0, 0.60) | {"config": {"train": {"precision": "bf16-mixed"}}}
+    assert "128 px, 10 steps, bf16-mixed training |" in bench.markdown_report([bf16])
+    host = bench.markdown_report([_record(0, 0.60)], load="0.5 0.5 0.5")
+    assert "CPUs (" in host and ("hardware bf16)" in host) and "load average 0.5 0.5 0.5" in host
     assert "| **ours, folds 0,1: mean ± std + LCC post-processing** | 67.00 ± 7.07 |" in text
     assert "SSL-ALPNet (ECCV'20), published 5-fold (no post-processing) | 76.10 |" in text
     assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
