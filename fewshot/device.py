@@ -35,7 +35,7 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles).
 
     ``train.precision: bf16-mixed`` on such a CPU trains the CPU recipes about 2x faster than
-    ``32-true`` (measured on 2 cores of a Sapphire Rapids Xeon); without it torch emulates bfloat16
+    ``32-true`` (measured on 2 cores of an Intel Xeon with AMX); without it torch emulates bfloat16
     and the run is slower than in float32.
     """
     cpu = getattr(torch, "cpu", None)
