@@ -123,6 +123,10 @@ class OptimConfig:
             raise ConfigError(f"optim.ce_weights must be two weights >= 0 (bg, fg), got {self.ce_weights}")
 
 
+#: ``train.precision`` values: ``auto`` and Lightning's names for the precisions this library trains with.
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Trainer settings.
@@ -158,6 +162,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if str(self.precision) not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.keep_every is not None and self.keep_every < 1:
             raise ConfigError(f"train.keep_every must be >= 1 or null, got {self.keep_every}")
 

@@ -73,6 +73,7 @@ def test_overrides_merge_into_file(tmp_path: Path) -> None:
         ({"data": {"superpixels": {"method": "felzenszwalb", "params": {"foo": 1}}}}, "foo"),
         ({"data": {"channels": 1}}, "model.backbone.in_channels=3 must equal data.channels=1"),
         ({"train": {"steps": 0}}, "train.steps must be >= 1"),
+        ({"train": {"precision": "bf17"}}, r"train.precision must be one of auto, 32-true, 16-mixed, bf16-mixed.*'bf17'"),
     ],
 )
 def test_invalid_configs_raise(tree: dict, match: str) -> None:
