@@ -57,7 +57,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from episodes.protocol.folds import SHARE_HINT, TooFewSupportSlices
-from fewshot.device import cpu_bf16_native, cpu_name
+from fewshot.provenance import environment
 
 __all__ = [
     "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
@@ -563,6 +563,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
             for r in recs:
                 sc = _scores(r, step)
                 m = r["model"]
+                precision = _train_precision(r)
                 label = (
                     f"ours fold {r['fold']}{suffix}: {m['backbone']}"
                     f"{'/' + m['truncate'] if m['truncate'] else ''}"
@@ -571,7 +572,7 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
                     f"{m['size']} px"
                     + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
                     + f", {r['train']['steps']} steps"
-                    + (f", {_train_precision(r)} training" if _train_precision(r) not in ("auto", "32-true", "32") else "")
+                    + (f", {precision} training" if precision not in ("auto", "32-true", "32") else "")
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
                 )
@@ -606,10 +607,11 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
             lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")
     if load:
-        bf16 = "hardware bf16" if cpu_bf16_native() else "no hardware bf16"
+        env = environment()
+        bf16 = "hardware bf16" if env["cpu_bf16"] == "native" else "no hardware bf16"
         lines += [
-            f"Host: {platform.node()}, {os.cpu_count()} CPUs ({cpu_name() or 'unknown CPU'}, "
-            f"{torch.backends.cpu.get_cpu_capability()}, {bf16}), load average {load}.",
+            f"Host: {platform.node()}, {os.cpu_count()} CPUs ({env['cpu'] or 'unknown CPU'}, "
+            f"{env['cpu_capability']}, {bf16}), load average {load}.",
             "",
         ]
     return "\n".join(lines)
