@@ -292,7 +292,9 @@ def run_fold(
         "setting": setting,
         "fold": fold,
         "config_name": name,
+        "overrides": {k: v for k, v in over.items() if k not in _PER_FOLD_KEYS},
         "config": cfg.to_dict(),
+        "host": host(),
         "model": {
             "backbone": cfg.model.backbone.name,
             "truncate": cfg.model.backbone.truncate,
@@ -545,7 +547,7 @@ def kshot_table(recs: Sequence[dict[str, Any]]) -> list[str]:
     return lines + (["", *notes] if notes else [])
 
 
-def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str:
+def markdown_report(records: Sequence[dict[str, Any]]) -> str:
     """Per dataset/setting: Dice (%) per organ, precision and recall per fold, the mean ± std over folds,
     the same with LCC post-processing, then the published rows; config, commit and timing below."""
     lines: list[str] = []
@@ -587,9 +589,15 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
         for label, published in PUBLISHED[(dataset, setting)]:
             lines.append(_row(f"{label}, published 5-fold (no post-processing)", published) + " | |")
         lines += kshot_table(recs)
-        names = sorted({r["config_name"] for r in recs})
+        names = sorted(
+            {
+                r["config_name"]
+                + (" with " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) if r.get("overrides") else "")
+                for r in recs
+            }
+        )
         commits = sorted({str(r.get("commit")) for r in recs})
-        lines += ["", f"Config: {', '.join(names)}; commit {', '.join(commits)}."]
+        lines += ["", f"Config: {'; '.join(names)}; commit {', '.join(commits)}."]
         lines += ["", "| fold | steps | train min | steps/s | eval scans/s | total min | peak RSS MiB |"]
         lines.append("|---:|---:|---:|---:|---:|---:|---:|")
         for r in recs:
@@ -606,15 +614,29 @@ def markdown_report(records: Sequence[dict[str, Any]], *, load: str = "") -> str
         if any(r["train"].get("resumed_from") for r in recs):
             lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")
-    if load:
-        env = environment()
-        bf16 = "hardware bf16" if env["cpu_bf16"] == "native" else "no hardware bf16"
-        lines += [
-            f"Host: {platform.node()}, {os.cpu_count()} CPUs ({env['cpu'] or 'unknown CPU'}, "
-            f"{env['cpu_capability']}, {bf16}), load average {load}.",
-            "",
-        ]
+    hosts = list(dict.fromkeys(_host_line(r["host"]) for r in records if r.get("host")))
+    if hosts:  # the machines the folds trained on (merged results can come from several)
+        loads = "; ".join(f"fold {r['fold']} {r['load_average_end']}" for r in records if r.get("load_average_end"))
+        lines += [f"Host: {'; '.join(hosts)}" + (f"; load average at each fold's end: {loads}" if loads else "") + ".", ""]
+    else:  # records from before 2026-12-04 (not necessarily this machine's)
+        lines += ["Host: not recorded.", ""]
     return "\n".join(lines)
+
+
+_PER_FOLD_KEYS = ("data.protocol.fold", "data.protocol.setting", "data.protocol.organs", "out_dir", "train.steps")
+
+
+def host() -> dict[str, Any]:
+    """The machine a fold trained on: node name, CPU count and :func:`fewshot.provenance.environment`'s
+    CPU and GPU fields (the report's Host line reads these, so merged results name their own machines)."""
+    env = environment()
+    return {"node": platform.node(), "cpus": os.cpu_count(), **{k: env[k] for k in ("cpu", "cpu_capability", "cpu_bf16", "gpu")}}
+
+
+def _host_line(h: dict[str, Any]) -> str:
+    bf16 = "hardware bf16" if h.get("cpu_bf16") == "native" else "no hardware bf16"
+    gpu = f", GPU {h['gpu']}" if h.get("gpu") else ""
+    return f"{h['node']}, {h['cpus']} CPUs ({h.get('cpu') or 'unknown CPU'}, {h.get('cpu_capability')}, {bf16}){gpu}"
 
 
 def _fold_dir_name(dataset: str, setting: int, fold: int, organs: Sequence[str] | None) -> str:
@@ -876,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
 
     def write_report() -> str:
-        report = markdown_report(records, load=_load())
+        report = markdown_report(records)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.md").write_text(report)
         atomic_write_json(out / "results.json", {"argv": sys.argv[1:] if argv is None else list(argv), "folds": records})

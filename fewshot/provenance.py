@@ -36,8 +36,9 @@ def environment() -> dict[str, str | None]:
 
     Besides the package versions: the CPU's model name, torch's CPU kernel level
     (``cpu_capability``, e.g. ``AVX2``, ``AVX512``), whether it has hardware bfloat16
-    (``cpu_bf16``: ``native`` or ``emulated``) and torch's thread count, since the same code and seed
-    give Dice a few tenths to points apart across CPUs and thread counts (floating-point order).
+    (``cpu_bf16``: ``native`` or ``emulated``), torch's thread count and the first visible CUDA GPU
+    (``gpu``: its name, ``None`` without one), since the same code and seed give Dice a few tenths to
+    points apart across CPUs, GPUs and thread counts (floating-point order).
     """
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -49,6 +50,7 @@ def environment() -> dict[str, str | None]:
     out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     out["cpu_bf16"] = "native" if cpu_bf16_native() else "emulated"
     out["torch_threads"] = str(torch.get_num_threads())
+    out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return out
 
 

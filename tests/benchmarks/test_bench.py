@@ -56,11 +56,26 @@ def test_accuracy_report_has_fold_rows_mean_std_lcc_and_provenance() -> None:
     assert "training" not in text  # float32 (and records without a config) are not labelled
     bf16 = _record(0, 0.60) | {"config": {"train": {"precision": "bf16-mixed"}}}
     assert "128 px, 10 steps, bf16-mixed training |" in bench.markdown_report([bf16])
-    host = bench.markdown_report([_record(0, 0.60)], load="0.5 0.5 0.5")
-    assert "CPUs (" in host and ("hardware bf16)" in host) and "load average 0.5 0.5 0.5" in host
+    assert "Host: not recorded." in text  # records from before hosts were recorded: not this machine's
     assert "| **ours, folds 0,1: mean ± std + LCC post-processing** | 67.00 ± 7.07 |" in text
     assert "SSL-ALPNet (ECCV'20), published 5-fold (no post-processing) | 76.10 |" in text
     assert "Config: cpu_chaos_30min; commit abc123." in text and "native labels (256x256 px)" in text
+
+
+def test_accuracy_report_names_overrides_and_the_recorded_hosts() -> None:
+    """Merged results from two machines name both (not the machine that merges), and --set overrides
+    appear beside the config name."""
+    bench = _load("bench_accuracy")
+    cpu = {"node": "laptop", "cpus": 2, "cpu": "Xeon", "cpu_capability": "AVX512", "cpu_bf16": "native", "gpu": None}
+    gpu = cpu | {"node": "box", "cpus": 16, "gpu": "NVIDIA H200"}
+    a = _record(0, 0.60) | {"host": cpu, "load_average_end": "1.00 1.00 1.00"}
+    b = _record(1, 0.70) | {"host": gpu, "overrides": {"data.size": 256, "model.backbone.name": "resnet50"}}
+    text = bench.markdown_report([a, b])
+    assert "Host: laptop, 2 CPUs (Xeon, AVX512, hardware bf16); box, 16 CPUs (Xeon, AVX512, hardware bf16), GPU NVIDIA H200" in text
+    assert "load average at each fold's end: fold 0 1.00 1.00 1.00." in text
+    assert "Config: cpu_chaos_30min; cpu_chaos_30min with data.size=256, model.backbone.name=resnet50; commit abc123." in text
+    h = bench.host()
+    assert h["cpus"] >= 1 and set(h) == {"node", "cpus", "cpu", "cpu_capability", "cpu_bf16", "gpu"}
 
 
 def test_accuracy_merge_combines_fold_records(tmp_path: Path) -> None:

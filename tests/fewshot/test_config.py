@@ -239,3 +239,33 @@ def test_model_slice_input_validated_and_saved() -> None:
         ModelConfig(backbone={"name": "cbr-small", "in_channels": 2}, slice_input="adjacent")
     with pytest.raises(ValueError, match=r"ModelConfig.slice_input must be one of \['tile', 'adjacent'\]"):
         ModelConfig(slice_input="2.5d")
+
+
+def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> None:
+    """gpu_chaos_r50_256 changes only resolution-bound sizes, the backbone and the device settings of
+    cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/*gpu_r50_256.md)."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    cpu = flat(load_config(CONFIG_DIR / "cpu_chaos_30min.yaml").to_dict())
+    gpu = flat(load_config(CONFIG_DIR / "gpu_chaos_r50_256.yaml").to_dict())
+    changed = {k: gpu[k] for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)}
+    assert changed == {
+        "data.size": 256,
+        "data.superpixels.params.min_size": 400,
+        "data.episodes.min_superpixel_pixels": 200,
+        "data.superpixel_workers": 6,
+        "model.backbone.name": "resnet50",
+        "model.backbone.truncate": "layer2",
+        "model.backbone.output_stride": None,
+        "train.accelerator": "auto",
+        "train.num_workers": 6,
+        "train.ckpt_every": 1000,
+        "train.log_every": 50,
+        "out_dir": "runs/gpu_chaos_r50_256",
+    }
+    assert gpu["model.head.window_train"] == 4 and gpu["train.steps"] == 10_000

@@ -174,6 +174,7 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     assert payload["environment"]["torch"] and "commit" in payload  # versions and source, recorded per run
     env = payload["environment"]
     assert env["cpu_capability"] and env["cpu_bf16"] in ("native", "emulated") and int(env["torch_threads"]) >= 1
+    assert env["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     loaded = load_model_from_checkpoint(result.checkpoint)
     model = loaded.model
     assert not model.training and loaded.config.out_dir == str(out) and loaded.global_step == 4
