@@ -151,6 +151,49 @@ def _genesis_weights(cfg: Any, volumes: list[Any], steps: int, out: Path) -> str
     return path
 
 
+def evaluate_fold(
+    checkpoint: str | Path | Sequence[str | Path],
+    cfg: Any,
+    volumes: list[Any],
+    fold_dir: Path,
+    *,
+    shots: Sequence[int] = (1,),
+    eval_batch_size: int = 16,
+    resolution: str = "native",
+) -> tuple[Any, float, dict[str, Any]]:
+    """Evaluate a fold's checkpoint (or several, as one ensemble) with ``cfg``'s inference settings into
+    ``fold_dir/eval*``: the 1-shot result, its wall seconds, and the k-shot evaluations of ``shots`` (k > 1)."""
+    from fewshot.checkpoint import load_model_from_checkpoints
+    from fewshot.evaluation import run_evaluation
+
+    t0 = time.perf_counter()
+    loaded = load_model_from_checkpoints(list(checkpoint) if isinstance(checkpoint, (list, tuple)) else checkpoint)
+
+    def at(k: int, share: bool = False) -> Any:
+        return run_evaluation(
+            loaded, protocol=replace(cfg.data.protocol, shots=k, share_support_slices=share), volumes=volumes,
+            out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
+            progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
+            threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
+            tta=cfg.model.tta,
+        )
+
+    ev = at(1)
+    wall = time.perf_counter() - t0
+    kshot: dict[str, Any] = {}
+    for k in sorted(set(shots) - {1}):
+        try:
+            kshot[str(k)] = dict(at(k).extras["postprocess"])
+        except TooFewSupportSlices as e:  # the support scan has fewer organ slices than k x chunks
+            if e.shareable:  # neighbouring chunks share support slices, and the table says so
+                kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": e.reason}
+                print(f"   {k}-shot: {e.reason}; scored with chunks sharing support slices", flush=True)
+            else:  # fewer organ slices than k
+                kshot[str(k)] = {"error": e.reason}
+                print(f"   {k}-shot: not possible: {e.reason}", flush=True)
+    return ev, wall, kshot
+
+
 def run_fold(
     dataset: str,
     budget: str,
@@ -191,10 +234,8 @@ def run_fold(
     and seed must be the same, see :func:`fewshot.training.train`); the record's ``train.steps_run``,
     ``fit_seconds`` and ``steps_per_s`` then count this run's steps only. Default: train from step 0.
     """
-    from fewshot.checkpoint import load_model_from_checkpoint
     from fewshot.config import load_config, save_config
     from fewshot.configs import config_path
-    from fewshot.evaluation import run_evaluation
     from fewshot.training import train
 
     t_fold = time.perf_counter()
@@ -227,34 +268,8 @@ def run_fold(
     save_config(cfg, fold_dir / "config.yaml")
 
     def evaluate(ckpt: str | Path) -> tuple[Any, float, dict[str, Any]]:
-        """The fold's evaluation with this config's inference settings, its wall seconds, and the
-        k-shot evaluations of ``shots`` (k > 1)."""
-        t0 = time.perf_counter()
-        loaded = load_model_from_checkpoint(ckpt)
-
-        def at(k: int, share: bool = False) -> Any:
-            return run_evaluation(
-                loaded, protocol=replace(cfg.data.protocol, shots=k, share_support_slices=share), volumes=volumes,
-                out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
-                progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
-                threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
-                tta=cfg.model.tta,
-            )
-
-        ev = at(1)
-        wall = time.perf_counter() - t0
-        kshot: dict[str, Any] = {}
-        for k in sorted(set(shots) - {1}):
-            try:
-                kshot[str(k)] = dict(at(k).extras["postprocess"])
-            except TooFewSupportSlices as e:  # the support scan has fewer organ slices than k x chunks
-                if e.shareable:  # neighbouring chunks share support slices, and the table says so
-                    kshot[str(k)] = {**at(k, share=True).extras["postprocess"], "shared": e.reason}
-                    print(f"   {k}-shot: {e.reason}; scored with chunks sharing support slices", flush=True)
-                else:  # fewer organ slices than k
-                    kshot[str(k)] = {"error": e.reason}
-                    print(f"   {k}-shot: not possible: {e.reason}", flush=True)
-        return ev, wall, kshot
+        return evaluate_fold(ckpt, cfg, volumes, fold_dir, shots=shots, eval_batch_size=eval_batch_size,
+                             resolution=resolution)
 
     if previous is not None:
         print(f"   reusing {checkpoint}", flush=True)
@@ -330,6 +345,73 @@ def run_fold(
         },
         "total_wall_seconds": time.perf_counter() - t_fold,
         "peak_memory_mb": _peak_memory_mb(),
+        "out_dir": str(fold_dir),
+    }
+
+
+def ensemble_fold(
+    members: Sequence[dict[str, Any]],
+    out: Path,
+    *,
+    volumes: list[Any],
+    shots: Sequence[int] = (1,),
+    eval_batch_size: int = 16,
+    resolution: str = "native",
+) -> dict[str, Any]:
+    """Score one fold's trained runs (the fold records of several earlier ``bench_accuracy`` runs, e.g. one
+    recipe with different seeds) as one ensemble (the mean of their foreground probabilities), with the
+    first run's inference settings; returns the fold record of the ensemble.
+
+    Its training statistics are the members' together: ``train.wall_seconds`` and ``fit_seconds`` add up
+    (the training cost of the ensemble), ``steps_per_s`` is their mean; ``ensemble`` lists each member's
+    checkpoint, seed, commit, steps, training minutes and machine.
+    """
+    from fewshot.config import load_config, save_config
+
+    first = members[0]
+    key = (first["dataset"], first["setting"], first["fold"])
+    for m in members:
+        if (m["dataset"], m["setting"], m["fold"]) != key:
+            raise ValueError(f"--ensemble: fold records of different folds: {key} and "
+                             f"{(m['dataset'], m['setting'], m['fold'])}")
+        if "groups" in m:
+            raise ValueError("--ensemble: setting-2 runs (one model per label group) are not supported yet")
+    cfg = load_config(first["config"])
+    fold_dir = out / _fold_dir_name(first["dataset"], first["setting"], first["fold"], None)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, fold_dir / "config.yaml")
+    ev, eval_wall, kshot = evaluate_fold(
+        [m["checkpoint"] for m in members], cfg, volumes, fold_dir, shots=shots,
+        eval_batch_size=eval_batch_size, resolution=resolution,
+    )
+    trains = [m["train"] for m in members]
+    timing = dict(ev.extras.get("timing", {}))
+    return {
+        **first,
+        "checkpoint": [m["checkpoint"] for m in members],
+        "reused": False,
+        **_scores_of(ev),
+        "commit": ", ".join(dict.fromkeys(str(m.get("commit")) for m in members)),
+        "host": next((m["host"] for m in members if m.get("host")), None),
+        "kshot": kshot,
+        "ensemble": [
+            {
+                "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
+                "steps": m["train"]["steps"], "train_minutes": m["train"]["wall_seconds"] / 60,
+                "dice_mean": m["dice"]["mean"], "host": m.get("host"),
+            }
+            for m in members
+        ],
+        "train": {
+            **first["train"],
+            "fit_seconds": sum(t["fit_seconds"] for t in trains),
+            "wall_seconds": sum(t["wall_seconds"] for t in trains),
+            "steps_per_s": sum(t["steps_per_s"] for t in trains) / len(trains),
+            "stopped_by_time_limit": any(t["stopped_by_time_limit"] for t in trains),
+        },
+        "eval": {**first["eval"], "seconds": timing.get("seconds"), "wall_seconds": eval_wall,
+                 "scans_per_s": timing.get("scans_per_s")},
+        "total_wall_seconds": sum(m["total_wall_seconds"] for m in members) + eval_wall,
         "out_dir": str(fold_dir),
     }
 
@@ -554,13 +636,16 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["dataset"], r["setting"]), []).append(r)
-    cols = (*ORGANS, "mean")
     for (dataset, setting), recs in groups.items():
+        # the protocol's organs (all four for the real datasets) in the published tables' order
+        tested = [o for o in recs[0]["dice"] if o != "mean"]
+        organs = [o for o in ORGANS if o in tested] + [o for o in tested if o not in ORGANS]
+        cols = (*organs, "mean")
         lines += [f"### {dataset}, setting {setting}, 1-shot 3D Dice (%)", ""]
         if recs[0].get("resolution"):
             lines += [f"Scored against {recs[0]['resolution']}.", ""]
-        lines.append("| method | liver | right kidney | left kidney | spleen | mean | precision | recall |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| method | " + " | ".join(o.replace("_", " ") for o in organs) + " | mean | precision | recall |")
+        lines.append("|---|" + "---:|" * (len(organs) + 3))
         for step, suffix in (("none", ""), ("lcc", " + LCC post-processing")):
             for r in recs:
                 sc = _scores(r, step)
@@ -574,6 +659,10 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                     f"{m['size']} px"
                     + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
                     + f", {r['train']['steps']} steps"
+                    + (
+                        f", ensemble of {len(r['ensemble'])} (seeds {', '.join(str(e['seed']) for e in r['ensemble'])})"
+                        if r.get("ensemble") else ""
+                    )
                     + (f", {precision} training" if precision not in ("auto", "32-true", "32") else "")
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
@@ -586,7 +675,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                 ] + [_mean_std([100 * _scores(r, step)[k]["mean"] for r in recs]) for k in ("precision", "recall")]
                 folds = ",".join(str(r["fold"]) for r in recs)
                 lines.append(f"| **ours, folds {folds}: mean ± std{suffix}** | " + " | ".join(cells) + " |")
-        for label, published in PUBLISHED[(dataset, setting)]:
+        for label, published in PUBLISHED.get((dataset, setting), []) if tuple(organs) == ORGANS else []:
             lines.append(_row(f"{label}, published 5-fold (no post-processing)", published) + " | |")
         lines += kshot_table(recs)
         names = sorted(
@@ -877,6 +966,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
         help="no training: combine the fold records of earlier runs' results.json files into one table in --out",
     )
+    p.add_argument(
+        "--ensemble", nargs="+", default=None, metavar="RESULTS_JSON",
+        help="no training: score each fold trained by all of these earlier runs (e.g. the recipe with --set seed=0 "
+        "and seed=1) as one ensemble (mean foreground probability) into --out; train min adds the members' up",
+    )
     args = p.parse_args(argv)
     from fewshot.cli import comma_list, quiet_logs
 
@@ -915,6 +1009,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(set(keys)) != len(keys):
             raise ValueError(f"--merge: a (dataset, setting, fold) appears twice: {sorted(keys)}")
         records.sort(key=lambda r: (r["dataset"], r["setting"], r["fold"]))
+        print(write_report())
+        return 0
+    if args.ensemble:
+        if len(args.ensemble) < 2:
+            p.error("--ensemble: give the results.json of at least 2 runs")
+        runs = [
+            {(r["dataset"], r["setting"], r["fold"]): r for r in read_json(path, "bench_accuracy results")["folds"]}
+            for path in args.ensemble
+        ]
+        common_keys = sorted(set.intersection(*(set(run) for run in runs)))
+        if not common_keys:
+            raise ValueError(f"--ensemble: no (dataset, setting, fold) is in all of {args.ensemble}")
+        from fewshot.pipeline import load_volumes
+
+        for fold_key in common_keys:
+            members = [run[fold_key] for run in runs]
+            volumes = load_volumes(load_config(members[0]["config"]).data)
+            print(f"== {fold_key[0]} setting {fold_key[1]} fold {fold_key[2]}: ensemble of {len(members)}", flush=True)
+            rec = ensemble_fold(members, out, volumes=volumes, shots=shots, eval_batch_size=args.eval_batch_size,
+                                resolution=args.resolution)
+            records.append(rec)
+            print(f"   {rec['dataset']} fold {rec['fold']}: {_summary(rec)}", flush=True)
+            write_report()
         print(write_report())
         return 0
     tasks: list[FoldTask] = []

@@ -34,6 +34,7 @@ __all__ = [
     "checkpoint_path",
     "load_checkpoint",
     "load_model_from_checkpoint",
+    "load_model_from_checkpoints",
     "read_payload",
 ]
 
@@ -172,4 +173,65 @@ def load_model_from_checkpoint(
         payload={k: v for k, v in payload.items() if k != "config"} | {"config": to_dict(cfg)},
         global_step=int(ckpt.get("global_step", 0)),
         path=str(path),
+    )
+
+
+def _ensemble_key(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    """What the members of an ensemble must share: the data they see at evaluation and what they trained on."""
+    data, protocol = loaded.config.data, loaded.config.data.protocol
+    return {
+        "dataset": data.dataset,
+        "data.size": data.size,
+        "data.channels": data.channels,
+        "protocol fold": protocol.fold,
+        "protocol setting": protocol.setting,
+        "protocol organs": tuple(protocol.organs),
+        "setting-2 exclusions": tuple(sorted(data.train_exclusions())),
+        "norm_stats": loaded.payload.get("norm_stats"),
+        "train_subjects": tuple(sorted(loaded.payload.get("train_subjects", []))),
+    }
+
+
+def load_model_from_checkpoints(
+    paths: str | os.PathLike[str] | list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...],
+    map_location: str | torch.device = "cpu",
+) -> LoadedCheckpoint:
+    """One checkpoint as :func:`load_model_from_checkpoint`; several as one :class:`~fewshot.models.EnsembleSegmenter`.
+
+    The members of an ensemble (for example the same recipe trained with different seeds) must have been
+    trained for the same dataset, input size, channels, fold, setting and training scans, with the same CT
+    statistics, so that one evaluation is valid for all of them; a mismatch raises :class:`CheckpointError`
+    naming the field. The result carries the first member's config and payload, with
+    ``payload["ensemble"]`` listing every member (file, step, seed, commit) and ``path`` naming them all.
+    """
+    from fewshot.models import EnsembleSegmenter
+
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise ValueError("no checkpoint given")
+    if len(items) == 1:
+        return load_model_from_checkpoint(items[0], map_location)
+    loaded = [load_model_from_checkpoint(p, map_location) for p in items]
+    key = _ensemble_key(loaded[0])
+    for other in loaded[1:]:
+        theirs = _ensemble_key(other)
+        for name, value in key.items():
+            if theirs[name] != value:
+                raise CheckpointError(
+                    f"cannot ensemble {loaded[0].path} and {other.path}: they differ in {name} "
+                    f"({value!r} against {theirs[name]!r}); ensemble models of one fold and data setup"
+                )
+    try:
+        model = EnsembleSegmenter([m.model for m in loaded])
+    except ValueError as e:
+        raise CheckpointError(f"cannot ensemble {', '.join(m.path for m in loaded)}: {e}") from e
+    members = [
+        {"checkpoint": m.path, "global_step": m.global_step, "seed": m.config.seed, "commit": m.payload.get("commit")}
+        for m in loaded
+    ]
+    return dataclasses.replace(
+        loaded[0],
+        model=model.eval(),
+        payload={**loaded[0].payload, "ensemble": members},
+        path=" + ".join(m.path for m in loaded),
     )

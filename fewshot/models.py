@@ -34,6 +34,7 @@ from fewshot.heads.registry import create_head, list_heads
 
 __all__ = [
     "EmptySupportError",
+    "EnsembleSegmenter",
     "FewShotSegmenter",
     "ModelConfig",
     "SegmentationOutput",
@@ -41,6 +42,7 @@ __all__ = [
     "create_model",
     "create_model_skeleton",
     "list_heads",
+    "model_heads",
 ]
 
 logger = logging.getLogger("fewshot")
@@ -164,6 +166,62 @@ class FewShotSegmenter(nn.Module):
         if not self.training:
             return SegmentationOutput(logits=logits, align_loss=None)
         return SegmentationOutput(logits=logits, align_loss=out.align_loss, aux_loss=out.aux_loss)
+
+
+class EnsembleSegmenter(nn.Module):
+    """Several trained segmenters of one setup (same input size, channels and slice input) as one model.
+
+    ``forward`` takes the arguments of :class:`FewShotSegmenter` and returns the mean of the members'
+    foreground probabilities ``p = softmax(logits)[:, 1]`` as the logits ``[log(1 - p), log(p)]``, so that
+    ``softmax`` of the result is exactly that mean and a threshold on it (``model.fg_threshold``) means what
+    it means for one model. For inference only: ``align_loss`` and ``aux_loss`` are ``None``.
+
+    Attributes:
+        members: the segmenters; ``config`` is the first member's (every member must agree on the fields
+            inference reads: ``backbone.in_channels``, ``slice_input``, ``fg_threshold``, ``tta``).
+    """
+
+    def __init__(self, members: list[FewShotSegmenter]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0].config
+        for i, m in enumerate(members[1:], start=1):
+            for field in ("slice_input", "fg_threshold", "tta"):
+                if getattr(m.config, field) != getattr(first, field):
+                    raise ValueError(
+                        f"ensemble member {i} has model.{field}={getattr(m.config, field)!r}, member 0 "
+                        f"{getattr(first, field)!r}: members must agree"
+                    )
+            if m.config.backbone.in_channels != first.backbone.in_channels:
+                raise ValueError(
+                    f"ensemble member {i} takes {m.config.backbone.in_channels} input channels, member 0 "
+                    f"{first.backbone.in_channels}"
+                )
+        self.members = nn.ModuleList(members)
+        self.config = first
+
+    @property
+    def heads(self) -> list[FewShotHead]:
+        """Every member's head (test-time head settings apply to all of them)."""
+        return [m.head for m in self.members if isinstance(m, FewShotSegmenter)]
+
+    def forward(
+        self, support_images: Tensor, support_masks: Tensor, query_images: Tensor
+    ) -> SegmentationOutput:
+        probs = [m(support_images, support_masks, query_images).logits.float().softmax(1)[:, 1] for m in self.members]
+        p = torch.stack(probs).mean(0).clamp(1e-7, 1.0 - 1e-7)
+        return SegmentationOutput(logits=torch.stack([torch.log1p(-p), torch.log(p)], dim=1), align_loss=None)
+
+
+def model_heads(model: nn.Module) -> list[FewShotHead]:
+    """The heads of a :class:`FewShotSegmenter` (one) or an :class:`EnsembleSegmenter` (one per member)."""
+    if isinstance(model, EnsembleSegmenter):
+        return model.heads
+    head = getattr(model, "head", None)
+    if not isinstance(head, FewShotHead):
+        raise TypeError(f"{type(model).__name__} has no few-shot head")
+    return [head]
 
 
 def create_model(

@@ -258,14 +258,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from fewshot.checkpoint import load_model_from_checkpoint
+    from fewshot.checkpoint import load_model_from_checkpoints
     from fewshot.device import default_device
     from fewshot.evaluation import run_evaluation
     from fewshot.evaluation.postprocess import POSTPROCESS
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    loaded = load_model_from_checkpoint(args.checkpoint, map_location=default_device(args.device))
+    loaded = load_model_from_checkpoints(args.checkpoint, map_location=default_device(args.device))
     trained = loaded.config.data
     dataset = args.dataset or trained.dataset
     volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)

@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     set_opt(t)
 
     e = add("evaluate", c.cmd_evaluate, "1-way k-shot evaluation under the SSL-ALPNet protocol")
-    e.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
+    e.add_argument(
+        "--checkpoint", required=True, nargs="+", metavar="CKPT",
+        help="last.ckpt of a training run; several: evaluate them as one ensemble (mean foreground probability; "
+        "the same fold and data setup, e.g. one recipe trained with different seeds)",
+    )
     e.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET",
                    help="default: the training dataset; " + datasets)
     e.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")

@@ -21,7 +21,7 @@ from episodes.atomic import atomic_write_text
 from episodes.data.preprocess import NormStats
 from episodes.data.volumes import Volume
 from episodes.protocol import Protocol
-from fewshot.checkpoint import LoadedCheckpoint, load_model_from_checkpoint
+from fewshot.checkpoint import LoadedCheckpoint, load_model_from_checkpoints
 from fewshot.config import ExperimentConfig, save_config, to_dict
 from fewshot.device import default_device
 from fewshot.evaluation.overlays import save_overlays
@@ -29,6 +29,7 @@ from fewshot.evaluation.results import EvaluationResult
 from fewshot.evaluation.scoring import evaluate
 from fewshot.heads.alpnet import ALPNetConfig, ALPNetHead
 from fewshot.heads.functional import check_fusion
+from fewshot.models import model_heads
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
 
@@ -106,7 +107,8 @@ def inference_config(
     """
     cfg = loaded.config
     trained = cfg.model.head
-    head = loaded.model.head
+    heads = model_heads(loaded.model)
+    head = heads[0]
     changes: dict[str, Any] = {}
     if shot_fusion is not None:
         if not hasattr(trained, "shot_fusion") or not hasattr(head, "shot_fusion"):
@@ -118,10 +120,11 @@ def inference_config(
                 raise ValueError(f"head {trained.name!r} has no ALP {name} (only alpnet)")
             changes[name] = value
     resolved = replace(trained, **changes)  # the head config validates the values
-    if hasattr(head, "shot_fusion"):
-        head.shot_fusion = getattr(resolved, "shot_fusion", head.shot_fusion)
-    if isinstance(head, ALPNetHead) and isinstance(resolved, ALPNetConfig):
-        head.window_test, head.threshold = resolved.window_test, resolved.threshold
+    for h in heads:  # an ensemble's members all get the settings
+        if hasattr(h, "shot_fusion"):
+            h.shot_fusion = getattr(resolved, "shot_fusion", h.shot_fusion)
+        if isinstance(h, ALPNetHead) and isinstance(resolved, ALPNetConfig):
+            h.window_test, h.threshold = resolved.window_test, resolved.threshold
     model_changes: dict[str, Any] = {}
     if threshold is not None:
         model_changes["fg_threshold"] = threshold
@@ -131,7 +134,7 @@ def inference_config(
 
 
 def run_evaluation(
-    checkpoint: str | os.PathLike[str] | LoadedCheckpoint,
+    checkpoint: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | LoadedCheckpoint,
     *,
     protocol: Protocol | None = None,
     volumes: Sequence[Volume] | None = None,
@@ -153,8 +156,10 @@ def run_evaluation(
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
     Args:
-        checkpoint: ``last.ckpt`` of a training run, or one already loaded
-            (:func:`~fewshot.checkpoint.load_model_from_checkpoint`), which is then not read again.
+        checkpoint: ``last.ckpt`` of a training run, several of them (evaluated as one ensemble: the mean
+            of their foreground probabilities, :func:`~fewshot.checkpoint.load_model_from_checkpoints`), or a
+            model already loaded (:func:`~fewshot.checkpoint.load_model_from_checkpoints`), which is then not
+            read again.
         protocol: default: the training config's protocol (fold, setting, organs, shots, chunks).
         volumes: raw volumes of the whole dataset (default: loaded from the training config);
             the support and query scans are preprocessed like the training scans (CT: with the
@@ -191,7 +196,7 @@ def run_evaluation(
         loaded = checkpoint
         loaded.model.to(dev)
     else:
-        loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
+        loaded = load_model_from_checkpoints(checkpoint, map_location=dev)  # type: ignore[arg-type]
     cfg = inference_config(
         loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta
     )
@@ -217,6 +222,7 @@ def run_evaluation(
         tta=tta,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
+    head = model_heads(loaded.model)[0]
     result = replace(
         result,
         extras={
@@ -227,12 +233,13 @@ def run_evaluation(
             "trained_with_library_version": loaded.payload.get("library_version"),
             "trained_with_commit": loaded.payload.get("commit"),
             "resolution": _resolution_note(resolution, fold),
-            "shot_fusion": getattr(loaded.model.head, "shot_fusion", None),
+            "shot_fusion": getattr(head, "shot_fusion", None),
             **(
-                {"alp_window_test": loaded.model.head.window_test, "alp_threshold": loaded.model.head.threshold}
-                if isinstance(loaded.model.head, ALPNetHead)
+                {"alp_window_test": head.window_test, "alp_threshold": head.threshold}
+                if isinstance(head, ALPNetHead)
                 else {}
             ),
+            **({"ensemble": loaded.payload["ensemble"]} if "ensemble" in loaded.payload else {}),
             "environment": environment(),
             "commit": git_commit(),
         },

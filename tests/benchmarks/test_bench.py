@@ -398,3 +398,42 @@ def test_benchmark_scripts_report_user_errors_in_one_line(
     assert f"{script}.py: error: {message}" in err
     assert "Traceback" not in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()  # nothing trained or written
+
+
+def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> None:
+    """bench_accuracy --ensemble: two runs of one fold (seeds 0 and 1) are scored as one ensemble, with the
+    digits of fewshot's own ensemble evaluation, and its training cost is the two runs' together."""
+    from fewshot.config import load_config, parse_overrides
+    from fewshot.configs import config_path
+    from fewshot.evaluation import run_evaluation
+    from fewshot.pipeline import load_volumes
+
+    bench = _load("bench_accuracy")
+    runs = []
+    for seed in (0, 1):
+        over = parse_overrides([*TINY, f"seed={seed}"])
+        volumes = load_volumes(load_config(config_path("demo_phantom"), over).data)
+        rec = bench.run_fold(
+            "phantom-ct", "cpu", 1, 0, tmp_path / f"seed{seed}", volumes=volumes, steps=2, overrides=over,
+            config="demo_phantom",
+        )
+        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"argv": [], "folds": [rec]}))
+        runs.append(rec)
+    assert runs[0]["dice"] != runs[1]["dice"]  # two different models
+    parts = [str(tmp_path / f"seed{s}" / "results.json") for s in (0, 1)]
+    out = tmp_path / "ens"
+    assert bench.main(["--ensemble", *parts, "--out", str(out)]) == 0
+    (ens,) = json.loads((out / "results.json").read_text())["folds"]
+    direct = run_evaluation([r["checkpoint"] for r in runs], volumes=volumes, postprocess=("none", "lcc"))
+    assert ens["dice"] == pytest.approx(dict(direct.dice))
+    assert [e["seed"] for e in ens["ensemble"]] == [0, 1] and ens["checkpoint"] == [r["checkpoint"] for r in runs]
+    assert ens["train"]["wall_seconds"] == pytest.approx(sum(r["train"]["wall_seconds"] for r in runs))
+    report = (out / "results.md").read_text()
+    assert "2 steps, ensemble of 2 (seeds 0, 1)" in report
+    assert (out / "phantom-ct_setting1_fold0" / "eval" / "results.json").is_file()
+    with pytest.raises(SystemExit):
+        bench.main(["--ensemble", parts[0], "--out", str(out)])
+    other = tmp_path / "fold1.json"
+    other.write_text(json.dumps({"argv": [], "folds": [runs[1] | {"fold": 1}]}))
+    with pytest.raises(ValueError, match=r"no \(dataset, setting, fold\) is in all of"):
+        bench.main(["--ensemble", parts[0], str(other), "--out", str(out)])

@@ -141,6 +141,13 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
         == 0
     )
     assert (tmp_path / "evaldir" / "results.json").is_file()
+    # several checkpoints are one ensemble; a model with itself predicts what the model predicts alone
+    ens = tmp_path / "ens.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), str(ckpt), "--out", str(ens), "--overlays", "1"]) == 0
+    data_ens, data_one = json.loads(ens.read_text()), json.loads((tmp_path / "evaldir" / "results.json").read_text())
+    assert [m["checkpoint"] for m in data_ens["ensemble"]] == [str(ckpt), str(ckpt)]
+    assert data_ens["dice"] == pytest.approx(data_one["dice"], abs=1e-3)
+    assert list((tmp_path / "ens_overlays").glob("*.png"))
     strict = tmp_path / "strict.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(strict), "--overlays", "0", "--fg-threshold", "0.9", "--tta", "flip"]) == 0
     data_strict = json.loads(strict.read_text())

@@ -312,3 +312,26 @@ def test_skeleton_has_the_same_architecture_and_logs_no_init(caplog: pytest.LogC
     assert all(
         torch.equal(a, b) for a, b in zip(skeleton.state_dict().values(), trained.state_dict().values())
     )
+
+
+def test_ensemble_averages_the_members_foreground_probabilities(tiny_backbone_cls: Any) -> None:
+    from fewshot.models import EnsembleSegmenter, model_heads
+
+    members = [FewShotSegmenter(ModelConfig(head="panet"), tiny_backbone_cls(seed=s), seed=s).eval() for s in (0, 1)]
+    ens = EnsembleSegmenter(members).eval()
+    g = torch.Generator().manual_seed(0)
+    s_img, q_img = torch.rand(1, 1, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    s_msk = torch.zeros(1, 1, 32, 32)
+    s_msk[..., 8:20, 8:20] = 1
+    with torch.no_grad():
+        out = ens(s_img, s_msk, q_img)
+        probs = [m(s_img, s_msk, q_img).logits.softmax(1)[:, 1] for m in members]
+    assert out.align_loss is None and out.logits.shape == (2, 2, 32, 32)
+    assert not torch.allclose(probs[0], probs[1])
+    torch.testing.assert_close(out.logits.softmax(1)[:, 1], (probs[0] + probs[1]) / 2, atol=1e-5, rtol=0)
+    assert model_heads(ens) == [m.head for m in members] and model_heads(members[0]) == [members[0].head]
+    with pytest.raises(ValueError, match="at least 2 members"):
+        EnsembleSegmenter(members[:1])
+    other = FewShotSegmenter(ModelConfig(head="panet", fg_threshold=0.7), tiny_backbone_cls(), seed=2)
+    with pytest.raises(ValueError, match=r"member 1 has model.fg_threshold=0.7, member 0 0.5"):
+        EnsembleSegmenter([members[0], other])

@@ -290,3 +290,24 @@ def test_ddp_spawn_two_cpu_processes(volumes: list[Volume], cache_dir: str, tmp_
     assert result.steps == 2
     ck = load_checkpoint(result.checkpoint)
     assert ck["global_step"] == 2 and ck["fewshot"]["episodes"]["length"] == 2 * 2 * 1
+
+
+def test_checkpoints_of_one_fold_load_as_an_ensemble_and_other_folds_are_refused(trained: Any, tmp_path: Path) -> None:
+    from fewshot.checkpoint import CHECKPOINT_KEY, load_model_from_checkpoints
+    from fewshot.models import EnsembleSegmenter
+
+    _result, out = trained
+    paths = [snapshot_path(out, 2), snapshot_path(out, 4)]
+    assert not isinstance(load_model_from_checkpoints(paths[:1]).model, EnsembleSegmenter)
+    ens = load_model_from_checkpoints(paths)
+    assert isinstance(ens.model, EnsembleSegmenter) and not ens.model.training
+    assert [m["global_step"] for m in ens.payload["ensemble"]] == [2, 4]
+    assert ens.path == f"{paths[0]} + {paths[1]}" and ens.config == load_model_from_checkpoint(paths[0]).config
+    ckpt = load_checkpoint(paths[1])
+    ckpt[CHECKPOINT_KEY]["config"]["data"]["protocol"]["fold"] = 1
+    other = tmp_path / "fold1.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match=r"they differ in protocol fold \(0 against 1\)"):
+        load_model_from_checkpoints([paths[0], other])
+    with pytest.raises(ValueError, match="no checkpoint given"):
+        load_model_from_checkpoints([])
