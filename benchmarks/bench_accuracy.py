@@ -700,6 +700,22 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                 f"{t['wall_seconds'] / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
+        ens = [r for r in recs if r.get("ensemble")]
+        if ens:  # every member's own 1-shot mean beside the ensemble's, so the report shows what ensembling gave
+            seeds = list(dict.fromkeys(str(e["seed"]) for r in ens for e in r["ensemble"]))
+            lines += [
+                "", "Ensemble members (1-shot mean Dice of each model alone, and of the ensemble; train min above adds "
+                "the members' training up):", "",
+                "| fold | " + " | ".join(f"seed {x}" for x in seeds) + " | members' mean | ensemble | gain |",
+                "|---:|" + "---:|" * (len(seeds) + 3),
+            ]
+            for r in ens:
+                alone = {str(e["seed"]): 100 * e["dice_mean"] for e in r["ensemble"]}
+                mean_alone = sum(alone.values()) / len(alone)
+                lines.append(
+                    f"| {r['fold']} | " + " | ".join(f"{alone[x]:.2f}" if x in alone else "n/a" for x in seeds)
+                    + f" | {mean_alone:.2f} | {100 * r['dice']['mean']:.2f} | {100 * r['dice']['mean'] - mean_alone:+.2f} |"
+                )
         if any(r["train"].get("resumed_from") for r in recs):
             lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")

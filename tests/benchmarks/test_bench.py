@@ -430,6 +430,9 @@ def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> N
     assert ens["train"]["wall_seconds"] == pytest.approx(sum(r["train"]["wall_seconds"] for r in runs))
     report = (out / "results.md").read_text()
     assert "2 steps, ensemble of 2 (seeds 0, 1)" in report
+    alone = [100 * r["dice"]["mean"] for r in runs]
+    gain = 100 * ens["dice"]["mean"] - sum(alone) / 2
+    assert f"| 0 | {alone[0]:.2f} | {alone[1]:.2f} | {sum(alone) / 2:.2f} | {100 * ens['dice']['mean']:.2f} | {gain:+.2f} |" in report
     assert (out / "phantom-ct_setting1_fold0" / "eval" / "results.json").is_file()
     with pytest.raises(SystemExit):
         bench.main(["--ensemble", parts[0], "--out", str(out)])
