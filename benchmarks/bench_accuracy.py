@@ -25,6 +25,11 @@ the table (``Protocol.share_support_slices``); one with fewer than k slices is n
 ``--jobs 2`` trains two runs (folds, or setting 2's label groups) at once, each in a spawned process with CPU
 cores / 2 torch threads and its output in ``OUT/logs/<run>.log`` (:func:`run_tasks`); the fold table is the same.
 
+``--ensemble A/results.json B/results.json`` trains nothing: each fold that every given run trained (e.g. the
+recipe with ``--set seed=0`` and ``--set seed=1``) is scored as one model, the mean of the runs' foreground
+probabilities (:func:`ensemble_fold`); the report lists each member's Dice beside the ensemble's, and "train min"
+adds the members' training up.
+
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
 a Lightning callback that sets ``trainer.should_stop``; the steps actually reached are recorded.
@@ -60,7 +65,8 @@ from episodes.protocol.folds import SHARE_HINT, TooFewSupportSlices
 from fewshot.provenance import environment
 
 __all__ = [
-    "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "main", "markdown_report", "run_fold", "run_tasks",
+    "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "ensemble_fold", "evaluate_fold", "main", "markdown_report",
+    "run_fold", "run_tasks",
     "setting_groups",
 ]
 
