@@ -173,7 +173,7 @@ def evaluate_fold(
     from fewshot.evaluation import run_evaluation
 
     t0 = time.perf_counter()
-    loaded = load_model_from_checkpoints(list(checkpoint) if isinstance(checkpoint, (list, tuple)) else checkpoint)
+    loaded = load_model_from_checkpoints(checkpoint)
 
     def at(k: int, share: bool = False) -> Any:
         return run_evaluation(
@@ -708,18 +708,19 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             )
         ens = [r for r in recs if r.get("ensemble")]
         if ens:  # every member's own 1-shot mean beside the ensemble's, so the report shows what ensembling gave
-            seeds = list(dict.fromkeys(str(e["seed"]) for r in ens for e in r["ensemble"]))
+            # one column per run given to --ensemble (in that order), named by its seed: two runs may share a seed
+            runs = ens[0]["ensemble"]
             lines += [
                 "", "Ensemble members (1-shot mean Dice of each model alone, and of the ensemble; train min above adds "
                 "the members' training up):", "",
-                "| fold | " + " | ".join(f"seed {x}" for x in seeds) + " | members' mean | ensemble | gain |",
-                "|---:|" + "---:|" * (len(seeds) + 3),
+                "| fold | " + " | ".join(f"seed {e['seed']}" for e in runs) + " | members' mean | ensemble | gain |",
+                "|---:|" + "---:|" * (len(runs) + 3),
             ]
             for r in ens:
-                alone = {str(e["seed"]): 100 * e["dice_mean"] for e in r["ensemble"]}
-                mean_alone = sum(alone.values()) / len(alone)
+                alone = [100 * e["dice_mean"] for e in r["ensemble"]]
+                mean_alone = sum(alone) / len(alone)
                 lines.append(
-                    f"| {r['fold']} | " + " | ".join(f"{alone[x]:.2f}" if x in alone else "n/a" for x in seeds)
+                    f"| {r['fold']} | " + " | ".join(f"{a:.2f}" for a in alone)
                     + f" | {mean_alone:.2f} | {100 * r['dice']['mean']:.2f} | {100 * r['dice']['mean'] - mean_alone:+.2f} |"
                 )
         if any(r["train"].get("resumed_from") for r in recs):
@@ -1045,9 +1046,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--ensemble: no (dataset, setting, fold) is in all of {args.ensemble}")
         from fewshot.pipeline import load_volumes
 
+        loaded_volumes: dict[str, list[Any]] = {}  # one load per data source, not per fold
         for fold_key in common_keys:
             members = [run[fold_key] for run in runs]
-            volumes = load_volumes(load_config(members[0]["config"]).data)
+            data = load_config(members[0]["config"]).data
+            source = repr((data.dataset, data.data_dir, sorted(dict(data.loader_args).items())))
+            if source not in loaded_volumes:
+                loaded_volumes[source] = load_volumes(data)
+            volumes = loaded_volumes[source]
             print(f"== {fold_key[0]} setting {fold_key[1]} fold {fold_key[2]}: ensemble of {len(members)}", flush=True)
             rec = ensemble_fold(members, out, volumes=volumes, shots=shots, eval_batch_size=args.eval_batch_size,
                                 resolution=args.resolution)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,7 @@ def _ensemble_key(loaded: LoadedCheckpoint) -> dict[str, Any]:
 
 
 def load_model_from_checkpoints(
-    paths: str | os.PathLike[str] | list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     map_location: str | torch.device = "cpu",
 ) -> LoadedCheckpoint:
     """One checkpoint as :func:`load_model_from_checkpoint`; several as one :class:`~fewshot.models.EnsembleSegmenter`.

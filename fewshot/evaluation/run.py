@@ -196,7 +196,7 @@ def run_evaluation(
         loaded = checkpoint
         loaded.model.to(dev)
     else:
-        loaded = load_model_from_checkpoints(checkpoint, map_location=dev)  # type: ignore[arg-type]
+        loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
     cfg = inference_config(
         loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta
     )

@@ -263,9 +263,8 @@ def test_ct_recipe_is_its_pinned_float32_recipe_in_bf16() -> None:
 def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> None:
     """gpu_chaos_r50_256 changes only resolution-bound sizes, the backbone and the device settings of
     cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/*gpu_r50_256.md)."""
-    flat = _flat
-    cpu = flat(load_config(CONFIG_DIR / "cpu_chaos_30min.yaml").to_dict())
-    gpu = flat(load_config(CONFIG_DIR / "gpu_chaos_r50_256.yaml").to_dict())
+    cpu = _flat(load_config(CONFIG_DIR / "cpu_chaos_30min.yaml").to_dict())
+    gpu = _flat(load_config(CONFIG_DIR / "gpu_chaos_r50_256.yaml").to_dict())
     changed = {k: gpu[k] for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)}
     assert changed == {
         "data.size": 256,
