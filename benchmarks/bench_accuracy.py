@@ -404,7 +404,8 @@ def ensemble_fold(
             {
                 "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
                 "steps": m["train"]["steps"], "train_minutes": m["train"]["wall_seconds"] / 60,
-                "dice_mean": m["dice"]["mean"], "host": m.get("host"),
+                "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
+                "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
             }
             for m in members
         ],
@@ -566,6 +567,47 @@ def _fg_threshold(record: dict[str, Any]) -> float:
     return float(value)
 
 
+def _backbone_name(model: dict[str, Any]) -> str:
+    """``backbone[/truncate]`` of a fold record's ``model``."""
+    return f"{model['backbone']}{'/' + model['truncate'] if model.get('truncate') else ''}"
+
+
+def _mixed_ensemble(record: dict[str, Any]) -> bool:
+    """Whether an ensemble record's members differ in backbone or steps (older records name no member model)."""
+    members = record.get("ensemble") or []
+    kinds = {(_backbone_name(e["model"]) if e.get("model") else None, e.get("steps")) for e in members}
+    return len(kinds) > 1
+
+
+def _member_kind(member: dict[str, Any]) -> str:
+    """``backbone[/truncate] N steps`` of one ensemble member."""
+    name = _backbone_name(member["model"]) if member.get("model") else "?"
+    return f"{name} {member['steps']} steps"
+
+
+def _ensemble_label(record: dict[str, Any]) -> str:
+    """``ensemble of N (seeds ...)``, or for members of different backbones / steps
+    ``ensemble of N (cbr-small/block3 4500 steps: seeds 0, 1, 2; resnet50/layer2 5000 steps: seed 0)``."""
+    members = record["ensemble"]
+    if not _mixed_ensemble(record):
+        return f"ensemble of {len(members)} (seeds {', '.join(str(e['seed']) for e in members)})"
+    kinds: dict[str, list[str]] = {}
+    for e in members:
+        kinds.setdefault(_member_kind(e), []).append(str(e["seed"]))
+    parts = [f"{k}: seed{'s' if len(v) > 1 else ''} {', '.join(v)}" for k, v in kinds.items()]
+    return f"ensemble of {len(members)} ({'; '.join(parts)})"
+
+
+def _config_names(record: dict[str, Any]) -> list[str]:
+    """The config name (with ``--set`` overrides) of a fold record, or of each of an ensemble's members."""
+    sources = [e for e in record.get("ensemble") or [] if e.get("config_name")] or [record]
+    return [
+        str(r["config_name"])
+        + (" with " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) if r.get("overrides") else "")
+        for r in sources
+    ]
+
+
 def _row(label: str, values: Sequence[float]) -> str:
     return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
 
@@ -657,18 +699,16 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                 sc = _scores(r, step)
                 m = r["model"]
                 precision = _train_precision(r)
+                mixed = _mixed_ensemble(r)  # members of different backbones / steps: the ensemble names them
                 label = (
-                    f"ours fold {r['fold']}{suffix}: {m['backbone']}"
-                    f"{'/' + m['truncate'] if m['truncate'] else ''}"
-                    f"{', output stride ' + str(m['output_stride']) if m.get('output_stride') else ''}"
-                    f", init {m['init']}, {m['head']}, "
+                    f"ours fold {r['fold']}{suffix}: "
+                    + ("" if mixed else _backbone_name(m))
+                    + (f", output stride {m['output_stride']}" if m.get("output_stride") and not mixed else "")
+                    + f"{'' if mixed else ', '}init {m['init']}, {m['head']}, "
                     f"{m['size']} px"
                     + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
-                    + f", {r['train']['steps']} steps"
-                    + (
-                        f", ensemble of {len(r['ensemble'])} (seeds {', '.join(str(e['seed']) for e in r['ensemble'])})"
-                        if r.get("ensemble") else ""
-                    )
+                    + ("" if mixed else f", {r['train']['steps']} steps")
+                    + (f", {_ensemble_label(r)}" if r.get("ensemble") else "")
                     + (f", {precision} training" if precision not in ("auto", "32-true", "32") else "")
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
@@ -684,13 +724,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
         for label, published in PUBLISHED.get((dataset, setting), []) if tuple(organs) == ORGANS else []:
             lines.append(_row(f"{label}, published 5-fold (no post-processing)", published) + " | |")
         lines += kshot_table(recs)
-        names = sorted(
-            {
-                r["config_name"]
-                + (" with " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) if r.get("overrides") else "")
-                for r in recs
-            }
-        )
+        names = sorted({name for r in recs for name in _config_names(r)})
         commits = sorted({str(r.get("commit")) for r in recs})
         lines += ["", f"Config: {'; '.join(names)}; commit {', '.join(commits)}."]
         lines += ["", "| fold | steps | train min | steps/s | eval scans/s | total min | peak RSS MiB |"]
@@ -701,8 +735,9 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             speed = "n/a" if t.get("steps_run") == 0 else f"{t['steps_per_s']:.3f}"  # resumed when already done
             rss = max(mem["cpu_rss_self_mb"], mem["cpu_rss_children_mb"])
             gpu = f" (GPU {mem['cuda_max_allocated_mb']:.0f})" if "cuda_max_allocated_mb" in mem else ""
+            steps = " + ".join(str(e["steps"]) for e in r["ensemble"]) if _mixed_ensemble(r) else t["steps"]
             lines.append(
-                f"| {r['fold']} | {t['steps']}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
+                f"| {r['fold']} | {steps}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
                 f"{t['wall_seconds'] / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
@@ -710,10 +745,11 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
         if ens:  # every member's own 1-shot mean beside the ensemble's, so the report shows what ensembling gave
             # one column per run given to --ensemble (in that order), named by its seed: two runs may share a seed
             runs = ens[0]["ensemble"]
+            head = [(_member_kind(e) + ", " if _mixed_ensemble(ens[0]) else "") + f"seed {e['seed']}" for e in runs]
             lines += [
                 "", "Ensemble members (1-shot mean Dice of each model alone, and of the ensemble; train min above adds "
                 "the members' training up):", "",
-                "| fold | " + " | ".join(f"seed {e['seed']}" for e in runs) + " | members' mean | ensemble | gain |",
+                "| fold | " + " | ".join(head) + " | members' mean | ensemble | gain |",
                 "|---:|" + "---:|" * (len(runs) + 3),
             ]
             for r in ens:

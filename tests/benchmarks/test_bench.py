@@ -436,6 +436,20 @@ def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> N
     assert (out / "phantom-ct_setting1_fold0" / "eval" / "results.json").is_file()
     with pytest.raises(SystemExit):
         bench.main(["--ensemble", parts[0], "--out", str(out)])
+    # members of different backbones: the label, the member table and the config line name each kind
+    over = parse_overrides([*TINY, "model.backbone.name=cbr-small"])
+    rec = bench.run_fold(
+        "phantom-ct", "cpu", 1, 0, tmp_path / "small", volumes=volumes, steps=3, overrides=over, config="demo_phantom",
+    )
+    (tmp_path / "small" / "results.json").write_text(json.dumps({"argv": [], "folds": [rec]}))
+    mixed = tmp_path / "mixed"
+    assert bench.main(["--ensemble", parts[0], str(tmp_path / "small" / "results.json"), "--out", str(mixed)]) == 0
+    report = (mixed / "results.md").read_text()
+    assert "ours fold 0: init random, " in report
+    assert "ensemble of 2 (cbr-tiny/block2 2 steps: seed 0; cbr-small/block2 3 steps: seed 0)" in report
+    assert "| cbr-tiny/block2 2 steps, seed 0 | cbr-small/block2 3 steps, seed 0 |" in report
+    assert "| 0 | 2 + 3 | " in report
+    assert "Config: demo_phantom with " in report and "model.backbone.name=cbr-small" in report
     other = tmp_path / "fold1.json"
     other.write_text(json.dumps({"argv": [], "folds": [runs[1] | {"fold": 1}]}))
     with pytest.raises(ValueError, match=r"no \(dataset, setting, fold\) is in all of"):

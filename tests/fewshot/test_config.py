@@ -260,6 +260,19 @@ def test_ct_recipe_is_its_pinned_float32_recipe_in_bf16() -> None:
     assert load_config(CONFIG_DIR / "cpu_btcv_30min.yaml", {"train.precision": "32-true"}).train.precision == "32-true"
 
 
+def test_ct_resnet50_member_is_the_ct_recipe_with_another_backbone() -> None:
+    """cpu_btcv_r50 is cpu_btcv_30min with ResNet-50/layer2 and 5,000 steps (its 5 folds were trained with those
+    three --set overrides on cpu_btcv_30min; benchmarks/results/btcv_ct_setting1_cpu_ens4*)."""
+    base = _flat(load_config(CONFIG_DIR / "cpu_btcv_30min.yaml").to_dict())
+    r50 = _flat(load_config(CONFIG_DIR / "cpu_btcv_r50.yaml").to_dict())
+    assert {k: r50.get(k) for k in base.keys() | r50.keys() if base.get(k) != r50.get(k)} == {
+        "model.backbone.name": "resnet50",
+        "model.backbone.truncate": "layer2",
+        "train.steps": 5000,
+        "out_dir": "runs/cpu_btcv_r50",
+    }
+
+
 def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> None:
     """gpu_chaos_r50_256 changes only resolution-bound sizes, the backbone and the device settings of
     cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/*gpu_r50_256.md)."""
