@@ -202,7 +202,7 @@ def load_model_from_checkpoints(
     trained for the same dataset, input size, channels, fold, setting and training scans, with the same CT
     statistics, so that one evaluation is valid for all of them; a mismatch raises :class:`CheckpointError`
     naming the field. The result carries the first member's config and payload, with
-    ``payload["ensemble"]`` listing every member (file, step, seed, commit) and ``path`` naming them all.
+    ``payload["ensemble"]`` listing every member (file, step, seed, commit, backbone) and ``path`` naming them all.
     """
     from fewshot.models import EnsembleSegmenter
 
@@ -226,7 +226,10 @@ def load_model_from_checkpoints(
     except ValueError as e:
         raise CheckpointError(f"cannot ensemble {', '.join(m.path for m in loaded)}: {e}") from e
     members = [
-        {"checkpoint": m.path, "global_step": m.global_step, "seed": m.config.seed, "commit": m.payload.get("commit")}
+        {
+            "checkpoint": m.path, "global_step": m.global_step, "seed": m.config.seed, "commit": m.payload.get("commit"),
+            "backbone": m.config.model.backbone.name, "truncate": m.config.model.backbone.truncate,
+        }
         for m in loaded
     ]
     return dataclasses.replace(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def _in_plane_pixel(v: Volume, size: int) -> float:
 
 def segment_files(
     *,
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     support: str | Path,
     support_mask: str | Path,
     organ: str,
@@ -186,10 +187,12 @@ def segment_files(
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
+    ``checkpoint``: one trained model, or several segmenting as one ensemble (the mean of their foreground
+    probabilities; :func:`~fewshot.checkpoint.load_model_from_checkpoints` checks they share their data setup).
     ``support_mask`` is binary, or a label volume read with ``label_map`` (``chaos-mr``,
     ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). Returns a report (slices, voxels, volume in ml).
     """
-    from fewshot.checkpoint import load_model_from_checkpoint
+    from fewshot.checkpoint import load_model_from_checkpoints
     from fewshot.device import default_device
     from fewshot.evaluation.scoring import model_threshold, model_tta
 
@@ -203,8 +206,9 @@ def segment_files(
         _check_nifti_input(name, Path(path))
     organ = check_organ_name(organ)
     dev = default_device(device)
-    loaded = load_model_from_checkpoint(checkpoint, map_location=dev)
+    loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
     model, extras = loaded.model, loaded.payload
+    checkpoint = loaded.path  # one file, or the ensemble's files
     trained_mod = extras.get("modality")
     mod: Modality = modality or trained_mod or "MR"
     if trained_mod is not None and mod != trained_mod:
@@ -289,6 +293,7 @@ def segment_files(
         "slices_with_prediction": int(pred.any(axis=(1, 2)).sum()),
         "voxels": voxels,
         "volume_ml": volume_ml,
+        "checkpoints": [str(m["checkpoint"]) for m in extras["ensemble"]] if "ensemble" in extras else [loaded.path],
         "fg_threshold": model_threshold(model, fg_threshold),
         "tta": model_tta(model, tta),
         "warnings": warnings,

@@ -233,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace existing results")
 
     sg = add("segment", c.cmd_segment, "segment a new scan from one annotated scan; writes NIfTI with the query's geometry")
-    sg.add_argument("--checkpoint", required=True, help="last.ckpt of a training run")
+    sg.add_argument(
+        "--checkpoint", required=True, nargs="+", metavar="CKPT",
+        help="last.ckpt of a training run; several: segment with them as one ensemble (mean foreground probability; "
+        "models of one fold and data setup, e.g. the CT recipe's four)",
+    )
     sg.add_argument("--support", required=True, help="annotated scan (NIfTI)")
     sg.add_argument("--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)")
     sg.add_argument("--organ", required=True, help="organ name, e.g. liver, right_kidney, left_kidney, spleen")

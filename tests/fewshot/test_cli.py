@@ -199,7 +199,13 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert out.shape == (64, 64, 12)
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
     assert report["voxels"] == int(np.asarray(out.dataobj).sum()) and report["fg_threshold"] == 0.5
+    assert report["checkpoints"] == [str(ckpt)]
     assert main(seg) == 2  # exists
+    # several checkpoints segment as one ensemble: a model with itself gives the model's own mask
+    pair = tmp_path / "pred_pair.nii.gz"
+    assert main([*seg[:3], str(ckpt), *seg[3:-1], str(pair)]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoints"] == [str(ckpt), str(ckpt)]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(pair)).dataobj), np.asarray(out.dataobj))
     assert main([*seg[:-1], str(tmp_path / "strict.nii.gz"), "--fg-threshold", "0.9"]) == 0
     strict_report = json.loads(capsys.readouterr().out)
     assert strict_report["fg_threshold"] == 0.9 and strict_report["voxels"] <= report["voxels"]
