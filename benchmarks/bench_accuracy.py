@@ -30,6 +30,11 @@ recipe with ``--set seed=0`` and ``--set seed=1``) is scored as one model, the m
 probabilities (:func:`ensemble_fold`); the report lists each member's Dice beside the ensemble's, and "train min"
 adds the members' training up.
 
+``--member CONFIG [KEY=VALUE ...]``, given twice or more, trains every member (a packaged config or YAML with its
+own ``--set``-style overrides, e.g. ``--member cpu_btcv_30min seed=1``) on every fold, each into
+``OUT/member<i>/`` with its own results, all through one job queue (``--jobs``), then scores each fold's members
+as one ensemble into ``OUT``: the CT setting-1 recipe in one command.
+
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
 a Lightning callback that sets ``trainer.should_stop``; the steps actually reached are recorded.
@@ -129,6 +134,8 @@ class TimeBudget(Callback):
 
 
 def _config_name(dataset: str, budget: str, setting: int) -> str:
+    if dataset.startswith("phantom"):
+        return "demo_phantom"
     ds = dataset.replace("-", "_")
     if budget == "cpu":
         return f"cpu_{ds.split('_')[0]}_30min"
@@ -797,15 +804,16 @@ class FoldTask:
     """One :func:`run_fold` call of a benchmark run: a fold, or one setting-2 label group of a fold."""
 
     label: str  # what progress lines call it
-    fold_key: tuple[str, int]  # (dataset, fold): the tasks sharing it are joined into one fold record
+    fold_key: tuple[Any, ...]  # (dataset, fold[, member]): the tasks sharing it are joined into one fold record
     groups: int  # how many tasks share fold_key
     config_name: str  # the packaged config name or YAML path the volumes are loaded with
     kwargs: dict[str, Any]  # run_fold's arguments except ``volumes``
+    prefix: str = ""  # of the run's log name (``member<i>_`` for --member runs, which share fold names)
 
     @property
     def name(self) -> str:
         kw = self.kwargs
-        return _fold_dir_name(kw["dataset"], kw["setting"], kw["fold"], kw.get("organs"))
+        return self.prefix + _fold_dir_name(kw["dataset"], kw["setting"], kw["fold"], kw.get("organs"))
 
 
 _VOLUMES: dict[str, list[Any]] = {}
@@ -892,7 +900,7 @@ def run_tasks(
     that fails stops the run: tasks not started are cancelled, running ones finish (their folds are reported), then
     a ``RuntimeError`` names the failed run and its log.
     """
-    parts: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    parts: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
 
     def finished(i: int, record: dict[str, Any]) -> None:
         task = tasks[i]
@@ -973,7 +981,10 @@ def _load() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=[*DATASETS, "both"], default="chaos-mr")
+    p.add_argument(
+        "--dataset", choices=[*DATASETS, "both", "phantom-ct"], default="chaos-mr",
+        help="phantom-ct: the built-in synthetic phantom (config demo_phantom), a quick check of the benchmark itself",
+    )
     p.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--setting", type=int, choices=[1, 2], default=1)
     p.add_argument("--folds", default="0", help="comma list of folds, e.g. 0,1,2,3,4")
@@ -1030,6 +1041,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no training: score each fold trained by all of these earlier runs (e.g. the recipe with --set seed=0 "
         "and seed=1) as one ensemble (mean foreground probability) into --out; train min adds the members' up",
     )
+    p.add_argument(
+        "--member", action="append", nargs="+", default=None, metavar="SPEC",
+        help="CONFIG [KEY=VALUE ...], twice or more: train each member (a config with its own overrides, e.g. "
+        "--member cpu_btcv_30min seed=1) on every fold into OUT/member<i>/, then score each fold's members as one "
+        "ensemble into OUT (--set applies to every member; setting 1)",
+    )
     args = p.parse_args(argv)
     from fewshot.cli import comma_list, quiet_logs
 
@@ -1070,21 +1087,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.sort(key=lambda r: (r["dataset"], r["setting"], r["fold"]))
         print(write_report())
         return 0
-    if args.ensemble:
-        if len(args.ensemble) < 2:
-            p.error("--ensemble: give the results.json of at least 2 runs")
-        runs = [
-            {(r["dataset"], r["setting"], r["fold"]): r for r in read_json(path, "bench_accuracy results")["folds"]}
-            for path in args.ensemble
-        ]
-        common_keys = sorted(set.intersection(*(set(run) for run in runs)))
+    def ensemble_runs(runs: list[list[dict[str, Any]]], what: Sequence[str]) -> int:
+        """Score each (dataset, setting, fold) that every run holds as one ensemble of the runs' models."""
+        by_key = [{(r["dataset"], r["setting"], r["fold"]): r for r in run} for run in runs]
+        common_keys = sorted(set.intersection(*(set(run) for run in by_key)))
         if not common_keys:
-            raise ValueError(f"--ensemble: no (dataset, setting, fold) is in all of {args.ensemble}")
+            raise ValueError(f"--ensemble: no (dataset, setting, fold) is in all of {list(what)}")
         from fewshot.pipeline import load_volumes
 
         loaded_volumes: dict[str, list[Any]] = {}  # one load per data source, not per fold
         for fold_key in common_keys:
-            members = [run[fold_key] for run in runs]
+            members = [run[fold_key] for run in by_key]
             data = load_config(members[0]["config"]).data
             source = repr((data.dataset, data.data_dir, sorted(dict(data.loader_args).items())))
             if source not in loaded_volumes:
@@ -1098,6 +1111,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_report()
         print(write_report())
         return 0
+
+    if args.ensemble:
+        if len(args.ensemble) < 2:
+            p.error("--ensemble: give the results.json of at least 2 runs")
+        return ensemble_runs(
+            [read_json(path, "bench_accuracy results")["folds"] for path in args.ensemble], args.ensemble
+        )
+    if args.member:
+        if len(args.member) < 2:
+            p.error("--member: give at least 2 members (one model is a plain run)")
+        if args.config is not None or len(datasets) > 1 or args.setting != 1:
+            p.error("--member: one --dataset, setting 1, and each member's config in its --member (not --config)")
+        return train_members(args, datasets[0], folds, shots, overrides, out, ensemble_runs)
     tasks: list[FoldTask] = []
     common = dict(
         budget=args.budget, setting=args.setting, out=out, steps=args.steps, time_limit_min=args.time_limit_min,
@@ -1131,6 +1157,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=fold_done)
     print(write_report())
     return 0
+
+
+def train_members(
+    args: argparse.Namespace,
+    dataset: str,
+    folds: Sequence[int],
+    shots: Sequence[int],
+    overrides: dict[str, Any],
+    out: Path,
+    ensemble_runs: Any,
+) -> int:
+    """``--member``: train every member on every fold through one job queue (member ``i`` into
+    ``out/member<i>/``, with its own ``results.json``), then score each fold's members as one ensemble."""
+    from episodes.atomic import atomic_write_json, read_json
+    from fewshot.config import load_config, parse_overrides
+    from fewshot.configs import config_path
+
+    members = []
+    for i, (name, *sets) in enumerate(args.member):
+        over = {**overrides, **parse_overrides(sets)}
+        load_config(config_path(name), {**over, "data.protocol.setting": 1})  # a bad member fails before training
+        member_out = out / f"member{i}"
+        earlier = {}
+        if args.reuse and (member_out / "results.json").is_file():
+            earlier = {r["fold"]: r for r in read_json(member_out / "results.json", "bench_accuracy results")["folds"]}
+        members.append((name, over, member_out, earlier))
+    tasks: list[FoldTask] = []
+    for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
+        for i, (name, over, member_out, earlier) in enumerate(members):
+            kwargs = dict(
+                dataset=dataset, budget=args.budget, setting=1, fold=fold, out=member_out, steps=args.steps,
+                time_limit_min=args.time_limit_min, overrides=over, config=name, genesis_steps=args.genesis_steps,
+                eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
+                previous=earlier.get(fold),
+            )
+            sets = " ".join(f"{k}={v}" for k, v in over.items())
+            label = f"{dataset} setting 1 fold {fold}, member {i} ({name}{' ' + sets if sets else ''})"
+            tasks.append(FoldTask(label, (dataset, fold, i), 1, name, kwargs, prefix=f"member{i}_"))
+    done: list[list[dict[str, Any]]] = [[] for _ in members]
+    argv = sys.argv[1:]
+
+    def member_done(group_recs: list[dict[str, Any]]) -> None:
+        rec = combine_groups(group_recs)
+        rec["load_average_end"] = _load()
+        i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m[2]))
+        done[i] = sorted([*done[i], rec], key=lambda r: folds.index(r["fold"]))
+        print(f"   member {i} fold {rec['fold']}: {_summary(rec)}", flush=True)
+        members[i][2].mkdir(parents=True, exist_ok=True)
+        atomic_write_json(members[i][2] / "results.json", {"argv": argv, "member": i, "folds": done[i]})
+        (members[i][2] / "results.md").write_text(markdown_report(done[i]))
+
+    run_tasks(tasks, jobs=args.jobs, out=out, on_fold=member_done)
+    return int(ensemble_runs(done, [str(m[2]) for m in members]))
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

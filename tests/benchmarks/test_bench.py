@@ -454,3 +454,39 @@ def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> N
     other.write_text(json.dumps({"argv": [], "folds": [runs[1] | {"fold": 1}]}))
     with pytest.raises(ValueError, match=r"no \(dataset, setting, fold\) is in all of"):
         bench.main(["--ensemble", parts[0], str(other), "--out", str(out)])
+
+
+def test_members_train_each_config_on_each_fold_then_score_them_as_one_ensemble(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench_accuracy --member A --member B: each member trains as its own plain run would (same digits), into
+    OUT/member<i>/ with its own results, and each fold is scored as one ensemble of the members."""
+    from fewshot.config import load_config
+    from fewshot.evaluation import run_evaluation
+    from fewshot.pipeline import load_volumes
+
+    bench = _load("bench_accuracy")
+    sets = [x for t in TINY for x in ("--set", t)]
+    base = ["--dataset", "phantom-ct", "--folds", "0", "--steps", "2", *sets]
+    out = tmp_path / "members"
+    assert bench.main([*base, "--member", "demo_phantom", "seed=0", "--member", "demo_phantom", "seed=1",
+                       "--out", str(out)]) == 0  # fmt: skip
+    (m0,), (m1,) = (json.loads((out / f"member{i}" / "results.json").read_text())["folds"] for i in (0, 1))
+    assert (m0["config"]["seed"], m1["config"]["seed"]) == (0, 1) and m0["dice"] != m1["dice"]
+    assert (out / "member1" / "results.md").is_file()
+    plain = tmp_path / "plain"
+    assert bench.main([*base, "--set", "seed=1", "--out", str(plain)]) == 0
+    assert json.loads((plain / "results.json").read_text())["folds"][0]["dice"] == m1["dice"]
+    (ens,) = json.loads((out / "results.json").read_text())["folds"]
+    assert ens["checkpoint"] == [m0["checkpoint"], m1["checkpoint"]] and [e["seed"] for e in ens["ensemble"]] == [0, 1]
+    volumes = load_volumes(load_config(m0["config"]).data)
+    direct = run_evaluation([m0["checkpoint"], m1["checkpoint"]], volumes=volumes, postprocess=("none", "lcc"))
+    assert ens["dice"] == pytest.approx(dict(direct.dice))
+    assert "ensemble of 2 (seeds 0, 1)" in (out / "results.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*base, "--member", "demo_phantom", "--out", str(tmp_path / "one")])
+    assert exit_info.value.code == 2 and "--member: give at least 2 members" in capsys.readouterr().err
+    assert bench.cli([*base, "--member", "demo_phantom", "--member", "no_such_recipe", "--out", str(tmp_path / "bad")]) == 2
+    assert "config 'no_such_recipe' is neither a YAML file nor a packaged config" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists() and not (tmp_path / "bad").exists()
