@@ -55,7 +55,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -1166,7 +1166,7 @@ def train_members(
     shots: Sequence[int],
     overrides: dict[str, Any],
     out: Path,
-    ensemble_runs: Any,
+    ensemble_runs: Callable[[list[list[dict[str, Any]]], Sequence[str]], int],
 ) -> int:
     """``--member``: train every member on every fold through one job queue (member ``i`` into
     ``out/member<i>/``, with its own ``results.json``), then score each fold's members as one ensemble."""
@@ -1209,7 +1209,7 @@ def train_members(
         (members[i][2] / "results.md").write_text(markdown_report(done[i]))
 
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=member_done)
-    return int(ensemble_runs(done, [str(m[2]) for m in members]))
+    return ensemble_runs(done, [str(m[2]) for m in members])
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
