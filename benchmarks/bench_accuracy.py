@@ -752,7 +752,8 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
         if ens:  # every member's own 1-shot mean beside the ensemble's, so the report shows what ensembling gave
             # one column per run given to --ensemble (in that order), named by its seed: two runs may share a seed
             runs = ens[0]["ensemble"]
-            head = [(_member_kind(e) + ", " if _mixed_ensemble(ens[0]) else "") + f"seed {e['seed']}" for e in runs]
+            mixed = _mixed_ensemble(ens[0])
+            head = [(_member_kind(e) + ", " if mixed else "") + f"seed {e['seed']}" for e in runs]
             lines += [
                 "", "Ensemble members (1-shot mean Dice of each model alone, and of the ensemble; train min above adds "
                 "the members' training up):", "",
@@ -1052,7 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_logs()
 
-    from episodes.atomic import atomic_write_json, read_json
+    from episodes.atomic import read_json
     from fewshot.config import load_config, parse_overrides
     from fewshot.configs import config_path
 
@@ -1065,19 +1066,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--config applies to one dataset; pick --dataset chaos-mr or btcv-ct")
     overrides = parse_overrides(args.set)
     out = Path(args.out)  # made by its writers (write_report, the fold and log folders), after the inputs are checked
+    run_argv = sys.argv[1:] if argv is None else list(argv)
     records: list[dict[str, Any]] = []
 
     def write_report() -> str:
-        report = markdown_report(records)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text(report)
-        atomic_write_json(out / "results.json", {"argv": sys.argv[1:] if argv is None else list(argv), "folds": records})
-        return report
+        return write_results(out, records, run_argv)
 
-    earlier: dict[tuple[str, int, int], dict[str, Any]] = {}
-    if args.reuse and (out / "results.json").is_file():
-        for r in read_json(out / "results.json", "bench_accuracy results")["folds"]:
-            earlier[(r["dataset"], r["setting"], r["fold"])] = r
+    earlier = earlier_records(out) if args.reuse else {}
     if args.merge:
         for path in args.merge:
             records += read_json(path, "bench_accuracy results")["folds"]
@@ -1123,7 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("--member: give at least 2 members (one model is a plain run)")
         if args.config is not None or len(datasets) > 1 or args.setting != 1:
             p.error("--member: one --dataset, setting 1, and each member's config in its --member (not --config)")
-        return train_members(args, datasets[0], folds, shots, overrides, out, ensemble_runs)
+        return train_members(args, datasets[0], folds, shots, overrides, out, run_argv, ensemble_runs)
     tasks: list[FoldTask] = []
     common = dict(
         budget=args.budget, setting=args.setting, out=out, steps=args.steps, time_limit_min=args.time_limit_min,
@@ -1159,6 +1154,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def write_results(out: Path, records: Sequence[dict[str, Any]], argv: Sequence[str]) -> str:
+    """Write ``out/results.md`` (the :func:`markdown_report` of ``records``, returned) and ``out/results.json``
+    (``argv`` and the fold records)."""
+    from episodes.atomic import atomic_write_json
+
+    report = markdown_report(records)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(report)
+    atomic_write_json(out / "results.json", {"argv": list(argv), "folds": list(records)})
+    return report
+
+
+def earlier_records(out: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The fold records of an earlier run's ``out/results.json`` by (dataset, setting, fold); none without one."""
+    from episodes.atomic import read_json
+
+    if not (out / "results.json").is_file():
+        return {}
+    folds = read_json(out / "results.json", "bench_accuracy results")["folds"]
+    return {(r["dataset"], r["setting"], r["fold"]): r for r in folds}
+
+
 def train_members(
     args: argparse.Namespace,
     dataset: str,
@@ -1166,11 +1183,11 @@ def train_members(
     shots: Sequence[int],
     overrides: dict[str, Any],
     out: Path,
+    argv: Sequence[str],
     ensemble_runs: Callable[[list[list[dict[str, Any]]], Sequence[str]], int],
 ) -> int:
     """``--member``: train every member on every fold through one job queue (member ``i`` into
     ``out/member<i>/``, with its own ``results.json``), then score each fold's members as one ensemble."""
-    from episodes.atomic import atomic_write_json, read_json
     from fewshot.config import load_config, parse_overrides
     from fewshot.configs import config_path
 
@@ -1179,10 +1196,7 @@ def train_members(
         over = {**overrides, **parse_overrides(sets)}
         load_config(config_path(name), {**over, "data.protocol.setting": 1})  # a bad member fails before training
         member_out = out / f"member{i}"
-        earlier = {}
-        if args.reuse and (member_out / "results.json").is_file():
-            earlier = {r["fold"]: r for r in read_json(member_out / "results.json", "bench_accuracy results")["folds"]}
-        members.append((name, over, member_out, earlier))
+        members.append((name, over, member_out, earlier_records(member_out) if args.reuse else {}))
     tasks: list[FoldTask] = []
     for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
         for i, (name, over, member_out, earlier) in enumerate(members):
@@ -1190,13 +1204,12 @@ def train_members(
                 dataset=dataset, budget=args.budget, setting=1, fold=fold, out=member_out, steps=args.steps,
                 time_limit_min=args.time_limit_min, overrides=over, config=name, genesis_steps=args.genesis_steps,
                 eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
-                previous=earlier.get(fold),
+                previous=earlier.get((dataset, 1, fold)),
             )
             sets = " ".join(f"{k}={v}" for k, v in over.items())
             label = f"{dataset} setting 1 fold {fold}, member {i} ({name}{' ' + sets if sets else ''})"
             tasks.append(FoldTask(label, (dataset, fold, i), 1, name, kwargs, prefix=f"member{i}_"))
     done: list[list[dict[str, Any]]] = [[] for _ in members]
-    argv = sys.argv[1:]
 
     def member_done(group_recs: list[dict[str, Any]]) -> None:
         rec = combine_groups(group_recs)
@@ -1204,9 +1217,7 @@ def train_members(
         i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m[2]))
         done[i] = sorted([*done[i], rec], key=lambda r: folds.index(r["fold"]))
         print(f"   member {i} fold {rec['fold']}: {_summary(rec)}", flush=True)
-        members[i][2].mkdir(parents=True, exist_ok=True)
-        atomic_write_json(members[i][2] / "results.json", {"argv": argv, "member": i, "folds": done[i]})
-        (members[i][2] / "results.md").write_text(markdown_report(done[i]))
+        write_results(members[i][2], done[i], argv)
 
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=member_done)
     return ensemble_runs(done, [str(m[2]) for m in members])
