@@ -1072,7 +1072,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def write_report() -> str:
         return write_results(out, records, run_argv)
 
-    earlier = earlier_records(out) if args.reuse else {}
     if args.merge:
         for path in args.merge:
             records += read_json(path, "bench_accuracy results")["folds"]
@@ -1119,6 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config is not None or len(datasets) > 1 or args.setting != 1:
             p.error("--member: one --dataset, setting 1, and each member's config in its --member (not --config)")
         return train_members(args, datasets[0], folds, shots, overrides, out, run_argv, ensemble_runs)
+    earlier = earlier_records(out) if args.reuse else {}  # the folds a plain run may evaluate instead of train
     tasks: list[FoldTask] = []
     common = dict(
         budget=args.budget, setting=args.setting, out=out, steps=args.steps, time_limit_min=args.time_limit_min,
