@@ -33,7 +33,9 @@ adds the members' training up.
 ``--member CONFIG [KEY=VALUE ...]``, given twice or more, trains every member (a packaged config or YAML with its
 own ``--set``-style overrides, e.g. ``--member cpu_btcv_30min seed=1``) on every fold, each into
 ``OUT/member<i>/`` with its own results, all through one job queue (``--jobs``), then scores each fold's members
-as one ensemble into ``OUT``: the CT setting-1 recipe in one command.
+as one ensemble into ``OUT``: the CT setting-1 recipe in one command. ``genesis_steps=N`` among a member's
+``KEY=VALUE`` pretrains that member's encoder with N Models Genesis steps on the fold's training scans first
+(``--genesis-steps`` for every member); its report names each member's init.
 
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
@@ -344,6 +346,7 @@ def run_fold(
             "fit_seconds": tr.seconds,
             "steps_per_s": tr.steps_per_s,
             "wall_seconds": train_wall,
+            "genesis_steps": genesis_steps,
             "genesis_seconds": genesis_s,
             "losses": tr.losses,
             "peak_memory_mb": mem_train,
@@ -410,7 +413,8 @@ def ensemble_fold(
         "ensemble": [
             {
                 "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
-                "steps": m["train"]["steps"], "train_minutes": m["train"]["wall_seconds"] / 60,
+                "steps": m["train"]["steps"], "genesis_steps": m["train"].get("genesis_steps"),
+                "train_minutes": (m["train"]["wall_seconds"] + m["train"].get("genesis_seconds", 0.0)) / 60,
                 "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
                 "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
             }
@@ -420,6 +424,7 @@ def ensemble_fold(
             **first["train"],
             "fit_seconds": sum(t["fit_seconds"] for t in trains),
             "wall_seconds": sum(t["wall_seconds"] for t in trains),
+            "genesis_seconds": sum(t.get("genesis_seconds", 0.0) for t in trains),
             "steps_per_s": sum(t["steps_per_s"] for t in trains) / len(trains),
             "stopped_by_time_limit": any(t["stopped_by_time_limit"] for t in trains),
         },
@@ -580,16 +585,19 @@ def _backbone_name(model: dict[str, Any]) -> str:
 
 
 def _mixed_ensemble(record: dict[str, Any]) -> bool:
-    """Whether an ensemble record's members differ in backbone or steps (older records name no member model)."""
+    """Whether an ensemble record's members differ in backbone, init or steps (older records name no member model)."""
     members = record.get("ensemble") or []
-    kinds = {(_backbone_name(e["model"]) if e.get("model") else None, e.get("steps")) for e in members}
-    return len(kinds) > 1
+    return len({_member_kind(e) for e in members}) > 1
 
 
 def _member_kind(member: dict[str, Any]) -> str:
-    """``backbone[/truncate] N steps`` of one ensemble member."""
-    name = _backbone_name(member["model"]) if member.get("model") else "?"
-    return f"{name} {member['steps']} steps"
+    """``backbone[/truncate] N steps`` of one ensemble member, with its init when not random (``after G Genesis
+    steps`` when the record says how many)."""
+    model = member.get("model") or {}
+    name = _backbone_name(model) if model else "?"
+    init, genesis = model.get("init"), member.get("genesis_steps")
+    pre = f" after {genesis} Genesis steps" if genesis else f", init {init}" if init not in (None, "random") else ""
+    return f"{name} {member['steps']} steps{pre}"
 
 
 def _ensemble_label(record: dict[str, Any]) -> str:
@@ -745,7 +753,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             steps = " + ".join(str(e["steps"]) for e in r["ensemble"]) if _mixed_ensemble(r) else t["steps"]
             lines.append(
                 f"| {r['fold']} | {steps}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
-                f"{t['wall_seconds'] / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
+                f"{(t['wall_seconds'] + t.get('genesis_seconds', 0.0)) / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
         ens = [r for r in recs if r.get("ensemble")]
@@ -767,6 +775,9 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                     f"| {r['fold']} | " + " | ".join(f"{a:.2f}" for a in alone)
                     + f" | {mean_alone:.2f} | {100 * r['dice']['mean']:.2f} | {100 * r['dice']['mean'] - mean_alone:+.2f} |"
                 )
+        if any(r["train"].get("genesis_seconds") for r in recs):
+            lines += ["", "Train min includes the Models Genesis pretraining on the fold's training scans "
+                      "(`--genesis-steps`)."]
         if any(r["train"].get("resumed_from") for r in recs):
             lines += ["", "A resumed fold's train min and steps/s count the steps of its last run only (`--resume`)."]
         lines.append("")
@@ -1046,7 +1057,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--member", action="append", nargs="+", default=None, metavar="SPEC",
         help="CONFIG [KEY=VALUE ...], twice or more: train each member (a config with its own overrides, e.g. "
         "--member cpu_btcv_30min seed=1) on every fold into OUT/member<i>/, then score each fold's members as one "
-        "ensemble into OUT (--set applies to every member; setting 1)",
+        f"ensemble into OUT (--set applies to every member; setting 1); {GENESIS_KEY}=N pretrains that member "
+        "with N Models Genesis steps first (default --genesis-steps)",
     )
     args = p.parse_args(argv)
     from fewshot.cli import comma_list, quiet_logs
@@ -1193,20 +1205,21 @@ def train_members(
 
     members = []
     for i, (name, *sets) in enumerate(args.member):
+        genesis, sets = member_genesis_steps(sets, args.genesis_steps)
         over = {**overrides, **parse_overrides(sets)}
         load_config(config_path(name), {**over, "data.protocol.setting": 1})  # a bad member fails before training
         member_out = out / f"member{i}"
-        members.append((name, over, member_out, earlier_records(member_out) if args.reuse else {}))
+        members.append((name, over, genesis, member_out, earlier_records(member_out) if args.reuse else {}))
     tasks: list[FoldTask] = []
     for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
-        for i, (name, over, member_out, earlier) in enumerate(members):
+        for i, (name, over, genesis, member_out, earlier) in enumerate(members):
             kwargs = dict(
                 dataset=dataset, budget=args.budget, setting=1, fold=fold, out=member_out, steps=args.steps,
-                time_limit_min=args.time_limit_min, overrides=over, config=name, genesis_steps=args.genesis_steps,
+                time_limit_min=args.time_limit_min, overrides=over, config=name, genesis_steps=genesis,
                 eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
                 previous=earlier.get((dataset, 1, fold)),
             )
-            sets = " ".join(f"{k}={v}" for k, v in over.items())
+            sets = " ".join([*(f"{k}={v}" for k, v in over.items()), *([f"{GENESIS_KEY}={genesis}"] if genesis else [])])
             label = f"{dataset} setting 1 fold {fold}, member {i} ({name}{' ' + sets if sets else ''})"
             tasks.append(FoldTask(label, (dataset, fold, i), 1, name, kwargs, prefix=f"member{i}_"))
     done: list[list[dict[str, Any]]] = [[] for _ in members]
@@ -1214,13 +1227,35 @@ def train_members(
     def member_done(group_recs: list[dict[str, Any]]) -> None:
         rec = combine_groups(group_recs)
         rec["load_average_end"] = _load()
-        i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m[2]))
+        i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m[3]))
         done[i] = sorted([*done[i], rec], key=lambda r: folds.index(r["fold"]))
         print(f"   member {i} fold {rec['fold']}: {_summary(rec)}", flush=True)
-        write_results(members[i][2], done[i], argv)
+        write_results(members[i][3], done[i], argv)
 
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=member_done)
-    return ensemble_runs(done, [str(m[2]) for m in members])
+    return ensemble_runs(done, [str(m[3]) for m in members])
+
+
+#: The one ``--member`` key that is not a config override: that member's Models Genesis pretraining steps.
+GENESIS_KEY = "genesis_steps"
+
+
+def member_genesis_steps(sets: Sequence[str], default: int) -> tuple[int, list[str]]:
+    """Split a ``--member``'s ``KEY=VALUE`` list into its Models Genesis steps (``genesis_steps=N``; default:
+    ``--genesis-steps``) and the config overrides."""
+    steps, rest = default, []
+    for item in sets:
+        key, _, value = item.partition("=")
+        if key.strip() != GENESIS_KEY:
+            rest.append(item)
+            continue
+        try:
+            steps = int(value)
+        except ValueError:
+            raise ValueError(f"--member {GENESIS_KEY}={value!r}: give a whole number of steps") from None
+        if steps < 0:
+            raise ValueError(f"--member {GENESIS_KEY}={steps}: give 0 (none) or more steps")
+    return steps, rest
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -490,3 +490,36 @@ def test_members_train_each_config_on_each_fold_then_score_them_as_one_ensemble(
     assert bench.cli([*base, "--member", "demo_phantom", "--member", "no_such_recipe", "--out", str(tmp_path / "bad")]) == 2
     assert "config 'no_such_recipe' is neither a YAML file nor a packaged config" in capsys.readouterr().err
     assert not (tmp_path / "one").exists() and not (tmp_path / "bad").exists()
+
+
+def test_member_genesis_steps_pretrain_that_member_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--member CONFIG genesis_steps=N: that member's encoder starts from N Models Genesis steps on the fold's
+    training scans (as a plain run with --genesis-steps N), the other member from random init; the report names
+    each member's init and counts the pretraining in train min. A bad value is a one-line error."""
+    bench = _load("bench_accuracy")
+    sets = [x for t in TINY for x in ("--set", t)]
+    base = ["--dataset", "phantom-ct", "--folds", "0", "--steps", "2", *sets]
+    out = tmp_path / "members"
+    assert bench.main([*base, "--member", "demo_phantom", "genesis_steps=2", "--member", "demo_phantom",
+                       "--out", str(out)]) == 0  # fmt: skip
+    (m0,), (m1,) = (json.loads((out / f"member{i}" / "results.json").read_text())["folds"] for i in (0, 1))
+    assert (m0["model"]["init"], m0["train"]["genesis_steps"], m1["model"]["init"], m1["train"]["genesis_steps"]) == (
+        "genesis", 2, "random", 0
+    )
+    fold_dirs = [out / f"member{i}" / "phantom-ct_setting1_fold0" for i in (0, 1)]
+    assert (fold_dirs[0] / "genesis.pt").is_file() and not (fold_dirs[1] / "genesis.pt").exists()
+    assert m0["train"]["genesis_seconds"] > 0
+    plain = tmp_path / "plain"
+    assert bench.main([*base, "--genesis-steps", "2", "--out", str(plain)]) == 0
+    assert json.loads((plain / "results.json").read_text())["folds"][0]["dice"] == m0["dice"]
+    (ens,) = json.loads((out / "results.json").read_text())["folds"]
+    assert [e["genesis_steps"] for e in ens["ensemble"]] == [2, 0]
+    assert ens["train"]["genesis_seconds"] == pytest.approx(m0["train"]["genesis_seconds"])
+    report = (out / "results.md").read_text()
+    assert "ensemble of 2 (cbr-tiny/block2 2 steps after 2 Genesis steps: seed 0; cbr-tiny/block2 2 steps: seed 0)" in report
+    assert "Train min includes the Models Genesis pretraining" in report
+    capsys.readouterr()
+    bad = [*base, "--member", "demo_phantom", "genesis_steps=many", "--member", "demo_phantom"]
+    assert bench.cli([*bad, "--out", str(tmp_path / "bad")]) == 2
+    assert "--member genesis_steps='many': give a whole number of steps" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
