@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -1209,31 +1209,43 @@ def train_members(
         over = {**overrides, **parse_overrides(sets)}
         load_config(config_path(name), {**over, "data.protocol.setting": 1})  # a bad member fails before training
         member_out = out / f"member{i}"
-        members.append((name, over, genesis, member_out, earlier_records(member_out) if args.reuse else {}))
+        members.append(_Member(name, over, genesis, member_out, earlier_records(member_out) if args.reuse else {}))
     tasks: list[FoldTask] = []
     for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
-        for i, (name, over, genesis, member_out, earlier) in enumerate(members):
+        for i, m in enumerate(members):
             kwargs = dict(
-                dataset=dataset, budget=args.budget, setting=1, fold=fold, out=member_out, steps=args.steps,
-                time_limit_min=args.time_limit_min, overrides=over, config=name, genesis_steps=genesis,
+                dataset=dataset, budget=args.budget, setting=1, fold=fold, out=m.out, steps=args.steps,
+                time_limit_min=args.time_limit_min, overrides=m.overrides, config=m.config, genesis_steps=m.genesis_steps,
                 eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
-                previous=earlier.get((dataset, 1, fold)),
+                previous=m.earlier.get((dataset, 1, fold)),
             )
-            sets = " ".join([*(f"{k}={v}" for k, v in over.items()), *([f"{GENESIS_KEY}={genesis}"] if genesis else [])])
-            label = f"{dataset} setting 1 fold {fold}, member {i} ({name}{' ' + sets if sets else ''})"
-            tasks.append(FoldTask(label, (dataset, fold, i), 1, name, kwargs, prefix=f"member{i}_"))
+            sets = [f"{k}={v}" for k, v in m.overrides.items()]
+            if m.genesis_steps:
+                sets.append(f"{GENESIS_KEY}={m.genesis_steps}")
+            label = f"{dataset} setting 1 fold {fold}, member {i} ({' '.join([m.config, *sets])})"
+            tasks.append(FoldTask(label, (dataset, fold, i), 1, m.config, kwargs, prefix=f"member{i}_"))
     done: list[list[dict[str, Any]]] = [[] for _ in members]
 
     def member_done(group_recs: list[dict[str, Any]]) -> None:
         rec = combine_groups(group_recs)
         rec["load_average_end"] = _load()
-        i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m[3]))
+        i = next(j for j, m in enumerate(members) if Path(rec["out_dir"]).is_relative_to(m.out))
         done[i] = sorted([*done[i], rec], key=lambda r: folds.index(r["fold"]))
         print(f"   member {i} fold {rec['fold']}: {_summary(rec)}", flush=True)
-        write_results(members[i][3], done[i], argv)
+        write_results(members[i].out, done[i], argv)
 
     run_tasks(tasks, jobs=args.jobs, out=out, on_fold=member_done)
-    return ensemble_runs(done, [str(m[3]) for m in members])
+    return ensemble_runs(done, [str(m.out) for m in members])
+
+
+class _Member(NamedTuple):
+    """One ``--member``: its config, overrides, Models Genesis steps, output folder and earlier fold records."""
+
+    config: str
+    overrides: dict[str, Any]
+    genesis_steps: int
+    out: Path
+    earlier: dict[tuple[str, int, int], dict[str, Any]]
 
 
 #: The one ``--member`` key that is not a config override: that member's Models Genesis pretraining steps.
