@@ -414,7 +414,7 @@ def ensemble_fold(
             {
                 "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
                 "steps": m["train"]["steps"], "genesis_steps": m["train"].get("genesis_steps"),
-                "train_minutes": (m["train"]["wall_seconds"] + m["train"].get("genesis_seconds", 0.0)) / 60,
+                "train_minutes": _train_seconds(m["train"]) / 60,
                 "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
                 "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
             }
@@ -582,6 +582,11 @@ def _fg_threshold(record: dict[str, Any]) -> float:
 def _backbone_name(model: dict[str, Any]) -> str:
     """``backbone[/truncate]`` of a fold record's ``model``."""
     return f"{model['backbone']}{'/' + model['truncate'] if model.get('truncate') else ''}"
+
+
+def _train_seconds(train: dict[str, Any]) -> float:
+    """A fold record's training wall time with its Models Genesis pretraining (absent in older records)."""
+    return float(train["wall_seconds"] + train.get("genesis_seconds", 0.0))
 
 
 def _mixed_ensemble(record: dict[str, Any]) -> bool:
@@ -753,7 +758,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
             steps = " + ".join(str(e["steps"]) for e in r["ensemble"]) if _mixed_ensemble(r) else t["steps"]
             lines.append(
                 f"| {r['fold']} | {steps}{resumed}{' (time limit)' if t['stopped_by_time_limit'] else ''} | "
-                f"{(t['wall_seconds'] + t.get('genesis_seconds', 0.0)) / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
+                f"{_train_seconds(t) / 60:.1f} | {speed} | {e['scans_per_s']:.3f} | "
                 f"{r['total_wall_seconds'] / 60:.1f} | {rss:.0f}{gpu} |"
             )
         ens = [r for r in recs if r.get("ensemble")]
