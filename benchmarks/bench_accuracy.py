@@ -190,7 +190,7 @@ def evaluate_fold(
             out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
             progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
             threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
-            tta=cfg.model.tta,
+            tta=cfg.model.tta, finetune=cfg.model.finetune,
         )
 
     ev = at(1)
@@ -508,7 +508,7 @@ def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str,
 
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
 #: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
-INFERENCE_KEYS = ("model.fg_threshold", "model.tta", "model.head.shot_fusion")
+INFERENCE_KEYS = ("model.fg_threshold", "model.tta", "model.finetune", "model.head.shot_fusion")
 #: Config keys that say where a run was written, not how it trained: an output folder copied or moved elsewhere
 #: is still reusable.
 LOCATION_KEYS = ("out_dir",)
@@ -560,10 +560,16 @@ def _scores_of(ev: Any) -> dict[str, Any]:
         "resolution": ev.extras.get("resolution"),
         "fg_threshold": ev.extras.get("threshold"),
         "tta": ev.extras.get("tta", "none"),
+        "finetune": ev.extras.get("finetune"),
         # the code that trained the model (the checkout may move on while a long run trains)
         "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
         "eval_commit": ev.extras.get("commit"),
     }
+
+
+def _finetune_label(finetune: dict[str, Any]) -> str:
+    """How a record's test-time fine-tuning reads in a table row."""
+    return f"support fine-tuning {finetune['steps']} steps at lr {finetune['lr']:g}"
 
 
 def _train_precision(record: dict[str, Any]) -> str:
@@ -732,6 +738,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                     + (f", {precision} training" if precision not in ("auto", "32-true", "32") else "")
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
+                    + (f", {_finetune_label(r['finetune'])}" if (r.get("finetune") or {}).get("steps") else "")
                 )
                 values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
                 lines.append(_row(label, values))
@@ -1033,7 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--reuse", action="store_true",
         help="evaluate, instead of retraining, every fold whose checkpoint in --out (from its results.json) was "
-        "trained with the same config up to inference-only keys (model.fg_threshold, model.tta; "
+        "trained with the same config up to inference-only keys (model.fg_threshold, model.tta, model.finetune; "
         "model.head.shot_fusion for 1-shot training)",
     )
     p.add_argument(

@@ -63,6 +63,7 @@ def segment_volume(
     device: torch.device | str = "cpu",
     fg_threshold: float | None = None,
     tta: str | None = None,
+    finetune: Any = None,
 ) -> np.ndarray:
     """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
 
@@ -73,8 +74,11 @@ def segment_volume(
             ``config.slice_input``).
         fg_threshold: foreground probability threshold (default: the model's ``config.fg_threshold``).
         tta: test-time augmentation, ``"none"`` or ``"flip"`` (default: the model's ``config.tta``).
+        finetune: test-time fine-tuning on each chunk's support slices (:class:`~fewshot.config.model.FinetuneConfig`,
+            or a mapping of the fields to change in the model's ``config.finetune``; default: the model's).
     """
-    from fewshot.evaluation.scoring import model_slice_input, predict_query
+    from fewshot.evaluation.finetune import finetune_on_support
+    from fewshot.evaluation.scoring import model_finetune, model_slice_input, predict_query
 
     if support_mask.shape != support.shape:
         raise VolumeError(
@@ -93,6 +97,7 @@ def segment_volume(
     parts = np.array([query_chunk(int(z), z0, z1, chunks) for z in zs])
     pred = np.zeros(query.shape, dtype=bool)
     mode = model_slice_input(model) if slice_input is None else slice_input
+    tune = model_finetune(model, finetune)
     model.eval().to(device)
     for c in range(chunks):
         q_z = zs[parts == c]
@@ -101,8 +106,9 @@ def segment_volume(
         s_z = list(sets[c])
         s_img = torch.from_numpy(stack_slices(support.image, s_z, channels, mode)).unsqueeze(0)
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
+        chunk_model = finetune_on_support(model, s_img, s_msk, tune, device=device, seed=tune.seed + c)
         out = predict_query(
-            model, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
+            chunk_model, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
             batch_size=batch_size, device=device,
             threshold=fg_threshold, tta=tta,
         )
@@ -184,6 +190,7 @@ def segment_files(
     overwrite: bool = False,
     fg_threshold: float | None = None,
     tta: str | None = None,
+    finetune: Any = None,
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
@@ -194,7 +201,7 @@ def segment_files(
     """
     from fewshot.checkpoint import load_model_from_checkpoints
     from fewshot.device import default_device
-    from fewshot.evaluation.scoring import model_threshold, model_tta
+    from fewshot.evaluation.scoring import model_finetune, model_threshold, model_tta
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -273,6 +280,7 @@ def segment_files(
         device=dev,
         fg_threshold=fg_threshold,
         tta=tta,
+        finetune=finetune,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]
@@ -296,6 +304,7 @@ def segment_files(
         "checkpoints": [str(m["checkpoint"]) for m in extras["ensemble"]] if "ensemble" in extras else [loaded.path],
         "fg_threshold": model_threshold(model, fg_threshold),
         "tta": model_tta(model, tta),
+        "finetune": model_finetune(model, finetune).to_dict(),
         "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

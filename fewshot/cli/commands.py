@@ -38,6 +38,17 @@ class CLIError(Exception):
 # ----------------------------------------------------------------------------- shared helpers
 
 
+def finetune_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``model.finetune`` fields the ``--finetune-*`` options change (``None``: none given)."""
+    given = {
+        name: getattr(args, f"finetune_{name}", None) for name in ("steps", "lr", "batch_size")
+    }
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if getattr(args, "finetune_bf16", False):
+        changes["bf16"] = True
+    return changes or None
+
+
 T = TypeVar("T")
 
 
@@ -308,6 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shot_fusion=args.shot_fusion,
         threshold=args.fg_threshold,
         tta=args.tta,
+        finetune=finetune_options(args),
         alp_window=args.alp_window,
         alp_threshold=args.alp_threshold,
         progress=True,
@@ -347,6 +359,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fg_threshold=args.fg_threshold,
         tta=args.tta,
+        finetune=finetune_options(args),
     )
     print(json.dumps(report, indent=1))
     return 0

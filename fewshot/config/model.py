@@ -26,7 +26,7 @@ from fewshot.backbones.staged import resolve_stages
 from fewshot.backbones.weights import normalise_sha256
 from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
 
-__all__ = ["BackboneConfig", "InitConfig", "ModelConfig", "check_threshold"]
+__all__ = ["BackboneConfig", "FinetuneConfig", "InitConfig", "ModelConfig", "check_threshold"]
 
 
 def check_threshold(value: Any, what: str = "threshold") -> float:
@@ -46,6 +46,70 @@ def check_tta(value: Any, what: str = "tta") -> str:
     if value not in TTA_CHOICES:
         raise ValueError(f"{what} must be one of {list(TTA_CHOICES)}, got {value!r}")
     return str(value)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Test-time fine-tuning on each support set (:func:`fewshot.evaluation.finetune_on_support`).
+
+    Attributes:
+        steps: SGD steps per support set; ``0`` (the default) turns it off.
+        lr: learning rate (constant); momentum: SGD momentum.
+        batch_size: episodes per step (each: two augmentations of the support slice, one as support, one as query).
+        augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
+        ce_weights: (background, foreground) cross-entropy weights; align_weight: the head's alignment loss weight.
+        bf16: autocast the forward pass to bfloat16 (fast on CPUs with AMX and on GPUs).
+        seed: seeds the augmentations (each support set and ensemble member gets its own stream from it).
+    """
+
+    steps: int = 0
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 4
+    augment: str = "alpnet"
+    ce_weights: tuple[float, float] = (0.05, 1.0)
+    align_weight: float = 1.0
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from episodes.sampling.augment import PRESETS
+
+        for name, low in (("steps", 0), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"finetune.{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"finetune.lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
+            raise ValueError(f"finetune.momentum must be in [0, 1), got {self.momentum!r}")
+        if self.augment not in PRESETS:
+            raise ValueError(f"finetune.augment {self.augment!r}; choices: {list(PRESETS)}")
+        weights = tuple(self.ce_weights)
+        if len(weights) != 2 or min(weights) < 0:
+            raise ValueError(f"finetune.ce_weights must be two weights >= 0 (bg, fg), got {self.ce_weights!r}")
+        object.__setattr__(self, "ce_weights", (float(weights[0]), float(weights[1])))
+        if not isinstance(self.align_weight, (int, float)) or self.align_weight < 0:
+            raise ValueError(f"finetune.align_weight must be >= 0, got {self.align_weight!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"finetune.bf16 must be true or false, got {self.bf16!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (``ce_weights`` as a list)."""
+        return {**dataclasses.asdict(self), "ce_weights": list(self.ce_weights)}
+
+
+def check_finetune(value: Any, what: str = "finetune", base: FinetuneConfig | None = None) -> FinetuneConfig:
+    """``value`` as a :class:`FinetuneConfig`: a config as it is, ``None`` as ``base`` (default: off), a mapping
+    as ``base`` with the mapping's fields changed (unknown fields raise ``ValueError``)."""
+    base = base if base is not None else FinetuneConfig()
+    if value is None:
+        return base
+    if isinstance(value, FinetuneConfig):
+        return value
+    if isinstance(value, Mapping):
+        return _from_mapping(FinetuneConfig, {**dataclasses.asdict(base), **value}, what)  # type: ignore[no-any-return]
+    raise ValueError(f"{what} must be a mapping of FinetuneConfig fields, got {value!r}")
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
@@ -146,6 +210,8 @@ class ModelConfig:
             Training does not use it; a recipe chooses it on fold 0 (``benchmarks/ABLATION.md``).
         tta: test-time augmentation at inference, one of :data:`TTA_CHOICES` (``flip``: logits averaged with
             those of the left-right mirrored episode, twice the inference cost). Training does not use it.
+        finetune: test-time fine-tuning on each support set (:class:`FinetuneConfig`; off by default). Training
+            does not use it.
         slice_input: how a slice fills the backbone's ``in_channels`` (:data:`~episodes.data.slices.SLICE_INPUTS`):
             ``tile`` repeats it (SSL-ALPNet); ``adjacent`` stacks it with its neighbours (2.5D, ``in_channels``
             odd). Training, evaluation and ``fewshot segment`` all feed the model this way.
@@ -158,6 +224,7 @@ class ModelConfig:
     fg_threshold: float = 0.5
     tta: str = "none"
     slice_input: str = "tile"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -170,6 +237,7 @@ class ModelConfig:
             fg_threshold: float = ...,
             tta: str = ...,
             slice_input: str = ...,
+            finetune: FinetuneConfig | Mapping[str, Any] | None = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -189,6 +257,7 @@ class ModelConfig:
         object.__setattr__(self, "head", _coerce_head(self.head))
         object.__setattr__(self, "fg_threshold", check_threshold(self.fg_threshold, "ModelConfig.fg_threshold"))
         object.__setattr__(self, "tta", check_tta(self.tta, "ModelConfig.tta"))
+        object.__setattr__(self, "finetune", check_finetune(self.finetune, "ModelConfig.finetune"))
         object.__setattr__(
             self,
             "slice_input",

@@ -3,12 +3,14 @@
 * :mod:`~fewshot.evaluation.metrics`: TP/FP/FN counts, Dice, precision, recall;
 * :mod:`~fewshot.evaluation.scoring`: :func:`evaluate` a model on an evaluation plan;
 * :mod:`~fewshot.evaluation.results`: :class:`EvaluationResult` (JSON, Markdown), :func:`aggregate` over folds;
+* :mod:`~fewshot.evaluation.finetune`: test-time fine-tuning on a support set (``model.finetune``);
 * :mod:`~fewshot.evaluation.overlays`: overlay pictures;
 * :mod:`~fewshot.evaluation.run`: :func:`run_evaluation` of a checkpoint (what ``fewshot evaluate`` runs).
 """
 
 from __future__ import annotations
 
+from fewshot.evaluation.finetune import finetune_on_support
 from fewshot.evaluation.metrics import (
     Counts,
     ScanScore,
@@ -35,6 +37,7 @@ __all__ = [
     "dice_from_counts",
     "evaluate",
     "false_positive_regions",
+    "finetune_on_support",
     "output_paths",
     "precision",
     "precision_from_counts",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,14 @@ from torch import nn
 from episodes.atomic import atomic_writer
 from episodes.data.volumes import Volume
 from episodes.protocol import EvaluationPlan, query_tensors, support_episode_tensors
-from fewshot.evaluation.scoring import model_channels, model_slice_input, predict_query
+from fewshot.evaluation.finetune import finetune_on_support
+from fewshot.evaluation.scoring import (
+    chunk_seed,
+    model_channels,
+    model_finetune,
+    model_slice_input,
+    predict_query,
+)
 
 __all__ = ["save_overlays"]
 
@@ -90,6 +98,7 @@ def save_overlays(
     scan_dice: Mapping[tuple[str, str], float] | None = None,
     threshold: float | None = None,
     tta: str | None = None,
+    finetune: Any = None,
 ) -> list[Path]:
     """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
@@ -97,7 +106,9 @@ def save_overlays(
     the organ, the support and query subjects, the slice and (from ``scan_dice``,
     ``{(organ, subject): dice}``) the 3D Dice of that query scan. ``threshold``: foreground probability
     threshold (default the model's ``config.fg_threshold``); ``tta``: test-time augmentation (default the model's
-    ``config.tta``). Returns the files.
+    ``config.tta``); ``finetune``: test-time fine-tuning (default the model's ``config.finetune``; each chunk's
+    copy is tuned with the seed :func:`~fewshot.evaluation.evaluate` uses, so the pictures show its predictions).
+    Returns the files.
     """
     from PIL import Image
 
@@ -107,6 +118,7 @@ def save_overlays(
         device = next(model.parameters()).device
     channels = model_channels(model, channels)
     slice_input = model_slice_input(model)
+    tune = model_finetune(model, finetune)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -124,13 +136,18 @@ def save_overlays(
                 np.linspace(0, len(query.slices) - 1, num=min(n, len(query.slices))).round().astype(int)
             )
             dice = (scan_dice or {}).get((organ_plan.organ, query.subject))
+            tuned: dict[int, nn.Module] = {}
             for i in picks.tolist():
                 chunk = int(chunks[i])
                 s_img, s_msk = support_episode_tensors(
                     organ_plan, volumes, chunk, channels=channels, slice_input=slice_input
                 )
+                if chunk not in tuned:
+                    tuned[chunk] = finetune_on_support(
+                        model, s_img, s_msk, tune, device=device, seed=chunk_seed(tune, organ_plan.organ, chunk)
+                    )
                 pred = predict_query(
-                    model, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
+                    tuned[chunk], s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
                 )[0].numpy()
                 heading = (
                     f"{organ_plan.organ}: support {organ_plan.support_subject} "

@@ -10,7 +10,7 @@ plan, config and overlay pictures are written.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from episodes.data.volumes import Volume
 from episodes.protocol import Protocol
 from fewshot.checkpoint import LoadedCheckpoint, load_model_from_checkpoints
 from fewshot.config import ExperimentConfig, save_config, to_dict
+from fewshot.config.model import FinetuneConfig, check_finetune
 from fewshot.device import default_device
 from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult
@@ -96,11 +97,12 @@ def inference_config(
     alp_threshold: float | None = None,
     threshold: float | None = None,
     tta: str | None = None,
+    finetune: FinetuneConfig | Mapping[str, Any] | None = None,
 ) -> ExperimentConfig:
     """The trained config with these test-time settings; the head's are also set on ``loaded.model.head``.
 
-    ``threshold`` and ``tta`` become the returned ``model.fg_threshold`` and ``model.tta`` (pass
-    those to :func:`~fewshot.evaluation.evaluate`; the model itself is left as trained).
+    ``threshold``, ``tta`` and ``finetune`` become the returned ``model.fg_threshold``, ``model.tta`` and
+    ``model.finetune`` (pass those to :func:`~fewshot.evaluation.evaluate`; the model itself is left as trained).
     A setting left ``None`` takes the trained config's value (not the head's current one), so one
     loaded checkpoint can be evaluated several ways in a row. Raises ``ValueError`` for a setting
     the head does not have (ALP settings on a non-ALPNet head) or a value its config rejects.
@@ -130,6 +132,8 @@ def inference_config(
         model_changes["fg_threshold"] = threshold
     if tta is not None:
         model_changes["tta"] = tta
+    if finetune is not None:  # a mapping changes only the fields it names
+        model_changes["finetune"] = check_finetune(finetune, base=cfg.model.finetune)
     return replace(cfg, model=replace(cfg.model, head=resolved, **model_changes))  # validated there too
 
 
@@ -152,6 +156,7 @@ def run_evaluation(
     tta: str | None = None,
     alp_window: int | None = None,
     alp_threshold: float | None = None,
+    finetune: FinetuneConfig | Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -198,7 +203,8 @@ def run_evaluation(
     else:
         loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
     cfg = inference_config(
-        loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta
+        loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta,
+        finetune=finetune,
     )
     threshold, tta = cfg.model.fg_threshold, cfg.model.tta
     protocol = protocol if protocol is not None else cfg.data.protocol
@@ -219,7 +225,7 @@ def run_evaluation(
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=to_dict(cfg),
         progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
-        tta=tta,
+        tta=tta, finetune=cfg.model.finetune,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     head = model_heads(loaded.model)[0]
@@ -260,6 +266,6 @@ def run_evaluation(
             scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
             save_overlays(
                 loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice,
-                threshold=threshold, tta=tta,
+                threshold=threshold, tta=tta, finetune=cfg.model.finetune,
             )
     return result

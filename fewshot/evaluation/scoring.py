@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,14 +25,18 @@ from episodes.data.labels import LabelMap
 from episodes.data.volumes import Volume
 from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
+from fewshot.evaluation.finetune import finetune_on_support
 from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
 from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
 from fewshot.evaluation.results import EvaluationResult, summarize_scans
 
+if TYPE_CHECKING:
+    from fewshot.config.model import FinetuneConfig
+
 __all__ = [
-    "evaluate", "false_positive_regions", "model_channels", "model_slice_input", "model_threshold", "model_tta",
-    "predict_query",
+    "chunk_models", "chunk_seed", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
+    "model_slice_input", "model_threshold", "model_tta", "predict_query",
 ]
 
 
@@ -86,6 +91,35 @@ def model_tta(model: nn.Module, tta: str | None) -> str:
     if tta is None:
         tta = getattr(getattr(model, "config", None), "tta", None)
     return "none" if tta is None else check_tta(tta)
+
+
+def model_finetune(model: nn.Module, finetune: Any = None) -> FinetuneConfig:
+    """The model's ``config.finetune`` (off if it has none), or ``finetune``: a
+    :class:`~fewshot.config.model.FinetuneConfig`, or a mapping of the fields to change in the model's."""
+    from fewshot.config.model import check_finetune
+
+    own = getattr(getattr(model, "config", None), "finetune", None)
+    return check_finetune(finetune, base=check_finetune(own))
+
+
+def chunk_models(
+    model: nn.Module, supports: Sequence[tuple[torch.Tensor, torch.Tensor]], finetune: FinetuneConfig, organ: str,
+    device: torch.device,
+) -> list[nn.Module]:
+    """The model each support set segments its chunk with: ``model`` itself, or with ``finetune.steps > 0`` a copy
+    fine-tuned on that support set (:func:`~fewshot.evaluation.finetune_on_support`; seeded from ``finetune.seed``,
+    the organ and the chunk)."""
+    if finetune.steps == 0:
+        return [model] * len(supports)
+    return [
+        finetune_on_support(model, s_img, s_msk, finetune, device=device, seed=chunk_seed(finetune, organ, c))
+        for c, (s_img, s_msk) in enumerate(supports)
+    ]
+
+
+def chunk_seed(finetune: FinetuneConfig, organ: str, chunk: int) -> int:
+    """The fine-tuning seed of one organ's chunk (from ``finetune.seed``; the same in scoring and overlays)."""
+    return int(np.random.SeedSequence([finetune.seed, zlib.crc32(organ.encode()), chunk]).generate_state(1)[0])
 
 
 @torch.inference_mode()
@@ -150,12 +184,14 @@ def _evaluate_organ(
     reference: Mapping[str, Volume] | None,
     threshold: float,
     tta: str,
+    finetune: FinetuneConfig,
 ) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
     """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels, slice_input=slice_input)
         for c in range(len(plan.support_slices))
     ]
+    models = chunk_models(model, supports, finetune, plan.organ, device)
     scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
     fp_regions: dict[str, int] = {}
     n_slices = 0
@@ -174,7 +210,7 @@ def _evaluate_organ(
             idx = torch.nonzero(chunks == c).flatten()
             if idx.numel():
                 pred[idx] = predict_query(
-                    model, s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
+                    models[c], s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
                     out_size=out_size, threshold=threshold, tta=tta,
                 )
         bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
@@ -211,6 +247,7 @@ def evaluate(
     reference: Mapping[str, Volume] | None = None,
     threshold: float | None = None,
     tta: str | None = None,
+    finetune: FinetuneConfig | Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -234,6 +271,8 @@ def evaluate(
             argmax), recorded in ``extras["threshold"]``.
         tta: test-time augmentation, ``"none"`` or ``"flip"`` (default ``model.config.tta``, else ``"none"``),
             recorded in ``extras["tta"]``.
+        finetune: test-time fine-tuning on each support set (a :class:`~fewshot.config.model.FinetuneConfig` or a
+            mapping of its fields; default ``model.config.finetune``, else off), recorded in ``extras["finetune"]``.
     """
     from fewshot import __version__
 
@@ -244,6 +283,7 @@ def evaluate(
     channels = model_channels(model, channels)
     threshold = model_threshold(model, threshold)
     tta = model_tta(model, tta)
+    tune = model_finetune(model, finetune)
     was_training = model.training
     model.eval().to(device)
     t0 = time.perf_counter()
@@ -262,7 +302,7 @@ def evaluate(
         for organ_plan in plan.organs:
             by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
                 model, organ_plan, volumes, channels, model_slice_input(model), batch_size, device, amp, bar, steps,
-                reference, threshold, tta,
+                reference, threshold, tta, tune,
             )
             scores = by_step[steps[0]]
             if not scores:
@@ -299,6 +339,7 @@ def evaluate(
             "resolution": "reference labels" if reference is not None else "model input",
             "threshold": threshold,
             "tta": tta,
+            "finetune": tune.to_dict(),
             # false-positive voxels of each organ's (first post-processing step's) prediction, by true region
             "false_positives": {o: dict(sorted(r.items(), key=lambda kv: -kv[1])) for o, r in fp_regions.items()},
             "timing": {

@@ -158,6 +158,19 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (strict_cfg.model.fg_threshold, strict_cfg.model.tta) == (0.9, "flip")
     assert (data_strict["config"]["model"]["fg_threshold"], data_strict["config"]["model"]["tta"]) == (0.9, "flip")
     assert load_config(tmp_path / "evaldir" / "config.yaml").model.fg_threshold == 0.5
+    # test-time fine-tuning on each support set: recorded in the results and the saved config
+    tuned = tmp_path / "tuned.json"
+    ft = ["--finetune-steps", "2", "--finetune-lr", "0.002", "--finetune-batch-size", "1"]
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tuned), "--overlays", "1", *ft]) == 0
+    data_tuned = json.loads(tuned.read_text())
+    assert (data_tuned["finetune"]["steps"], data_tuned["finetune"]["lr"], data_tuned["finetune"]["batch_size"]) == (
+        2, 0.002, 1
+    )
+    assert data["finetune"]["steps"] == 0 and load_config(tmp_path / "tuned.config.yaml").model.finetune.steps == 2
+    assert list((tmp_path / "tuned_overlays").glob("*.png"))
+    with pytest.raises(SystemExit) as bad:  # argparse rejects it before anything runs
+        main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "bad.json"), "--finetune-steps", "-1"])
+    assert bad.value.code == 2 and "--finetune-steps: must be >= 0" in capsys.readouterr().err
     # a higher threshold predicts a subset of the foreground: recall cannot rise
     assert data_strict["recall"]["mean"] <= json.loads((tmp_path / "evaldir" / "results.json").read_text())["recall"]["mean"]
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
@@ -209,6 +222,8 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main([*seg[:-1], str(tmp_path / "strict.nii.gz"), "--fg-threshold", "0.9"]) == 0
     strict_report = json.loads(capsys.readouterr().out)
     assert strict_report["fg_threshold"] == 0.9 and strict_report["voxels"] <= report["voxels"]
+    assert main([*seg[:-1], str(tmp_path / "tuned.nii.gz"), "--finetune-steps", "2", "--finetune-lr", "0.002"]) == 0
+    assert json.loads(capsys.readouterr().out)["finetune"]["steps"] == 2 and report["finetune"]["steps"] == 0
 
     # a multi-label mask needs --label-map; an organ absent from the support mask is a clear error
     def multi(organ: str, out: str, *extra: str) -> list[str]:
