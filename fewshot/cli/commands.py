@@ -40,12 +40,8 @@ class CLIError(Exception):
 
 def finetune_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """The ``model.finetune`` fields the ``--finetune-*`` options change (``None``: none given)."""
-    given = {
-        name: getattr(args, f"finetune_{name}", None) for name in ("steps", "lr", "batch_size")
-    }
+    given = {name: getattr(args, f"finetune_{name}", None) for name in ("steps", "lr", "batch_size", "bf16")}
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    if getattr(args, "finetune_bf16", False):
-        changes["bf16"] = True
     return changes or None
 
 

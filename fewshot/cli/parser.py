@@ -91,8 +91,9 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
         help="episodes per fine-tuning step (default: model.finetune.batch_size, 4)",
     )
     parser.add_argument(
-        "--finetune-bf16", action="store_true",
-        help="fine-tune in bfloat16 autocast (CPUs with AMX and GPUs: about 3x faster)",
+        "--finetune-bf16", action=argparse.BooleanOptionalAction, default=None,
+        help="fine-tune in bfloat16 autocast (CPUs with AMX and GPUs: about 3x faster; --no-finetune-bf16 on other "
+        "CPUs; default: model.finetune.bf16)",
     )
 
 

@@ -160,12 +160,11 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert load_config(tmp_path / "evaldir" / "config.yaml").model.fg_threshold == 0.5
     # test-time fine-tuning on each support set: recorded in the results and the saved config
     tuned = tmp_path / "tuned.json"
-    ft = ["--finetune-steps", "2", "--finetune-lr", "0.002", "--finetune-batch-size", "1"]
+    ft = ["--finetune-steps", "2", "--finetune-lr", "0.002", "--finetune-batch-size", "1", "--no-finetune-bf16"]
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tuned), "--overlays", "1", *ft]) == 0
     data_tuned = json.loads(tuned.read_text())
-    assert (data_tuned["finetune"]["steps"], data_tuned["finetune"]["lr"], data_tuned["finetune"]["batch_size"]) == (
-        2, 0.002, 1
-    )
+    tuned_with = data_tuned["finetune"]
+    assert (tuned_with["steps"], tuned_with["lr"], tuned_with["batch_size"], tuned_with["bf16"]) == (2, 0.002, 1, False)
     assert data["finetune"]["steps"] == 0 and load_config(tmp_path / "tuned.config.yaml").model.finetune.steps == 2
     assert list((tmp_path / "tuned_overlays").glob("*.png"))
     with pytest.raises(SystemExit) as bad:  # argparse rejects it before anything runs
