@@ -57,7 +57,8 @@ class FinetuneConfig:
         lr: learning rate (constant); momentum: SGD momentum.
         batch_size: episodes per step (each: two augmentations of the support slice, one as support, one as query).
         augment: augmentation preset (:data:`episodes.sampling.augment.PRESETS`).
-        ce_weights: (background, foreground) cross-entropy weights; align_weight: the head's alignment loss weight.
+        bg_weight: cross-entropy weight of the background class, the foreground's being 1 (as training's
+            ``optim.ce_weights``); align_weight: the head's alignment loss weight.
         bf16: autocast the forward pass to bfloat16 (fast on CPUs with AMX and on GPUs).
         seed: seeds the augmentations (each support set and ensemble member gets its own stream from it).
     """
@@ -67,7 +68,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     batch_size: int = 4
     augment: str = "alpnet"
-    ce_weights: tuple[float, float] = (0.05, 1.0)
+    bg_weight: float = 0.05
     align_weight: float = 1.0
     bf16: bool = False
     seed: int = 0
@@ -85,18 +86,16 @@ class FinetuneConfig:
             raise ValueError(f"finetune.momentum must be in [0, 1), got {self.momentum!r}")
         if self.augment not in PRESETS:
             raise ValueError(f"finetune.augment {self.augment!r}; choices: {list(PRESETS)}")
-        weights = tuple(self.ce_weights)
-        if len(weights) != 2 or min(weights) < 0:
-            raise ValueError(f"finetune.ce_weights must be two weights >= 0 (bg, fg), got {self.ce_weights!r}")
-        object.__setattr__(self, "ce_weights", (float(weights[0]), float(weights[1])))
+        if not isinstance(self.bg_weight, (int, float)) or self.bg_weight < 0:
+            raise ValueError(f"finetune.bg_weight must be >= 0, got {self.bg_weight!r}")
         if not isinstance(self.align_weight, (int, float)) or self.align_weight < 0:
             raise ValueError(f"finetune.align_weight must be >= 0, got {self.align_weight!r}")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"finetune.bf16 must be true or false, got {self.bf16!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields (``ce_weights`` as a list)."""
-        return {**dataclasses.asdict(self), "ce_weights": list(self.ce_weights)}
+        """Plain fields (every one a scalar)."""
+        return dataclasses.asdict(self)
 
 
 def check_finetune(value: Any, what: str = "finetune", base: FinetuneConfig | None = None) -> FinetuneConfig:

@@ -99,7 +99,7 @@ def _tune_one(
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     rng = np.random.default_rng(seed)
     augmenter = Augmenter(config.augment)
-    weights = torch.tensor(config.ce_weights, dtype=torch.float32, device=device)
+    weights = torch.tensor([config.bg_weight, 1.0], dtype=torch.float32, device=device)
     with torch.inference_mode(False), torch.enable_grad():
         for _ in range(config.steps):
             s_img, s_msk, q_img, q_msk = (

@@ -121,12 +121,13 @@ def test_evaluate_with_finetune(one_thread: None) -> None:
 
 def test_finetune_config() -> None:
     assert ModelConfig().finetune == FinetuneConfig() and FinetuneConfig().steps == 0
-    cfg = ModelConfig(finetune={"steps": 5, "ce_weights": [0.1, 1]})
-    assert cfg.finetune.steps == 5 and cfg.finetune.ce_weights == (0.1, 1.0)
+    cfg = ModelConfig(finetune={"steps": 5, "bg_weight": 0.1})
+    assert cfg.finetune.steps == 5 and cfg.finetune.bg_weight == 0.1
     assert ModelConfig(**cfg.to_dict()) == cfg
     for bad, match in (
         ({"steps": 1.5}, r"finetune\.steps"), ({"lr": 0}, r"finetune\.lr"), ({"augment": "x"}, r"finetune\.augment"),
-        ({"batch_size": 0}, r"finetune\.batch_size"), ({"bf16": "yes"}, r"finetune\.bf16"), ({"stepz": 1}, "stepz"),
+        ({"batch_size": 0}, r"finetune\.batch_size"), ({"bg_weight": -1}, r"finetune\.bg_weight"),
+        ({"bf16": "yes"}, r"finetune\.bf16"), ({"stepz": 1}, "stepz"),
     ):
         with pytest.raises(ValueError, match=match):
             ModelConfig(finetune=bad)
