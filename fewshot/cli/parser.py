@@ -50,7 +50,7 @@ def _probability(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(kind: type) -> Any:
+def _non_negative(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -78,16 +78,16 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
         "(default: the trained config's model.tta)",
     )
     parser.add_argument(
-        "--finetune-steps", type=_positive(int), default=None, metavar="N",
+        "--finetune-steps", type=_non_negative(int), default=None, metavar="N",
         help="test-time fine-tuning: train a copy of the model N steps on augmented copies of each support set "
         "before it segments its queries (0 = off; default: the trained config's model.finetune.steps, 0)",
     )
     parser.add_argument(
-        "--finetune-lr", type=_positive(float), default=None, metavar="LR",
+        "--finetune-lr", type=_non_negative(float), default=None, metavar="LR",
         help="learning rate of --finetune-steps (default: model.finetune.lr, 0.001)",
     )
     parser.add_argument(
-        "--finetune-batch-size", type=_positive(int), default=None, metavar="B",
+        "--finetune-batch-size", type=_non_negative(int), default=None, metavar="B",
         help="episodes per fine-tuning step (default: model.finetune.batch_size, 4)",
     )
     parser.add_argument(

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from episodes.sampling.augment import Augmenter
+from fewshot.heads.functional import weighted_ce
 
 if TYPE_CHECKING:
     from fewshot.config.model import FinetuneConfig
@@ -99,7 +99,6 @@ def _tune_one(
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     rng = np.random.default_rng(seed)
     augmenter = Augmenter(config.augment)
-    weights = torch.tensor([config.bg_weight, 1.0], dtype=torch.float32, device=device)
     with torch.inference_mode(False), torch.enable_grad():
         for _ in range(config.steps):
             s_img, s_msk, q_img, q_msk = (
@@ -107,7 +106,7 @@ def _tune_one(
             )
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 out = tuned(s_img, s_msk, q_img)
-            loss = F.cross_entropy(out.logits.float(), q_msk, weight=weights)
+            loss = weighted_ce(out.logits, q_msk, (config.bg_weight, 1.0))
             if out.align_loss is not None:
                 loss = loss + config.align_weight * out.align_loss.float()
             if out.aux_loss is not None:

@@ -14,9 +14,8 @@ from torch import nn
 from episodes.atomic import atomic_writer
 from episodes.data.volumes import Volume
 from episodes.protocol import EvaluationPlan, query_tensors, support_episode_tensors
-from fewshot.evaluation.finetune import finetune_on_support
 from fewshot.evaluation.scoring import (
-    chunk_seed,
+    chunk_model,
     model_channels,
     model_finetune,
     model_slice_input,
@@ -143,9 +142,7 @@ def save_overlays(
                     organ_plan, volumes, chunk, channels=channels, slice_input=slice_input
                 )
                 if chunk not in tuned:
-                    tuned[chunk] = finetune_on_support(
-                        model, s_img, s_msk, tune, device=device, seed=chunk_seed(tune, organ_plan.organ, chunk)
-                    )
+                    tuned[chunk] = chunk_model(model, s_img, s_msk, tune, organ_plan.organ, chunk, device)
                 pred = predict_query(
                     tuned[chunk], s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
                 )[0].numpy()

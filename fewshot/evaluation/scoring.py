@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fewshot.config.model import FinetuneConfig
 
 __all__ = [
-    "chunk_models", "chunk_seed", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
+    "chunk_model", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
     "model_slice_input", "model_threshold", "model_tta", "predict_query",
 ]
 
@@ -102,24 +102,17 @@ def model_finetune(model: nn.Module, finetune: Any = None) -> FinetuneConfig:
     return check_finetune(finetune, base=check_finetune(own))
 
 
-def chunk_models(
-    model: nn.Module, supports: Sequence[tuple[torch.Tensor, torch.Tensor]], finetune: FinetuneConfig, organ: str,
-    device: torch.device,
-) -> list[nn.Module]:
-    """The model each support set segments its chunk with: ``model`` itself, or with ``finetune.steps > 0`` a copy
-    fine-tuned on that support set (:func:`~fewshot.evaluation.finetune_on_support`; seeded from ``finetune.seed``,
-    the organ and the chunk)."""
+def chunk_model(
+    model: nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor, finetune: FinetuneConfig, organ: str,
+    chunk: int, device: torch.device | str,
+) -> nn.Module:
+    """The model one organ's chunk is segmented with: ``model`` itself, or with ``finetune.steps > 0`` a copy
+    fine-tuned on the chunk's support set (:func:`~fewshot.evaluation.finetune_on_support`), seeded from
+    ``finetune.seed``, the organ and the chunk (so scoring and overlays tune the same copy)."""
     if finetune.steps == 0:
-        return [model] * len(supports)
-    return [
-        finetune_on_support(model, s_img, s_msk, finetune, device=device, seed=chunk_seed(finetune, organ, c))
-        for c, (s_img, s_msk) in enumerate(supports)
-    ]
-
-
-def chunk_seed(finetune: FinetuneConfig, organ: str, chunk: int) -> int:
-    """The fine-tuning seed of one organ's chunk (from ``finetune.seed``; the same in scoring and overlays)."""
-    return int(np.random.SeedSequence([finetune.seed, zlib.crc32(organ.encode()), chunk]).generate_state(1)[0])
+        return model
+    seed = int(np.random.SeedSequence([finetune.seed, zlib.crc32(organ.encode()), chunk]).generate_state(1)[0])
+    return finetune_on_support(model, support_images, support_masks, finetune, device=device, seed=seed)
 
 
 @torch.inference_mode()
@@ -191,7 +184,7 @@ def _evaluate_organ(
         support_episode_tensors(plan, volumes, c, channels=channels, slice_input=slice_input)
         for c in range(len(plan.support_slices))
     ]
-    models = chunk_models(model, supports, finetune, plan.organ, device)
+    models = [chunk_model(model, *support, finetune, plan.organ, c, device) for c, support in enumerate(supports)]
     scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
     fp_regions: dict[str, int] = {}
     n_slices = 0

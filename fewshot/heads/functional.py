@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "IGNORE_INDEX",
     "SegmentFn",
     "adaptive_local_prototypes",
     "alignment_loss",
@@ -42,6 +43,7 @@ __all__ = [
     "prototype_segmentation",
     "resize_masks",
     "support_activation",
+    "weighted_ce",
 ]
 
 EPS = 1e-5
@@ -490,3 +492,14 @@ def dynamic_depthwise_conv(features: Tensor, kernels: Tensor) -> Tensor:
         groups=n * c,
     )
     return out.view(n, c, h, w)
+
+
+#: Target value that :func:`weighted_ce` ignores (e.g. padding or unlabelled pixels).
+IGNORE_INDEX = 255
+
+
+def weighted_ce(logits: Tensor, target: Tensor, weights: tuple[float, float]) -> Tensor:
+    """Cross-entropy of ``logits (N, 2, H, W)`` against ``target (N, H, W)`` with (bg, fg) class ``weights``
+    (pixels equal to :data:`IGNORE_INDEX` ignored): the training loss, and support fine-tuning's."""
+    w = torch.tensor(weights, dtype=torch.float32, device=logits.device)
+    return F.cross_entropy(logits.float(), target.long(), weight=w, ignore_index=IGNORE_INDEX)

@@ -12,16 +12,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from episodes.sampling import EpisodeBatch
 from fewshot.checkpoint import CHECKPOINT_KEY, build_payload
 from fewshot.config import OptimConfig
+from fewshot.heads.functional import IGNORE_INDEX, weighted_ce
 
 __all__ = ["FewShotModule", "flatten_episode_batch", "foreground_dice", "weighted_ce"]
 
-IGNORE_INDEX = 255
 
 
 def flatten_episode_batch(
@@ -52,12 +51,6 @@ def flatten_episode_batch(
     s_img = support_images.repeat_interleave(q, dim=0)
     s_msk = support_masks.repeat_interleave(q, dim=0)
     return s_img, s_msk, query_images.flatten(0, 1), query_masks.flatten(0, 1)
-
-
-def weighted_ce(logits: Tensor, target: Tensor, weights: tuple[float, float]) -> Tensor:
-    """Cross-entropy of ``logits (N, 2, H, W)`` against ``target (N, H, W)`` (255 ignored)."""
-    w = torch.tensor(weights, dtype=torch.float32, device=logits.device)
-    return F.cross_entropy(logits.float(), target.long(), weight=w, ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
