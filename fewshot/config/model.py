@@ -86,10 +86,10 @@ class FinetuneConfig:
             raise ValueError(f"finetune.momentum must be in [0, 1), got {self.momentum!r}")
         if self.augment not in PRESETS:
             raise ValueError(f"finetune.augment {self.augment!r}; choices: {list(PRESETS)}")
-        if not isinstance(self.bg_weight, (int, float)) or self.bg_weight < 0:
-            raise ValueError(f"finetune.bg_weight must be >= 0, got {self.bg_weight!r}")
-        if not isinstance(self.align_weight, (int, float)) or self.align_weight < 0:
-            raise ValueError(f"finetune.align_weight must be >= 0, got {self.align_weight!r}")
+        for name in ("bg_weight", "align_weight"):
+            weight = getattr(self, name)
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"finetune.{name} must be >= 0, got {weight!r}")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"finetune.bf16 must be true or false, got {self.bf16!r}")
 
