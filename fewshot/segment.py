@@ -64,6 +64,7 @@ def segment_volume(
     fg_threshold: float | None = None,
     tta: str | None = None,
     finetune: Any = None,
+    organ: str | None = None,
 ) -> np.ndarray:
     """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
 
@@ -76,9 +77,11 @@ def segment_volume(
         tta: test-time augmentation, ``"none"`` or ``"flip"`` (default: the model's ``config.tta``).
         finetune: test-time fine-tuning on each chunk's support slices (:class:`~fewshot.config.model.FinetuneConfig`,
             or a mapping of the fields to change in the model's ``config.finetune``; default: the model's).
+        organ: the organ's name; with fine-tuning it seeds each chunk's tuned copy as ``fewshot evaluate`` does
+            (:func:`~fewshot.evaluation.scoring.chunk_model`), so a scan segmented here and scored there gets the
+            same prediction. Required when fine-tuning is on.
     """
-    from fewshot.evaluation.finetune import finetune_on_support
-    from fewshot.evaluation.scoring import model_finetune, model_slice_input, predict_query
+    from fewshot.evaluation.scoring import chunk_model, model_finetune, model_slice_input, predict_query
 
     if support_mask.shape != support.shape:
         raise VolumeError(
@@ -98,6 +101,8 @@ def segment_volume(
     pred = np.zeros(query.shape, dtype=bool)
     mode = model_slice_input(model) if slice_input is None else slice_input
     tune = model_finetune(model, finetune)
+    if tune.steps > 0 and organ is None:
+        raise ValueError("segment_volume: fine-tuning (finetune.steps > 0) needs the organ's name, which seeds it")
     model.eval().to(device)
     for c in range(chunks):
         q_z = zs[parts == c]
@@ -106,9 +111,9 @@ def segment_volume(
         s_z = list(sets[c])
         s_img = torch.from_numpy(stack_slices(support.image, s_z, channels, mode)).unsqueeze(0)
         s_msk = torch.from_numpy(support_mask[s_z].astype(np.float32)).unsqueeze(0)
-        chunk_model = finetune_on_support(model, s_img, s_msk, tune, device=device, seed=tune.seed + c)
+        tuned = chunk_model(model, s_img, s_msk, tune, organ or "", c, device)
         out = predict_query(
-            chunk_model, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
+            tuned, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
             batch_size=batch_size, device=device,
             threshold=fg_threshold, tta=tta,
         )
@@ -281,6 +286,7 @@ def segment_files(
         fg_threshold=fg_threshold,
         tta=tta,
         finetune=finetune,
+        organ=organ,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]

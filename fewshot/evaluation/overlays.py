@@ -15,6 +15,7 @@ from episodes.atomic import atomic_writer
 from episodes.data.volumes import Volume
 from episodes.protocol import EvaluationPlan, query_tensors, support_episode_tensors
 from fewshot.evaluation.scoring import (
+    TunedModels,
     chunk_model,
     model_channels,
     model_finetune,
@@ -98,6 +99,7 @@ def save_overlays(
     threshold: float | None = None,
     tta: str | None = None,
     finetune: Any = None,
+    tuned: TunedModels | None = None,
 ) -> list[Path]:
     """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
@@ -106,8 +108,9 @@ def save_overlays(
     ``{(organ, subject): dice}``) the 3D Dice of that query scan. ``threshold``: foreground probability
     threshold (default the model's ``config.fg_threshold``); ``tta``: test-time augmentation (default the model's
     ``config.tta``); ``finetune``: test-time fine-tuning (default the model's ``config.finetune``; each chunk's
-    copy is tuned with the seed :func:`~fewshot.evaluation.evaluate` uses, so the pictures show its predictions).
-    Returns the files.
+    copy is tuned with the seed :func:`~fewshot.evaluation.evaluate` uses, so the pictures show its predictions);
+    ``tuned``: the copies :func:`~fewshot.evaluation.evaluate` kept (its ``tuned`` dict), used instead of tuning
+    again. Returns the files.
     """
     from PIL import Image
 
@@ -118,6 +121,7 @@ def save_overlays(
     channels = model_channels(model, channels)
     slice_input = model_slice_input(model)
     tune = model_finetune(model, finetune)
+    cache: TunedModels = {} if tuned is None else tuned
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -135,16 +139,14 @@ def save_overlays(
                 np.linspace(0, len(query.slices) - 1, num=min(n, len(query.slices))).round().astype(int)
             )
             dice = (scan_dice or {}).get((organ_plan.organ, query.subject))
-            tuned: dict[int, nn.Module] = {}
             for i in picks.tolist():
                 chunk = int(chunks[i])
                 s_img, s_msk = support_episode_tensors(
                     organ_plan, volumes, chunk, channels=channels, slice_input=slice_input
                 )
-                if chunk not in tuned:
-                    tuned[chunk] = chunk_model(model, s_img, s_msk, tune, organ_plan.organ, chunk, device)
+                copy = chunk_model(model, s_img, s_msk, tune, organ_plan.organ, chunk, device, cache=cache)
                 pred = predict_query(
-                    tuned[chunk], s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
+                    copy, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
                 )[0].numpy()
                 heading = (
                     f"{organ_plan.organ}: support {organ_plan.support_subject} "

@@ -27,7 +27,7 @@ from fewshot.config.model import FinetuneConfig, check_finetune
 from fewshot.device import default_device
 from fewshot.evaluation.overlays import save_overlays
 from fewshot.evaluation.results import EvaluationResult
-from fewshot.evaluation.scoring import evaluate
+from fewshot.evaluation.scoring import TunedModels, evaluate
 from fewshot.heads.alpnet import ALPNetConfig, ALPNetHead
 from fewshot.heads.functional import check_fusion
 from fewshot.models import model_heads
@@ -222,10 +222,11 @@ def run_evaluation(
     plan = fold.require_plan()
     check_protocol(loaded, protocol, set(fold.test), allow_train_overlap=allow_train_overlap)
     reference = {v.subject: v for v in fold.test_raw} if resolution == "native" else None
+    tuned: TunedModels | None = {} if out is not None and overlays > 0 else None  # overlays picture these copies
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=to_dict(cfg),
         progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
-        tta=tta, finetune=cfg.model.finetune,
+        tta=tta, finetune=cfg.model.finetune, tuned=tuned,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     head = model_heads(loaded.model)[0]
@@ -266,6 +267,6 @@ def run_evaluation(
             scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
             save_overlays(
                 loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice,
-                threshold=threshold, tta=tta, finetune=cfg.model.finetune,
+                threshold=threshold, tta=tta, finetune=cfg.model.finetune, tuned=tuned,
             )
     return result

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fewshot.config.model import FinetuneConfig
 
 __all__ = [
-    "chunk_model", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
+    "TunedModels", "chunk_model", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
     "model_slice_input", "model_threshold", "model_tta", "predict_query",
 ]
 
@@ -102,17 +102,28 @@ def model_finetune(model: nn.Module, finetune: Any = None) -> FinetuneConfig:
     return check_finetune(finetune, base=check_finetune(own))
 
 
+#: Fine-tuned copies kept by ``(organ, chunk)`` (:func:`chunk_model`'s ``cache``).
+TunedModels = dict[tuple[str, int], nn.Module]
+
+
 def chunk_model(
     model: nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor, finetune: FinetuneConfig, organ: str,
-    chunk: int, device: torch.device | str,
+    chunk: int, device: torch.device | str, *, cache: TunedModels | None = None,
 ) -> nn.Module:
     """The model one organ's chunk is segmented with: ``model`` itself, or with ``finetune.steps > 0`` a copy
     fine-tuned on the chunk's support set (:func:`~fewshot.evaluation.finetune_on_support`), seeded from
-    ``finetune.seed``, the organ and the chunk (so scoring and overlays tune the same copy)."""
+    ``finetune.seed``, the organ and the chunk (so scoring, overlays and ``fewshot segment`` tune the same copy).
+    ``cache``: a copy found under ``(organ, chunk)`` is returned as it is; a new one is stored there (so overlays
+    reuse the scoring's copies instead of tuning them again)."""
     if finetune.steps == 0:
         return model
+    if cache is not None and (organ, chunk) in cache:
+        return cache[(organ, chunk)]
     seed = int(np.random.SeedSequence([finetune.seed, zlib.crc32(organ.encode()), chunk]).generate_state(1)[0])
-    return finetune_on_support(model, support_images, support_masks, finetune, device=device, seed=seed)
+    tuned = finetune_on_support(model, support_images, support_masks, finetune, device=device, seed=seed)
+    if cache is not None:
+        cache[(organ, chunk)] = tuned
+    return tuned
 
 
 @torch.inference_mode()
@@ -178,13 +189,16 @@ def _evaluate_organ(
     threshold: float,
     tta: str,
     finetune: FinetuneConfig,
+    tuned: TunedModels | None,
 ) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
     """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
         support_episode_tensors(plan, volumes, c, channels=channels, slice_input=slice_input)
         for c in range(len(plan.support_slices))
     ]
-    models = [chunk_model(model, *support, finetune, plan.organ, c, device) for c, support in enumerate(supports)]
+    models = [
+        chunk_model(model, *support, finetune, plan.organ, c, device, cache=tuned) for c, support in enumerate(supports)
+    ]
     scores: dict[str, list[ScanScore]] = {name: [] for name in postprocess}
     fp_regions: dict[str, int] = {}
     n_slices = 0
@@ -241,6 +255,7 @@ def evaluate(
     threshold: float | None = None,
     tta: str | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
+    tuned: TunedModels | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -266,6 +281,8 @@ def evaluate(
             recorded in ``extras["tta"]``.
         finetune: test-time fine-tuning on each support set (a :class:`~fewshot.config.model.FinetuneConfig` or a
             mapping of its fields; default ``model.config.finetune``, else off), recorded in ``extras["finetune"]``.
+        tuned: a dict that receives the fine-tuned copies by ``(organ, chunk)`` (and whose copies are used as they
+            are): pass the same dict to :func:`~fewshot.evaluation.save_overlays` to picture the scored copies.
     """
     from fewshot import __version__
 
@@ -295,7 +312,7 @@ def evaluate(
         for organ_plan in plan.organs:
             by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
                 model, organ_plan, volumes, channels, model_slice_input(model), batch_size, device, amp, bar, steps,
-                reference, threshold, tta, tune,
+                reference, threshold, tta, tune, tuned,
             )
             scores = by_step[steps[0]]
             if not scores:

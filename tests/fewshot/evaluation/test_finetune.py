@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,10 @@ from episodes.data.volumes import Volume
 from episodes.protocol import Protocol
 from episodes.sampling.augment import Augmenter
 from fewshot.config.model import FinetuneConfig, ModelConfig
-from fewshot.evaluation import evaluate, predict_query
+from fewshot.evaluation import evaluate, predict_query, save_overlays, scoring
 from fewshot.evaluation.finetune import finetune_on_support, support_episodes
 from fewshot.models import EnsembleSegmenter, FewShotSegmenter, create_model
+from fewshot.segment import segment_volume
 
 
 def _model(seed: int = 0) -> FewShotSegmenter:
@@ -117,6 +120,39 @@ def test_evaluate_with_finetune(one_thread: None) -> None:
     assert again.dice == tuned.dice  # reproducible from the seed
     with pytest.raises(ValueError, match=r"finetune\.steps"):
         evaluate(model, plan, vols, finetune={"steps": -1})
+    # `fewshot segment` on the same scans tunes the same copy, so it predicts what the evaluation scored
+    truth = vols["q1"].label[1:5] == 1
+    for result, tune in ((plain, None), (tuned, {"steps": 20, "lr": 0.01, "batch_size": 2})):
+        pred = segment_volume(model, vols["sup"], vols["sup"].label == 1, vols["q1"], chunks=1, query_range=(1, 4),
+                              channels=1, finetune=tune, organ="liver")[1:5]
+        dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+        assert dice == pytest.approx(result.dice["liver"], abs=1e-6)
+    with pytest.raises(ValueError, match="organ"):
+        segment_volume(model, vols["sup"], vols["sup"].label == 1, vols["q1"], channels=1, finetune={"steps": 1})
+
+
+def test_overlays_reuse_the_scored_copies(one_thread: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    vols = {}
+    for s in ("sup", "q1"):
+        label = np.zeros((6, 32, 32), np.int16)
+        label[1:5, 8:20, 10:22] = 1
+        image = rng.normal(0, 0.3, label.shape).astype(np.float32) + 2.0 * (label == 1)
+        vols[s] = Volume(image, label, (1.0, 1.0, 1.0), s, "MR", PHANTOM, normalized=True)
+    plan = Protocol("phantom", organs=("liver",), support_subject="sup", chunks=2).build_plan(list(vols.values()))
+    model, tune = _model(), {"steps": 3, "lr": 0.01, "batch_size": 1}
+    tuned: dict[tuple[str, int], torch.nn.Module] = {}
+    evaluate(model, plan, vols, finetune=tune, tuned=tuned)
+    assert sorted(tuned) == [("liver", 0), ("liver", 1)] and all(m is not model for m in tuned.values())
+    fresh = save_overlays(model, plan, vols, tmp_path / "fresh", n=3, finetune=tune)  # tunes its own copies
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("tuned a copy again")
+
+    monkeypatch.setattr(scoring, "finetune_on_support", refuse)
+    kept = save_overlays(model, plan, vols, tmp_path / "kept", n=3, finetune=tune, tuned=tuned)
+    assert [p.name for p in kept] == [p.name for p in fresh]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(kept, fresh))  # the same copies as a fresh tuning
 
 
 def test_finetune_config() -> None:
