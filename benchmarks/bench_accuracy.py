@@ -28,14 +28,16 @@ cores / 2 torch threads and its output in ``OUT/logs/<run>.log`` (:func:`run_tas
 ``--ensemble A/results.json B/results.json`` trains nothing: each fold that every given run trained (e.g. the
 recipe with ``--set seed=0`` and ``--set seed=1``) is scored as one model, the mean of the runs' foreground
 probabilities (:func:`ensemble_fold`); the report lists each member's Dice beside the ensemble's, and "train min"
-adds the members' training up.
+adds the members' training up. Setting-2 runs (one model per label group) are joined group by group: each group's
+organs are scored by the ensemble of that group's models.
 
 ``--member CONFIG [KEY=VALUE ...]``, given twice or more, trains every member (a packaged config or YAML with its
 own ``--set``-style overrides, e.g. ``--member cpu_btcv_30min seed=1``) on every fold, each into
 ``OUT/member<i>/`` with its own results, all through one job queue (``--jobs``), then scores each fold's members
 as one ensemble into ``OUT``: the CT setting-1 recipe in one command. ``genesis_steps=N`` among a member's
 ``KEY=VALUE`` pretrains that member's encoder with N Models Genesis steps on the fold's training scans first
-(``--genesis-steps`` for every member); its report names each member's init.
+(``--genesis-steps`` for every member); its report names each member's init. With ``--setting 2`` each member
+trains one model per label group, as a plain run does.
 
 ``--time-limit-min`` stops training once that much wall-clock time has passed since the fold
 started (data loading, Genesis pretraining and superpixels included; evaluation excluded), through
@@ -260,11 +262,11 @@ def run_fold(
         "data.protocol.setting": setting,
         "out_dir": str(fold_dir / "train"),
     }
-    if organs:
-        over["data.protocol.organs"] = list(organs)
     if steps is not None:
         over["train.steps"] = steps
     over.update(overrides or {})
+    if organs:  # after the overrides: a --set data.protocol.organs lists every group's organs, this run tests its own
+        over["data.protocol.organs"] = list(organs)
     name = config or _config_name(dataset, budget, setting)
     cfg = load_config(config_path(name), over)
     if cfg.data.dataset != dataset:
@@ -373,6 +375,7 @@ def ensemble_fold(
     shots: Sequence[int] = (1,),
     eval_batch_size: int = 16,
     resolution: str = "native",
+    organs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score one fold's trained runs (the fold records of several earlier ``bench_accuracy`` runs, e.g. one
     recipe with different seeds) as one ensemble (the mean of their foreground probabilities), with the
@@ -381,6 +384,11 @@ def ensemble_fold(
     Its training statistics are the members' together: ``train.wall_seconds`` and ``fit_seconds`` add up
     (the training cost of the ensemble), ``steps_per_s`` is their mean; ``ensemble`` lists each member's
     checkpoint, seed, commit, steps, training minutes and machine.
+
+    Setting 2 (records with one model per label group, ``"groups"``): each group's models of all members are
+    one ensemble for that group's organs, and the groups are joined as :func:`combine_groups` joins one run's;
+    ``ensemble`` then lists each member's models of all groups, with the member's own fold mean.
+    ``organs``: the label group these records test (the fold folder's name; set by that recursion).
     """
     from fewshot.config import load_config, save_config
 
@@ -390,10 +398,26 @@ def ensemble_fold(
         if (m["dataset"], m["setting"], m["fold"]) != key:
             raise ValueError(f"--ensemble: fold records of different folds: {key} and "
                              f"{(m['dataset'], m['setting'], m['fold'])}")
-        if "groups" in m:
-            raise ValueError("--ensemble: setting-2 runs (one model per label group) are not supported yet")
+    if any("groups" in m for m in members):
+        n_groups = len(first.get("groups") or [])
+        if not all(len(m.get("groups") or []) == n_groups for m in members):
+            raise ValueError(f"--ensemble: fold {key}: setting-2 records with one model per label group and "
+                             "records without them (or with other groups) cannot be one ensemble")
+        group_recs = []
+        for group in first["groups"]:
+            tested = sorted(set(group["dice"]) - {"mean"})
+            parts = [_group_record(m, tested) for m in members]
+            found = [part for part in parts if part is not None]
+            if len(found) != len(parts):
+                raise ValueError(f"--ensemble: fold {key}: not every run trained a model for {'+'.join(tested)} "
+                                 "(setting 2 needs the same label groups in each run)")
+            group_recs.append(ensemble_fold(
+                found, out, volumes=volumes, shots=shots, eval_batch_size=eval_batch_size, resolution=resolution,
+                organs=tuple(found[0]["config"]["data"]["protocol"]["organs"]),
+            ))
+        return {**combine_groups(group_recs), "ensemble": [_member_entry(m) for m in members]}
     cfg = load_config(first["config"])
-    fold_dir = out / _fold_dir_name(first["dataset"], first["setting"], first["fold"], None)
+    fold_dir = out / _fold_dir_name(first["dataset"], first["setting"], first["fold"], organs)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, fold_dir / "config.yaml")
     ev, eval_wall, kshot = evaluate_fold(
@@ -410,16 +434,7 @@ def ensemble_fold(
         "commit": ", ".join(dict.fromkeys(str(m.get("commit")) for m in members)),
         "host": next((m["host"] for m in members if m.get("host")), None),
         "kshot": kshot,
-        "ensemble": [
-            {
-                "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
-                "steps": m["train"]["steps"], "genesis_steps": m["train"].get("genesis_steps"),
-                "train_minutes": _train_seconds(m["train"]) / 60,
-                "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
-                "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
-            }
-            for m in members
-        ],
+        "ensemble": [_member_entry(m) for m in members],
         "train": {
             **first["train"],
             "fit_seconds": sum(t["fit_seconds"] for t in trains),
@@ -432,6 +447,17 @@ def ensemble_fold(
                  "scans_per_s": timing.get("scans_per_s")},
         "total_wall_seconds": sum(m["total_wall_seconds"] for m in members) + eval_wall,
         "out_dir": str(fold_dir),
+    }
+
+
+def _member_entry(m: dict[str, Any]) -> dict[str, Any]:
+    """What an ensemble record says about one member run (its fold record ``m``)."""
+    return {
+        "checkpoint": m["checkpoint"], "seed": (m.get("config") or {}).get("seed"), "commit": m.get("commit"),
+        "steps": m["train"]["steps"], "genesis_steps": m["train"].get("genesis_steps"),
+        "train_minutes": _train_seconds(m["train"]) / 60,
+        "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
+        "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
     }
 
 
@@ -1069,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--member", action="append", nargs="+", default=None, metavar="SPEC",
         help="CONFIG [KEY=VALUE ...], twice or more: train each member (a config with its own overrides, e.g. "
         "--member cpu_btcv_30min seed=1) on every fold into OUT/member<i>/, then score each fold's members as one "
-        f"ensemble into OUT (--set applies to every member; setting 1); {GENESIS_KEY}=N pretrains that member "
+        f"ensemble into OUT (--set applies to every member; in setting 2 each member trains one model per label group); {GENESIS_KEY}=N pretrains that member "
         "with N Models Genesis steps first (default --genesis-steps)",
     )
     args = p.parse_args(argv)
@@ -1139,8 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.member:
         if len(args.member) < 2:
             p.error("--member: give at least 2 members (one model is a plain run)")
-        if args.config is not None or len(datasets) > 1 or args.setting != 1:
-            p.error("--member: one --dataset, setting 1, and each member's config in its --member (not --config)")
+        if args.config is not None or len(datasets) > 1:
+            p.error("--member: one --dataset, and each member's config in its --member (not --config)")
         return train_members(args, datasets[0], folds, shots, overrides, out, run_argv, ensemble_runs)
     earlier = earlier_records(out) if args.reuse else {}  # the folds a plain run may evaluate instead of train
     tasks: list[FoldTask] = []
@@ -1219,23 +1245,32 @@ def train_members(
     for i, (name, *sets) in enumerate(args.member):
         genesis, sets = member_genesis_steps(sets, args.genesis_steps)
         over = {**overrides, **parse_overrides(sets)}
-        load_config(config_path(name), {**over, "data.protocol.setting": 1})  # a bad member fails before training
+        # a bad member fails before training
+        groups = setting_groups(load_config(config_path(name), {**over, "data.protocol.setting": args.setting}))
         member_out = out / f"member{i}"
-        members.append(_Member(name, over, genesis, member_out, earlier_records(member_out) if args.reuse else {}))
+        members.append(
+            _Member(name, over, genesis, member_out, earlier_records(member_out) if args.reuse else {}, groups)
+        )
     tasks: list[FoldTask] = []
+    setting = args.setting
     for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
         for i, m in enumerate(members):
-            kwargs = dict(
-                dataset=dataset, budget=args.budget, setting=1, fold=fold, out=m.out, steps=args.steps,
-                time_limit_min=args.time_limit_min, overrides=m.overrides, config=m.config, genesis_steps=m.genesis_steps,
-                eval_batch_size=args.eval_batch_size, resolution=args.resolution, shots=shots, resume=args.resume,
-                previous=m.earlier.get((dataset, 1, fold)),
-            )
+            before = m.earlier.get((dataset, setting, fold))
             sets = [f"{k}={v}" for k, v in m.overrides.items()]
             if m.genesis_steps:
                 sets.append(f"{GENESIS_KEY}={m.genesis_steps}")
-            label = f"{dataset} setting 1 fold {fold}, member {i} ({' '.join([m.config, *sets])})"
-            tasks.append(FoldTask(label, (dataset, fold, i), 1, m.config, kwargs, prefix=f"member{i}_"))
+            for gi, organs in enumerate(m.groups):  # setting 2: one training per label group
+                kwargs = dict(
+                    dataset=dataset, budget=args.budget, setting=setting, fold=fold, out=m.out, steps=args.steps,
+                    time_limit_min=args.time_limit_min, overrides=m.overrides, config=m.config,
+                    genesis_steps=m.genesis_steps, eval_batch_size=args.eval_batch_size, resolution=args.resolution,
+                    shots=shots, resume=args.resume,
+                    previous=before if len(m.groups) == 1 else _group_record(before, organs),
+                    organs=organs if len(m.groups) > 1 else None,
+                )
+                what = f" ({'+'.join(organs)}: training {gi + 1} of {len(m.groups)})" if len(m.groups) > 1 else ""
+                label = f"{dataset} setting {setting} fold {fold}{what}, member {i} ({' '.join([m.config, *sets])})"
+                tasks.append(FoldTask(label, (dataset, fold, i), len(m.groups), m.config, kwargs, prefix=f"member{i}_"))
     done: list[list[dict[str, Any]]] = [[] for _ in members]
 
     def member_done(group_recs: list[dict[str, Any]]) -> None:
@@ -1251,13 +1286,15 @@ def train_members(
 
 
 class _Member(NamedTuple):
-    """One ``--member``: its config, overrides, Models Genesis steps, output folder and earlier fold records."""
+    """One ``--member``: its config, overrides, Models Genesis steps, output folder, earlier fold records and the
+    label groups it trains a model for (:func:`setting_groups`)."""
 
     config: str
     overrides: dict[str, Any]
     genesis_steps: int
     out: Path
     earlier: dict[tuple[str, int, int], dict[str, Any]]
+    groups: list[tuple[str, ...]]
 
 
 #: The one ``--member`` key that is not a config override: that member's Models Genesis pretraining steps.

@@ -492,6 +492,43 @@ def test_members_train_each_config_on_each_fold_then_score_them_as_one_ensemble(
     assert not (tmp_path / "one").exists() and not (tmp_path / "bad").exists()
 
 
+def test_members_in_setting2_are_one_ensemble_per_label_group(tmp_path: Path) -> None:
+    """Setting 2 with --member: each member trains one model per label group, and each group's organs are scored
+    by the ensemble of that group's models (the digits of fewshot's own ensemble evaluation); the fold joins the
+    groups as a plain setting-2 run does. Records with and without label groups are refused as one ensemble."""
+    from fewshot.config import load_config
+    from fewshot.evaluation import run_evaluation
+    from fewshot.pipeline import load_volumes
+
+    bench = _load("bench_accuracy")
+    tiny = [t for t in TINY if not t.startswith("data.protocol.organs")] + ["data.protocol.organs=[liver, left_kidney]"]
+    sets = [x for t in tiny for x in ("--set", t)]
+    base = ["--dataset", "phantom-ct", "--setting", "2", "--folds", "0", "--steps", "2", *sets]
+    out = tmp_path / "s2"
+    assert bench.main([*base, "--member", "demo_phantom", "seed=0", "--member", "demo_phantom", "seed=1",
+                       "--out", str(out)]) == 0  # fmt: skip
+    (m0,), (m1,) = (json.loads((out / f"member{i}" / "results.json").read_text())["folds"] for i in (0, 1))
+    assert [len(m["groups"]) for m in (m0, m1)] == [2, 2] and m0["dice"] != m1["dice"]
+    # each group tests its own organs, also when --set data.protocol.organs names both groups' organs
+    assert [sorted(set(g["dice"]) - {"mean"}) for g in m0["groups"]] == [["left_kidney"], ["liver"]]
+    (ens,) = json.loads((out / "results.json").read_text())["folds"]
+    assert ens["setting"] == 2 and len(ens["groups"]) == 2
+    assert [e["dice_mean"] for e in ens["ensemble"]] == [m0["dice"]["mean"], m1["dice"]["mean"]]
+    volumes = load_volumes(load_config(m0["config"]).data)
+    for g0, g1, ge in zip(m0["groups"], m1["groups"], ens["groups"]):
+        protocol = load_config(g0["config"]).data.protocol
+        direct = run_evaluation([g0["checkpoint"], g1["checkpoint"]], protocol=protocol, volumes=volumes,
+                                postprocess=("none", "lcc"))  # fmt: skip
+        assert set(ge["dice"]) == set(protocol.organs) | {"mean"} and ge["dice"] == pytest.approx(dict(direct.dice))
+    organs = {o: d for g in ens["groups"] for o, d in g["dice"].items() if o != "mean"}
+    assert set(organs) == {"liver", "left_kidney"} and ens["dice"]["mean"] == pytest.approx(sum(organs.values()) / 2)
+    assert ens["train"]["wall_seconds"] == pytest.approx(m0["train"]["wall_seconds"] + m1["train"]["wall_seconds"])
+    assert "ensemble of 2 (seeds 0, 1)" in (out / "results.md").read_text()
+    lone = {k: v for k, v in m1.items() if k != "groups"}
+    with pytest.raises(ValueError, match="cannot be one ensemble"):
+        bench.ensemble_fold([m0, lone], tmp_path / "bad", volumes=volumes)
+
+
 def test_member_genesis_steps_pretrain_that_member_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--member CONFIG genesis_steps=N: that member's encoder starts from N Models Genesis steps on the fold's
     training scans (as a plain run with --genesis-steps N), the other member from random init; the report names
