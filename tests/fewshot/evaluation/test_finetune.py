@@ -102,14 +102,20 @@ def test_finetune_tunes_each_ensemble_member(one_thread: None) -> None:
     assert all(v.equal(alone.state_dict()[k]) for k, v in tuned.members[1].state_dict().items())  # member i: seed + i
 
 
-def test_evaluate_with_finetune(one_thread: None) -> None:
-    rng = np.random.default_rng(0)
+def _scans(seed: int) -> dict[str, Volume]:
+    """A support scan and a query scan (6 slices of 32 px): the organ (label 1) bright on noise in slices 1-4."""
+    rng = np.random.default_rng(seed)
     vols = {}
     for s in ("sup", "q1"):
         label = np.zeros((6, 32, 32), np.int16)
         label[1:5, 8:20, 10:22] = 1
         image = rng.normal(0, 0.3, label.shape).astype(np.float32) + 2.0 * (label == 1)
         vols[s] = Volume(image, label, (1.0, 1.0, 1.0), s, "MR", PHANTOM, normalized=True)
+    return vols
+
+
+def test_evaluate_with_finetune(one_thread: None) -> None:
+    vols = _scans(0)
     plan = Protocol("phantom", organs=("liver",), support_subject="sup", chunks=1).build_plan(list(vols.values()))
     model = _model()
     plain = evaluate(model, plan, vols)
@@ -132,13 +138,7 @@ def test_evaluate_with_finetune(one_thread: None) -> None:
 
 
 def test_overlays_reuse_the_scored_copies(one_thread: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(1)
-    vols = {}
-    for s in ("sup", "q1"):
-        label = np.zeros((6, 32, 32), np.int16)
-        label[1:5, 8:20, 10:22] = 1
-        image = rng.normal(0, 0.3, label.shape).astype(np.float32) + 2.0 * (label == 1)
-        vols[s] = Volume(image, label, (1.0, 1.0, 1.0), s, "MR", PHANTOM, normalized=True)
+    vols = _scans(1)
     plan = Protocol("phantom", organs=("liver",), support_subject="sup", chunks=2).build_plan(list(vols.values()))
     model, tune = _model(), {"steps": 3, "lr": 0.01, "batch_size": 1}
     tuned: dict[tuple[str, int], torch.nn.Module] = {}
