@@ -752,11 +752,15 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                 m = r["model"]
                 precision = _train_precision(r)
                 mixed = _mixed_ensemble(r)  # members of different backbones / steps: the ensemble names them
+                # the init when every model shares it (members of different inits: each member's kind names its own)
+                inits = {(e.get("model") or {}).get("init", m["init"]) for e in r.get("ensemble") or []} or {m["init"]}
                 label = (
                     f"ours fold {r['fold']}{suffix}: "
                     + ("" if mixed else _backbone_name(m))
                     + (f", output stride {m['output_stride']}" if m.get("output_stride") and not mixed else "")
-                    + f"{'' if mixed else ', '}init {m['init']}, {m['head']}, "
+                    + ("" if mixed else ", ")
+                    + (f"init {m['init']}, " if len(inits) == 1 else "")
+                    + f"{m['head']}, "
                     f"{m['size']} px"
                     + (f", {m['slice_input']} slices" if m.get("slice_input", "tile") != "tile" else "")
                     + ("" if mixed else f", {r['train']['steps']} steps")

@@ -554,6 +554,7 @@ def test_member_genesis_steps_pretrain_that_member_only(tmp_path: Path, capsys: 
     assert ens["train"]["genesis_seconds"] == pytest.approx(m0["train"]["genesis_seconds"])
     report = (out / "results.md").read_text()
     assert "ensemble of 2 (cbr-tiny/block2 2 steps after 2 Genesis steps: seed 0; cbr-tiny/block2 2 steps: seed 0)" in report
+    assert "ours fold 0: init" not in report  # members of different inits: the row names no one init for both
     assert "Train min includes the Models Genesis pretraining" in report
     capsys.readouterr()
     bad = [*base, "--member", "demo_phantom", "genesis_steps=many", "--member", "demo_phantom"]
