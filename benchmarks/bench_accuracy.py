@@ -1099,8 +1099,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--member", action="append", nargs="+", default=None, metavar="SPEC",
         help="CONFIG [KEY=VALUE ...], twice or more: train each member (a config with its own overrides, e.g. "
         "--member cpu_btcv_30min seed=1) on every fold into OUT/member<i>/, then score each fold's members as one "
-        f"ensemble into OUT (--set applies to every member; in setting 2 each member trains one model per label group); {GENESIS_KEY}=N pretrains that member "
-        "with N Models Genesis steps first (default --genesis-steps)",
+        "ensemble into OUT (--set applies to every member; in setting 2 each member trains one model per label "
+        f"group); {GENESIS_KEY}=N pretrains that member with N Models Genesis steps first (default --genesis-steps)",
     )
     args = p.parse_args(argv)
     from fewshot.cli import comma_list, quiet_logs
