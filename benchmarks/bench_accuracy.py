@@ -74,8 +74,8 @@ from episodes.protocol.folds import SHARE_HINT, TooFewSupportSlices
 from fewshot.provenance import environment
 
 __all__ = [
-    "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "ensemble_fold", "evaluate_fold", "main", "markdown_report",
-    "run_fold", "run_tasks",
+    "PUBLISHED", "FoldTask", "TimeBudget", "combine_groups", "ensemble_fold", "evaluate_fold", "group_tasks", "main",
+    "markdown_report", "run_fold", "run_tasks",
     "setting_groups",
 ]
 
@@ -870,6 +870,31 @@ class FoldTask:
         return self.prefix + _fold_dir_name(kw["dataset"], kw["setting"], kw["fold"], kw.get("organs"))
 
 
+def group_tasks(
+    groups: Sequence[tuple[str, ...]],
+    before: dict[str, Any] | None,
+    kwargs: dict[str, Any],
+    what: str,
+    suffix: str,
+    fold_key: tuple[Any, ...],
+    config_name: str,
+    prefix: str = "",
+) -> list[FoldTask]:
+    """One fold's training runs: one task for setting 1, one per label group in setting 2 (each testing its own
+    organs, with its part of ``before``, the fold's earlier record for ``--reuse``). ``kwargs``: the rest of
+    :func:`run_fold`'s arguments; ``what`` + ``suffix`` name the task in progress lines, the group between them."""
+    tasks = []
+    for gi, organs in enumerate(groups):
+        part = f" ({'+'.join(organs)}: training {gi + 1} of {len(groups)})" if len(groups) > 1 else ""
+        run = {
+            **kwargs,
+            "previous": before if len(groups) == 1 else _group_record(before, organs),
+            "organs": organs if len(groups) > 1 else None,
+        }
+        tasks.append(FoldTask(f"{what}{part}{suffix}", fold_key, len(groups), config_name, run, prefix=prefix))
+    return tasks
+
+
 _VOLUMES: dict[str, list[Any]] = {}
 
 
@@ -1184,16 +1209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = load_config(config_path(name), {**overrides, "data.protocol.setting": args.setting})
         groups = setting_groups(base)
         for fold in folds:
-            before = earlier.get((dataset, args.setting, fold))
-            for gi, organs in enumerate(groups):
-                what = f" ({'+'.join(organs)}: training {gi + 1} of {len(groups)})" if len(groups) > 1 else ""
-                kwargs = {
-                    **common, "dataset": dataset, "fold": fold,
-                    "previous": before if len(groups) == 1 else _group_record(before, organs),
-                    "organs": organs if len(groups) > 1 else None,
-                }
-                label = f"{dataset} setting {args.setting} fold {fold}{what} ({name})"
-                tasks.append(FoldTask(label, (dataset, fold), len(groups), name, kwargs))
+            tasks += group_tasks(
+                groups, earlier.get((dataset, args.setting, fold)), {**common, "dataset": dataset, "fold": fold},
+                f"{dataset} setting {args.setting} fold {fold}", f" ({name})", (dataset, fold), name,
+            )
 
     def fold_done(group_recs: list[dict[str, Any]]) -> None:
         rec = combine_groups(group_recs)
@@ -1259,22 +1278,19 @@ def train_members(
     setting = args.setting
     for fold in folds:  # fold by fold, so the first folds' ensembles can be read while later ones train
         for i, m in enumerate(members):
-            before = m.earlier.get((dataset, setting, fold))
             sets = [f"{k}={v}" for k, v in m.overrides.items()]
             if m.genesis_steps:
                 sets.append(f"{GENESIS_KEY}={m.genesis_steps}")
-            for gi, organs in enumerate(m.groups):  # setting 2: one training per label group
-                kwargs = dict(
-                    dataset=dataset, budget=args.budget, setting=setting, fold=fold, out=m.out, steps=args.steps,
-                    time_limit_min=args.time_limit_min, overrides=m.overrides, config=m.config,
-                    genesis_steps=m.genesis_steps, eval_batch_size=args.eval_batch_size, resolution=args.resolution,
-                    shots=shots, resume=args.resume,
-                    previous=before if len(m.groups) == 1 else _group_record(before, organs),
-                    organs=organs if len(m.groups) > 1 else None,
-                )
-                what = f" ({'+'.join(organs)}: training {gi + 1} of {len(m.groups)})" if len(m.groups) > 1 else ""
-                label = f"{dataset} setting {setting} fold {fold}{what}, member {i} ({' '.join([m.config, *sets])})"
-                tasks.append(FoldTask(label, (dataset, fold, i), len(m.groups), m.config, kwargs, prefix=f"member{i}_"))
+            kwargs = dict(
+                dataset=dataset, budget=args.budget, setting=setting, fold=fold, out=m.out, steps=args.steps,
+                time_limit_min=args.time_limit_min, overrides=m.overrides, config=m.config,
+                genesis_steps=m.genesis_steps, eval_batch_size=args.eval_batch_size, resolution=args.resolution,
+                shots=shots, resume=args.resume,
+            )
+            tasks += group_tasks(
+                m.groups, m.earlier.get((dataset, setting, fold)), kwargs, f"{dataset} setting {setting} fold {fold}",
+                f", member {i} ({' '.join([m.config, *sets])})", (dataset, fold, i), m.config, prefix=f"member{i}_",
+            )
     done: list[list[dict[str, Any]]] = [[] for _ in members]
 
     def member_done(group_recs: list[dict[str, Any]]) -> None:

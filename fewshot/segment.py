@@ -78,8 +78,9 @@ def segment_volume(
         finetune: test-time fine-tuning on each chunk's support slices (:class:`~fewshot.config.model.FinetuneConfig`,
             or a mapping of the fields to change in the model's ``config.finetune``; default: the model's).
         organ: the organ's name; with fine-tuning it seeds each chunk's tuned copy as ``fewshot evaluate`` does
-            (:func:`~fewshot.evaluation.scoring.chunk_model`), so a scan segmented here and scored there gets the
-            same prediction. Required when fine-tuning is on.
+            (:func:`~fewshot.evaluation.scoring.chunk_model`), so the same support slices give the same tuned copy
+            (and, for the same preprocessed scans and query range, the prediction the evaluation scored). Required
+            when fine-tuning is on.
     """
     from fewshot.evaluation.scoring import chunk_model, model_finetune, model_slice_input, predict_query
 
