@@ -59,7 +59,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -192,7 +192,7 @@ def evaluate_fold(
             out=fold_dir / ("eval" if k == 1 else f"eval_{k}shot"), batch_size=eval_batch_size,
             progress=True, postprocess=("none", "lcc"), resolution=resolution,  # type: ignore[arg-type]
             threshold=cfg.model.fg_threshold, shot_fusion=getattr(cfg.model.head, "shot_fusion", None),
-            tta=cfg.model.tta, finetune=cfg.model.finetune,
+            tta=cfg.model.tta, finetune=cfg.model.finetune, intensity_prior=cfg.model.intensity_prior,
         )
 
     ev = at(1)
@@ -376,6 +376,7 @@ def ensemble_fold(
     eval_batch_size: int = 16,
     resolution: str = "native",
     organs: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score one fold's trained runs (the fold records of several earlier ``bench_accuracy`` runs, e.g. one
     recipe with different seeds) as one ensemble (the mean of their foreground probabilities), with the
@@ -389,6 +390,7 @@ def ensemble_fold(
     one ensemble for that group's organs, and the groups are joined as :func:`combine_groups` joins one run's;
     ``ensemble`` then lists each member's models of all groups, with the member's own fold mean.
     ``organs``: the label group these records test (the fold folder's name; set by that recursion).
+    ``overrides``: dotted inference settings (:data:`INFERENCE_KEYS`) that replace the first run's.
     """
     from fewshot.config import load_config, save_config
 
@@ -413,10 +415,10 @@ def ensemble_fold(
                                  "(setting 2 needs the same label groups in each run)")
             group_recs.append(ensemble_fold(
                 found, out, volumes=volumes, shots=shots, eval_batch_size=eval_batch_size, resolution=resolution,
-                organs=tuple(found[0]["config"]["data"]["protocol"]["organs"]),
+                organs=tuple(found[0]["config"]["data"]["protocol"]["organs"]), overrides=overrides,
             ))
         return {**combine_groups(group_recs), "ensemble": [_member_entry(m) for m in members]}
-    cfg = load_config(first["config"])
+    cfg = load_config(first["config"], dict(overrides or {}))
     fold_dir = out / _fold_dir_name(first["dataset"], first["setting"], first["fold"], organs)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, fold_dir / "config.yaml")
@@ -534,7 +536,9 @@ def _combine_kshot(parts: Sequence[dict[str, Any]], scores_of: Any) -> dict[str,
 
 #: Config keys that only change inference: a checkpoint trained with other values is still reusable.
 #: ``model.head.shot_fusion`` counts only when the training episodes have one shot (nothing to fuse).
-INFERENCE_KEYS = ("model.fg_threshold", "model.tta", "model.finetune", "model.head.shot_fusion")
+INFERENCE_KEYS = (
+    "model.fg_threshold", "model.tta", "model.finetune", "model.intensity_prior", "model.head.shot_fusion",
+)
 #: Config keys that say where a run was written, not how it trained: an output folder copied or moved elsewhere
 #: is still reusable.
 LOCATION_KEYS = ("out_dir",)
@@ -587,6 +591,7 @@ def _scores_of(ev: Any) -> dict[str, Any]:
         "fg_threshold": ev.extras.get("threshold"),
         "tta": ev.extras.get("tta", "none"),
         "finetune": ev.extras.get("finetune"),
+        "intensity_prior": ev.extras.get("intensity_prior", 0.0),
         # the code that trained the model (the checkout may move on while a long run trains)
         "commit": ev.extras.get("trained_with_commit") or ev.extras.get("commit"),
         "eval_commit": ev.extras.get("commit"),
@@ -769,6 +774,7 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                     + (f", p > {_fg_threshold(r):g}" if _fg_threshold(r) != 0.5 else "")
                     + (f", {r['tta']} TTA" if r.get("tta", "none") != "none" else "")
                     + (f", {_finetune_label(r['finetune'])}" if (r.get("finetune") or {}).get("steps") else "")
+                    + (f", intensity prior {r['intensity_prior']:g}" if r.get("intensity_prior") else "")
                 )
                 values = [100 * sc["dice"][o] for o in cols] + [100 * sc[k]["mean"] for k in ("precision", "recall")]
                 lines.append(_row(label, values))
@@ -1076,7 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stop training this many minutes after the fold started (evaluation not included)",
     )
     p.add_argument("--config", default=None, help="packaged config name or YAML path instead of the budget's")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override (with --ensemble: inference settings only, e.g. model.fg_threshold)")
     p.add_argument(
         "--genesis-steps", type=int, default=0, help="Models Genesis pretraining steps first (init genesis)"
     )
@@ -1178,7 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             volumes = loaded_volumes[source]
             print(f"== {fold_key[0]} setting {fold_key[1]} fold {fold_key[2]}: ensemble of {len(members)}", flush=True)
             rec = ensemble_fold(members, out, volumes=volumes, shots=shots, eval_batch_size=args.eval_batch_size,
-                                resolution=args.resolution)
+                                resolution=args.resolution, overrides=overrides if args.ensemble else None)
             records.append(rec)
             print(f"   {rec['dataset']} fold {rec['fold']}: {_summary(rec)}", flush=True)
             write_report()
@@ -1188,6 +1194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ensemble:
         if len(args.ensemble) < 2:
             p.error("--ensemble: give the results.json of at least 2 runs")
+        trained = sorted(k for k in overrides if not any(k == i or k.startswith(i + ".") for i in INFERENCE_KEYS))
+        if trained:
+            p.error(f"--ensemble scores trained models: --set takes inference settings only ({', '.join(INFERENCE_KEYS)}), "
+                    f"got {', '.join(trained)}")
         return ensemble_runs(
             [read_json(path, "bench_accuracy results")["folds"] for path in args.ensemble], args.ensemble
         )

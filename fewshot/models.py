@@ -178,7 +178,8 @@ class EnsembleSegmenter(nn.Module):
 
     Attributes:
         members: the segmenters; ``config`` is the first member's (every member must agree on the fields
-            inference reads: ``backbone.in_channels``, ``slice_input``, ``fg_threshold``, ``tta``).
+            inference reads: ``backbone.in_channels``, ``slice_input``, ``fg_threshold``, ``tta``,
+            ``intensity_prior``).
     """
 
     def __init__(self, members: list[FewShotSegmenter]) -> None:
@@ -187,7 +188,7 @@ class EnsembleSegmenter(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         first = members[0].config
         for i, m in enumerate(members[1:], start=1):
-            for field in ("slice_input", "fg_threshold", "tta"):
+            for field in ("slice_input", "fg_threshold", "tta", "intensity_prior"):
                 if getattr(m.config, field) != getattr(first, field):
                     raise ValueError(
                         f"ensemble member {i} has model.{field}={getattr(m.config, field)!r}, member 0 "

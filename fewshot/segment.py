@@ -65,6 +65,7 @@ def segment_volume(
     tta: str | None = None,
     finetune: Any = None,
     organ: str | None = None,
+    intensity_prior: float | None = None,
 ) -> np.ndarray:
     """Foreground ``(Z, H, W)`` bool mask of ``query`` (both volumes preprocessed, same slice size).
 
@@ -81,6 +82,7 @@ def segment_volume(
             (:func:`~fewshot.evaluation.scoring.chunk_model`), so the same support slices give the same tuned copy
             (and, for the same preprocessed scans and query range, the prediction the evaluation scored). Required
             when fine-tuning is on.
+        intensity_prior: weight of the support-intensity prior (default: the model's ``config.intensity_prior``).
     """
     from fewshot.evaluation.scoring import chunk_model, model_finetune, model_slice_input, predict_query
 
@@ -116,7 +118,7 @@ def segment_volume(
         out = predict_query(
             tuned, s_img, s_msk, torch.from_numpy(stack_slices(query.image, q_z.tolist(), channels, mode)),
             batch_size=batch_size, device=device,
-            threshold=fg_threshold, tta=tta,
+            threshold=fg_threshold, tta=tta, intensity_prior=intensity_prior,
         )
         pred[q_z] = out.numpy()
     return pred
@@ -197,6 +199,7 @@ def segment_files(
     fg_threshold: float | None = None,
     tta: str | None = None,
     finetune: Any = None,
+    intensity_prior: float | None = None,
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
@@ -207,7 +210,7 @@ def segment_files(
     """
     from fewshot.checkpoint import load_model_from_checkpoints
     from fewshot.device import default_device
-    from fewshot.evaluation.scoring import model_finetune, model_threshold, model_tta
+    from fewshot.evaluation.scoring import model_finetune, model_intensity_prior, model_threshold, model_tta
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -288,6 +291,7 @@ def segment_files(
         tta=tta,
         finetune=finetune,
         organ=organ,
+        intensity_prior=intensity_prior,
     )
     if pred.shape[1:] != qry.shape[1:]:
         t = torch.from_numpy(pred.astype(np.float32))[:, None]
@@ -312,6 +316,7 @@ def segment_files(
         "fg_threshold": model_threshold(model, fg_threshold),
         "tta": model_tta(model, tta),
         "finetune": model_finetune(model, finetune).to_dict(),
+        "intensity_prior": model_intensity_prior(model, intensity_prior),
         "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

@@ -316,6 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         threshold=args.fg_threshold,
         tta=args.tta,
         finetune=finetune_options(args),
+        intensity_prior=args.intensity_prior,
         alp_window=args.alp_window,
         alp_threshold=args.alp_threshold,
         progress=True,
@@ -356,6 +357,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         fg_threshold=args.fg_threshold,
         tta=args.tta,
         finetune=finetune_options(args),
+        intensity_prior=args.intensity_prior,
     )
     print(json.dumps(report, indent=1))
     return 0

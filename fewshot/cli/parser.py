@@ -64,7 +64,7 @@ def _non_negative(kind: type) -> Any:
 
 
 def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
-    """The inference options: ``--fg-threshold``, ``--tta`` and ``--finetune-*``."""
+    """The inference options: ``--fg-threshold``, ``--tta``, ``--intensity-prior`` and ``--finetune-*``."""
     from fewshot.config.model import TTA_CHOICES
 
     parser.add_argument(
@@ -76,6 +76,12 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
         "--tta", choices=TTA_CHOICES, default=None,
         help="test-time augmentation: flip averages the logits with those of the left-right mirrored episode "
         "(default: the trained config's model.tta)",
+    )
+    parser.add_argument(
+        "--intensity-prior", type=_non_negative(float), default=None, metavar="W",
+        help="add W x the log-likelihood ratio of each query pixel's intensity under the support's organ and "
+        "background histograms to the foreground logit margin (0 = off; default: the trained config's "
+        "model.intensity_prior, 0)",
     )
     parser.add_argument(
         "--finetune-steps", type=_non_negative(int), default=None, metavar="N",

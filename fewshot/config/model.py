@@ -26,13 +26,22 @@ from fewshot.backbones.staged import resolve_stages
 from fewshot.backbones.weights import normalise_sha256
 from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
 
-__all__ = ["BackboneConfig", "FinetuneConfig", "InitConfig", "ModelConfig", "check_threshold"]
+__all__ = [
+    "BackboneConfig", "FinetuneConfig", "InitConfig", "ModelConfig", "check_intensity_prior", "check_threshold",
+]
 
 
 def check_threshold(value: Any, what: str = "threshold") -> float:
     """``value`` as a float in ``(0, 1)`` (a foreground probability threshold), else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"{what} must be a probability in (0, 1) (0.5 = argmax), got {value!r}")
+    return float(value)
+
+
+def check_intensity_prior(value: Any, what: str = "intensity_prior") -> float:
+    """``value`` as a float ``>= 0`` (the weight of the support-intensity prior; 0 = off), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
+        raise ValueError(f"{what} must be a finite weight >= 0 (0 = off), got {value!r}")
     return float(value)
 
 
@@ -211,6 +220,10 @@ class ModelConfig:
             those of the left-right mirrored episode, twice the inference cost). Training does not use it.
         finetune: test-time fine-tuning on each support set (:class:`FinetuneConfig`; off by default). Training
             does not use it.
+        intensity_prior: weight ``w`` of the support-intensity prior at inference: ``w`` times the log-likelihood
+            ratio of a query pixel's intensity under the support's organ and background histograms
+            (:func:`fewshot.evaluation.intensity.intensity_log_ratio`) is added to the foreground logit margin
+            before the threshold; ``0`` (the default) turns it off. Training does not use it.
         slice_input: how a slice fills the backbone's ``in_channels`` (:data:`~episodes.data.slices.SLICE_INPUTS`):
             ``tile`` repeats it (SSL-ALPNet); ``adjacent`` stacks it with its neighbours (2.5D, ``in_channels``
             odd). Training, evaluation and ``fewshot segment`` all feed the model this way.
@@ -224,6 +237,7 @@ class ModelConfig:
     tta: str = "none"
     slice_input: str = "tile"
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    intensity_prior: float = 0.0
 
     if TYPE_CHECKING:  # the signature the coercion below accepts (the dataclass generates the body)
 
@@ -237,6 +251,7 @@ class ModelConfig:
             tta: str = ...,
             slice_input: str = ...,
             finetune: FinetuneConfig | Mapping[str, Any] | None = ...,
+            intensity_prior: float = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -257,6 +272,9 @@ class ModelConfig:
         object.__setattr__(self, "fg_threshold", check_threshold(self.fg_threshold, "ModelConfig.fg_threshold"))
         object.__setattr__(self, "tta", check_tta(self.tta, "ModelConfig.tta"))
         object.__setattr__(self, "finetune", check_finetune(self.finetune, "ModelConfig.finetune"))
+        object.__setattr__(
+            self, "intensity_prior", check_intensity_prior(self.intensity_prior, "ModelConfig.intensity_prior")
+        )
         object.__setattr__(
             self,
             "slice_input",

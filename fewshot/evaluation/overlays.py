@@ -100,6 +100,7 @@ def save_overlays(
     tta: str | None = None,
     finetune: Any = None,
     tuned: TunedModels | None = None,
+    intensity_prior: float | None = None,
 ) -> list[Path]:
     """PNG pictures ``support | query | prediction | ground truth`` for ``n`` slices per organ.
 
@@ -110,7 +111,8 @@ def save_overlays(
     ``config.tta``); ``finetune``: test-time fine-tuning (default the model's ``config.finetune``; each chunk's
     copy is tuned with the seed :func:`~fewshot.evaluation.evaluate` uses, so the pictures show its predictions);
     ``tuned``: the copies :func:`~fewshot.evaluation.evaluate` kept (its ``tuned`` dict), used instead of tuning
-    again. Returns the files.
+    again; ``intensity_prior``: the support-intensity prior's weight (default the model's
+    ``config.intensity_prior``). Returns the files.
     """
     from PIL import Image
 
@@ -146,7 +148,8 @@ def save_overlays(
                 )
                 copy = chunk_model(model, s_img, s_msk, tune, organ_plan.organ, chunk, device, cache=cache)
                 pred = predict_query(
-                    copy, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta
+                    copy, s_img, s_msk, images[i : i + 1], device=device, threshold=threshold, tta=tta,
+                    intensity_prior=intensity_prior,
                 )[0].numpy()
                 heading = (
                     f"{organ_plan.organ}: support {organ_plan.support_subject} "

@@ -98,11 +98,12 @@ def inference_config(
     threshold: float | None = None,
     tta: str | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
+    intensity_prior: float | None = None,
 ) -> ExperimentConfig:
     """The trained config with these test-time settings; the head's are also set on ``loaded.model.head``.
 
-    ``threshold``, ``tta`` and ``finetune`` become the returned ``model.fg_threshold``, ``model.tta`` and
-    ``model.finetune`` (pass those to :func:`~fewshot.evaluation.evaluate`; the model itself is left as trained).
+    ``threshold``, ``tta``, ``finetune`` and ``intensity_prior`` become the returned ``model.fg_threshold``,
+    ``model.tta``, ``model.finetune`` and ``model.intensity_prior`` (pass those to :func:`~fewshot.evaluation.evaluate`; the model itself is left as trained).
     A setting left ``None`` takes the trained config's value (not the head's current one), so one
     loaded checkpoint can be evaluated several ways in a row. Raises ``ValueError`` for a setting
     the head does not have (ALP settings on a non-ALPNet head) or a value its config rejects.
@@ -134,6 +135,8 @@ def inference_config(
         model_changes["tta"] = tta
     if finetune is not None:  # a mapping changes only the fields it names
         model_changes["finetune"] = check_finetune(finetune, base=cfg.model.finetune)
+    if intensity_prior is not None:
+        model_changes["intensity_prior"] = intensity_prior
     return replace(cfg, model=replace(cfg.model, head=resolved, **model_changes))  # validated there too
 
 
@@ -157,6 +160,7 @@ def run_evaluation(
     alp_window: int | None = None,
     alp_threshold: float | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
+    intensity_prior: float | None = None,
 ) -> EvaluationResult:
     """Evaluate a :func:`fewshot.training.train` checkpoint under a protocol.
 
@@ -190,8 +194,11 @@ def run_evaluation(
             trained head's.
         alp_threshold: ALPNet's cell threshold (``model.head.threshold``: the pooled-mask mean a cell
             needs to become a local prototype); default: the trained head's.
+        finetune: test-time fine-tuning (a mapping changes the named fields of the trained ``model.finetune``).
+        intensity_prior: weight of the support-intensity prior (``model.intensity_prior``); default: the trained
+            config's.
 
-    The test-time settings given here (shot fusion, ALP, threshold, TTA) are written into the
+    The test-time settings given here (shot fusion, ALP, threshold, TTA, fine-tuning, intensity prior) are written into the
     ``config.yaml`` saved beside the results.
     """
     if resolution not in ("native", "model"):
@@ -204,9 +211,9 @@ def run_evaluation(
         loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
     cfg = inference_config(
         loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta,
-        finetune=finetune,
+        finetune=finetune, intensity_prior=intensity_prior,
     )
-    threshold, tta = cfg.model.fg_threshold, cfg.model.tta
+    threshold, tta, prior = cfg.model.fg_threshold, cfg.model.tta, cfg.model.intensity_prior
     protocol = protocol if protocol is not None else cfg.data.protocol
     data = cfg.data if protocol.dataset == cfg.data.dataset else replace(cfg.data, dataset=protocol.dataset,
                                                                          protocol=protocol, loader_args={})
@@ -226,7 +233,7 @@ def run_evaluation(
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=to_dict(cfg),
         progress=progress, postprocess=postprocess, reference=reference, threshold=threshold,
-        tta=tta, finetune=cfg.model.finetune, tuned=tuned,
+        tta=tta, finetune=cfg.model.finetune, tuned=tuned, intensity_prior=prior,
     )
     init_report: dict[str, Any] = loaded.payload.get("init_report") or {}
     head = model_heads(loaded.model)[0]
@@ -267,6 +274,6 @@ def run_evaluation(
             scan_dice = {(str(r["organ"]), str(r["subject"])): float(r["dice"]) for r in result.per_scan}
             save_overlays(
                 loaded.model, plan, fold.test, paths["overlays"], n=overlays, device=dev, scan_dice=scan_dice,
-                threshold=threshold, tta=tta, finetune=cfg.model.finetune, tuned=tuned,
+                threshold=threshold, tta=tta, finetune=cfg.model.finetune, tuned=tuned, intensity_prior=prior,
             )
     return result

@@ -26,6 +26,7 @@ from episodes.data.volumes import Volume
 from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
 from fewshot.evaluation.finetune import finetune_on_support
+from fewshot.evaluation.intensity import intensity_log_ratio, intensity_of
 from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
 from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TunedModels", "chunk_model", "evaluate", "false_positive_regions", "model_channels", "model_finetune",
-    "model_slice_input", "model_threshold", "model_tta", "predict_query",
+    "model_intensity_prior", "model_slice_input", "model_threshold", "model_tta", "predict_query",
 ]
 
 
@@ -93,6 +94,15 @@ def model_tta(model: nn.Module, tta: str | None) -> str:
     return "none" if tta is None else check_tta(tta)
 
 
+def model_intensity_prior(model: nn.Module, weight: float | None) -> float:
+    """``weight`` if given, else the model's ``config.intensity_prior`` (``0.0``, off, if it has none)."""
+    from fewshot.config.model import check_intensity_prior
+
+    if weight is None:
+        weight = getattr(getattr(model, "config", None), "intensity_prior", None)
+    return 0.0 if weight is None else check_intensity_prior(weight)
+
+
 def model_finetune(model: nn.Module, finetune: Any = None) -> FinetuneConfig:
     """The model's ``config.finetune`` (off if it has none), or ``finetune``: a
     :class:`~fewshot.config.model.FinetuneConfig`, or a mapping of the fields to change in the model's."""
@@ -139,6 +149,7 @@ def predict_query(
     out_size: tuple[int, int] | None = None,
     threshold: float | None = None,
     tta: str | None = None,
+    intensity_prior: float | None = None,
 ) -> torch.Tensor:
     """Foreground masks ``(N, H, W)`` bool of ``query_images (N, C, H, W)`` given one support set.
 
@@ -148,16 +159,22 @@ def predict_query(
     ``threshold``: a pixel is foreground where ``softmax(logits)[1] > threshold`` (default
     ``model.config.fg_threshold``, else 0.5 = the argmax). ``tta``: ``"flip"`` averages the logits with those
     of the episode mirrored left-right (support and query), mirrored back (default ``model.config.tta``, else
-    ``"none"``).
+    ``"none"``). ``intensity_prior``: weight ``w``; ``w`` times the log-likelihood ratio of each query pixel's
+    intensity under the support set's organ and background histograms
+    (:func:`~fewshot.evaluation.intensity.intensity_log_ratio`) is added to the logit margin ``fg - bg`` before
+    the threshold (default ``model.config.intensity_prior``, else 0 = off).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # softmax([bg, fg])[1] > t  <=>  fg - bg > log(t / (1 - t)); t = 0.5 is the argmax (ties -> bg)
     t = model_threshold(model, threshold)
     flip = model_tta(model, tta) == "flip"
+    weight = model_intensity_prior(model, intensity_prior)
     margin = math.log(t / (1.0 - t))
     device = torch.device(device)
     s_img, s_msk = support_images.to(device), support_masks.to(device)
+    if weight > 0 and s_img.shape[0] != 1:
+        raise ValueError(f"intensity_prior needs one support set (support batch 1), got {s_img.shape[0]}")
     out = []
     for start in range(0, query_images.shape[0], batch_size):
         q = query_images[start : start + batch_size].to(device)
@@ -166,6 +183,13 @@ def predict_query(
             if flip:
                 mirrored = model(s_img.flip(-1), s_msk.flip(-1), q.flip(-1)).logits.flip(-1)
                 logits = (logits.float() + mirrored.float()) / 2
+        if weight > 0:  # the margin with the prior, then resized (bilinear is linear: the same as resizing both)
+            diff = logits[:, 1].float() - logits[:, 0].float()
+            diff = diff + weight * intensity_log_ratio(intensity_of(s_img[0]), s_msk[0], intensity_of(q))
+            if out_size is not None and tuple(diff.shape[-2:]) != tuple(out_size):
+                diff = F.interpolate(diff[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+            out.append((diff > margin).cpu())
+            continue
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
         out.append((logits[:, 1] - logits[:, 0] > margin).cpu())
@@ -190,6 +214,7 @@ def _evaluate_organ(
     tta: str,
     finetune: FinetuneConfig,
     tuned: TunedModels | None,
+    intensity_prior: float,
 ) -> tuple[dict[str, list[ScanScore]], int, dict[str, int]]:
     """Scores per post-processing step, scored slices and false-positive voxels by true region."""
     supports = [
@@ -218,7 +243,7 @@ def _evaluate_organ(
             if idx.numel():
                 pred[idx] = predict_query(
                     models[c], s_img, s_msk, images[idx], batch_size=batch_size, device=device, amp=amp,
-                    out_size=out_size, threshold=threshold, tta=tta,
+                    out_size=out_size, threshold=threshold, tta=tta, intensity_prior=intensity_prior,
                 )
         bad = sorted(set(chunks.tolist()) - set(range(len(supports))))
         if bad:
@@ -256,6 +281,7 @@ def evaluate(
     tta: str | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
     tuned: TunedModels | None = None,
+    intensity_prior: float | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on ``plan``.
 
@@ -283,6 +309,8 @@ def evaluate(
             mapping of its fields; default ``model.config.finetune``, else off), recorded in ``extras["finetune"]``.
         tuned: a dict that receives the fine-tuned copies by ``(organ, chunk)`` (and whose copies are used as they
             are): pass the same dict to :func:`~fewshot.evaluation.save_overlays` to picture the scored copies.
+        intensity_prior: weight of the support-intensity prior (default ``model.config.intensity_prior``, else 0 =
+            off; see :func:`predict_query`), recorded in ``extras["intensity_prior"]``.
     """
     from fewshot import __version__
 
@@ -294,6 +322,7 @@ def evaluate(
     threshold = model_threshold(model, threshold)
     tta = model_tta(model, tta)
     tune = model_finetune(model, finetune)
+    prior = model_intensity_prior(model, intensity_prior)
     was_training = model.training
     model.eval().to(device)
     t0 = time.perf_counter()
@@ -312,7 +341,7 @@ def evaluate(
         for organ_plan in plan.organs:
             by_step, n, fp_regions[organ_plan.organ] = _evaluate_organ(
                 model, organ_plan, volumes, channels, model_slice_input(model), batch_size, device, amp, bar, steps,
-                reference, threshold, tta, tune, tuned,
+                reference, threshold, tta, tune, tuned, prior,
             )
             scores = by_step[steps[0]]
             if not scores:
@@ -350,6 +379,7 @@ def evaluate(
             "threshold": threshold,
             "tta": tta,
             "finetune": tune.to_dict(),
+            "intensity_prior": prior,
             # false-positive voxels of each organ's (first post-processing step's) prediction, by true region
             "false_positives": {o: dict(sorted(r.items(), key=lambda kv: -kv[1])) for o, r in fp_regions.items()},
             "timing": {

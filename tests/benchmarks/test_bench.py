@@ -106,6 +106,7 @@ def _check_reuse_rule(run: Path) -> None:
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.fg_threshold": 0.8}))
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.head.shot_fusion": "scores"}))  # 1-shot
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.tta": "flip"}))
+    assert acc._reusable(ckpt, load_config(run / "config.yaml", {"model.intensity_prior": 0.5}))
     assert acc._reusable(ckpt, load_config(run / "config.yaml", {"out_dir": str(run.parent / "moved")}))  # a copied run
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"optim.lr": 0.5}))
     assert not acc._reusable(ckpt, load_config(run / "config.yaml", {"train.steps": 3}))
@@ -436,6 +437,16 @@ def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> N
     assert (out / "phantom-ct_setting1_fold0" / "eval" / "results.json").is_file()
     with pytest.raises(SystemExit):
         bench.main(["--ensemble", parts[0], "--out", str(out)])
+    # --set changes the ensemble's inference settings only (a trained setting would misname the models)
+    prior = tmp_path / "prior"
+    assert bench.main(["--ensemble", *parts, "--out", str(prior), "--set", "model.intensity_prior=2"]) == 0
+    (ens_prior,) = json.loads((prior / "results.json").read_text())["folds"]
+    direct = run_evaluation([r["checkpoint"] for r in runs], volumes=volumes, intensity_prior=2.0)
+    assert ens_prior["intensity_prior"] == 2.0 and ens["intensity_prior"] == 0.0
+    assert ens_prior["dice"]["mean"] == pytest.approx(direct.dice["mean"]) and ens_prior["dice"] != ens["dice"]
+    assert ", intensity prior 2" in (prior / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--ensemble", *parts, "--out", str(prior), "--set", "model.backbone.name=cbr-small"])
     # members of different backbones: the label, the member table and the config line name each kind
     over = parse_overrides([*TINY, "model.backbone.name=cbr-small"])
     rec = bench.run_fold(

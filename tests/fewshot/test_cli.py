@@ -158,6 +158,13 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (strict_cfg.model.fg_threshold, strict_cfg.model.tta) == (0.9, "flip")
     assert (data_strict["config"]["model"]["fg_threshold"], data_strict["config"]["model"]["tta"]) == (0.9, "flip")
     assert load_config(tmp_path / "evaldir" / "config.yaml").model.fg_threshold == 0.5
+    # the support-intensity prior: recorded in the results and the saved config; it changes the prediction
+    prior = tmp_path / "prior.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(prior), "--overlays", "0", "--intensity-prior", "2"]) == 0
+    data_prior = json.loads(prior.read_text())
+    assert data_prior["intensity_prior"] == 2.0 and data["intensity_prior"] == 0.0
+    assert load_config(tmp_path / "prior.config.yaml").model.intensity_prior == 2.0
+    assert data_prior["counts"] != data["counts"]
     # test-time fine-tuning on each support set: recorded in the results and the saved config
     tuned = tmp_path / "tuned.json"
     ft = ["--finetune-steps", "2", "--finetune-lr", "0.002", "--finetune-batch-size", "1", "--no-finetune-bf16"]
@@ -223,6 +230,10 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert strict_report["fg_threshold"] == 0.9 and strict_report["voxels"] <= report["voxels"]
     assert main([*seg[:-1], str(tmp_path / "tuned.nii.gz"), "--finetune-steps", "2", "--finetune-lr", "0.002"]) == 0
     assert json.loads(capsys.readouterr().out)["finetune"]["steps"] == 2 and report["finetune"]["steps"] == 0
+    assert main([*seg[:-1], str(tmp_path / "prior.nii.gz"), "--intensity-prior", "2"]) == 0
+    prior_report = json.loads(capsys.readouterr().out)
+    assert prior_report["intensity_prior"] == 2.0 and report["intensity_prior"] == 0.0
+    assert prior_report["voxels"] != report["voxels"]
 
     # a multi-label mask needs --label-map; an organ absent from the support mask is a clear error
     def multi(organ: str, out: str, *extra: str) -> list[str]:

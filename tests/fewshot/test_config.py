@@ -229,6 +229,16 @@ def test_model_tta_validated_and_saved() -> None:
         ModelConfig(tta="rotate")
 
 
+def test_model_intensity_prior_validated_and_saved() -> None:
+    from fewshot.config import ModelConfig
+
+    assert ModelConfig().intensity_prior == 0.0
+    assert ModelConfig(**ModelConfig(intensity_prior=0.5).to_dict()).intensity_prior == 0.5
+    for bad in (-0.1, float("inf"), "strong", True):
+        with pytest.raises(ValueError, match=r"ModelConfig.intensity_prior must be a finite weight >= 0"):
+            ModelConfig(intensity_prior=bad)  # type: ignore[arg-type]
+
+
 def test_model_slice_input_validated_and_saved() -> None:
     from fewshot.config import ModelConfig
 

@@ -335,3 +335,6 @@ def test_ensemble_averages_the_members_foreground_probabilities(tiny_backbone_cl
     other = FewShotSegmenter(ModelConfig(head="panet", fg_threshold=0.7), tiny_backbone_cls(), seed=2)
     with pytest.raises(ValueError, match=r"member 1 has model.fg_threshold=0.7, member 0 0.5"):
         EnsembleSegmenter([members[0], other])
+    other = FewShotSegmenter(ModelConfig(head="panet", intensity_prior=0.5), tiny_backbone_cls(), seed=2)
+    with pytest.raises(ValueError, match=r"member 1 has model.intensity_prior=0.5, member 0 0.0"):
+        EnsembleSegmenter([members[0], other])

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot.evaluation.intensity import INTENSITY_CLIP, intensity_log_ratio, intensity_of
+
+
+def _support() -> tuple[torch.Tensor, torch.Tensor]:
+    """One 8x8 support slice: the organ (left half) at intensity 1, the background at 0 and 2."""
+    image = torch.zeros(1, 8, 8)
+    image[:, :, 6:] = 2.0
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, :4] = 1
+    image[mask > 0] = 1.0
+    return image, mask
+
+
+def test_intensity_log_ratio_favours_the_organs_grey_values() -> None:
+    image, mask = _support()
+    query = torch.tensor([[[1.0, 0.0, 2.0, 1.5]]])  # organ value, two background values, between
+    ratio = intensity_log_ratio(image, mask, query)
+    assert ratio.shape == (1, 1, 4) and ratio.dtype == torch.float32
+    organ, dark, bright, between = ratio[0, 0].tolist()
+    assert organ > 2.0 and dark < -2.0 and bright < -2.0  # 32 organ pixels in one bin, background 32 elsewhere
+    assert dark < between < organ
+    assert abs(organ) <= INTENSITY_CLIP and abs(dark) <= INTENSITY_CLIP
+    assert intensity_log_ratio(image, mask, query, clip=1.0).abs().max().item() == pytest.approx(1.0)
+    # values outside the support's range fall in the edge bins
+    outside = intensity_log_ratio(image, mask, torch.tensor([[[-5.0, 9.0]]]))
+    assert outside[0, 0].tolist() == [dark, bright]
+
+
+def test_intensity_log_ratio_is_symmetric_in_swapping_organ_and_background() -> None:
+    image, mask = _support()
+    query = torch.linspace(0, 2, 9).reshape(1, 1, 9)
+    assert torch.allclose(intensity_log_ratio(image, mask, query), -intensity_log_ratio(image, 1 - mask, query))
+
+
+def test_intensity_log_ratio_refuses_what_it_cannot_use() -> None:
+    image, mask = _support()
+    query = torch.zeros(1, 2, 2)
+    with pytest.raises(ValueError, match="both organ and background pixels"):
+        intensity_log_ratio(image, torch.zeros_like(mask), query)
+    with pytest.raises(ValueError, match="both organ and background pixels"):
+        intensity_log_ratio(image, torch.ones_like(mask), query)
+    with pytest.raises(ValueError, match="one intensity only"):
+        intensity_log_ratio(torch.ones_like(image), mask, query)
+    with pytest.raises(ValueError, match=r"support_intensity \(K, H, W\)"):
+        intensity_log_ratio(image[0], mask[0], query)
+    with pytest.raises(ValueError, match=r"query_intensity must be \(N, H, W\)"):
+        intensity_log_ratio(image, mask, query[0])
+    with pytest.raises(ValueError, match="bins must be >= 2"):
+        intensity_log_ratio(image, mask, query, bins=1)
+
+
+def test_intensity_of_takes_the_middle_channel() -> None:
+    images = torch.arange(3.0).reshape(1, 3, 1, 1).expand(2, 3, 4, 4)
+    assert intensity_of(images).shape == (2, 4, 4) and bool((intensity_of(images) == 1.0).all())
+    with pytest.raises(ValueError, match=r"\(\.\.\., C, H, W\)"):
+        intensity_of(torch.zeros(4, 4))
+
+
+class _Undecided(nn.Module):
+    """Logits ``[0, 0]`` everywhere: with the prior, the intensity alone decides."""
+
+    def __init__(self, prior: float | None = None) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1), intensity_prior=prior)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        d = torch.zeros(q.shape[0], *q.shape[2:])
+        return SimpleNamespace(logits=torch.stack([d, d], 1) + self.dummy, align_loss=None)
+
+
+def test_predict_query_adds_the_weighted_prior_to_the_margin() -> None:
+    from fewshot.evaluation import predict_query
+
+    image, mask = _support()
+    s_img, s_msk = image.reshape(1, 1, 1, 8, 8), mask.reshape(1, 1, 8, 8)
+    q = torch.zeros(2, 1, 8, 8)
+    q[:, :, 2:5, 2:5] = 1.0  # an organ-bright square on a background-dark slice
+    assert not predict_query(_Undecided(), s_img, s_msk, q).any()  # a tie is background
+    pred = predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=1.0)
+    assert pred.equal(q[:, 0] == 1.0)
+    assert predict_query(_Undecided(1.0), s_img, s_msk, q).equal(pred)  # model.config.intensity_prior
+    assert not predict_query(_Undecided(1.0), s_img, s_msk, q, intensity_prior=0.0).any()  # explicit wins
+    # a weight moves the margin by w x ratio: a threshold above sigmoid(w x ratio) removes the square again
+    ratio = intensity_log_ratio(image, mask, torch.ones(1, 1, 1)).item()
+    above = 1 / (1 + math.exp(-0.5 * ratio)) + 0.01
+    assert not predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=0.5, threshold=above).any()
+    assert predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=0.5, threshold=above - 0.02).equal(pred)
+    # upsampled to the labels' size like the logits
+    big = predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=1.0, out_size=(16, 16))
+    assert big.shape == (2, 16, 16) and big[:, 5:9, 5:9].all() and not big[:, :3].any()
+    with pytest.raises(ValueError, match="weight >= 0"):
+        predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=-1.0)
+    with pytest.raises(ValueError, match="support batch 1"):
+        predict_query(_Undecided(), s_img.expand(2, -1, -1, -1, -1), s_msk.expand(2, -1, -1, -1), q, intensity_prior=1.0)
