@@ -79,9 +79,9 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--intensity-prior", type=_non_negative(float), default=None, metavar="W",
-        help="add W x the log-likelihood ratio of each query pixel's intensity under the support's organ and "
-        "background histograms to the foreground logit margin (0 = off; default: the trained config's "
-        "model.intensity_prior, 0)",
+        help="support-intensity veto: add W x min(0, log-likelihood ratio of each query pixel's intensity under "
+        "the support's organ and background histograms) to the foreground logit margin (0 = off; default: the "
+        "trained config's model.intensity_prior, 0)",
     )
     parser.add_argument(
         "--finetune-steps", type=_non_negative(int), default=None, metavar="N",

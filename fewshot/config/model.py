@@ -220,9 +220,9 @@ class ModelConfig:
             those of the left-right mirrored episode, twice the inference cost). Training does not use it.
         finetune: test-time fine-tuning on each support set (:class:`FinetuneConfig`; off by default). Training
             does not use it.
-        intensity_prior: weight ``w`` of the support-intensity prior at inference: ``w`` times the log-likelihood
-            ratio of a query pixel's intensity under the support's organ and background histograms
-            (:func:`fewshot.evaluation.intensity.intensity_log_ratio`) is added to the foreground logit margin
+        intensity_prior: weight ``w`` of the support-intensity veto at inference: ``w`` times the negative part of
+            the log-likelihood ratio of a query pixel's intensity under the support's organ and background
+            histograms (:func:`fewshot.evaluation.intensity.intensity_veto`) is added to the foreground logit margin
             before the threshold; ``0`` (the default) turns it off. Training does not use it.
         slice_input: how a slice fills the backbone's ``in_channels`` (:data:`~episodes.data.slices.SLICE_INPUTS`):
             ``tile`` repeats it (SSL-ALPNet); ``adjacent`` stacks it with its neighbours (2.5D, ``in_channels``

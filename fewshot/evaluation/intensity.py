@@ -1,12 +1,14 @@
-"""Support-intensity prior: how likely a query pixel's intensity is under the support's organ and background.
+"""Support-intensity prior: a veto on query pixels whose intensity the support's organ does not have.
 
 The prototype heads compare features, and features need not keep absolute intensity. In CT the intensity is
 calibrated (Hounsfield units, windowed and normalised with one training-split statistic for every scan), so the
 support slice's own organ says which grey values an organ of that kind has. :func:`intensity_log_ratio` turns the
 support slices into two histograms (organ pixels and the rest) and gives each query pixel the log-likelihood ratio
-``log p(I | fg) - log p(I | bg)`` of its intensity; ``model.intensity_prior`` (a weight ``w``) adds ``w`` times it
-to the foreground logit margin before the threshold (:func:`fewshot.evaluation.predict_query`), as a naive-Bayes
-combination of the two cues. ``w = 0`` (the default) leaves the prediction exactly as it was.
+``r = log p(I | fg) - log p(I | bg)`` of its intensity. ``model.intensity_prior`` (a weight ``w``) adds
+``w * min(r, 0)`` to the foreground logit margin before the threshold (:func:`fewshot.evaluation.predict_query`):
+a pixel whose grey value is less likely under the organ than under the background loses foreground evidence, and
+no pixel gains any (the two-sided ``w * r`` over-segmented on CT fold 0: ``benchmarks/ABLATION.md``). ``w = 0``
+(the default) leaves the prediction exactly as it was.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["INTENSITY_BINS", "INTENSITY_CLIP", "intensity_log_ratio", "intensity_of"]
+__all__ = ["INTENSITY_BINS", "INTENSITY_CLIP", "intensity_log_ratio", "intensity_of", "intensity_veto"]
 
-#: Histogram bins over the support slices' intensity range.
-INTENSITY_BINS = 32
+#: Histogram bins over the support slices' intensity range (16: chosen on CT fold 0 over 32, ``ABLATION.md``).
+INTENSITY_BINS = 16
 #: The log-likelihood ratio is clamped to ``[-INTENSITY_CLIP, INTENSITY_CLIP]`` (one grey value alone never decides).
 INTENSITY_CLIP = 4.0
 
@@ -85,3 +87,12 @@ def intensity_log_ratio(
     q = query_intensity.detach().float()
     idx = ((q - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
     return ratio.to(torch.float32).clamp(-clip, clip).to(q.device)[idx]
+
+
+def intensity_veto(
+    support_intensity: Tensor, support_masks: Tensor, query_intensity: Tensor, *, bins: int = INTENSITY_BINS,
+    clip: float = INTENSITY_CLIP,
+) -> Tensor:
+    """``min(r, 0)`` of :func:`intensity_log_ratio` ``r`` (same arguments and shapes): ``<= 0`` everywhere, ``0``
+    where the intensity is at least as likely under the support's organ as under its background."""
+    return intensity_log_ratio(support_intensity, support_masks, query_intensity, bins=bins, clip=clip).clamp(max=0.0)

@@ -26,7 +26,7 @@ from episodes.data.volumes import Volume
 from episodes.progress import Progress
 from episodes.protocol import EvaluationPlan, OrganPlan, query_tensors, support_episode_tensors
 from fewshot.evaluation.finetune import finetune_on_support
-from fewshot.evaluation.intensity import intensity_log_ratio, intensity_of
+from fewshot.evaluation.intensity import intensity_of, intensity_veto
 from fewshot.evaluation.metrics import Counts, ScanScore, confusion_counts
 from fewshot.evaluation.postprocess import check_postprocess
 from fewshot.evaluation.postprocess import postprocess as apply_postprocess
@@ -159,10 +159,11 @@ def predict_query(
     ``threshold``: a pixel is foreground where ``softmax(logits)[1] > threshold`` (default
     ``model.config.fg_threshold``, else 0.5 = the argmax). ``tta``: ``"flip"`` averages the logits with those
     of the episode mirrored left-right (support and query), mirrored back (default ``model.config.tta``, else
-    ``"none"``). ``intensity_prior``: weight ``w``; ``w`` times the log-likelihood ratio of each query pixel's
-    intensity under the support set's organ and background histograms
-    (:func:`~fewshot.evaluation.intensity.intensity_log_ratio`) is added to the logit margin ``fg - bg`` before
-    the threshold (default ``model.config.intensity_prior``, else 0 = off).
+    ``"none"``). ``intensity_prior``: weight ``w``; ``w`` times the negative part of the log-likelihood ratio of
+    each query pixel's intensity under the support set's organ and background histograms
+    (:func:`~fewshot.evaluation.intensity.intensity_veto`) is added to the logit margin ``fg - bg`` before the
+    threshold, so intensities unlike the support's organ lose foreground (default ``model.config.intensity_prior``,
+    else 0 = off).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -185,7 +186,7 @@ def predict_query(
                 logits = (logits.float() + mirrored.float()) / 2
         if weight > 0:  # the margin with the prior, then resized (bilinear is linear: the same as resizing both)
             diff = logits[:, 1].float() - logits[:, 0].float()
-            diff = diff + weight * intensity_log_ratio(intensity_of(s_img[0]), s_msk[0], intensity_of(q))
+            diff = diff + weight * intensity_veto(intensity_of(s_img[0]), s_msk[0], intensity_of(q))
             if out_size is not None and tuple(diff.shape[-2:]) != tuple(out_size):
                 diff = F.interpolate(diff[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
             out.append((diff > margin).cpu())

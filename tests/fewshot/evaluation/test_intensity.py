@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from fewshot.evaluation.intensity import INTENSITY_CLIP, intensity_log_ratio, intensity_of
+from fewshot.evaluation.intensity import INTENSITY_CLIP, intensity_log_ratio, intensity_of, intensity_veto
 
 
 def _support() -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +25,7 @@ def test_intensity_log_ratio_favours_the_organs_grey_values() -> None:
     ratio = intensity_log_ratio(image, mask, query)
     assert ratio.shape == (1, 1, 4) and ratio.dtype == torch.float32
     organ, dark, bright, between = ratio[0, 0].tolist()
-    assert organ > 2.0 and dark < -2.0 and bright < -2.0  # 32 organ pixels in one bin, background 32 elsewhere
+    assert organ > 2.0 and dark < -2.0 and bright < -2.0  # 32 organ pixels in one bin, the background's elsewhere
     assert dark < between < organ
     assert abs(organ) <= INTENSITY_CLIP and abs(dark) <= INTENSITY_CLIP
     assert intensity_log_ratio(image, mask, query, clip=1.0).abs().max().item() == pytest.approx(1.0)
@@ -65,8 +64,8 @@ def test_intensity_of_takes_the_middle_channel() -> None:
         intensity_of(torch.zeros(4, 4))
 
 
-class _Undecided(nn.Module):
-    """Logits ``[0, 0]`` everywhere: with the prior, the intensity alone decides."""
+class _Eager(nn.Module):
+    """Foreground logit margin +1 everywhere (p = 0.73): every pixel is foreground until the veto removes it."""
 
     def __init__(self, prior: float | None = None) -> None:
         super().__init__()
@@ -74,31 +73,40 @@ class _Undecided(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
-        d = torch.zeros(q.shape[0], *q.shape[2:])
-        return SimpleNamespace(logits=torch.stack([d, d], 1) + self.dummy, align_loss=None)
+        d = torch.ones(q.shape[0], *q.shape[2:])
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(d), d], 1) + self.dummy, align_loss=None)
 
 
-def test_predict_query_adds_the_weighted_prior_to_the_margin() -> None:
+def test_intensity_veto_is_the_negative_part_of_the_ratio() -> None:
+    image, mask = _support()
+    query = torch.linspace(-1, 3, 17).reshape(1, 1, 17)
+    ratio = intensity_log_ratio(image, mask, query)
+    veto = intensity_veto(image, mask, query)
+    assert bool((veto <= 0).all()) and veto.equal(ratio.clamp(max=0)) and bool((ratio > 0).any())
+
+
+def test_predict_query_vetoes_intensities_unlike_the_support_organ() -> None:
     from fewshot.evaluation import predict_query
 
     image, mask = _support()
     s_img, s_msk = image.reshape(1, 1, 1, 8, 8), mask.reshape(1, 1, 8, 8)
     q = torch.zeros(2, 1, 8, 8)
     q[:, :, 2:5, 2:5] = 1.0  # an organ-bright square on a background-dark slice
-    assert not predict_query(_Undecided(), s_img, s_msk, q).any()  # a tie is background
-    pred = predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=1.0)
-    assert pred.equal(q[:, 0] == 1.0)
-    assert predict_query(_Undecided(1.0), s_img, s_msk, q).equal(pred)  # model.config.intensity_prior
-    assert not predict_query(_Undecided(1.0), s_img, s_msk, q, intensity_prior=0.0).any()  # explicit wins
-    # a weight moves the margin by w x ratio: a threshold above sigmoid(w x ratio) removes the square again
-    ratio = intensity_log_ratio(image, mask, torch.ones(1, 1, 1)).item()
-    above = 1 / (1 + math.exp(-0.5 * ratio)) + 0.01
-    assert not predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=0.5, threshold=above).any()
-    assert predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=0.5, threshold=above - 0.02).equal(pred)
+    assert predict_query(_Eager(), s_img, s_msk, q).all()
+    pred = predict_query(_Eager(), s_img, s_msk, q, intensity_prior=1.0)
+    assert pred.equal(q[:, 0] == 1.0)  # the dark pixels' ratio is < -1: vetoed; the square's is > 0: untouched
+    assert predict_query(_Eager(1.0), s_img, s_msk, q).equal(pred)  # model.config.intensity_prior
+    assert predict_query(_Eager(1.0), s_img, s_msk, q, intensity_prior=0.0).all()  # explicit wins
+    # the margin moves by w x ratio: a weight whose veto stays under the margin of 1 removes nothing
+    ratio = intensity_log_ratio(image, mask, torch.zeros(1, 1, 1)).item()
+    assert predict_query(_Eager(), s_img, s_msk, q, intensity_prior=0.99 / -ratio).all()
+    assert predict_query(_Eager(), s_img, s_msk, q, intensity_prior=1.01 / -ratio).equal(pred)
+    # a veto never adds foreground: a threshold above the square's p = 0.73 leaves nothing
+    assert not predict_query(_Eager(), s_img, s_msk, q, intensity_prior=1.0, threshold=0.75).any()
     # upsampled to the labels' size like the logits
-    big = predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=1.0, out_size=(16, 16))
+    big = predict_query(_Eager(), s_img, s_msk, q, intensity_prior=1.0, out_size=(16, 16))
     assert big.shape == (2, 16, 16) and big[:, 5:9, 5:9].all() and not big[:, :3].any()
     with pytest.raises(ValueError, match="weight >= 0"):
-        predict_query(_Undecided(), s_img, s_msk, q, intensity_prior=-1.0)
+        predict_query(_Eager(), s_img, s_msk, q, intensity_prior=-1.0)
     with pytest.raises(ValueError, match="support batch 1"):
-        predict_query(_Undecided(), s_img.expand(2, -1, -1, -1, -1), s_msk.expand(2, -1, -1, -1), q, intensity_prior=1.0)
+        predict_query(_Eager(), s_img.expand(2, -1, -1, -1, -1), s_msk.expand(2, -1, -1, -1), q, intensity_prior=1.0)
