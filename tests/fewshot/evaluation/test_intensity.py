@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -110,3 +112,31 @@ def test_predict_query_vetoes_intensities_unlike_the_support_organ() -> None:
         predict_query(_Eager(), s_img, s_msk, q, intensity_prior=-1.0)
     with pytest.raises(ValueError, match="support batch 1"):
         predict_query(_Eager(), s_img.expand(2, -1, -1, -1, -1), s_msk.expand(2, -1, -1, -1), q, intensity_prior=1.0)
+
+
+def test_the_veto_keeps_another_scans_organ_and_removes_most_of_its_background(btcv_dir: Path) -> None:
+    """Real CT (two BTCV subjects): the support subject's mid-organ slice vetoes (r < -1) at most 10 % of the
+    query subject's organ on its mid-organ slice and at least half of the unlabelled tissue around it."""
+    from episodes.data.loaders import load_btcv_png_folder
+    from episodes.data.preprocess import fit_ct_stats, preprocess
+
+    vols = load_btcv_png_folder(btcv_dir, subjects=["0", "1", "2"])
+    stats = fit_ct_stats(vols)
+    support, query = (preprocess(v, size=128, ct_stats=stats) for v in vols[:2])
+    assert support.label is not None and query.label is not None
+
+    def middle(labels: np.ndarray, value: int) -> int:
+        zs = np.flatnonzero((labels == value).any(axis=(1, 2)))
+        return int(zs[len(zs) // 2])
+
+    for organ, value in (("liver", 6), ("right_kidney", 2), ("spleen", 1)):
+        zs, zq = middle(support.label, value), middle(query.label, value)
+        veto = intensity_veto(
+            torch.from_numpy(support.image[zs : zs + 1]),
+            torch.from_numpy((support.label[zs : zs + 1] == value).astype(np.float32)),
+            torch.from_numpy(query.image[zq : zq + 1]),
+        )[0].numpy()
+        inside = query.label[zq] == value
+        tissue = (query.label[zq] == 0) & (query.image[zq] > query.image[zq].min() + 0.1)  # not the air outside
+        assert (veto[inside] < -1).mean() < 0.1, organ
+        assert (veto[tissue] < -1).mean() > 0.5, organ
