@@ -32,9 +32,13 @@ def intensity_of(images: Tensor) -> Tensor:
     return images[..., images.shape[-3] // 2, :, :]
 
 
+def _bin_index(values: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
+    """The bin of each value among ``bins`` equal bins over ``[lo, hi]`` (values outside: the edge bins)."""
+    return ((values - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
+
+
 def _histogram(values: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
-    idx = ((values - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
-    return torch.bincount(idx.flatten(), minlength=bins).to(torch.float64)
+    return torch.bincount(_bin_index(values, lo, hi, bins).flatten(), minlength=bins).to(torch.float64)
 
 
 def _density(counts: Tensor) -> Tensor:
@@ -85,8 +89,7 @@ def intensity_log_ratio(
         raise ValueError("the support slices have one intensity only: no intensity prior can be drawn from them")
     ratio = (_density(_histogram(values[fg], lo, hi, bins)) / _density(_histogram(values[~fg], lo, hi, bins))).log()
     q = query_intensity.detach().float()
-    idx = ((q - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
-    return ratio.to(torch.float32).clamp(-clip, clip).to(q.device)[idx]
+    return ratio.to(torch.float32).clamp(-clip, clip).to(q.device)[_bin_index(q, lo, hi, bins)]
 
 
 def intensity_veto(
