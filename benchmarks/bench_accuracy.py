@@ -184,7 +184,9 @@ def evaluate_fold(
     from fewshot.evaluation import run_evaluation
 
     t0 = time.perf_counter()
-    loaded = load_model_from_checkpoints(checkpoint)
+    loaded = load_model_from_checkpoints(checkpoint, inference={
+        "fg_threshold": cfg.model.fg_threshold, "tta": cfg.model.tta, "intensity_prior": cfg.model.intensity_prior,
+    })
 
     def at(k: int, share: bool = False) -> Any:
         return run_evaluation(

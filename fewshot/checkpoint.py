@@ -28,6 +28,7 @@ from fewshot.config.schema import plain
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "INFERENCE_FIELDS",
     "CheckpointError",
     "LoadedCheckpoint",
     "build_payload",
@@ -36,6 +37,7 @@ __all__ = [
     "load_model_from_checkpoint",
     "load_model_from_checkpoints",
     "read_payload",
+    "with_inference_settings",
 ]
 
 #: Key of the plain-data section this library adds to every Lightning checkpoint.
@@ -192,16 +194,40 @@ def _ensemble_key(loaded: LoadedCheckpoint) -> dict[str, Any]:
     }
 
 
+#: The model settings that only inference reads, which a caller may give in place of the stored ones.
+INFERENCE_FIELDS = ("fg_threshold", "tta", "intensity_prior")
+
+
+def with_inference_settings(loaded: LoadedCheckpoint, settings: Mapping[str, Any] | None) -> LoadedCheckpoint:
+    """``loaded`` with the inference settings ``settings`` (``{field: value}`` of :data:`INFERENCE_FIELDS`;
+    ``None`` values are skipped) in place of the stored ones, in ``model.config`` and ``config.model``
+    (validated as the config validates them). The model object is changed in place and returned in a new record."""
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(INFERENCE_FIELDS))
+    if unknown:
+        raise ValueError(f"not inference settings: {unknown}; these are {list(INFERENCE_FIELDS)}")
+    if not given:
+        return loaded
+    model_cfg = dataclasses.replace(loaded.config.model, **given)
+    loaded.model.config = dataclasses.replace(loaded.model.config, **given)
+    return dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, model=model_cfg))
+
+
 def load_model_from_checkpoints(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     map_location: str | torch.device = "cpu",
+    *,
+    inference: Mapping[str, Any] | None = None,
 ) -> LoadedCheckpoint:
     """One checkpoint as :func:`load_model_from_checkpoint`; several as one :class:`~fewshot.models.EnsembleSegmenter`.
 
     The members of an ensemble (for example the same recipe trained with different seeds) must have been
     trained for the same dataset, input size, channels, fold, setting and training scans, with the same CT
     statistics, so that one evaluation is valid for all of them; a mismatch raises :class:`CheckpointError`
-    naming the field. The result carries the first member's config and payload, with
+    naming the field. They must also agree on the inference settings (:data:`INFERENCE_FIELDS`) unless
+    ``inference`` gives them: ``{field: value}`` replaces every member's stored value first (``None``: keep
+    the stored one), so models trained with different defaults are scored as one with the values given.
+    The result carries the first member's config and payload, with
     ``payload["ensemble"]`` listing every member (file, step, seed, commit, backbone) and ``path`` naming them all.
     """
     from fewshot.models import EnsembleSegmenter
@@ -210,8 +236,8 @@ def load_model_from_checkpoints(
     if not items:
         raise ValueError("no checkpoint given")
     if len(items) == 1:
-        return load_model_from_checkpoint(items[0], map_location)
-    loaded = [load_model_from_checkpoint(p, map_location) for p in items]
+        return with_inference_settings(load_model_from_checkpoint(items[0], map_location), inference)
+    loaded = [with_inference_settings(load_model_from_checkpoint(p, map_location), inference) for p in items]
     key = _ensemble_key(loaded[0])
     for other in loaded[1:]:
         theirs = _ensemble_key(other)
@@ -224,7 +250,9 @@ def load_model_from_checkpoints(
     try:
         model = EnsembleSegmenter([m.model for m in loaded])
     except ValueError as e:
-        raise CheckpointError(f"cannot ensemble {', '.join(m.path for m in loaded)}: {e}") from e
+        hint = (" (give the setting explicitly, e.g. --intensity-prior / --fg-threshold / --tta, to score them "
+                "with one value)" if "members must agree" in str(e) else "")
+        raise CheckpointError(f"cannot ensemble {', '.join(m.path for m in loaded)}: {e}{hint}") from e
     members = [
         {
             "checkpoint": m.path, "global_step": m.global_step, "seed": m.config.seed, "commit": m.payload.get("commit"),

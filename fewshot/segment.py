@@ -222,7 +222,10 @@ def segment_files(
         _check_nifti_input(name, Path(path))
     organ = check_organ_name(organ)
     dev = default_device(device)
-    loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
+    loaded = load_model_from_checkpoints(
+        checkpoint, map_location=dev,
+        inference={"fg_threshold": fg_threshold, "tta": tta, "intensity_prior": intensity_prior},
+    )
     model, extras = loaded.model, loaded.payload
     checkpoint = loaded.path  # one file, or the ensemble's files
     trained_mod = extras.get("modality")

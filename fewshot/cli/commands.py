@@ -272,7 +272,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    loaded = load_model_from_checkpoints(args.checkpoint, map_location=default_device(args.device))
+    loaded = load_model_from_checkpoints(
+        args.checkpoint, map_location=default_device(args.device),
+        inference={"fg_threshold": args.fg_threshold, "tta": args.tta, "intensity_prior": args.intensity_prior},
+    )
     trained = loaded.config.data
     dataset = args.dataset or trained.dataset
     volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)

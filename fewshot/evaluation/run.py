@@ -208,7 +208,10 @@ def run_evaluation(
         loaded = checkpoint
         loaded.model.to(dev)
     else:
-        loaded = load_model_from_checkpoints(checkpoint, map_location=dev)
+        loaded = load_model_from_checkpoints(
+            checkpoint, map_location=dev,
+            inference={"fg_threshold": threshold, "tta": tta, "intensity_prior": intensity_prior},
+        )
     cfg = inference_config(
         loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta,
         finetune=finetune, intensity_prior=intensity_prior,

@@ -311,3 +311,27 @@ def test_checkpoints_of_one_fold_load_as_an_ensemble_and_other_folds_are_refused
         load_model_from_checkpoints([paths[0], other])
     with pytest.raises(ValueError, match="no checkpoint given"):
         load_model_from_checkpoints([])
+
+
+def test_ensemble_members_with_other_stored_inference_settings_need_the_value_given(trained: Any, tmp_path: Path) -> None:
+    from fewshot.checkpoint import CHECKPOINT_KEY, load_model_from_checkpoints
+
+    _result, out = trained
+    first = snapshot_path(out, 2)
+    ckpt = load_checkpoint(snapshot_path(out, 4))
+    ckpt[CHECKPOINT_KEY]["config"]["model"]["intensity_prior"] = 0.5  # e.g. trained after the config gained it
+    later = tmp_path / "later.ckpt"
+    torch.save(ckpt, later)
+    with pytest.raises(CheckpointError, match=r"intensity_prior=0.5, member 0 0.0: members must agree \(give the "
+                       r"setting explicitly, e.g. --intensity-prior"):
+        load_model_from_checkpoints([first, later])
+    ens = load_model_from_checkpoints([first, later], inference={"intensity_prior": 0.25, "tta": None})
+    assert [m.config.intensity_prior for m in ens.model.members] == [0.25, 0.25]
+    assert ens.config.model.intensity_prior == 0.25 and ens.model.config.intensity_prior == 0.25
+    assert ens.config.model.tta == ens.model.config.tta == "none"  # None keeps the stored value
+    single = load_model_from_checkpoints([first], inference={"fg_threshold": 0.8})
+    assert single.model.config.fg_threshold == single.config.model.fg_threshold == 0.8
+    with pytest.raises(ValueError, match=r"not inference settings: \['seed'\]"):
+        load_model_from_checkpoints([first, later], inference={"seed": 1})
+    with pytest.raises(ValueError, match=r"intensity_prior must be a finite weight >= 0"):
+        load_model_from_checkpoints([first], inference={"intensity_prior": -1.0})
