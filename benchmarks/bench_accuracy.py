@@ -394,7 +394,7 @@ def ensemble_fold(
     ``organs``: the label group these records test (the fold folder's name; set by that recursion).
     ``overrides``: dotted inference settings (:data:`INFERENCE_KEYS`) that replace the first run's.
     """
-    from fewshot.config import load_config, save_config
+    from fewshot.config import load_config, save_config, to_dict
 
     first = members[0]
     key = (first["dataset"], first["setting"], first["fold"])
@@ -432,6 +432,7 @@ def ensemble_fold(
     timing = dict(ev.extras.get("timing", {}))
     return {
         **first,
+        "config": to_dict(cfg),  # the first run's, with the inference settings the ensemble was scored with
         "checkpoint": [m["checkpoint"] for m in members],
         "reused": False,
         **_scores_of(ev),
@@ -462,7 +463,16 @@ def _member_entry(m: dict[str, Any]) -> dict[str, Any]:
         "train_minutes": _train_seconds(m["train"]) / 60,
         "dice_mean": m["dice"]["mean"], "host": m.get("host"), "model": m.get("model"),
         "config_name": m.get("config_name"), "overrides": m.get("overrides") or {},
+        "inference": _inference_of(m),
     }
+
+
+def _inference_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The inference settings (:data:`fewshot.checkpoint.INFERENCE_FIELDS`) a fold record was scored with."""
+    from fewshot.checkpoint import INFERENCE_FIELDS
+
+    model = (record.get("config") or {}).get("model") or {}
+    return {k: model[k] for k in INFERENCE_FIELDS if k in model}
 
 
 def setting_groups(config: Any) -> list[tuple[str, ...]]:
@@ -825,6 +835,14 @@ def markdown_report(records: Sequence[dict[str, Any]]) -> str:
                     f"| {r['fold']} | " + " | ".join(f"{a:.2f}" for a in alone)
                     + f" | {mean_alone:.2f} | {100 * r['dice']['mean']:.2f} | {100 * r['dice']['mean'] - mean_alone:+.2f} |"
                 )
+            other = dict.fromkeys(  # members scored alone with other inference settings than the ensemble's
+                f"{head[i]}: {k} {v}" for r in ens for i, e in enumerate(r["ensemble"])
+                for k, v in (e.get("inference") or {}).items() if v != _inference_of(r).get(k)
+            )
+            if other:
+                lines += ["", "Each model alone is scored as its own run was, here with other inference settings than "
+                          f"the ensemble's ({', '.join(f'{k} {v}' for k, v in _inference_of(ens[0]).items())}): "
+                          + "; ".join(other) + "."]
         if any(r["train"].get("genesis_seconds") for r in recs):
             lines += ["", "Train min includes the Models Genesis pretraining on the fold's training scans "
                       "(`--genesis-steps`)."]

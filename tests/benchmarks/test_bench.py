@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,6 +446,27 @@ def test_ensemble_scores_the_runs_of_each_fold_as_one_model(tmp_path: Path) -> N
     assert ens_prior["intensity_prior"] == 2.0 and ens["intensity_prior"] == 0.0
     assert ens_prior["dice"]["mean"] == pytest.approx(direct.dice["mean"]) and ens_prior["dice"] != ens["dice"]
     assert ", intensity prior 2" in (prior / "results.md").read_text()
+    assert "Each model alone is scored as its own run was" not in report
+    assert ("here with other inference settings than the ensemble's (fg_threshold 0.5, tta none, intensity_prior 2.0): "
+            "seed 0: intensity_prior 0.0; seed 1: intensity_prior 0.0.") in (prior / "results.md").read_text()
+    # a member whose config stored another intensity prior (e.g. trained after the config gained it): scored with
+    # the first run's settings, or --set's, and the report names the member that differs
+    from fewshot.checkpoint import CHECKPOINT_KEY
+    ckpt = torch.load(runs[1]["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt[CHECKPOINT_KEY]["config"]["model"]["intensity_prior"] = 0.5
+    torch.save(ckpt, tmp_path / "later.ckpt")
+    later_rec = {**runs[1], "checkpoint": str(tmp_path / "later.ckpt"),
+                 "config": {**runs[1]["config"], "model": {**runs[1]["config"]["model"], "intensity_prior": 0.5}}}
+    (tmp_path / "later.json").write_text(json.dumps({"argv": [], "folds": [later_rec]}))
+    assert bench.main(["--ensemble", parts[0], str(tmp_path / "later.json"), "--out", str(tmp_path / "later")]) == 0
+    (later_first,) = json.loads((tmp_path / "later" / "results.json").read_text())["folds"]
+    assert later_first["dice"] == ens["dice"] and later_first["config"]["model"]["intensity_prior"] == 0.0
+    assert "(fg_threshold 0.5, tta none, intensity_prior 0.0): seed 1: intensity_prior 0.5." in (
+        tmp_path / "later" / "results.md").read_text()
+    assert bench.main(["--ensemble", parts[0], str(tmp_path / "later.json"), "--out", str(tmp_path / "later2"),
+                       "--set", "model.intensity_prior=2"]) == 0
+    (later_ens,) = json.loads((tmp_path / "later2" / "results.json").read_text())["folds"]
+    assert later_ens["dice"] == ens_prior["dice"]
     with pytest.raises(SystemExit):
         bench.main(["--ensemble", *parts, "--out", str(prior), "--set", "model.backbone.name=cbr-small"])
     # members of different backbones: the label, the member table and the config line name each kind
