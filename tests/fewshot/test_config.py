@@ -260,13 +260,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def test_ct_recipe_is_its_pinned_float32_recipe_in_bf16() -> None:
     """cpu_btcv_30min with train.precision=32-true is the float32 recipe whose 5 folds the README reports
-    (benchmarks/results/btcv_ct_setting1_cpu_4500steps_sp200.config.yaml), with the intensity veto added at
-    inference (its training unchanged)."""
+    (benchmarks/results/btcv_ct_setting1_cpu_4500steps_sp200.config.yaml), with the intensity veto and the
+    threshold chosen with it at inference (its training unchanged)."""
     pinned = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "btcv_ct_setting1_cpu_4500steps_sp200.config.yaml"
     now = _flat(load_config(CONFIG_DIR / "cpu_btcv_30min.yaml").to_dict())
     before = _flat(load_config(pinned).to_dict())
     assert {k: now.get(k) for k in now.keys() | before.keys() if now.get(k) != before.get(k)} == {
-        "train.precision": "bf16-mixed", "model.intensity_prior": 0.5,
+        "train.precision": "bf16-mixed", "model.intensity_prior": 0.5, "model.fg_threshold": 0.6,
     }
     assert load_config(CONFIG_DIR / "cpu_btcv_30min.yaml", {"train.precision": "32-true"}).train.precision == "32-true"
 
