@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from fewshot.config import ExperimentConfig, ModelConfig, load_config, to_dict
+from fewshot.config.model import INFERENCE_FIELDS
 from fewshot.config.schema import plain
 
 __all__ = [
@@ -192,10 +193,6 @@ def _ensemble_key(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "norm_stats": loaded.payload.get("norm_stats"),
         "train_subjects": tuple(sorted(loaded.payload.get("train_subjects", []))),
     }
-
-
-#: The model settings that only inference reads, which a caller may give in place of the stored ones.
-INFERENCE_FIELDS = ("fg_threshold", "tta", "intensity_prior")
 
 
 def with_inference_settings(loaded: LoadedCheckpoint, settings: Mapping[str, Any] | None) -> LoadedCheckpoint:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.backbones.base import Backbone
-from fewshot.config.model import ModelConfig
+from fewshot.config.model import INFERENCE_FIELDS, ModelConfig
 from fewshot.heads import FewShotHead
 from fewshot.heads.registry import create_head, list_heads
 
@@ -188,7 +188,7 @@ class EnsembleSegmenter(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         first = members[0].config
         for i, m in enumerate(members[1:], start=1):
-            for field in ("slice_input", "fg_threshold", "tta", "intensity_prior"):
+            for field in ("slice_input", *INFERENCE_FIELDS):
                 if getattr(m.config, field) != getattr(first, field):
                     raise ValueError(
                         f"ensemble member {i} has model.{field}={getattr(m.config, field)!r}, member 0 "

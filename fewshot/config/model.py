@@ -27,8 +27,13 @@ from fewshot.backbones.weights import normalise_sha256
 from fewshot.heads import ALPNetConfig, HeadConfig, head_config_class
 
 __all__ = [
-    "BackboneConfig", "FinetuneConfig", "InitConfig", "ModelConfig", "check_intensity_prior", "check_threshold",
+    "INFERENCE_FIELDS", "BackboneConfig", "FinetuneConfig", "InitConfig", "ModelConfig", "check_intensity_prior",
+    "check_threshold",
 ]
+
+#: The :class:`ModelConfig` fields that only inference reads (training ignores them), which a caller may give
+#: in place of a checkpoint's stored ones (:func:`fewshot.checkpoint.with_inference_settings`).
+INFERENCE_FIELDS = ("fg_threshold", "tta", "intensity_prior")
 
 
 def check_threshold(value: Any, what: str = "threshold") -> float:
