@@ -42,7 +42,7 @@ def split_volumes(protocol: Protocol, volumes: Sequence[Volume]) -> tuple[FoldSp
     """``(split, train, test)`` volumes of the fold; test = support + query subjects."""
     split = protocol.split([v.subject for v in volumes])
     train = [v for v in volumes if v.subject in split.train]
-    test_ids = {split.support, *split.queries}
+    test_ids = {s for s in (split.support, *split.queries) if s is not None}
     return split, train, [v for v in volumes if v.subject in test_ids]
 
 

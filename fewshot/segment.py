@@ -15,6 +15,7 @@ In-plane pixel sizes of support and query (after resizing) must agree within a f
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import time
@@ -32,6 +33,7 @@ from episodes.data.preprocess import NormStats, preprocess
 from episodes.data.slices import stack_slices
 from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
 from episodes.protocol import query_chunk, support_slice_indices
+from fewshot.recipes.bundle import Bundle
 
 __all__ = [
     "MAX_SPACING_RATIO",
@@ -182,7 +184,7 @@ def _in_plane_pixel(v: Volume, size: int) -> float:
 
 def segment_files(
     *,
-    checkpoint: str | Path | Sequence[str | Path],
+    checkpoint: str | Path | Sequence[str | Path] | Bundle,
     support: str | Path,
     support_mask: str | Path,
     organ: str,
@@ -203,8 +205,10 @@ def segment_files(
 ) -> dict[str, Any]:
     """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
 
-    ``checkpoint``: one trained model, or several segmenting as one ensemble (the mean of their foreground
-    probabilities; :func:`~fewshot.checkpoint.load_model_from_checkpoints` checks they share their data setup).
+    ``checkpoint``: a trained model folder (:class:`~fewshot.recipes.Bundle`: the members of the organ's label
+    group with the bundle's inference settings, the arguments given here replacing them), one trained model, or
+    several segmenting as one ensemble (the mean of their foreground probabilities;
+    :func:`~fewshot.checkpoint.load_model_from_checkpoints` checks they share their data setup).
     ``support_mask`` is binary, or a label volume read with ``label_map`` (``chaos-mr``,
     ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). Returns a report (slices, voxels, volume in ml).
     """
@@ -222,10 +226,14 @@ def segment_files(
         _check_nifti_input(name, Path(path))
     organ = check_organ_name(organ)
     dev = default_device(device)
-    loaded = load_model_from_checkpoints(
-        checkpoint, map_location=dev,
-        inference={"fg_threshold": fg_threshold, "tta": tta, "intensity_prior": intensity_prior},
-    )
+    settings = {"fg_threshold": fg_threshold, "tta": tta, "intensity_prior": intensity_prior}
+    if isinstance(checkpoint, Bundle):  # a trained model folder: the group holding the organ, its settings
+        bundle = checkpoint
+        loaded = bundle.load(bundle.group_of(organ), map_location=dev, inference=settings)
+        given = dict(finetune or {}) if not hasattr(finetune, "steps") else dataclasses.asdict(finetune)
+        finetune = {**dataclasses.asdict(bundle.inference.finetune), **{k: v for k, v in given.items() if v is not None}}
+    else:
+        loaded = load_model_from_checkpoints(checkpoint, map_location=dev, inference=settings)
     model, extras = loaded.model, loaded.payload
     checkpoint = loaded.path  # one file, or the ensemble's files
     trained_mod = extras.get("modality")

@@ -105,7 +105,7 @@ class FoldSplit:
     """Subjects of one fold: self-supervised training, the support scan, the query scans."""
 
     train: tuple[str, ...]
-    support: str
+    support: str | None  # None: no held-out subjects (``Protocol.fold`` None)
     queries: tuple[str, ...]
 
 

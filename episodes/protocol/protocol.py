@@ -36,7 +36,8 @@ class Protocol:
     Attributes:
         dataset: dataset name (``"chaos-mr"``, ``"btcv-ct"`` or another registered name); ``""``
             when not (yet) known, e.g. in a config section filled in from the data settings.
-        fold: 0..4.
+        fold: 0..4, or ``None``: no held-out subjects, training sees every scan (a model for your own data,
+            ``fewshot fit --fold all``); evaluating it then needs an explicit ``support_subject``.
         setting: 1 (Roy et al., nothing excluded) or 2 (test organs' slices excluded from training).
         organs: organs to evaluate (canonical names).
         shots: support slices per chunk.
@@ -49,7 +50,7 @@ class Protocol:
     """
 
     dataset: str = ""
-    fold: int = 0
+    fold: int | None = 0
     setting: int = 1
     organs: tuple[str, ...] = ABDOMINAL_ORGANS
     shots: int = 1
@@ -59,8 +60,8 @@ class Protocol:
     share_support_slices: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.fold < N_FOLDS:
-            raise ValueError(f"fold must be in 0..{N_FOLDS - 1}, got {self.fold}")
+        if self.fold is not None and not (isinstance(self.fold, int) and 0 <= self.fold < N_FOLDS):
+            raise ValueError(f"fold must be in 0..{N_FOLDS - 1} or null (train on every scan), got {self.fold!r}")
         if self.setting not in (1, 2):
             raise ValueError(f"setting must be 1 or 2, got {self.setting}")
         if self.shots < 1 or self.chunks < 1:
@@ -92,6 +93,8 @@ class Protocol:
             return FoldSplit(train=train, support=self.support_subject, queries=tuple(queries))
         if self.query_subjects is not None:
             raise ValueError("query_subjects needs an explicit support_subject")
+        if self.fold is None:  # every scan trains; nothing is held out
+            return FoldSplit(train=tuple(ids), support=None, queries=())
         sep = fold_boundaries(len(ids))
         lo, hi = sep[self.fold], sep[self.fold + 1]
         queries = tuple(ids[lo:hi])
@@ -162,6 +165,11 @@ class Protocol:
         if len(by_id) != len(volumes):
             raise ValueError(f"duplicate subject ids: {[v.subject for v in volumes]}")
         split = self.split([v.subject for v in volumes])
+        if split.support is None:
+            raise ValueError(
+                "fold: all (a model trained on every scan) has no held-out support or query scans; name them "
+                "(--support-subject, --query-subjects) or evaluate a model trained on a fold (--fold 0..4)"
+            )
         support = by_id[split.support]
         organ_plans = []
         for organ in self.organs:

@@ -266,12 +266,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fewshot.checkpoint import load_model_from_checkpoints
+    from fewshot.cli.recipe_commands import evaluate_model, model_or_checkpoints
     from fewshot.device import default_device
     from fewshot.evaluation import run_evaluation
     from fewshot.evaluation.postprocess import POSTPROCESS
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
+    bundle = model_or_checkpoints(args)
+    if bundle is not None:
+        if args.support_data:
+            raise CLIError("--support-data works with --checkpoint; with --model name a --support-subject of --data")
+        result = evaluate_model(args, bundle, out)
+        title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")
+        print(title.read_text() if title.is_file() else result.to_markdown())
+        print(f"wrote {out}")
+        return 0
     loaded = load_model_from_checkpoints(
         args.checkpoint, map_location=default_device(args.device),
         inference={"fg_threshold": args.fg_threshold, "tta": args.tta, "intensity_prior": args.intensity_prior},
@@ -342,8 +352,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.query_range:
         lo, _, hi = args.query_range.partition(":")
         query_range = (int(lo), int(hi))
+    from fewshot.cli.recipe_commands import model_or_checkpoints
+
+    bundle = model_or_checkpoints(args)
     report = segment_files(
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint if bundle is None else bundle,
         support=args.support,
         support_mask=args.support_mask,
         organ=args.organ,

@@ -217,9 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = add("evaluate", c.cmd_evaluate, "1-way k-shot evaluation under the SSL-ALPNet protocol")
     e.add_argument(
-        "--checkpoint", required=True, nargs="+", metavar="CKPT",
-        help="last.ckpt of a training run; several: evaluate them as one ensemble (mean foreground probability; "
-        "the same fold and data setup, e.g. one recipe trained with different seeds)",
+        "--model", default=None, metavar="DIR",
+        help="a trained model folder (`fewshot fit --out`): its members as one model, with its inference settings",
+    )
+    e.add_argument(
+        "--checkpoint", default=None, nargs="+", metavar="CKPT",
+        help="instead of --model: last.ckpt of a training run; several: evaluate them as one ensemble (mean "
+        "foreground probability; the same fold and data setup, e.g. one recipe trained with different seeds)",
     )
     e.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET",
                    help="default: the training dataset; " + datasets)
@@ -271,9 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sg = add("segment", c.cmd_segment, "segment a new scan from one annotated scan; writes NIfTI with the query's geometry")
     sg.add_argument(
-        "--checkpoint", required=True, nargs="+", metavar="CKPT",
-        help="last.ckpt of a training run; several: segment with them as one ensemble (mean foreground probability; "
-        "models of one fold and data setup, e.g. the CT recipe's four)",
+        "--model", default=None, metavar="DIR",
+        help="a trained model folder (`fewshot fit --out`): its members as one model, with its inference settings",
+    )
+    sg.add_argument(
+        "--checkpoint", default=None, nargs="+", metavar="CKPT",
+        help="instead of --model: last.ckpt of a training run; several: segment with them as one ensemble (mean "
+        "foreground probability; models of one fold and data setup)",
     )
     sg.add_argument("--support", required=True, help="annotated scan (NIfTI)")
     sg.add_argument("--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)")
@@ -289,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     sg.add_argument("--out", required=True, help="prediction file (.nii or .nii.gz)")
     sg.add_argument("--overwrite", action="store_true", help="replace an existing prediction file")
+
+    from fewshot.cli.recipe_commands import add_recipe_commands
+
+    add_recipe_commands(sub, add, set_opt, datasets, names)
 
     st = add("study", c.cmd_study, "does the initialisation matter? train/evaluate a grid and compare (mean ± std)")
     st.add_argument("--config", default="demo_phantom", help="base config (YAML file or packaged name)")

@@ -17,6 +17,13 @@ def list_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+#: Packaged configs that were removed, and what replaces them.
+REMOVED = {
+    "ssl_alpnet_chaos_mr_setting2": "`fewshot fit --recipe ssl-alpnet-mri --setting 2` (one model per label group)",
+    "ssl_alpnet_btcv_ct_setting2": "`fewshot fit --recipe ssl-alpnet-ct --setting 2` (one model per label group)",
+}
+
+
 def config_path(name: str) -> Path:
     """A packaged config by name (with or without ``.yaml``) or an existing YAML path."""
     path = Path(name)
@@ -25,6 +32,9 @@ def config_path(name: str) -> Path:
     packaged = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name}.yaml"
     if packaged.is_file():
         return packaged
+    if packaged.stem in REMOVED:
+        raise FileNotFoundError(f"config {name!r} was removed (one config cannot hold setting 2's two models); use "
+                                f"{REMOVED[packaged.stem]}")
     raise FileNotFoundError(
         f"config {name!r} is neither a YAML file nor a packaged config; packaged: {list_configs()}"
     )

@@ -142,12 +142,32 @@ def train(
     Raises:
         fewshot.training.lock.OutputInUseError: another ``train`` is running in ``cfg.out_dir``.
     """
+    check_one_label_group(cfg)
     out = Path(cfg.out_dir)
     with train_lock(out) as lock:
         if lock is not None:  # no other run writes here: temp files of killed checkpoint writes are stale
             for stale in remove_stale_temps(checkpoint_path(out)):
                 logger.info("removed %s, left by a run killed while saving a checkpoint", stale)
         return _train(cfg, volumes, resume, callbacks, fast_dev_run)
+
+
+def check_one_label_group(cfg: ExperimentConfig) -> None:
+    """Refuse a setting-2 run whose tested organs span several label groups without an explicit
+    ``data.exclude_organs``: one model would be trained without the slices of every group, which is not the
+    protocol (SSL-ALPNet trains one model per group, each without its own group's slices)."""
+    protocol = cfg.data.protocol
+    if protocol.setting != 2 or cfg.data.exclude_organs is not None:
+        return
+    runs = protocol.training_runs()
+    if len(runs) > 1:
+        groups = "; ".join("+".join(tested) for tested, _ in runs)
+        first = ",".join(runs[0][0])
+        raise ValueError(
+            f"setting 2 with organs {', '.join(protocol.organs)} spans {len(runs)} label groups ({groups}): one "
+            f"model would never see any of their slices; SSL-ALPNet trains one model per group: use `fewshot fit "
+            f"--recipe R --setting 2` (one model per group), or train one group with --organs {first} (to exclude "
+            "the union on purpose, set data.exclude_organs)"
+        )
 
 
 def _train(

@@ -173,14 +173,20 @@ def test_shipped_configs_load(path: Path) -> None:
             "alpnet",
             100_100,
         )
-        assert cfg.data.protocol.setting == (2 if "setting2" in path.name else 1)
+        assert cfg.data.protocol.setting == 1
 
 
 def test_shipped_configs_cover_published_settings() -> None:
+    """Setting 2 is a recipe option (one model per label group), not a config: the removed setting-2 configs name
+    the command that replaces them."""
+    from fewshot.configs import config_path
+
     names = {p.name for p in CONFIG_DIR.glob("*.yaml")}
     for ds in ("chaos_mr", "btcv_ct"):
-        for s in (1, 2):
-            assert f"ssl_alpnet_{ds}_setting{s}.yaml" in names
+        assert f"ssl_alpnet_{ds}_setting1.yaml" in names
+        assert f"ssl_alpnet_{ds}_setting2.yaml" not in names
+        with pytest.raises(FileNotFoundError, match="--setting 2"):
+            config_path(f"ssl_alpnet_{ds}_setting2")
     assert {"demo_phantom.yaml", "cpu_chaos_30min.yaml"} <= names
 
 
