@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="method parameter, e.g. min_size=400 (unknown names are refused with the valid list)",
     )
     s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (default: per modality)")
+    s.add_argument(
+        "--scaling", default="minmax", choices=["minmax", "none"],
+        help="minmax: rescale each slice to the method's range (default); none: felzenszwalb on the stored "
+        "intensities, as SSL-ALPNet",
+    )
     s.add_argument("--cache", default=".fewshot_cache/superpixels", help="cache folder")
     s.add_argument("--workers", type=int, default=2, help="worker processes")
     s.add_argument("--export", default=None, help="also write superpix_<id>.nii.gz files into this folder")
