@@ -256,6 +256,11 @@ def run_evaluation(
                 if isinstance(head, ALPNetHead)
                 else {}
             ),
+            **(
+                {"alp_decision_window": head.decision_window}
+                if isinstance(head, ALPNetHead) and head.decision_window is not None
+                else {}
+            ),
             **({"ensemble": loaded.payload["ensemble"]} if "ensemble" in loaded.payload else {}),
             "environment": environment(),
             "commit": git_commit(),
