@@ -19,6 +19,7 @@ from .algorithms import (
 )
 from .dataset import compute_dataset_superpixels_with_stats, compute_volume_superpixels
 from .params import (
+    BODY_CONNECTIVITIES,
     DEFAULT_PARAMS,
     METHODS,
     OPTIONAL_PARAMS,
@@ -29,6 +30,7 @@ from .params import (
 )
 
 __all__ = [
+    "BODY_CONNECTIVITIES",
     "DEFAULT_PARAMS",
     "FAST_SLIC_INSTALL",
     "METHODS",

@@ -33,7 +33,14 @@ def compute_volume_superpixels(volume: Volume, params: SuperpixelParams | None =
     image = np.asarray(superpixel_input(volume), dtype=np.float32)
     out = np.empty(image.shape, dtype=np.int32)
     superpixels_into(
-        image, out, params.threshold_for(volume), params.method, dict(params.params), volume.spacing, params.scaling
+        image,
+        out,
+        params.threshold_for(volume),
+        params.method,
+        dict(params.params),
+        volume.spacing,
+        params.scaling,
+        params.body_connectivity,
     )
     return out
 
@@ -122,7 +129,8 @@ def compute_dataset_superpixels_with_stats(
                 for z0 in range(0, image.shape[0], slices_per_task):
                     z1 = min(z0 + slices_per_task, image.shape[0])
                     superpixels_into(
-                        image[z0:z1], seg[z0:z1], threshold, method, kw, volume.spacing, params.scaling
+                        image[z0:z1], seg[z0:z1], threshold, method, kw, volume.spacing, params.scaling,
+                        params.body_connectivity,
                     )
                     bar.update(z1 - z0)
                 outputs[volume.subject] = seg
@@ -136,6 +144,7 @@ def compute_dataset_superpixels_with_stats(
                 mp_context,
                 bar,
                 scaling=params.scaling,
+                body_connectivity=params.body_connectivity,
             )
     finally:
         bar.close()

@@ -131,7 +131,11 @@ def cmd_superpixels(args: argparse.Namespace) -> int:
         key, _, value = pair.partition("=")
         params[key] = _parse_value(value)
     sp = SuperpixelParams(
-        method=args.method, params=params, body_threshold=args.body_threshold, scaling=args.scaling
+        method=args.method,
+        params=params,
+        body_threshold=args.body_threshold,
+        scaling=args.scaling,
+        body_connectivity=args.body_connectivity,
     )
     maps, stats = compute_dataset_superpixels_with_stats(
         volumes, sp, cache_dir=args.cache, workers=args.workers, progress=not args.quiet

@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (default: per modality)")
     s.add_argument(
+        "--body-connectivity", type=int, default=4, choices=[4, 8],
+        help="connectivity of the body mask's largest component (default 4; SSL-ALPNet: 8)",
+    )
+    s.add_argument(
         "--scaling", default="minmax", choices=["minmax", "none"],
         help="minmax: rescale each slice to the method's range (default); none: felzenszwalb on the stored "
         "intensities, as SSL-ALPNet",

@@ -437,3 +437,75 @@ def _felzenszwalb_volume(volume, **params):  # type: ignore[no-untyped-def]
         if mask.any():
             out[z] = _relabel_inside(felzenszwalb(sl.astype(np.float64), **{"scale": 1.0, "sigma": 1.0, **params}), mask)
     return out
+
+
+# ----------------------------------------------------------------------- body-mask connectivity
+
+
+def _diagonal_blobs() -> np.ndarray:
+    """A 5x5 blob (25 px) and a 4x4 blob (16 px) touching only at one corner, both above 1."""
+    img = np.zeros((14, 14), np.float32)
+    img[1:6, 1:6] = 5.0
+    img[6:10, 6:10] = 5.0
+    return img
+
+
+def test_body_connectivity_hand_computed() -> None:
+    img = _diagonal_blobs()
+    four = body_mask(img, 1.0)
+    eight = body_mask(img, 1.0, connectivity=8)
+    assert int(four.sum()) == 25 and not four[6:10, 6:10].any()  # the largest 4-connected component only
+    assert int(eight.sum()) == 41  # both blobs: they touch diagonally
+    np.testing.assert_array_equal(body_mask(img, 1.0, connectivity=4), four)
+    with pytest.raises(ValueError, match=re.escape("body_connectivity must be one of [4, 8]")):
+        body_mask(img, 1.0, connectivity=6)
+
+
+def _reference_body_mask(img: np.ndarray, threshold: float) -> np.ndarray:
+    """SSL-ALPNet's ``fg_mask2d``: skimage label (8-connected) → largest component → binary_fill_holes."""
+    from scipy import ndimage
+    from skimage.measure import label
+
+    labels = label(img > threshold)
+    largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return np.asarray(ndimage.binary_fill_holes(largest), dtype=bool)
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_body_connectivity_8_matches_the_reference_recipe(seed: int, opencv: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.pseudolabels.algorithms as algorithms
+
+    if not opencv:  # the scipy fallback
+        monkeypatch.setattr(algorithms, "_cv2", lambda: None)
+    rng = np.random.default_rng(seed)
+    img = (rng.random((40, 40)) > 0.55).astype(np.float32) * 100.0  # many diagonal contacts
+    np.testing.assert_array_equal(body_mask(img, 50.0, connectivity=8), _reference_body_mask(img, 50.0))
+    assert not np.array_equal(body_mask(img, 50.0), _reference_body_mask(img, 50.0))
+
+
+def test_body_connectivity_params_and_volume_level(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.pseudolabels.parallel as parallel
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+    from episodes.pseudolabels import BODY_CONNECTIVITIES
+
+    assert BODY_CONNECTIVITIES == (4, 8) and SuperpixelParams().body_connectivity == 4
+    for bad in (6, True, "8"):
+        with pytest.raises(ValueError, match="body_connectivity must be one of"):
+            SuperpixelParams(body_connectivity=bad)  # type: ignore[arg-type]
+    p8 = SuperpixelParams("felzenszwalb", {"min_size": 5}, body_connectivity=8)
+    assert p8.to_dict()["body_connectivity"] == 8 and "body_connectivity" not in SuperpixelParams().to_dict()
+    assert SuperpixelParams.from_dict(p8.to_dict()) == p8
+    image = np.stack([_diagonal_blobs() * 20, _diagonal_blobs()[::-1] * 20])  # 100 > the MR threshold 50
+    v = Volume(image=image, label=None, spacing=(1, 1, 1), subject="d", modality="MR", label_map=CHAOS_MR)
+    monkeypatch.setattr(parallel, "_MAIN_PROCESS_COMPUTES", False)
+    maps, _ = compute_dataset_superpixels_with_stats(
+        [v, Volume(image=image[::-1].copy(), label=None, spacing=(1, 1, 1), subject="e", modality="MR", label_map=CHAOS_MR)],
+        p8, cache_dir=None, workers=2, progress=False, slices_per_task=1,
+    )
+    inside8 = maps["d"] > 0
+    assert [int(s.sum()) for s in inside8] == [41, 41]
+    np.testing.assert_array_equal(inside8, compute_volume_superpixels(v, p8) > 0)
+    four = compute_volume_superpixels(v, SuperpixelParams("felzenszwalb", {"min_size": 5})) > 0
+    assert [int(s.sum()) for s in four] == [25, 25]
