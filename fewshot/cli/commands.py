@@ -328,6 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         intensity_prior=args.intensity_prior,
         alp_window=args.alp_window,
         alp_threshold=args.alp_threshold,
+        alp_decision_window=args.alp_decision_window,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")

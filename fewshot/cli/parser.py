@@ -270,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ALPNet head: pooled-mask mean a cell needs to become a local prototype (default: the trained "
         "model.head.threshold)",
     )
+    e.add_argument(
+        "--alp-decision-window", type=int, default=None,
+        help="ALPNet head: window of SSL-ALPNet's check that picks local + global or only the global foreground "
+        "prototype (4 in SSL-ALPNet; 0: off; default: the trained model.head.decision_window)",
+    )
     _add_fg_threshold(e)
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")
     e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
