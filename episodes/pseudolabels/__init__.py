@@ -2,7 +2,7 @@
 
 * :mod:`~episodes.pseudolabels.algorithms`: per-slice backends, body mask, ``compute_superpixels``.
 * :mod:`~episodes.pseudolabels.params`: ``SuperpixelParams``, ``SuperpixelStats``, ``METHODS``,
-  ``DEFAULT_PARAMS``, ``VOLUMETRIC_METHODS`` (3D supervoxels).
+  ``DEFAULT_PARAMS``, ``SCALINGS``, ``VOLUMETRIC_METHODS`` (3D supervoxels).
 * :mod:`~episodes.pseudolabels.dataset`: whole volumes / data sets, cached
   (``compute_dataset_superpixels_with_stats``); :mod:`~episodes.pseudolabels.parallel`: the
   shared-memory process scheduler; :mod:`~episodes.pseudolabels.cache`: the on-disk cache.
@@ -19,19 +19,23 @@ from .algorithms import (
 )
 from .dataset import compute_dataset_superpixels_with_stats, compute_volume_superpixels
 from .params import (
+    BODY_CONNECTIVITIES,
     DEFAULT_PARAMS,
     METHODS,
     OPTIONAL_PARAMS,
+    SCALINGS,
     VOLUMETRIC_METHODS,
     SuperpixelParams,
     SuperpixelStats,
 )
 
 __all__ = [
+    "BODY_CONNECTIVITIES",
     "DEFAULT_PARAMS",
     "FAST_SLIC_INSTALL",
     "METHODS",
     "OPTIONAL_PARAMS",
+    "SCALINGS",
     "VOLUMETRIC_METHODS",
     "SuperpixelParams",
     "SuperpixelStats",

@@ -11,9 +11,15 @@ Per 2D axial slice (``(H, W)``):
 
    * ``felzenszwalb`` (scikit-image). SSL-ALPNet calls ``felzenszwalb(slice, min_size=400, sigma=1)``
      with skimage's default ``scale=1`` on CT in [0, 255]. skimage divides ``scale`` by 255 and assumes
-     [0, 1] data, so the *intensity range matters*: we min-max scale every slice to **[0, 255]** before
-     calling it, which reproduces SSL-ALPNet on CT exactly and makes MR (raw units 0..~1000 in CHAOS)
-     behave the same way (≈ 40 regions per 256² slice instead of depending on the scanner range).
+     [0, 1] data, so the *intensity range matters*: by default (``scaling="minmax"``) we min-max scale
+     every slice to **[0, 255]** before calling it, which reproduces SSL-ALPNet on CT slices spanning
+     [0, 255] and makes MR (raw units 0..~1000 in CHAOS) behave the same way (≈ 40 regions per 256²
+     slice instead of depending on the scanner range). ``scaling="none"`` runs it on the slice as it is
+     (float64), as SSL-ALPNet does on every data set. The difference is small: skimage merges neighbours
+     whose edge weight is below ``scale / 255 / |C|``, tiny next to the edge weights of either range, so
+     mostly ``min_size`` shapes the regions; on CHAOS MR subject 1 (0..855) 9 of 37 slices change, with
+     21.9 regions per slice unscaled against 21.8 scaled. Slices spanning exactly [0, 255] give identical
+     maps (the BTCV CT PNGs are scaled per slice to 0..255, before any resizing).
    * ``slic`` (scikit-image, ``channel_axis=None``) on the [0, 1] min-max scaled slice.
    * ``fast-slic`` (optional ``fast_slic`` package, imported lazily) on the slice as uint8 ``H×W×3``.
      The AVX2 build (``fast_slic.avx2.SlicAvx2``, identical output, ~1.7x faster) is used when both
@@ -32,7 +38,20 @@ Per 2D axial slice (``(H, W)``):
 
 Whole volumes and data sets, cached and in parallel: :mod:`episodes.pseudolabels.dataset`.
 Superpixels are computed on the **raw** (not z-scored) image, as in SSL-ALPNet; CT in HU is first
-windowed to [-125, 275] → [0, 255] (:func:`superpixel_input`).
+windowed to [-125, 275] → [0, 255] (:func:`superpixel_input`). MR is used in its stored units: the
+99.5th-percentile clip of the preprocessing (:func:`episodes.data.preprocess.clip_percentile`) is *not*
+applied here. SSL-ALPNet does not apply it at this step either, it reads its preprocessed files, which are
+already clipped; so are the SSL-ALPNet-preprocessed CHAOS files this library loads (their provenance
+notes: "the brightest 0.5 % of the intensity histogram was clipped" upstream).
+
+Body mask compared with SSL-ALPNet (``fg_mask2d`` in ``data/pseudolabel_gen.ipynb``): same thresholds
+(``> 1e-4`` on SABS CT in [0, 255], ``> 1e-4 + 50`` on CHAOS MR), largest connected component, then
+``binary_fill_holes`` (4-connected in both). One difference: SSL-ALPNet takes the largest component of
+``skimage.measure.label``, which connects diagonal neighbours (8-connectivity); ours is 4-connected
+(scipy's default) unless :attr:`~episodes.pseudolabels.params.SuperpixelParams.body_connectivity` is 8.
+The reference's masks are then larger where the largest region is joined to others through corners: on 4
+CHAOS MR subjects (136 slices with a body) on 109 slices, by up to 903 pixels (21 % of that slice's mask);
+with 8 the two recipes give the same masks.
 """
 
 from __future__ import annotations
@@ -43,7 +62,14 @@ from typing import Any
 import numpy as np
 
 from ..data.volumes import Volume, VolumeError
-from .params import DEFAULT_PARAMS, VOLUMETRIC_METHODS, check_method, check_params
+from .params import (
+    DEFAULT_PARAMS,
+    VOLUMETRIC_METHODS,
+    check_body_connectivity,
+    check_method,
+    check_params,
+    check_scaling,
+)
 
 __all__ = [
     "BODY_THRESHOLD_CT255",
@@ -79,20 +105,26 @@ def _cv2() -> Any:
     return cv2
 
 
-def _label4(binary: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a bool ``(H, W)`` array: ``(labels, n)``, ``0`` = background.
+def _label4(binary: np.ndarray, connectivity: int = 4) -> tuple[np.ndarray, int]:
+    """4-connected (or, with ``connectivity=8``, 8-connected) components of a bool ``(H, W)`` array:
+    ``(labels, n)``, ``0`` = background.
 
-    Same partition as ``scipy.ndimage.label`` (its default structure is 4-connected); the numbering of
-    the components may differ (OpenCV is used when available, ~2x faster).
+    Same partition as ``scipy.ndimage.label`` (its default structure is 4-connected; a 3x3 block of ones for
+    8); the numbering of the components may differ (OpenCV is used when available, ~2x faster).
     """
     cv2 = _cv2()
     if cv2 is None:
         from scipy import ndimage
 
-        labels, n = ndimage.label(binary)
+        labels, n = ndimage.label(binary, structure=_structure(connectivity))
         return labels, int(n)
-    n, labels = cv2.connectedComponents(binary.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    n, labels = cv2.connectedComponents(binary.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
     return labels, int(n) - 1
+
+
+def _structure(connectivity: int) -> np.ndarray | None:
+    """``scipy.ndimage.label`` structure for 4 (its default, ``None``) or 8 connectivity."""
+    return None if connectivity == 4 else np.ones((3, 3), dtype=bool)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -111,11 +143,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def _body_mask(image: np.ndarray, threshold: float) -> np.ndarray:
+def _body_mask(image: np.ndarray, threshold: float, connectivity: int = 4) -> np.ndarray:
     above = image > threshold
     if not above.any():
         return np.zeros(image.shape, dtype=bool)
-    components, n = _label4(above)
+    components, n = _label4(above, connectivity)
     if n > 1:
         sizes = np.bincount(components.ravel())
         sizes[0] = 0
@@ -124,7 +156,7 @@ def _body_mask(image: np.ndarray, threshold: float) -> np.ndarray:
             # tie: scipy numbers components in raster order of their first pixel; keep its choice
             from scipy import ndimage
 
-            components, _ = ndimage.label(above)
+            components, _ = ndimage.label(above, structure=_structure(connectivity))
             sizes = np.bincount(components.ravel())
             sizes[0] = 0
             largest = int(np.argmax(sizes))
@@ -132,17 +164,20 @@ def _body_mask(image: np.ndarray, threshold: float) -> np.ndarray:
     return _fill_holes(above)
 
 
-def body_mask(slice_2d: np.ndarray, threshold: float) -> np.ndarray:
+def body_mask(slice_2d: np.ndarray, threshold: float, connectivity: int = 4) -> np.ndarray:
     """Body mask of one slice: ``slice > threshold`` → largest connected component → fill holes.
 
     Args:
         slice_2d: ``(H, W)`` intensities (in the units ``threshold`` refers to).
         threshold: intensity above which a pixel may belong to the body.
+        connectivity: of the largest component, 4 (default) or 8 (SSL-ALPNet's ``skimage.measure.label``);
+            hole filling is 4-connected in both cases (``scipy.ndimage.binary_fill_holes``).
 
     Returns:
         ``(H, W)`` bool mask; all ``False`` when no pixel exceeds ``threshold`` (an empty slice).
     """
-    return _body_mask(_check_slice(slice_2d), threshold)
+    check_body_connectivity(connectivity)
+    return _body_mask(_check_slice(slice_2d), threshold, connectivity)
 
 
 def default_body_threshold(volume: Volume) -> float:
@@ -190,10 +225,11 @@ def _scaled(image: np.ndarray, top: float) -> np.ndarray:
     return out
 
 
-def _felzenszwalb(image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _felzenszwalb(image: np.ndarray, params: dict[str, Any], scaling: str = "minmax") -> np.ndarray:
     from skimage.segmentation import felzenszwalb
 
-    return np.asarray(felzenszwalb(_scaled(image, 255.0), **params))
+    data = _scaled(image, 255.0) if scaling == "minmax" else image.astype(np.float64)
+    return np.asarray(felzenszwalb(data, **params))
 
 
 def _slic(image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
@@ -293,6 +329,7 @@ def compute_superpixels(
     method: str = "felzenszwalb",
     *,
     body_mask: np.ndarray | None = None,
+    scaling: str = "minmax",
     **params: Any,
 ) -> np.ndarray:
     """Superpixels of one slice, restricted to the body.
@@ -301,6 +338,8 @@ def compute_superpixels(
         slice_2d: ``(H, W)`` raw intensities (any range; each method rescales, see module docs).
         method: one of :data:`~episodes.pseudolabels.params.METHODS`.
         body_mask: ``(H, W)`` bool; superpixels outside it are dropped. ``None`` keeps every pixel.
+        scaling: ``"minmax"`` (rescale the slice to the method's range) or ``"none"`` (felzenszwalb on the
+            slice as it is); :attr:`~episodes.pseudolabels.params.SuperpixelParams.scaling`.
         **params: method parameters, overriding :data:`~episodes.pseudolabels.params.DEFAULT_PARAMS`
             (e.g. ``min_size=100``); unknown names raise ``ValueError``.
 
@@ -315,17 +354,23 @@ def compute_superpixels(
             "episodes.pseudolabels.compute_volume_superpixels or compute_dataset_superpixels_with_stats"
         )
     check_params(key, params)
+    check_scaling(key, scaling)
     mask = np.ones(image.shape, dtype=bool) if body_mask is None else np.asarray(body_mask, dtype=bool)
     if mask.shape != image.shape:
         raise ValueError(f"body_mask shape {mask.shape} does not match slice shape {image.shape}")
-    return _segment(image, mask, key, {**DEFAULT_PARAMS[key], **params})
+    return _segment(image, mask, key, {**DEFAULT_PARAMS[key], **params}, scaling)
 
 
-def _segment(image: np.ndarray, mask: np.ndarray, key: str, params: dict[str, Any]) -> np.ndarray:
+def _segment(
+    image: np.ndarray, mask: np.ndarray, key: str, params: dict[str, Any], scaling: str = "minmax"
+) -> np.ndarray:
     """Checked ``(H, W)`` float32 slice and bool mask → ``(H, W)`` int32 relabelled superpixels."""
     if not mask.any():
         return np.zeros(image.shape, dtype=np.int32)
-    segments = _BACKENDS[key](image, params)
+    if key == "felzenszwalb":
+        segments = _felzenszwalb(image, params, scaling)
+    else:
+        segments = _BACKENDS[key](image, params)
     if segments.shape != image.shape:
         raise RuntimeError(f"{key} returned shape {segments.shape} for a slice of shape {image.shape}")
     return _relabel_inside(segments, mask)
@@ -338,16 +383,25 @@ def superpixels_into(
     method: str,
     params: dict[str, Any],
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    scaling: str = "minmax",
+    body_connectivity: int = 4,
 ) -> None:
     """Fill ``out`` ``(Z, H, W)`` int32 with the superpixels of ``images`` ``(Z, H, W)`` float32.
 
     A volumetric method (``slic3d``) treats ``images`` as one volume with voxel size ``spacing``
-    (mm, ``(z, h, w)``) and numbers its supervoxels ``1..N`` over the whole volume.
+    (mm, ``(z, h, w)``) and numbers its supervoxels ``1..N`` over the whole volume. ``scaling``: as
+    :func:`compute_superpixels`; ``body_connectivity``: as :func:`body_mask`'s ``connectivity``.
     """
     key = check_method(method)
+    check_scaling(key, scaling)
+    check_body_connectivity(body_connectivity)
     merged = {**DEFAULT_PARAMS[key], **params}
     if key in VOLUMETRIC_METHODS:
-        mask = np.stack([_body_mask(image, threshold) for image in images]) if len(images) else images > 0
+        mask = (
+            np.stack([_body_mask(image, threshold, body_connectivity) for image in images])
+            if len(images)
+            else images > 0
+        )
         out[...] = 0
         if mask.any():
             segments = _slic3d(images, mask, spacing, merged)
@@ -355,4 +409,4 @@ def superpixels_into(
         return
     for z in range(images.shape[0]):
         image = images[z]
-        out[z] = _segment(image, _body_mask(image, threshold), key, merged)
+        out[z] = _segment(image, _body_mask(image, threshold, body_connectivity), key, merged, scaling)

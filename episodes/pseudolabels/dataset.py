@@ -32,7 +32,16 @@ def compute_volume_superpixels(volume: Volume, params: SuperpixelParams | None =
     params = params or SuperpixelParams()
     image = np.asarray(superpixel_input(volume), dtype=np.float32)
     out = np.empty(image.shape, dtype=np.int32)
-    superpixels_into(image, out, params.threshold_for(volume), params.method, dict(params.params), volume.spacing)
+    superpixels_into(
+        image,
+        out,
+        params.threshold_for(volume),
+        params.method,
+        dict(params.params),
+        volume.spacing,
+        params.scaling,
+        params.body_connectivity,
+    )
     return out
 
 
@@ -119,7 +128,10 @@ def compute_dataset_superpixels_with_stats(
                 seg = np.empty(image.shape, dtype=np.int32)
                 for z0 in range(0, image.shape[0], slices_per_task):
                     z1 = min(z0 + slices_per_task, image.shape[0])
-                    superpixels_into(image[z0:z1], seg[z0:z1], threshold, method, kw, volume.spacing)
+                    superpixels_into(
+                        image[z0:z1], seg[z0:z1], threshold, method, kw, volume.spacing, params.scaling,
+                        params.body_connectivity,
+                    )
                     bar.update(z1 - z0)
                 outputs[volume.subject] = seg
         else:
@@ -131,6 +143,8 @@ def compute_dataset_superpixels_with_stats(
                 slices_per_task,
                 mp_context,
                 bar,
+                scaling=params.scaling,
+                body_connectivity=params.body_connectivity,
             )
     finally:
         bar.close()

@@ -52,6 +52,8 @@ def _run_claimed(
     method: str,
     kw: dict[str, Any],
     on_done: Any = None,
+    scaling: str = "minmax",
+    body_connectivity: int = 4,
 ) -> None:
     """Claim and compute tasks (slices of the flat float32 input into the flat int32 output) until none
     is left; ``on_done()`` is called after each task."""
@@ -60,7 +62,7 @@ def _run_claimed(
         stop = start + z * h * w
         superpixels_into(
             flat_in[start:stop].reshape(z, h, w), flat_out[start:stop].reshape(z, h, w), threshold, method, kw,
-            spacing,
+            spacing, scaling, body_connectivity,
         )
         done[index] = 1
         if on_done is not None:
@@ -78,6 +80,8 @@ def _shared_worker(
     errors: Any,
     method: str,
     kw: dict[str, Any],
+    scaling: str = "minmax",
+    body_connectivity: int = 4,
 ) -> None:
     """Worker-process entry: attach to the shared buffers and compute claimed tasks."""
     from multiprocessing import shared_memory
@@ -89,7 +93,9 @@ def _shared_worker(
     try:
         flat_in = np.ndarray((total,), dtype=np.float32, buffer=shm_in.buf)
         flat_out = np.ndarray((total,), dtype=np.int32, buffer=shm_out.buf)
-        _run_claimed(flat_in, flat_out, tasks, counter, done, method, kw)
+        _run_claimed(
+            flat_in, flat_out, tasks, counter, done, method, kw, scaling=scaling, body_connectivity=body_connectivity
+        )
         del flat_in, flat_out
     except BaseException as exc:  # reported to the parent, which re-raises it
         with counter.get_lock():
@@ -124,8 +130,11 @@ def compute_parallel(
     slices_per_task: int,
     mp_context: str,
     bar: Progress,
+    scaling: str = "minmax",
+    body_connectivity: int = 4,
 ) -> dict[str, np.ndarray]:
-    """The calling process plus ``workers - 1`` spawned processes over shared-memory buffers."""
+    """The calling process plus ``workers - 1`` spawned processes over shared-memory buffers (``scaling``,
+    ``body_connectivity``: :class:`~episodes.pseudolabels.params.SuperpixelParams`)."""
     from multiprocessing import shared_memory
 
     offsets: list[int] = []
@@ -156,7 +165,10 @@ def compute_parallel(
         for _ in range(workers - 1):
             proc = ctx.Process(  # type: ignore[attr-defined]
                 target=_shared_worker,
-                args=(parent_pid, shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw),
+                args=(
+                    parent_pid, shm_in.name, shm_out.name, total, tasks, counter, done, errors, method, kw, scaling,
+                    body_connectivity,
+                ),
                 daemon=True,
             )
             proc.start()
@@ -168,7 +180,10 @@ def compute_parallel(
 
         flat_out = np.ndarray((total,), dtype=np.int32, buffer=shm_out.buf)
         if _MAIN_PROCESS_COMPUTES:
-            _run_claimed(flat_in, flat_out, tasks, counter, done, method, kw, on_done=progress)
+            _run_claimed(
+                flat_in, flat_out, tasks, counter, done, method, kw, on_done=progress, scaling=scaling,
+                body_connectivity=body_connectivity,
+            )
         for proc in procs:
             while proc.is_alive():
                 proc.join(timeout=0.2)

@@ -9,6 +9,17 @@ Presets:
   brightness/contrast, noise or blur), for modalities whose intensities are calibrated (CT in HU), where
   telling organs apart by brightness should not be trained away. For one seed its geometry equals
   ``"alpnet"``'s.
+* ``"sabs"``: SSL-ALPNet's own ``sabs_aug`` (``dataloaders/augutils.py``): ``"alpnet"``'s geometry (affine +
+  elastic) and gamma (0.5, 1.5), without the brightness/contrast, noise and blur that ``"alpnet"`` adds (the
+  reference has none of them; its flips are configured off). For one seed its geometry and gamma equal
+  ``"alpnet"``'s, so it is ``"alpnet"`` with the extras switched off. Remaining differences to the reference
+  code: SSL-ALPNet z-scores the slice, then warps it (its ``RandomAffine`` passes ``order=3`` to
+  ``cv2.warpAffine``, i.e. ``INTER_AREA``, which ``warpAffine`` runs as bilinear, with the border filled with
+  0 = the data set mean after z-scoring; the elastic step is ``map_coordinates`` order 1 with reflected
+  borders), warps the mask as a one-hot image rounded back, and applies gamma on the *warped* slice's own
+  ``[min, max]``. Here the mask is warped with nearest neighbours, the border is filled with the slice minimum
+  and gamma acts on the ``[0, 1]`` range of the slice *before* warping (the same range whenever the warped
+  slice keeps its darkest and brightest pixel).
 * ``"strong"``: SSL-ALPNet ``aug_v3`` magnitudes: rotate ±30°, shift ±30 px, shear ±30°, scale
   (0.8, 1.3); elastic α=20, σ=5; gamma (0.2, 1.8); brightness/contrast ±0.2, noise ≤ 0.04, blur.
 * ``"none"``: identity.
@@ -53,7 +64,7 @@ import numpy as np
 __all__ = ["BACKENDS", "PRESETS", "AugmentationConfig", "Augmenter", "build_augmenter"]
 
 #: Preset names accepted by :func:`build_augmenter`.
-PRESETS: tuple[str, ...] = ("alpnet", "alpnet-geometric", "strong", "none")
+PRESETS: tuple[str, ...] = ("alpnet", "alpnet-geometric", "sabs", "strong", "none")
 
 #: Implementations accepted by :class:`Augmenter`.
 BACKENDS: tuple[str, ...] = ("opencv", "albumentations")
@@ -107,6 +118,7 @@ _CONFIGS: dict[str, AugmentationConfig] = {
 }
 
 _CONFIGS["alpnet-geometric"] = dataclasses.replace(_CONFIGS["alpnet"], p_gamma=0.0, p_extra=0.0)
+_CONFIGS["sabs"] = dataclasses.replace(_CONFIGS["alpnet"], p_extra=0.0)
 
 
 class Augmenter:

@@ -130,7 +130,13 @@ def cmd_superpixels(args: argparse.Namespace) -> int:
     for pair in args.param:
         key, _, value = pair.partition("=")
         params[key] = _parse_value(value)
-    sp = SuperpixelParams(method=args.method, params=params, body_threshold=args.body_threshold)
+    sp = SuperpixelParams(
+        method=args.method,
+        params=params,
+        body_threshold=args.body_threshold,
+        scaling=args.scaling,
+        body_connectivity=args.body_connectivity,
+    )
     maps, stats = compute_dataset_superpixels_with_stats(
         volumes, sp, cache_dir=args.cache, workers=args.workers, progress=not args.quiet
     )
@@ -332,6 +338,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         intensity_prior=args.intensity_prior,
         alp_window=args.alp_window,
         alp_threshold=args.alp_threshold,
+        alp_decision_window=args.alp_decision_window,
         progress=True,
     )
     title = (out / "results.md") if out.suffix != ".json" else out.with_suffix(".md")

@@ -149,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="method parameter, e.g. min_size=400 (unknown names are refused with the valid list)",
     )
     s.add_argument("--body-threshold", type=float, default=None, help="body-mask threshold (default: per modality)")
+    s.add_argument(
+        "--body-connectivity", type=int, default=4, choices=[4, 8],
+        help="connectivity of the body mask's largest component (default 4; SSL-ALPNet: 8)",
+    )
+    s.add_argument(
+        "--scaling", default="minmax", choices=["minmax", "none"],
+        help="minmax: rescale each slice to the method's range (default); none: felzenszwalb on the stored "
+        "intensities, as SSL-ALPNet",
+    )
     s.add_argument("--cache", default=".fewshot_cache/superpixels", help="cache folder")
     s.add_argument("--workers", type=int, default=2, help="worker processes")
     s.add_argument("--export", default=None, help="also write superpix_<id>.nii.gz files into this folder")
@@ -264,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--alp-threshold", type=float, default=None,
         help="ALPNet head: pooled-mask mean a cell needs to become a local prototype (default: the trained "
         "model.head.threshold)",
+    )
+    e.add_argument(
+        "--alp-decision-window", type=int, default=None,
+        help="ALPNet head: window of SSL-ALPNet's check that picks local + global or only the global foreground "
+        "prototype (4 in SSL-ALPNet; 0: off; default: the trained model.head.decision_window)",
     )
     _add_fg_threshold(e)
     e.add_argument("--batch-size", type=int, default=16, help="query slices per forward pass")

@@ -89,8 +89,13 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             later = f"{m.unchosen_mean:.2f}" if m.unchosen_mean is not None else ""
             rows.append(f"| {name} | {r.modality} ({r.dataset}) | {members} | {m.setting} | {len(m.folds)} | "
                         f"{m.mean:.2f} | {later} | {m.minutes_per_fold:g} | {m.hardware} |")
+    from fewshot.recipes.records import PUBLISHED
+
     print("\n".join(rows))
-    print("\nFold 0 chose every packaged recipe's settings; folds 1-4 chose nothing. "
+    published = "; ".join(f"{label} {ds} setting {st}: {values[-1]:.2f}"
+                          for (ds, st), entries in PUBLISHED.items() if st == 1 for label, values in entries)
+    print(f"\nPublished 5-fold mean Dice for comparison: {published}.")
+    print("Fold 0 chose every packaged recipe's settings; folds 1-4 chose nothing. "
           "`fewshot recipes NAME` shows one recipe in full.")
     return 0
 

@@ -95,6 +95,7 @@ def inference_config(
     shot_fusion: str | None = None,
     alp_window: int | None = None,
     alp_threshold: float | None = None,
+    alp_decision_window: int | None = None,
     threshold: float | None = None,
     tta: str | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
@@ -122,12 +123,17 @@ def inference_config(
             if not isinstance(head, ALPNetHead):
                 raise ValueError(f"head {trained.name!r} has no ALP {name} (only alpnet)")
             changes[name] = value
+    if alp_decision_window is not None:  # 0 turns SSL-ALPNet's local-vs-global check off
+        if not isinstance(head, ALPNetHead):
+            raise ValueError(f"head {trained.name!r} has no ALP decision_window (only alpnet)")
+        changes["decision_window"] = alp_decision_window or None
     resolved = replace(trained, **changes)  # the head config validates the values
     for h in heads:  # an ensemble's members all get the settings
         if hasattr(h, "shot_fusion"):
             h.shot_fusion = getattr(resolved, "shot_fusion", h.shot_fusion)
         if isinstance(h, ALPNetHead) and isinstance(resolved, ALPNetConfig):
             h.window_test, h.threshold = resolved.window_test, resolved.threshold
+            h.decision_window = resolved.decision_window
     model_changes: dict[str, Any] = {}
     if threshold is not None:
         model_changes["fg_threshold"] = threshold
@@ -159,6 +165,7 @@ def run_evaluation(
     tta: str | None = None,
     alp_window: int | None = None,
     alp_threshold: float | None = None,
+    alp_decision_window: int | None = None,
     finetune: FinetuneConfig | Mapping[str, Any] | None = None,
     intensity_prior: float | None = None,
 ) -> EvaluationResult:
@@ -194,6 +201,8 @@ def run_evaluation(
             trained head's.
         alp_threshold: ALPNet's cell threshold (``model.head.threshold``: the pooled-mask mean a cell
             needs to become a local prototype); default: the trained head's.
+        alp_decision_window: window of SSL-ALPNet's local-vs-global-only foreground check
+            (``model.head.decision_window``, 4 in SSL-ALPNet; ``0``: off); default: the trained head's.
         finetune: test-time fine-tuning (a mapping changes the named fields of the trained ``model.finetune``).
         intensity_prior: weight of the support-intensity prior (``model.intensity_prior``); default: the trained
             config's.
@@ -214,7 +223,7 @@ def run_evaluation(
         )
     cfg = inference_config(
         loaded, shot_fusion=shot_fusion, alp_window=alp_window, alp_threshold=alp_threshold, threshold=threshold, tta=tta,
-        finetune=finetune, intensity_prior=intensity_prior,
+        finetune=finetune, intensity_prior=intensity_prior, alp_decision_window=alp_decision_window,
     )
     threshold, tta, prior = cfg.model.fg_threshold, cfg.model.tta, cfg.model.intensity_prior
     protocol = protocol if protocol is not None else cfg.data.protocol
@@ -254,6 +263,11 @@ def run_evaluation(
             **(
                 {"alp_window_test": head.window_test, "alp_threshold": head.threshold}
                 if isinstance(head, ALPNetHead)
+                else {}
+            ),
+            **(
+                {"alp_decision_window": head.decision_window}
+                if isinstance(head, ALPNetHead) and head.decision_window is not None
                 else {}
             ),
             **({"ensemble": loaded.payload["ensemble"]} if "ensemble" in loaded.payload else {}),

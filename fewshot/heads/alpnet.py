@@ -8,7 +8,10 @@ cheng-01037/Self-supervised-Fewshot-Medical-Image-Segmentation:
 * features and masks are average-pooled with ``kernel = stride = window``: 4x4 in training
   (32 / ``proto_grid_size`` 8), 2x2 at test (``val_wsize``); switched by ``.train()/.eval()``;
 * a cell is a local prototype when its pooled mask mean is ``> threshold`` (0.95);
-* foreground = local prototypes + the global MAP prototype of every shot (``gridconv+``);
+* foreground = local prototypes + the global MAP prototype of every shot (``gridconv+``). SSL-ALPNet
+  uses ``gridconv+`` only when some 4x4-pooled cell of the foreground mask reaches the threshold (a
+  4x4 check also at test time, when the cells are 2x2) and otherwise the mean global prototype alone
+  (``mask``); ``decision_window=4`` does the same, ``None`` (default) always uses local + global;
   background = local prototypes only (``gridconv``). Where no background cell passes we fall
   back to the global background prototype (SSL-ALPNet crashes and skips the batch);
 * score ``= sum_p softmax_p(s_p) * s_p`` with ``s = 20 * cos``; logits ``[bg, fg]`` at the
@@ -39,7 +42,13 @@ __all__ = ["ALPNetConfig", "ALPNetHead"]
 class ALPNetConfig(HeadConfig):
     """ALPNet head: as PANet plus the pooling windows in training/eval mode and the cell threshold;
     ``shot_fusion``: ``prototypes`` pools the prototypes of all K shots into one set (SSL-ALPNet),
-    ``scores`` averages the K per-shot score maps."""
+    ``scores`` averages the K per-shot score maps. Windows are in feature cells (a 256 px slice through
+    a stride-8 backbone gives a 32x32 feature map: window 4 = SSL-ALPNet's ``proto_grid_size`` 8,
+    window 2 = its ``val_wsize``). ``decision_window``: ``None`` = the foreground always uses the local
+    cells that pass plus the global prototype; an integer (SSL-ALPNet: 4, in training and at test) = the
+    foreground uses local + global only if some ``decision_window``-pooled cell of its mask reaches
+    ``threshold``, else the mean global prototype alone
+    (:func:`~fewshot.heads.functional.alp_segment`)."""
 
     name: str = "alpnet"
     feature_dim: int = 256
@@ -49,6 +58,7 @@ class ALPNetConfig(HeadConfig):
     window_test: int = 2
     threshold: float = 0.95
     shot_fusion: str = "prototypes"
+    decision_window: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +70,14 @@ class ALPNetConfig(HeadConfig):
             )
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        check_decision_window(self.decision_window)
+
+
+def check_decision_window(value: int | None) -> int | None:
+    """``value`` if it is ``None`` or an integer >= 1, else ``ValueError``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"decision_window must be an integer >= 1 or null, got {value!r}")
+    return value
 
 
 class ALPNetHead(PANetHead):
@@ -73,6 +91,8 @@ class ALPNetHead(PANetHead):
         window_train: pooling window in training mode (4 in SSL-ALPNet).
         window_test: pooling window in eval mode (2 in SSL-ALPNet).
         threshold: pooled-mask mean a cell must exceed to become a prototype.
+        decision_window: ``None``, or the window of SSL-ALPNet's local-vs-global-only foreground choice
+            (4 in SSL-ALPNet; see :class:`ALPNetConfig`).
         feature_index: which backbone feature map to use (default the last).
         align_class_weights: optional CE weights ``(w_bg, w_fg)`` of the alignment loss.
     """
@@ -90,6 +110,7 @@ class ALPNetHead(PANetHead):
         feature_index: int = -1,
         align_class_weights: tuple[float, float] | None = None,
         shot_fusion: str = "prototypes",
+        decision_window: int | None = None,
     ) -> None:
         if window_train < 1 or window_test < 1:
             raise ValueError(f"windows must be >= 1, got train={window_train}, test={window_test}")
@@ -107,6 +128,7 @@ class ALPNetHead(PANetHead):
         self.window_train = int(window_train)
         self.window_test = int(window_test)
         self.threshold = float(threshold)
+        self.decision_window = check_decision_window(decision_window)
 
     @property
     def window(self) -> int:
@@ -123,13 +145,17 @@ class ALPNetHead(PANetHead):
             threshold=self.threshold,
             scale=self.scale,
             fusion=self.shot_fusion,
+            decision_window=self.decision_window,
         )
 
     def extra_repr(self) -> str:
-        return (
+        out = (
             f"{super().extra_repr()}, window_train={self.window_train}, window_test={self.window_test}, "
             f"threshold={self.threshold}, scale={self.scale}, align={self.align}"
         )
+        if self.decision_window is not None:
+            out += f", decision_window={self.decision_window}"
+        return out
 
 
 @register_head("alpnet", config=ALPNetConfig)
@@ -143,4 +169,5 @@ def build_alpnet(config: ALPNetConfig, feature_info: Sequence[FeatureInfo]) -> A
         window_test=config.window_test,
         threshold=config.threshold,
         shot_fusion=config.shot_fusion,
+        decision_window=config.decision_window,
     )

@@ -38,6 +38,7 @@ __all__ = [
     "cosine_similarity_map",
     "dynamic_depthwise_conv",
     "dynamic_kernels",
+    "local_prototype_decision",
     "masked_average_pooling",
     "panet_segment",
     "prototype_segmentation",
@@ -313,6 +314,55 @@ def adaptive_local_prototypes(
     return torch.cat([cells, glob], dim=1), torch.cat([local_valid, glob_valid], dim=1)
 
 
+def local_prototype_decision(mask: Tensor, window: int, threshold: float = 0.95) -> Tensor:
+    """SSL-ALPNet's choice between local + global (``gridconv+``) and global-only (``mask``) foreground
+    prototypes: whether some ``window x window`` average-pooled cell of the mask reaches ``threshold``.
+
+    SSL-ALPNet (``models/grid_proto_fewshot.py``) makes this test with ``avg_pool2d(mask, 4).max() >=
+    FG_THRESH``, always with a 4x4 window (also at test time, when the local prototypes themselves are pooled
+    2x2) and with ``>=`` where the cells use ``>``. A window larger than the mask gives no cell (``False``).
+
+    Args:
+        mask: ``(N, h, w)`` masks at feature resolution, values in ``[0, 1]``.
+        window: pooling window (kernel = stride; a trailing remainder of rows/cols is dropped).
+        threshold: pooled mask mean a cell must reach.
+
+    Returns:
+        ``(N,)`` bool: ``True`` where local prototypes are used.
+
+    Shape:
+        ``(N, h, w) -> (N,)``.
+    """
+    _check_ndim("mask", mask, 3, "(N, h, w)")
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n, h, w = mask.shape
+    if h < window or w < window:
+        return torch.zeros(n, dtype=torch.bool, device=mask.device)
+    pooled = F.avg_pool2d(mask[:, None].float(), window).flatten(1)  # (N, cells)
+    return (pooled >= threshold).any(dim=1)
+
+
+def _global_only_where(use_local: Tensor, protos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Replace the foreground prototypes of the episodes where ``use_local`` is ``False`` by SSL-ALPNet's
+    ``mask`` mode: one prototype, the mean over the K shots of their global (MAP) prototypes.
+
+    ``use_local (N,)`` bool, ``protos (N, K, P, C)`` with the global prototype in slot ``P - 1``,
+    ``valid (N, K, P)`` -> ``(protos (N, K, P, C), valid (N, K, P))``; the mean sits in shot 0's global slot
+    and is the only valid prototype of such an episode.
+    """
+    p = protos.shape[2]
+    alt = protos.clone()
+    alt[:, 0, p - 1] = protos[:, :, p - 1].mean(dim=1)
+    alt_valid = torch.zeros_like(valid)
+    alt_valid[:, 0, p - 1] = True
+    keep = use_local.to(protos.device)
+    return (
+        torch.where(keep[:, None, None, None], protos, alt),
+        torch.where(keep[:, None, None], valid, alt_valid),
+    )
+
+
 def alp_scores(
     query_features: Tensor, prototypes: Tensor, valid: Tensor | None = None, scale: float = 20.0
 ) -> Tensor:
@@ -342,6 +392,7 @@ def alp_segment(
     threshold: float = 0.95,
     scale: float = 20.0,
     fusion: str = "prototypes",
+    decision_window: int | None = None,
 ) -> Tensor:
     """ALPNet classifier: -> logits ``(N, 2, h, w)`` = ``[bg_score, fg_score]``.
 
@@ -349,23 +400,38 @@ def alp_segment(
     (resized to feature resolution). ``fusion`` of the K shots: ``"prototypes"`` pools the
     prototypes of all shots into one set (SSL-ALPNet); ``"scores"`` scores the query against each
     shot alone and averages the K score maps (each shot keeps its own fg/bg balance).
+
+    ``decision_window``: ``None`` (default) uses, for the foreground, the local cells that pass at
+    ``window`` plus the global prototype of every shot. An integer makes SSL-ALPNet's choice
+    (:func:`local_prototype_decision`, 4 in the reference, whatever ``window`` is): an episode whose
+    foreground masks (over its K shots, as the reference's ``max`` over all shots; each shot alone with
+    ``fusion="scores"``) have a ``decision_window``-pooled cell ``>= threshold`` uses local cells pooled at
+    ``window`` plus the global prototypes; any other episode uses one prototype only, the mean of its
+    shots' global prototypes (the reference's ``mask`` mode). The background is not affected.
     """
     _check_episode(query_features, support_features, support_masks)
     check_fusion(fusion)
+    if decision_window is not None and decision_window < 1:
+        raise ValueError(f"decision_window must be >= 1 or None, got {decision_window}")
     n, k, c, h, w = support_features.shape
     if fusion == "scores" and k > 1:
         q = query_features.repeat_interleave(k, dim=0)
         s = support_features.flatten(0, 1)[:, None]
         m = support_masks.flatten(0, 1)[:, None]
-        out = alp_segment(q, s, m, window=window, threshold=threshold, scale=scale)
+        out = alp_segment(q, s, m, window=window, threshold=threshold, scale=scale, decision_window=decision_window)
         return out.view(n, k, *out.shape[1:]).mean(1)
     feats = support_features.flatten(0, 1)
     fg = resize_masks(support_masks.flatten(0, 1).float(), (h, w))
     scores = []
     for mask, add_global in ((1.0 - fg, False), (fg, True)):
         protos, valid = adaptive_local_prototypes(feats, mask, window, threshold, add_global=add_global)
-        protos = protos.view(n, k * protos.shape[1], c)
-        scores.append(alp_scores(query_features, protos, valid.view(n, -1), scale))
+        if add_global and decision_window is not None:
+            use_local = local_prototype_decision(mask, decision_window, threshold).view(n, k).any(dim=1)
+            protos, valid = _global_only_where(
+                use_local, protos.view(n, k, *protos.shape[1:]), valid.view(n, k, -1)
+            )
+        protos = protos.reshape(n, -1, c)
+        scores.append(alp_scores(query_features, protos, valid.reshape(n, -1), scale))
     return torch.stack(scores, dim=1)
 
 

@@ -126,3 +126,36 @@ def test_cache_key_unchanged_by_the_refactor(monkeypatch) -> None:  # type: igno
     assert key == "1d558b05c55e7e8364f1e4c9230784982efcee05c70b5c54b63a881e31177c10"
     key = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams("slic"))
     assert key == "37b29a8958f45e80b2a15c381519e7d75e775af8a9d6191844e1671faab3fb2d"
+
+
+def test_cache_key_of_scaling_only_when_not_default(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``scaling`` enters the cache key only when it is not ``"minmax"``: the default and an explicit
+    ``"minmax"`` keep the key pinned above (and the configs' explicit SSL-ALPNet parameters give it too)."""
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+    from episodes.pseudolabels import superpixel_input
+
+    monkeypatch.setattr(cache, "library_version", lambda: "0.1.0")
+    image = np.random.default_rng(0).uniform(0, 400, (3, 16, 16)).astype(np.float32)
+    v = Volume(image=image, label=None, spacing=(1, 1, 1), subject="7", modality="MR", label_map=CHAOS_MR)
+    pinned = "1d558b05c55e7e8364f1e4c9230784982efcee05c70b5c54b63a881e31177c10"
+    explicit = SuperpixelParams("felzenszwalb", {"scale": 1.0, "sigma": 1.0, "min_size": 400}, scaling="minmax")
+    assert cache.superpixel_cache_key(v, superpixel_input(v), explicit) == pinned
+    raw = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams(scaling="none"))
+    assert raw != pinned
+    assert raw == "3c5954d77f91bb8d1e708e18bb0d56a54340945b1841cf5ac53b827ba08048f6"
+
+
+def test_cache_key_of_body_connectivity_only_when_not_default(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+    from episodes.pseudolabels import superpixel_input
+
+    monkeypatch.setattr(cache, "library_version", lambda: "0.1.0")
+    image = np.random.default_rng(0).uniform(0, 400, (3, 16, 16)).astype(np.float32)
+    v = Volume(image=image, label=None, spacing=(1, 1, 1), subject="7", modality="MR", label_map=CHAOS_MR)
+    pinned = "1d558b05c55e7e8364f1e4c9230784982efcee05c70b5c54b63a881e31177c10"
+    assert cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams(body_connectivity=4)) == pinned
+    eight = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams(body_connectivity=8))
+    both = cache.superpixel_cache_key(v, superpixel_input(v), SuperpixelParams(scaling="none", body_connectivity=8))
+    assert len({pinned, eight, both}) == 3

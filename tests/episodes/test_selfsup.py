@@ -302,7 +302,7 @@ def test_episode_config_defaults_and_validation() -> None:
     for bad in ({"shots": 0}, {"queries": 1.5}, {"min_superpixel_pixels": True}):
         with pytest.raises(ValueError, match="integer >= 1"):
             EpisodeConfig(**bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"augment='heavy'; choices: \['alpnet', 'alpnet-geometric', 'strong', 'none'\]"):
+    with pytest.raises(ValueError, match=r"augment='heavy'; choices: \['alpnet', 'alpnet-geometric', 'sabs', 'strong', 'none'\]"):
         EpisodeConfig(augment="heavy")
 
 

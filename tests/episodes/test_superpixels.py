@@ -322,3 +322,190 @@ def test_slic3d_cache_key_includes_spacing(make_volume) -> None:  # type: ignore
     sv, flat = SuperpixelParams("slic3d"), SuperpixelParams()
     assert superpixel_cache_key(v, image, sv) != superpixel_cache_key(w, image, sv)
     assert superpixel_cache_key(v, image, flat) == superpixel_cache_key(w, image, flat)  # 2D keys unchanged
+
+
+# ----------------------------------------------------------------------------- scaling option
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_scaling_default_is_minmax_and_reproduces_todays_superpixels(modality: str) -> None:
+    """The default (no ``scaling`` given) and an explicit ``"minmax"`` give the same maps on phantom slices,
+    and both equal felzenszwalb on the slice min-max scaled to [0, 255] (what the library did before)."""
+    from skimage.segmentation import felzenszwalb
+
+    from episodes.data.phantom import make_phantom
+
+    volume = make_phantom(3, modality=modality, shape=(12, 64, 64))  # type: ignore[arg-type]
+    default, explicit = SuperpixelParams(), SuperpixelParams(scaling="minmax")
+    assert default == explicit and default.scaling == "minmax"
+    np.testing.assert_array_equal(compute_volume_superpixels(volume, default), compute_volume_superpixels(volume, explicit))
+    image = superpixel_input(volume)[6]
+    mask = body_mask(image, default.threshold_for(volume))
+    seg = compute_superpixels(image, body_mask=mask)
+    np.testing.assert_array_equal(seg, compute_superpixels(image, body_mask=mask, scaling="minmax"))
+    lo, hi = float(image.min()), float(image.max())
+    manual = felzenszwalb((image.astype(np.float64) - lo) * (255.0 / (hi - lo)), scale=1.0, sigma=1.0, min_size=400)
+    assert seg.max() > 1
+    # same partition inside the body (ids are renumbered by first appearance)
+    pairs = {(int(a), int(b)) for a, b in zip(seg[mask], manual[mask], strict=True)}
+    assert len(pairs) == int(seg.max()) == len({b for _, b in pairs})
+
+
+def test_scaling_none_runs_on_stored_intensities() -> None:
+    """``"none"``: felzenszwalb on the slice as it is (SSL-ALPNet). skimage compares edge weights with
+    ``scale / 255 / |C|``, so the intensity units matter where neighbours differ by less than ~0.004: a slice
+    with a gentle ramp in raw units merges into fewer regions unscaled than stretched to [0, 255]. On a slice
+    that spans exactly [0, 255] (SSL-ALPNet's CT) the two scalings agree bit for bit."""
+    from skimage.segmentation import felzenszwalb
+
+    yy, xx = np.mgrid[:48, :48]
+    ramp = (100.0 + 0.003 * xx + 0.002 * yy).astype(np.float32)
+    ramp[20:30, 20:30] += 0.2
+    raw = compute_superpixels(ramp, scaling="none", min_size=5)
+    scaled = compute_superpixels(ramp, min_size=5)
+    assert raw.max() < scaled.max()
+    manual = felzenszwalb(ramp.astype(np.float64), scale=1.0, sigma=1.0, min_size=5)
+    pairs = {(int(a), int(b)) for a, b in zip(raw.ravel(), manual.ravel(), strict=True)}
+    assert len(pairs) == int(raw.max()) == len({b for _, b in pairs})  # the same partition, renumbered
+    ct = _slice()
+    ct = (ct - ct.min()) * (255.0 / (ct.max() - ct.min()))
+    assert (ct.min(), ct.max()) == (0.0, 255.0)
+    np.testing.assert_array_equal(
+        compute_superpixels(ct, scaling="none", min_size=20), compute_superpixels(ct, min_size=20)
+    )
+
+
+def test_scaling_validated_serialised_and_volume_level(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.pseudolabels.parallel as parallel
+    from episodes.pseudolabels import SCALINGS
+
+    assert SCALINGS == ("minmax", "none")
+    with pytest.raises(ValueError, match=re.escape("unknown superpixel scaling 'raw'; choices: ['minmax', 'none']")):
+        SuperpixelParams(scaling="raw")
+    with pytest.raises(ValueError, match="only supported by \\['felzenszwalb'\\], not 'slic'"):
+        SuperpixelParams("slic", scaling="none")
+    with pytest.raises(ValueError, match="not 'fast-slic'"):
+        compute_superpixels(_slice(), "fast-slic", scaling="none")
+    raw = SuperpixelParams("felzenszwalb", {"min_size": 30}, scaling="none")
+    assert raw.to_dict() == {
+        "method": "felzenszwalb",
+        "params": {"min_size": 30, "scale": 1.0, "sigma": 1.0},
+        "body_threshold": None,
+        "scaling": "none",
+    }
+    assert "scaling" not in SuperpixelParams().to_dict()  # the default keeps its old dict (and cache key)
+    assert SuperpixelParams.from_dict(raw.to_dict()) == raw
+    assert SuperpixelParams.from_dict(SuperpixelParams().to_dict()).scaling == "minmax"
+    with pytest.raises(KeyError, match="valid: method, params, body_threshold, scaling"):
+        SuperpixelParams.from_dict({"scalings": "none"})
+    # the option reaches the worker processes of the data-set driver (on volumes where it makes a difference)
+    vols = [_ramp_volume("1", 3), _ramp_volume("2", 2)]
+    monkeypatch.setattr(parallel, "_MAIN_PROCESS_COMPUTES", False)
+    maps, _ = compute_dataset_superpixels_with_stats(
+        vols, raw, cache_dir=None, workers=2, progress=False, slices_per_task=1
+    )
+    for v in vols:
+        expected = compute_volume_superpixels(v, raw)
+        np.testing.assert_array_equal(maps[v.subject], expected)
+        np.testing.assert_array_equal(expected, _felzenszwalb_volume(v, min_size=30))
+        assert not np.array_equal(expected, compute_volume_superpixels(v, SuperpixelParams("felzenszwalb", {"min_size": 30})))
+
+
+def _ramp_volume(subject: str, z: int):  # type: ignore[no-untyped-def]
+    """Raw MR-like volume: a body of ~100 units with gentle ramps (steps < 0.004 between neighbours)."""
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+
+    yy, xx = np.mgrid[:40, :40]
+    image = np.zeros((z, 40, 40), np.float32)
+    for k in range(z):
+        image[k, 4:36, 4:36] = (100.0 + 0.003 * xx + (0.001 + 0.001 * k) * yy)[4:36, 4:36]
+        image[k, 12 + k : 22 + k, 14:26] += 0.2
+    return Volume(image=image, label=None, spacing=(1, 1, 1), subject=subject, modality="MR", label_map=CHAOS_MR)
+
+
+def _felzenszwalb_volume(volume, **params):  # type: ignore[no-untyped-def]
+    """Per-slice unscaled felzenszwalb inside the body mask, written out (the reference recipe)."""
+    from skimage.segmentation import felzenszwalb
+
+    from episodes.pseudolabels.algorithms import _relabel_inside
+
+    image = superpixel_input(volume)
+    out = np.zeros(image.shape, np.int32)
+    for z, sl in enumerate(image):
+        mask = body_mask(sl, 1e-4 + 50)
+        if mask.any():
+            out[z] = _relabel_inside(felzenszwalb(sl.astype(np.float64), **{"scale": 1.0, "sigma": 1.0, **params}), mask)
+    return out
+
+
+# ----------------------------------------------------------------------- body-mask connectivity
+
+
+def _diagonal_blobs() -> np.ndarray:
+    """A 5x5 blob (25 px) and a 4x4 blob (16 px) touching only at one corner, both above 1."""
+    img = np.zeros((14, 14), np.float32)
+    img[1:6, 1:6] = 5.0
+    img[6:10, 6:10] = 5.0
+    return img
+
+
+def test_body_connectivity_hand_computed() -> None:
+    img = _diagonal_blobs()
+    four = body_mask(img, 1.0)
+    eight = body_mask(img, 1.0, connectivity=8)
+    assert int(four.sum()) == 25 and not four[6:10, 6:10].any()  # the largest 4-connected component only
+    assert int(eight.sum()) == 41  # both blobs: they touch diagonally
+    np.testing.assert_array_equal(body_mask(img, 1.0, connectivity=4), four)
+    with pytest.raises(ValueError, match=re.escape("body_connectivity must be one of [4, 8]")):
+        body_mask(img, 1.0, connectivity=6)
+
+
+def _reference_body_mask(img: np.ndarray, threshold: float) -> np.ndarray:
+    """SSL-ALPNet's ``fg_mask2d``: skimage label (8-connected) → largest component → binary_fill_holes."""
+    from scipy import ndimage
+    from skimage.measure import label
+
+    labels = label(img > threshold)
+    largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return np.asarray(ndimage.binary_fill_holes(largest), dtype=bool)
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_body_connectivity_8_matches_the_reference_recipe(seed: int, opencv: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.pseudolabels.algorithms as algorithms
+
+    if not opencv:  # the scipy fallback
+        monkeypatch.setattr(algorithms, "_cv2", lambda: None)
+    rng = np.random.default_rng(seed)
+    img = (rng.random((40, 40)) > 0.55).astype(np.float32) * 100.0  # many diagonal contacts
+    np.testing.assert_array_equal(body_mask(img, 50.0, connectivity=8), _reference_body_mask(img, 50.0))
+    assert not np.array_equal(body_mask(img, 50.0), _reference_body_mask(img, 50.0))
+
+
+def test_body_connectivity_params_and_volume_level(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import episodes.pseudolabels.parallel as parallel
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import Volume
+    from episodes.pseudolabels import BODY_CONNECTIVITIES
+
+    assert BODY_CONNECTIVITIES == (4, 8) and SuperpixelParams().body_connectivity == 4
+    for bad in (6, True, "8"):
+        with pytest.raises(ValueError, match="body_connectivity must be one of"):
+            SuperpixelParams(body_connectivity=bad)  # type: ignore[arg-type]
+    p8 = SuperpixelParams("felzenszwalb", {"min_size": 5}, body_connectivity=8)
+    assert p8.to_dict()["body_connectivity"] == 8 and "body_connectivity" not in SuperpixelParams().to_dict()
+    assert SuperpixelParams.from_dict(p8.to_dict()) == p8
+    image = np.stack([_diagonal_blobs() * 20, _diagonal_blobs()[::-1] * 20])  # 100 > the MR threshold 50
+    v = Volume(image=image, label=None, spacing=(1, 1, 1), subject="d", modality="MR", label_map=CHAOS_MR)
+    monkeypatch.setattr(parallel, "_MAIN_PROCESS_COMPUTES", False)
+    maps, _ = compute_dataset_superpixels_with_stats(
+        [v, Volume(image=image[::-1].copy(), label=None, spacing=(1, 1, 1), subject="e", modality="MR", label_map=CHAOS_MR)],
+        p8, cache_dir=None, workers=2, progress=False, slices_per_task=1,
+    )
+    inside8 = maps["d"] > 0
+    assert [int(s.sum()) for s in inside8] == [41, 41]
+    np.testing.assert_array_equal(inside8, compute_volume_superpixels(v, p8) > 0)
+    four = compute_volume_superpixels(v, SuperpixelParams("felzenszwalb", {"min_size": 5})) > 0
+    assert [int(s.sum()) for s in four] == [25, 25]

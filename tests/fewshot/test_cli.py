@@ -267,6 +267,11 @@ def test_superpixels_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(cmd) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["cache_hits"] == 8 and second["cache_misses"] == 0
+    assert "scaling" not in second["params"] and "body_connectivity" not in second["params"]
+    # the SSL-ALPNet options are new cache entries, named in the printed params
+    assert main([*cmd, "--scaling", "none", "--body-connectivity", "8"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["cache_misses"] == 8 and (third["params"]["scaling"], third["params"]["body_connectivity"]) == ("none", 8)
 
 
 def test_pretrain_genesis_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

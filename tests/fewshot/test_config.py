@@ -315,3 +315,32 @@ def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> Non
         "model.finetune.bf16": False,
     }
     assert gpu["model.head.window_train"] == 4 and gpu["train.steps"] == 10_000
+
+
+@pytest.mark.parametrize("name", ["ssl_alpnet_chaos_mr_setting1", "ssl_alpnet_btcv_ct_setting1"])
+def test_ssl_alpnet_configs_are_the_reference_recipe(name: str) -> None:
+    """The packaged SSL-ALPNet configs use the reference's augmentation, superpixel input and ALP decision."""
+    from episodes.pseudolabels import SuperpixelParams
+
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.data.episodes.augment == "sabs"
+    assert cfg.data.superpixels == SuperpixelParams(
+        "felzenszwalb", {"min_size": 400, "sigma": 1.0, "scale": 1.0}, scaling="none", body_connectivity=8
+    )
+    head = cfg.model.head
+    assert (head.name, head.window_train, head.window_test, head.decision_window, head.threshold) == (  # type: ignore[attr-defined]
+        "alpnet", 4, 2, 4, 0.95
+    )
+    assert cfg.model.fg_threshold == 0.5 and cfg.data.size == 256 and cfg.model.backbone.name == "resnet101"
+
+
+@pytest.mark.parametrize("name", ["cpu_chaos_30min", "cpu_btcv_30min", "cpu_btcv_r50", "gpu_chaos_r50_256", "demo_phantom"])
+def test_other_configs_keep_the_defaults_of_the_new_options(name: str) -> None:
+    """The new options default to today's behaviour, and the other packaged configs do not set them."""
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.data.superpixels.scaling == "minmax" and cfg.data.superpixels.body_connectivity == 4
+    assert set(cfg.data.superpixels.to_dict()) == {"method", "params", "body_threshold"}  # cache keys as before
+    assert getattr(cfg.model.head, "decision_window", None) is None
+    assert cfg.data.episodes.augment != "sabs"
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    assert "decision_window" not in text and "scaling" not in text and "body_connectivity" not in text

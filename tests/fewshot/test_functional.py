@@ -304,3 +304,108 @@ def test_score_fusion_averages_per_shot_results(segment: str) -> None:
     assert not torch.allclose(run(s, m, "prototypes"), singles.mean(0))
     with pytest.raises(ValueError, match="unknown shot fusion"):
         run(s, m, "vote")
+
+
+# ------------------------------------------------------------- ALP local-vs-global decision (SSL-ALPNet)
+
+
+def _decision_features() -> torch.Tensor:
+    """(1, 2, 8, 8): channel 0 = 1 everywhere, channel 1 = column index / 8."""
+    f = torch.ones(1, 2, 8, 8)
+    f[0, 1] = torch.arange(8.0)[None, :].expand(8, 8) / 8.0
+    return f
+
+
+def _small_fg() -> torch.Tensor:
+    """(1, 8, 8): rows 0-1, cols 0-2. The 2x2 cell (0, 0) is covered fully; no 4x4 cell reaches 0.95
+    (the best, the top-left one, is 6/16)."""
+    m = torch.zeros(1, 8, 8)
+    m[0, :2, :3] = 1.0
+    return m
+
+
+def test_local_prototype_decision_hand_computed() -> None:
+    small = _small_fg()
+    assert HF.local_prototype_decision(small, 2).tolist() == [True]
+    assert HF.local_prototype_decision(small, 4).tolist() == [False]
+    full = torch.zeros(1, 8, 8)
+    full[0, 4:, :4] = 1.0  # the bottom-left 4x4 cell
+    assert HF.local_prototype_decision(torch.cat([small, full]), 4).tolist() == [False, True]
+    half = torch.full((1, 8, 8), 0.5)
+    # SSL-ALPNet's test is ``>=`` (the cells' is ``>``): a cell exactly at the threshold decides for local
+    assert HF.local_prototype_decision(half, 4, threshold=0.5).tolist() == [True]
+    assert HF.local_prototype_decision(torch.ones(1, 3, 3), 4).tolist() == [False]  # no 4x4 cell at all
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        HF.local_prototype_decision(half, 0)
+
+
+def test_alp_decision_window_falls_back_to_the_global_prototype() -> None:
+    """2x2 cells pass but no 4x4 cell does: with ``decision_window=4`` only the global prototype scores
+    the foreground, ``20 * cos(q, global)``; without it, the passing cell and the global prototype."""
+    feats, fg = _decision_features(), _small_fg()
+    q = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    s, m = feats[:, None], fg[:, None]
+    glob = torch.tensor([1.0, 1.0 / 8.0])  # mean of columns 0, 1, 2 (/ 8) over the 6 mask pixels
+    local = torch.tensor([1.0, 0.5 / 8.0])  # cell (0, 0): columns 0, 1
+    fg_global = HF.cosine_similarity_map(q, glob[None, None], 20.0)[:, 0]
+    fg_both = HF.alp_scores(q, torch.stack([local, glob])[None])
+    out = HF.alp_segment(q, s, m, window=2, decision_window=4)
+    torch.testing.assert_close(out[:, 1], fg_global, rtol=1e-4, atol=1e-4)
+    today = HF.alp_segment(q, s, m, window=2)
+    torch.testing.assert_close(today[:, 1], fg_both, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(today[:, 1], fg_global, atol=1e-2)
+    torch.testing.assert_close(out[:, 0], today[:, 0])  # the background is not affected
+    # a window at which the cell passes decides for local + global, as today
+    torch.testing.assert_close(HF.alp_segment(q, s, m, window=2, decision_window=2), today)
+    with pytest.raises(ValueError, match="decision_window must be >= 1"):
+        HF.alp_segment(q, s, m, window=2, decision_window=0)
+
+
+def test_alp_decision_window_keeps_local_when_a_4x4_cell_passes() -> None:
+    feats = _decision_features()
+    fg = torch.zeros(1, 8, 8)
+    fg[0, :4, :5] = 1.0
+    q = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    today = HF.alp_segment(q, feats[:, None], fg[:, None], window=2)
+    torch.testing.assert_close(HF.alp_segment(q, feats[:, None], fg[:, None], window=2, decision_window=4), today)
+
+
+def test_alp_decision_window_k_shot_mean_global_and_any_shot() -> None:
+    """K shots: SSL-ALPNet decides on the max over all shots; global-only means one prototype, the mean of
+    the shots' global prototypes. With ``fusion="scores"`` each shot decides alone."""
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(1, 2, 4, 8, 8, generator=g)
+    q = torch.randn(1, 4, 8, 8, generator=g)
+    small = _small_fg()
+    shifted = torch.zeros(1, 8, 8)
+    shifted[0, 5:7, 4:7] = 1.0  # 2x2 cells pass, no 4x4 cell
+    masks = torch.stack([small, shifted], dim=1)  # (1, 2, 8, 8)
+    out = HF.alp_segment(q, feats, masks, window=2, decision_window=4)
+    globs = torch.stack([HF.masked_average_pooling(feats[:, k], masks[:, k]) for k in range(2)], 1)  # (1, 2, C)
+    expected = HF.cosine_similarity_map(q, globs.mean(1, keepdim=True), 20.0)[:, 0]
+    torch.testing.assert_close(out[:, 1], expected, rtol=1e-4, atol=1e-4)
+    big = torch.zeros(1, 8, 8)
+    big[0, 4:, 4:] = 1.0
+    mixed = torch.stack([small, big], dim=1)  # shot 1 has a passing 4x4 cell: the episode uses local + global
+    torch.testing.assert_close(
+        HF.alp_segment(q, feats, mixed, window=2, decision_window=4), HF.alp_segment(q, feats, mixed, window=2)
+    )
+    per_shot = HF.alp_segment(q, feats, mixed, window=2, decision_window=4, fusion="scores")
+    singles = [HF.alp_segment(q, feats[:, k : k + 1], mixed[:, k : k + 1], window=2, decision_window=4) for k in range(2)]
+    torch.testing.assert_close(per_shot, (singles[0] + singles[1]) / 2)
+    glob0 = HF.cosine_similarity_map(q, HF.masked_average_pooling(feats[:, 0], small)[:, None], 20.0)[:, 0]
+    torch.testing.assert_close(singles[0][:, 1], glob0, rtol=1e-4, atol=1e-4)
+
+
+def test_alp_decision_window_per_sample_in_a_batch_and_gradients() -> None:
+    feats = _decision_features().expand(2, -1, -1, -1).clone().requires_grad_(True)
+    fg = torch.zeros(2, 8, 8)
+    fg[0] = _small_fg()[0]
+    fg[1, :4, :4] = 1.0
+    q = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    out = HF.alp_segment(q, feats[:, None], fg[:, None], window=2, decision_window=4)
+    for i in range(2):
+        alone = HF.alp_segment(q[i : i + 1], feats[i : i + 1, None], fg[i : i + 1, None], window=2, decision_window=4)
+        torch.testing.assert_close(out[i : i + 1], alone)
+    out[:, 1].sum().backward()
+    assert feats.grad is not None and bool(torch.isfinite(feats.grad).all()) and float(feats.grad.abs().sum()) > 0

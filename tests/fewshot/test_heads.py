@@ -247,3 +247,28 @@ def test_adnet_query_threshold_starts_as_adnet_and_adapts_per_query() -> None:
     out = informed(s, m, q)
     (out.logits[:, 1].sum() + out.aux_loss).backward()  # type: ignore[operator]
     assert float(informed.query_threshold.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]
+
+
+def test_alpnet_decision_window_config_and_head() -> None:
+    """``decision_window`` (SSL-ALPNet's 4x4 local-vs-global check): None by default (today's head), validated,
+    carried from the config to the head, applied in both modes with the mode's pooling window."""
+    assert ALPNetConfig().decision_window is None
+    assert ALPNetHead(INFO).decision_window is None and "decision_window" not in ALPNetHead(INFO).extra_repr()
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="decision_window must be an integer >= 1 or null"):
+            ALPNetConfig(decision_window=bad)  # type: ignore[arg-type]
+    head = create_head(ALPNetConfig(feature_dim=0, align=False, decision_window=4), INFO)
+    assert isinstance(head, ALPNetHead) and head.decision_window == 4 and "decision_window=4" in head.extra_repr()
+    s, m, q = _episode()
+    m = torch.zeros_like(m)
+    m[..., :16, :16] = 1.0  # feature pixel (0, 0) of the 4x4 map is all fg: a window-1 cell passes, no 4x4 one
+    for training, window in ((True, 4), (False, 2)):
+        head.train(training)
+        expected = HF.alp_segment(q[-1], s[-1], m, window=window, threshold=0.95, decision_window=4)
+        torch.testing.assert_close(head(s, m, q).logits, expected)
+    head.window_test = 1
+    head.eval()
+    out = head(s, m, q).logits
+    today = HF.alp_segment(q[-1], s[-1], m, window=1, threshold=0.95)
+    assert not torch.allclose(out, today)
+    torch.testing.assert_close(out, HF.alp_segment(q[-1], s[-1], m, window=1, threshold=0.95, decision_window=4))

@@ -66,10 +66,27 @@ def test_inference_config_sets_alp_head_and_returns_it_as_config() -> None:
     assert head.window_test == 2  # a rejected value changes nothing
 
 
+def test_inference_config_sets_the_alp_decision_window() -> None:
+    loaded = _built({"name": "alpnet"})
+    head = loaded.model.head
+    assert head.decision_window is None
+    cfg = inference_config(loaded, alp_decision_window=4)
+    assert head.decision_window == 4 == cfg.model.head.decision_window
+    assert inference_config(loaded).model.head.decision_window is None and head.decision_window is None
+    trained4 = _built({"name": "alpnet", "decision_window": 4})
+    assert trained4.model.head.decision_window == 4
+    assert inference_config(trained4, alp_decision_window=0).model.head.decision_window is None  # 0: off
+    assert trained4.model.head.decision_window is None
+    with pytest.raises(ValueError, match="decision_window must be an integer >= 1 or null"):
+        inference_config(loaded, alp_decision_window=-2)
+
+
 def test_inference_config_refuses_alp_settings_on_other_heads() -> None:
     loaded = _built({"name": "panet"})
     with pytest.raises(ValueError, match="head 'panet' has no ALP window_test"):
         inference_config(loaded, alp_window=1)
+    with pytest.raises(ValueError, match="head 'panet' has no ALP decision_window"):
+        inference_config(loaded, alp_decision_window=4)
     assert inference_config(loaded, shot_fusion="scores").model.head.shot_fusion == "scores"
 
 
