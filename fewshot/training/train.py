@@ -307,7 +307,7 @@ def _check_resume(path: Path, cfg: ExperimentConfig) -> int:
     if diffs:
         raise ValueError(
             f"cannot resume from {path}: the config changed ({'; '.join(diffs)[:600]}); use a new output "
-            "folder (--out) or start over (`fewshot train --no-resume`, `bench_accuracy.py` without `--resume`)"
+            "folder (--out) or start over (`fewshot train --no-resume`)"
         )
     return int(ckpt.get("global_step", 0))
 

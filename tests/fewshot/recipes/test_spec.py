@@ -51,7 +51,7 @@ def test_ct_recipe_pretrains_both_members_and_vetoes() -> None:
 
 
 def test_unknown_recipe_lists_the_packaged_ones() -> None:
-    with pytest.raises(FileNotFoundError, match="unknown recipe 'mri-cpux'.*mri-cpu"):
+    with pytest.raises(FileNotFoundError, match=r"unknown recipe 'mri-cpux'.*mri-cpu"):
         load_recipe("mri-cpux")
 
 
@@ -80,7 +80,7 @@ def test_misspelled_keys_are_refused_with_the_valid_ones(tmp_path: Path) -> None
 
 def test_a_bad_member_override_fails_when_the_recipe_is_read(tmp_path: Path) -> None:
     tree = {**_tree(), "members": [{"config": "demo_phantom", "overrides": {"train.stepz": 3}}]}
-    with pytest.raises(ConfigError, match="member member0 .*stepz"):
+    with pytest.raises(ConfigError, match=r"member member0 .*stepz"):
         load_recipe(_write(tmp_path, tree))
 
 

@@ -1,0 +1,167 @@
+"""fit -> trained-model folder -> evaluate --model -> segment --model, on the phantom, and the bundle's checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from episodes.data.datasets import load_dataset
+from episodes.data.volumes import save_nifti
+from fewshot.cli import main
+from fewshot.evaluation import run_evaluation
+from fewshot.recipes import BundleError, fit, load_bundle, load_recipe
+from fewshot.recipes.bundle import MANIFEST
+from fewshot.recipes.evaluate import evaluate_bundle
+
+#: A short phantom run: 8 subjects, 12 steps per member, no worker processes.
+FAST = {"train.steps": 12, "train.num_workers": 0, "train.progress_bar": False, "train.ckpt_every": 6}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The packaged two-member phantom recipe fitted on fold 0 (in this process, one run after the other)."""
+    out = tmp_path_factory.mktemp("fit") / "model"
+    result = fit(load_recipe("phantom"), out, fold=0, overrides=FAST, jobs=1)
+    assert result.trained == ("seed0", "seed1") and result.bundle is not None
+    yield out
+
+
+def _volumes() -> list[Any]:
+    return load_dataset("phantom-ct", None, n_subjects=8, shape=(24, 128, 128))
+
+
+def test_the_manifest_names_members_settings_and_provenance(fitted: Path) -> None:
+    manifest = json.loads((fitted / MANIFEST).read_text())
+    assert manifest["format"] == "fewshot-model" and manifest["recipe"] == "phantom"
+    assert [m["name"] for m in manifest["members"]] == ["seed0", "seed1"]
+    assert [m["seed"] for m in manifest["members"]] == [0, 1]
+    assert all(len(m["sha256"]) == 64 and m["steps"] == 12 for m in manifest["members"])
+    assert manifest["norm_stats"] and manifest["modality"] == "CT" and manifest["fold"] == 0
+    assert manifest["inference"]["fg_threshold"] == 0.5
+    split = load_bundle(fitted).load().config.data.protocol.split([v.subject for v in _volumes()])
+    assert sorted(manifest["train_subjects"]) == sorted(split.train) and len(split.train) == 6
+    assert len(manifest["data_fingerprint"]) == 64 and manifest["library_version"]
+    assert (fitted / "recipe.yaml").is_file()
+    for m in manifest["members"]:  # every member is an ordinary training folder
+        run = (fitted / m["checkpoint"]).parent.parent
+        assert (run / "config.yaml").is_file() and (run / "train_result.json").is_file()
+
+
+def test_bundle_evaluation_equals_the_ensemble_of_its_checkpoints(fitted: Path, tmp_path: Path) -> None:
+    """``evaluate --model`` scores the members as the mean of their foreground probabilities, with the bundle's
+    settings: the same digits as ``run_evaluation`` of the two checkpoints."""
+    bundle = load_bundle(fitted)
+    ckpts = [str(fitted / m.checkpoint) for m in bundle.members]
+    direct = run_evaluation(ckpts, threshold=0.5, intensity_prior=0.0, tta="none")
+    rc = main(["evaluate", "--model", str(fitted), "--out", str(tmp_path / "ev"), "--overlays", "0"])
+    assert rc == 0
+    via_cli = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert via_cli["dice"] == pytest.approx(dict(direct.dice), abs=0, rel=0)
+    single = run_evaluation(ckpts[0], threshold=0.5)
+    assert single.dice != direct.dice  # the ensemble is not its first member
+
+
+def test_rerun_trains_nothing_and_keeps_the_model(fitted: Path) -> None:
+    before = (fitted / MANIFEST).read_text()
+    result = fit(load_recipe("phantom"), fitted, fold=0, overrides=FAST, jobs=1)
+    assert result.trained == ()
+    assert [m["sha256"] for m in json.loads(before)["members"]] == [m.sha256 for m in result.bundle.members]
+
+
+def test_more_steps_resume_each_member_from_its_checkpoint(fitted: Path, tmp_path: Path) -> None:
+    """An interrupted or extended fit continues from each member's last.ckpt (the run with more steps equals one
+    trained to that many steps in one go: the episode and learning rate of step i depend on i only)."""
+    copy = tmp_path / "model"
+    shutil.copytree(fitted, copy)
+    more = {**FAST, "train.steps": 18}
+    result = fit(load_recipe("phantom"), copy, fold=0, overrides={**more, "seed": 0}, jobs=1, member=0)
+    assert result.trained == ("seed0",) and result.bundle is None
+    record = json.loads((copy / "members" / "seed0" / "train_result.json").read_text())
+    assert record["steps"] == 18 and record["steps_run"] == 6 and record["resumed_from"]
+
+
+def test_member_option_trains_one_run_and_writes_no_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m"
+    assert main(["fit", "--recipe", "phantom", "--fold", "0", "--out", str(out), "--list-runs"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [["0", "seed0"], ["1", "seed1"]]
+    with pytest.raises(ValueError, match=r"runs 0\.\.1"):
+        fit(load_recipe("phantom"), out, fold=0, overrides=FAST, member=2)
+    assert not (out / MANIFEST).exists()
+
+
+def test_an_altered_or_missing_member_is_refused_by_name(fitted: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(fitted, copy)
+    ckpt = copy / "members" / "seed1" / "checkpoints" / "last.ckpt"
+    data = bytearray(ckpt.read_bytes())
+    data[-10] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"member seed1 .* has sha256 .* the manifest says"):
+        load_bundle(copy)
+    ckpt.unlink()
+    with pytest.raises(BundleError, match="member seed1 is missing"):
+        load_bundle(copy)
+
+
+def test_bundle_refuses_scans_of_another_modality(fitted: Path) -> None:
+    mr = load_dataset("phantom-mr", None, n_subjects=8, shape=(24, 128, 128))
+    with pytest.raises(BundleError, match="trained on CT scans; these are MR"):
+        evaluate_bundle(load_bundle(fitted), volumes=mr)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_models_and_recipes_are_one_line_exit_2(fitted: Path, tmp_path: Path) -> None:
+    bad_recipe = tmp_path / "r.yaml"
+    bad_recipe.write_text("name: x\ndescription: d\nmodality: CT\ndataset: phantom-ct\nmembrs: []\n")
+    copy = tmp_path / "model"
+    shutil.copytree(fitted, copy)
+    (copy / "members" / "seed0" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    cases = [
+        (["fit", "--recipe", "nope", "--out", str(tmp_path / "o")], "unknown recipe 'nope'"),
+        (["fit", "--recipe", str(bad_recipe), "--out", str(tmp_path / "o")], "membrs"),
+        (["evaluate", "--model", str(copy), "--out", str(tmp_path / "e")], "member seed0"),
+        (["evaluate", "--model", str(tmp_path), "--out", str(tmp_path / "e")], "no fewshot-model.json"),
+        (["evaluate", "--out", str(tmp_path / "e")], "--model DIR"),
+    ]
+    for args, message in cases:
+        proc = _cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path, tmp_path: Path) -> None:
+    vols = _volumes()
+    support, query = vols[0], vols[1]
+    for v in (support, query):
+        save_nifti(v.image, v, tmp_path / f"{v.subject}.nii.gz")
+        assert v.label is not None
+        save_nifti((v.label == v.label_map.value("liver")).astype(np.uint8), v, tmp_path / f"{v.subject}_liver.nii.gz")
+    common = ["--support", str(tmp_path / f"{support.subject}.nii.gz"), "--support-mask",
+              str(tmp_path / f"{support.subject}_liver.nii.gz"), "--organ", "liver",
+              "--query", str(tmp_path / f"{query.subject}.nii.gz")]
+    bundle = load_bundle(fitted)
+    ckpts = [str(fitted / m.checkpoint) for m in bundle.members]
+    assert main(["segment", "--model", str(fitted), *common, "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert main(["segment", "--checkpoint", *ckpts, *common, "--fg-threshold", "0.5",
+                 "--out", str(tmp_path / "b.nii.gz")]) == 0
+    a = np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "b.nii.gz")).dataobj)
+    assert a.any() and np.array_equal(a, b)
+    truth = np.asarray(nib.load(str(tmp_path / f"{query.subject}_liver.nii.gz")).dataobj) > 0
+    overlap = (a > 0) & truth
+    assert overlap.sum() > 0  # the prediction lands on the query's liver, not elsewhere
