@@ -92,7 +92,7 @@ def plan_runs(
     data = data or DataSource()
     if setting not in (1, 2):
         raise ValueError(f"setting must be 1 or 2, got {setting}")
-    base = recipe.member_config(0)
+    base = recipe.member_config(0, overrides)
     tested = tuple(canonical_organ(o) for o in organs) if organs else tuple(base.data.protocol.organs)
     groups = recipe.groups_for(tested, setting)
     runs = []

@@ -165,3 +165,34 @@ def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path
     truth = np.asarray(nib.load(str(tmp_path / f"{query.subject}_liver.nii.gz")).dataobj) > 0
     overlap = (a > 0) & truth
     assert overlap.sum() > 0  # the prediction lands on the query's liver, not elsewhere
+
+
+def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path: Path) -> None:
+    """Setting 2 without the trap: one model per label group (each trained without its group's slices), scored
+    group by group and joined; a Genesis member pretrains on the training scans first (the other member does not)."""
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(
+        "name: two\ndescription: d\nmodality: CT\ndataset: phantom-ct\nthreads_per_member: 1\n"
+        "members:\n  - {name: a, config: demo_phantom, genesis_steps: 3}\n"
+        "  - {name: b, config: demo_phantom, overrides: {seed: 1}}\n"
+    )
+    out = tmp_path / "model"
+    fast = {**FAST, "train.steps": 6, "data.protocol.organs": ["liver", "left_kidney"]}
+    assert main(["fit", "--recipe", str(recipe), "--fold", "0", "--setting", "2", "--out", str(out),
+                 *[x for k, v in fast.items() for x in ("--set", f"{k}={json.dumps(v)}")]]) == 0
+    bundle = load_bundle(out)
+    assert bundle.groups == (("left_kidney",), ("liver",))
+    assert sorted(m.name for m in bundle.members) == ["a_left_kidney", "a_liver", "b_left_kidney", "b_liver"]
+    whole_group = {"liver": {"liver", "spleen"}, "left_kidney": {"right_kidney", "left_kidney"}}
+    for group in bundle.groups:  # each group's models never saw a slice of any organ of the group
+        assert set(bundle.load(group).config.data.train_exclusions()) == whole_group[group[0]]
+    genesis = {m.name: m.genesis_steps for m in bundle.members}
+    assert genesis == {"a_left_kidney": 3, "a_liver": 3, "b_left_kidney": 0, "b_liver": 0}
+    assert (out / "members" / "a_liver" / "genesis.pt").is_file() and not (out / "members" / "b_liver" / "genesis.pt").exists()
+    assert bundle.load(("liver",)).payload["init_report"] is not None
+    result = evaluate_bundle(bundle, out=tmp_path / "ev")
+    assert set(result.dice) == {"liver", "left_kidney", "mean"}
+    assert result.dice["mean"] == pytest.approx((result.dice["liver"] + result.dice["left_kidney"]) / 2)
+    parts = json.loads((tmp_path / "ev" / "liver" / "results.json").read_text())
+    assert parts["dice"]["liver"] == result.dice["liver"]  # the liver scored by the liver group's models
+    assert (tmp_path / "ev" / "results.md").is_file()
