@@ -196,3 +196,32 @@ def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path
     parts = json.loads((tmp_path / "ev" / "liver" / "results.json").read_text())
     assert parts["dice"]["liver"] == result.dice["liver"]  # the liver scored by the liver group's models
     assert (tmp_path / "ev" / "results.md").is_file()
+
+
+def test_an_interrupted_fit_resumes_when_run_again(tmp_path: Path) -> None:
+    """Ctrl-C during ``fewshot fit``: exit 130, no manifest (nothing half-written that a rerun would trust), the
+    member's last.ckpt kept; the same command then resumes that member and assembles the model."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "model"
+    args = [sys.executable, "-m", "fewshot", "fit", "--recipe", "phantom", "--fold", "0", "--jobs", "1", "--out",
+            str(out), "--steps", "40", "--set", "train.num_workers=0", "--set", "train.ckpt_every=5",
+            "--set", "train.progress_bar=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ckpt = out / "members" / "seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ckpt.is_file(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not (out / MANIFEST).exists() and ckpt.is_file()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "members" / "seed0" / "train_result.json").read_text())
+    assert record["resumed_from"] and record["steps"] == 40 and record["steps_run"] < 40
+    assert [m.steps for m in load_bundle(out).members] == [40, 40]
