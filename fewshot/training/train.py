@@ -299,6 +299,8 @@ def _check_resume(path: Path, cfg: ExperimentConfig) -> int:
     ckpt = load_checkpoint(path)
     stored = to_dict(load_config((ckpt.get(CHECKPOINT_KEY) or {}).get("config") or {}))
     current = to_dict(cfg)
+    for tree in (stored, current):  # where the superpixel cache lives is not how the model trains (a moved run resumes)
+        tree["data"].pop("cache_dir", None)
     diffs = [
         f"{key}: {stored.get(key)!r} -> {current[key]!r}"
         for key in ("data", "model", "optim", "seed")
