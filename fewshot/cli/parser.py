@@ -1,5 +1,6 @@
 """The ``fewshot`` argument parser. Choices of registered things (datasets, backbones, heads, inits,
-superpixel methods) come from their registries, so ``--help`` always lists what exists."""
+superpixel methods) come from :mod:`fewshot.cli.names`, static lists that the tests check against the
+registries, so ``--help`` lists what exists without importing torch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from typing import Any
 
 from fewshot.cli import commands as c
+from fewshot.cli.names import TTA_CHOICES, registry_names
 
 __all__ = ["build_parser", "registry_choices"]
 
@@ -25,20 +27,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def registry_choices() -> dict[str, list[str]]:
-    """The names of every registry the CLI exposes."""
-    from episodes.data.datasets import list_datasets
-    from episodes.pseudolabels import METHODS
-    from fewshot.backbones import list_backbones
-    from fewshot.backbones.inits import list_inits
-    from fewshot.heads import list_heads
-
-    return {
-        "dataset": list_datasets(),
-        "backbone": list_backbones(),
-        "head": list_heads(),
-        "init": list_inits(),
-        "superpixel method": list(METHODS),
-    }
+    """The names of every registry the CLI exposes (static lists, checked against the registries by the
+    tests, so building the parser imports no torch)."""
+    return registry_names()
 
 
 def _probability(text: str) -> float:
@@ -65,8 +56,6 @@ def _non_negative(kind: type) -> Any:
 
 def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
     """The inference options: ``--fg-threshold``, ``--tta``, ``--intensity-prior`` and ``--finetune-*``."""
-    from fewshot.config.model import TTA_CHOICES
-
     parser.add_argument(
         "--fg-threshold", type=_probability, default=None,
         help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
