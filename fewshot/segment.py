@@ -250,7 +250,13 @@ def segment_files(
         intensity="hu" if mod == "CT" else "raw",
     )
     assert sup.label is not None
-    if label_map is None and not set(np.unique(sup.label).tolist()) <= {0, 1}:
+    found = sorted(np.unique(sup.label).tolist())
+    if label_map is None and len(found) == 2 and found[0] == 0 and found[1] > 1:
+        raise VolumeError(
+            f"{support_mask}: a binary mask with foreground value {found[1]} (not 1); save it as 0/1 "
+            f"(e.g. mask // {found[1]}); --label-map is for label volumes of several organs"
+        )
+    if label_map is None and not set(found) <= {0, 1}:
         raise VolumeError(
             f"{support_mask}: mask has labels {sorted(np.unique(sup.label).tolist())}; pass --label-map "
             "(chaos-mr, btcv-ct, phantom) so the organ name can be resolved"

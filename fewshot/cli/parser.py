@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         "slices (default: refuse such a plan)",
     )
     e.add_argument("--organs", default=None, help="comma-separated organs (default: the training config's)")
+    e.add_argument(
+        "--label-map", default=None,
+        help="label map of a --dataset nifti folder: chaos-mr | btcv-ct | phantom (default: btcv-ct numbers)",
+    )
     e.add_argument("--support-data", default=None, help="folder holding the support subject (held-out evaluation)")
     e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")
     e.add_argument("--support-subject", default=None, help="explicit support subject id")
