@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from episodes.processes import Terminated
 from fewshot.cli.commands import CLIError, comma_list
 
 __all__ = [
@@ -38,11 +39,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, KeyError, Val
 
 #: Exit statuses of an interrupted command (128 + the signal number, as a shell reports it).
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, like Ctrl-C's ``KeyboardInterrupt``, so the same clean-up runs
-    (Lightning's graceful shutdown, ``last.ckpt`` saved, worker processes ended)."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -22,9 +22,12 @@ Files under ``out_dir``: ``config.yaml`` (resolved config), ``checkpoints/last.c
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
+from episodes.processes import Terminated
 from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint, snapshot_path
 from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
 from fewshot.device import check_accelerator, cpu_bf16_native, cuda_requested
@@ -125,6 +129,42 @@ class _FinalCheckpoint(Callback):
             )
 
 
+class _StopOnSignal(Callback):
+    """Ctrl-C (SIGINT) and SIGTERM during ``fit`` stop training at the end of the current step.
+
+    The signal only records the request; :meth:`on_train_batch_end` raises it (``KeyboardInterrupt``, or
+    :class:`~episodes.processes.Terminated` for SIGTERM) once the optimiser step is complete, so the
+    ``last.ckpt`` saved on the way out holds a whole step (an exception raised mid-step would save
+    batch-norm statistics of a step the global step does not count, and the resumed run would differ).
+    A second signal interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.pending: KeyboardInterrupt | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pending is not None:
+            raise self.pending
+        self.pending = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        logger.warning("%s: stopping after this step (again to stop at once)", signal.Signals(signum).name)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+
 def train(
     cfg: ExperimentConfig,
     *,
@@ -210,6 +250,7 @@ def _train(
     _ = csv.version  # fix the version now, so every process (and the result) agree on the log folder
     show_bar, progress_callbacks = training_progress(cfg.train.progress_bar)  # lines when not on a terminal
     final = _FinalCheckpoint(ckpt)
+    stop = _StopOnSignal()
     trainer = pl.Trainer(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
@@ -225,6 +266,7 @@ def _train(
                 enable_version_counter=False,  # last.ckpt is replaced, never joined by a last-v1.ckpt
             ),
             *([] if fast_dev_run else [final]),
+            stop,
             *([_Snapshots(out, cfg.train.keep_every)] if cfg.train.keep_every and not fast_dev_run else []),
             *progress_callbacks,
             *callbacks,
@@ -259,7 +301,8 @@ def _train(
         warnings.filterwarnings("ignore", message=_RESUME_WARNING)
         warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`")
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resumed, weights_only=True)
+            with stop.installed():
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resumed, weights_only=True)
         except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); the CLI reports it as 130 (SIGTERM: 143)
             if final.interrupt is not None:
                 raise final.interrupt from None
