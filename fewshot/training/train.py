@@ -343,16 +343,21 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_ABSENT = "(absent)"
+_ABSENT = object()
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any], sections: Sequence[str]) -> list[str]:
-    """``["model.head.name: 'alpnet' -> 'panet'", ...]``: the leaves of ``sections`` that differ."""
+    """``["model.head.name: 'alpnet' -> 'panet'", ...]``: the leaves of ``sections`` that differ (a key only one
+    side has shows as ``(absent)`` on the other); ``name`` keys first, so the cause leads."""
     old = _leaves({k: stored.get(k) for k in sections})
     new = _leaves({k: current.get(k) for k in sections})
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is _ABSENT else repr(value)
+
     return [
-        f"{key}: {old.get(key, _ABSENT)!r} -> {new.get(key, _ABSENT)!r}"
-        for key in sorted(set(old) | set(new), key=lambda k: (k.split(".")[0], k))
+        f"{key}: {shown(old.get(key, _ABSENT))} -> {shown(new.get(key, _ABSENT))}"
+        for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k))
         if old.get(key, _ABSENT) != new.get(key, _ABSENT)
     ]
 
