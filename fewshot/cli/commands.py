@@ -110,16 +110,16 @@ def _at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
 
 
 def parse_query_range(text: str) -> tuple[int, int]:
-    """``"Z0:Z1"`` -> ``(Z0, Z1)`` with ``0 <= Z0 < Z1`` (the slices ``Z0 .. Z1 - 1``)."""
+    """``"Z0:Z1"`` -> ``(Z0, Z1)`` with ``0 <= Z0 <= Z1`` (the slices ``Z0`` to ``Z1``, both included)."""
     lo, sep, hi = text.partition(":")
     try:
         if not sep:
             raise ValueError
         z0, z1 = int(lo), int(hi)
     except ValueError:
-        raise CLIError(f"--query-range expects Z0:Z1 (e.g. 5:10, slices 5 to 9), got {text!r}") from None
-    if not 0 <= z0 < z1:
-        raise CLIError(f"--query-range {text}: needs 0 <= Z0 < Z1")
+        raise CLIError(f"--query-range expects Z0:Z1 (e.g. 5:10, slices 5 to 10), got {text!r}") from None
+    if not 0 <= z0 <= z1:
+        raise CLIError(f"--query-range {text}: needs 0 <= Z0 <= Z1")
     return z0, z1
 
 

@@ -141,7 +141,7 @@ def _second_round_cases(f: dict[str, Path], u: dict[str, Path], tmp: Path) -> li
         (["superpixels", "--dataset", "phantom-mr", "--param", "min_size"], "--param expects NAME=VALUE"),
         (["study", "--weights", "foo", "--out", str(tmp / "st")], "--weights expects NAME=VALUE"),
         ([*seg, "--query-range", "5-10"], "--query-range expects Z0:Z1"),
-        ([*seg, "--query-range", "10:5"], "needs 0 <= Z0 < Z1"),
+        ([*seg, "--query-range", "10:5"], "needs 0 <= Z0 <= Z1"),
         ([*seg, "--shots", "0"], "--shots must be >= 1"),
         (["evaluate", "--checkpoint", str(f["foreign_ckpt"]), "--out", str(tmp / "e"), "--batch-size", "0"],
          "--batch-size must be >= 1"),
