@@ -365,9 +365,11 @@ def test_refused_resume_names_the_key_and_leaves_config_yaml(
     assert done.steps == 4 and done.steps_run == 0 and (out / "config.yaml").read_bytes() == before
 
 
-def test_no_versioned_last_checkpoint(trained: Any) -> None:
-    _, out = trained
-    assert sorted(p.name for p in (out / "checkpoints").glob("last*")) == ["last.ckpt"]  # no last-v1.ckpt
+def test_no_versioned_last_checkpoint(
+    volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]
+) -> None:
+    train(cfg_of(tmp_path, cache_dir, steps=6, ckpt_every=10, keep_every=3), volumes=volumes)  # as in the issue
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("last*")) == ["last.ckpt"]  # no last-v1.ckpt
 
 
 class _FullDiskFile:
