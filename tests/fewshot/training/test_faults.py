@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -297,7 +298,7 @@ def _start(args: list[str], tmp_path: Path, log_name: str) -> tuple[subprocess.P
     return proc, log_path
 
 
-def _signal_when(proc: subprocess.Popen[bytes], log_path: Path, ready: Callable[[], bool], sig: int) -> dict[int, str]:
+def _signal_when(proc: subprocess.Popen[bytes], log_path: Path, ready: Callable[[], object], sig: int) -> dict[int, str]:
     """Send ``sig`` once ``ready()``; wait for the exit; return the descendants seen (to check for orphans)."""
     seen: dict[int, str] = {}
     deadline = time.monotonic() + 120
@@ -370,8 +371,8 @@ def test_signal_during_superpixels_and_evaluate(tmp_path: Path, sig: int, status
     args = ["superpixels", "--dataset", "phantom-ct", "--workers", "2", "--cache", str(cache)]
     proc, log_path = _start(args, tmp_path, "superpixels.log")
     seen: dict[int, str] = {}
-    try:  # once the workers compute (the progress line appears)
-        seen = _signal_when(proc, log_path, lambda: b"superpixels:" in log_path.read_bytes(), sig)
+    try:  # once slices are done, the worker processes long started (a signal inside a fork can be lost)
+        seen = _signal_when(proc, log_path, lambda: re.search(rb"superpixels: [1-9]", log_path.read_bytes()), sig)
         text = log_path.read_text()
         assert proc.returncode == status and f"fewshot superpixels: {word}" in text, text[-3000:]
         assert "Traceback" not in text and not still_running(seen), text[-3000:]
