@@ -3,7 +3,8 @@
 A write goes to a temporary file in the target's folder (``.<name>.<random>.tmp``), is flushed and
 ``fsync``-ed, then ``os.replace``-d onto the target. Readers therefore see either the previous file or
 the complete new one, never a partial file; a write that raises leaves the previous file (if any)
-untouched and removes its temporary file. The temporary file is created with the usual permissions
+untouched and removes its temporary file; an ``OSError`` (a full disk, a read-only folder) is re-raised
+naming the target and saying whether its previous version is kept. The temporary file is created with the usual permissions
 (``0o666`` minus the umask), so the final file has the same mode as one written with ``open()``.
 """
 
@@ -64,9 +65,10 @@ def atomic_writer(
     if mode not in _MODES:
         raise ValueError(f"atomic_writer mode must be one of {list(_MODES)}, got {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(target)
         if mode == "wb":
             fh: IO[Any] = open(tmp, "wb")
         else:
@@ -76,8 +78,20 @@ def atomic_writer(
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        raise _naming_target(e, target) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _naming_target(error: OSError, target: Path) -> OSError:
+    """``error`` retold about ``target`` (the user's file), not the hidden temporary file it happened on;
+    says that the previous file, if any, is unchanged (e.g. ``ENOSPC``: the disk filled during the write)."""
+    if error.errno is None:
+        return error
+    kept = f" (the previous {target.name} is unchanged)" if target.is_file() else ""
+    return OSError(error.errno, f"{error.strerror or error} while writing {target}{kept}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -21,12 +21,17 @@ import os
 import signal
 import sys
 
-__all__ = ["PDEATHSIG_SUPPORTED", "die_with_parent"]
+__all__ = ["PDEATHSIG_SUPPORTED", "Terminated", "die_with_parent"]
 
 #: Whether the kernel can kill a worker when its parent dies (Linux ``PR_SET_PDEATHSIG``).
 PDEATHSIG_SUPPORTED = sys.platform.startswith("linux")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so the same clean-up runs (the ``fewshot`` command
+    installs the handler; it exits with status 143 where Ctrl-C exits with 130)."""
 
 
 def _set_pdeathsig(sig: int) -> None:

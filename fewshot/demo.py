@@ -7,7 +7,6 @@ architecture before and after training, so the table shows what self-supervision
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,10 @@ from typing import Any
 from episodes.atomic import atomic_write_json, atomic_write_text
 from fewshot.config import load_config, save_config
 from fewshot.configs import config_path
+from fewshot.device import check_accelerator
 from fewshot.evaluation import EvaluationResult, evaluate, run_evaluation
 from fewshot.models import create_model
+from fewshot.outputs import MARKER, check_output_dir, mark_output_dir, remove_output_dir
 from fewshot.pipeline import load_volumes, prepare_fold
 from fewshot.training import train
 
@@ -44,12 +45,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns ``{"markdown", "untrained", "trained", "train"}`` and writes ``out_dir``."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every input is checked before anything is deleted: the config and overrides, the accelerator, the
+    # folder (--overwrite deletes only a folder an earlier demo made, marked with fewshot.outputs.MARKER).
     cfg = load_config(config_path(str(config)), {**(overrides or {}), "out_dir": str(out / "train")})
+    check_accelerator(cfg.train.accelerator)
+    check_output_dir(out, overwrite=overwrite, replace=True)
+    if out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
+        remove_output_dir(out)
+    mark_output_dir(out, "demo")
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     volumes = load_volumes(cfg.data)

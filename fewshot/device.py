@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-__all__ = ["cpu_bf16_native", "cpu_name", "cuda_requested", "default_device"]
+__all__ = ["check_accelerator", "cpu_bf16_native", "cpu_name", "cuda_requested", "default_device"]
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -24,6 +24,26 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
     return dev
+
+
+def check_accelerator(accelerator: str) -> str:
+    """``accelerator`` (``train.accelerator``) if this machine has it, else ``ValueError`` (at start-up, not
+    after the superpixels are computed)."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"train.accelerator={accelerator!r} asked for, but torch sees no CUDA GPU here; use --accelerator cpu "
+            "(or auto: a GPU when there is one)"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.accelerator={accelerator!r} asked for, but MPS is not available here; use cpu")
+    if name not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        from pytorch_lightning.accelerators import AcceleratorRegistry
+
+        choices = ["auto", "cpu", "gpu", *sorted(set(AcceleratorRegistry.available_accelerators()) - {"cpu"})]
+        if name not in choices:
+            raise ValueError(f"train.accelerator={accelerator!r}; choices: {', '.join(choices)}")
+    return accelerator
 
 
 def cuda_requested(accelerator: str) -> bool:

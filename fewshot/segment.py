@@ -48,6 +48,29 @@ logger = logging.getLogger("fewshot")
 
 MAX_SPACING_RATIO = 1.5
 
+#: Slices preprocessed (and predictions resized back) at a time: a large CT's full-resolution float copies
+#: would otherwise each take its whole size (``benchmarks/bench_segment_memory.py``).
+SLAB = 32
+
+
+def _preprocess_slabs(volume: Volume, size: int, ct_stats: NormStats | None) -> Volume:
+    """:func:`~episodes.data.preprocess.preprocess` ``SLAB`` slices at a time (CT: voxel-wise and per slice,
+    so the result is the same; MR normalises with whole-volume statistics and is done in one piece)."""
+    if volume.modality != "CT" or volume.shape[0] <= SLAB:
+        return preprocess(volume, size=size, ct_stats=ct_stats)
+    parts = [
+        preprocess(volume.with_arrays(volume.image[z : z + SLAB], None if volume.label is None else
+                                      volume.label[z : z + SLAB]), size=size, ct_stats=ct_stats)
+        for z in range(0, volume.shape[0], SLAB)
+    ]
+    label = None if volume.label is None else np.concatenate([p.label for p in parts if p.label is not None])
+    return parts[0].with_arrays(np.concatenate([p.image for p in parts]), label)
+
+
+def _geometry_only(volume: Volume) -> Volume:
+    """``volume`` without its voxels (a zero-stride view): keeps the shape, affine and spacing for writing."""
+    return volume.with_arrays(np.broadcast_to(np.float32(0), volume.shape), None)
+
 
 @torch.no_grad()
 def segment_volume(
@@ -155,7 +178,8 @@ def _check_nifti_input(option: str, path: Path) -> None:
 
 def check_intensities(image: np.ndarray, modality: str, what: str) -> None:
     """Refuse a scan whose values do not look like ``modality`` (CT in HU has air near -1000; MR is >= 0)."""
-    lo = float(np.percentile(image, 1))
+    flat = image.reshape(-1)
+    lo = float(np.percentile(flat[:: max(1, flat.size // 4_000_000)], 1))  # a large scan: a strided sample
     if modality == "CT" and lo > -300:
         raise ValueError(
             f"{what} does not look like CT in Hounsfield units (1st percentile {lo:.0f}, air is about -1000); "
@@ -258,7 +282,13 @@ def segment_files(
         intensity="hu" if mod == "CT" else "raw",
     )
     assert sup.label is not None
-    if label_map is None and not set(np.unique(sup.label).tolist()) <= {0, 1}:
+    found = sorted(np.unique(sup.label).tolist())
+    if label_map is None and len(found) == 2 and found[0] == 0 and found[1] > 1:
+        raise VolumeError(
+            f"{support_mask}: a binary mask with foreground value {found[1]} (not 1); save it as 0/1 "
+            f"(e.g. mask // {found[1]}); --label-map is for label volumes of several organs"
+        )
+    if label_map is None and not set(found) <= {0, 1}:
         raise VolumeError(
             f"{support_mask}: mask has labels {sorted(np.unique(sup.label).tolist())}; pass --label-map "
             "(chaos-mr, btcv-ct, phantom) so the organ name can be resolved"
@@ -285,8 +315,9 @@ def segment_files(
         raise ValueError(
             f"{checkpoint} was trained on {extras.get('modality')} data and stores no CT statistics"
         )
-    sup_p = preprocess(sup, size=size, ct_stats=ct_stats)
-    qry_p = preprocess(qry, size=size, ct_stats=ct_stats)
+    sup_p = _preprocess_slabs(sup, size, ct_stats)
+    qry_p = _preprocess_slabs(qry, size, ct_stats)
+    qry = _geometry_only(qry)  # the full-resolution voxels are no longer needed
     assert sup_p.label is not None
     pred = segment_volume(
         model,
@@ -304,11 +335,17 @@ def segment_files(
         organ=organ,
         intensity_prior=intensity_prior,
     )
-    if pred.shape[1:] != qry.shape[1:]:
-        t = torch.from_numpy(pred.astype(np.float32))[:, None]
-        pred = F.interpolate(t, size=qry.shape[1:], mode="nearest")[:, 0].numpy() > 0.5
     value = lm.value(organ)
-    save_nifti(pred.astype(np.uint8) * np.uint8(value), qry, out, overwrite=overwrite)
+    labels = np.zeros(qry.shape, np.uint8)
+    for z in range(0, pred.shape[0], SLAB):  # resized back to the query's grid a slab at a time
+        part = pred[z : z + SLAB]
+        if part.shape[1:] != qry.shape[1:]:
+            t = torch.from_numpy(part.astype(np.float32))[:, None]
+            part = F.interpolate(t, size=qry.shape[1:], mode="nearest")[:, 0].numpy() > 0.5
+        labels[z : z + SLAB][part] = value
+    del pred
+    pred = labels > 0
+    save_nifti(labels, qry, out, overwrite=overwrite)
     voxels = int(pred.sum())
     volume_ml = voxels * float(np.prod(qry.spacing)) / 1000.0
     warnings = plausibility_warnings(organ, volume_ml, voxels / pred.size)

@@ -24,8 +24,10 @@ Names are unique: registering a name twice raises ``ValueError``.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from .volumes import Modality, Volume, VolumeError
 __all__ = [
     "DATA_ENV",
     "DatasetInfo",
+    "check_loader_args",
     "data_root",
     "dataset_info",
     "list_datasets",
@@ -63,6 +66,8 @@ class DatasetInfo:
         label_map: label map of the volumes (the default one for ``nifti``).
         subdir: default sub-folder under ``$FEWSHOT_DATA``; ``None``: the folder must be given.
         needs_root: ``False`` for built-in data (phantoms) that read no files.
+        loader_args: the keyword arguments ``loader`` passes on (``data.loader_args`` may set them);
+            ``None``: whatever ``loader`` itself accepts by keyword.
     """
 
     name: str
@@ -71,6 +76,16 @@ class DatasetInfo:
     label_map: LabelMap
     subdir: str | None = None
     needs_root: bool = True
+    loader_args: tuple[str, ...] | None = None
+
+    def accepted_args(self) -> tuple[str, ...]:
+        """The keyword arguments ``load_dataset(name, root, **kwargs)`` accepts for this dataset."""
+        if self.loader_args is not None:
+            names = self.loader_args
+        else:
+            params = inspect.signature(self.loader).parameters.values()
+            names = tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))[1:]
+        return (*names, "modality", "label_map") if self.name == "nifti" else names
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
@@ -83,8 +98,13 @@ def register_dataset(
     label_map: LabelMap,
     subdir: str | None = None,
     needs_root: bool = True,
+    passes_to: Callable[..., Any] | None = None,
 ) -> Callable[[Loader], Loader]:
-    """Decorator registering ``loader`` under ``name``; a name already registered raises ``ValueError``."""
+    """Decorator registering ``loader`` under ``name``; a name already registered raises ``ValueError``.
+
+    ``passes_to``: the function a ``(root, **kwargs)`` loader hands its keyword arguments to; its keyword
+    parameters (less those the loader sets itself) are the accepted ``data.loader_args``.
+    """
     if modality not in ("CT", "MR"):
         raise ValueError(f"dataset {name!r}: modality must be 'CT' or 'MR', got {modality!r}")
 
@@ -93,7 +113,14 @@ def register_dataset(
             raise ValueError(
                 f"dataset {name!r} is already registered (by {_REGISTRY[name].loader.__qualname__})"
             )
-        _REGISTRY[name] = DatasetInfo(name, loader, modality, label_map, subdir, needs_root)
+        accepted = None
+        if passes_to is not None:
+            params = inspect.signature(passes_to).parameters.values()
+            accepted = tuple(
+                p.name for p in params
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("root", "modality", "label_map")
+            )
+        _REGISTRY[name] = DatasetInfo(name, loader, modality, label_map, subdir, needs_root, accepted)
         return loader
 
     return decorate
@@ -108,6 +135,21 @@ def dataset_info(name: str) -> DatasetInfo:
     if name not in _REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; choices: {list_datasets()}")
     return _REGISTRY[name]
+
+
+def check_loader_args(name: str, args: Mapping[str, Any], where: str = "data.loader_args") -> None:
+    """Raise ``ValueError`` naming the key when ``args`` holds an argument dataset ``name``'s loader lacks."""
+    accepted = dataset_info(name).accepted_args()
+    for key in args:
+        if key in accepted:
+            continue
+        hint = ""
+        if ":" in str(key):  # YAML reads {n_subjects:6} as the key "n_subjects:6"
+            hint = "; YAML needs a space after the colon ({n_subjects: 6})"
+        elif close := difflib.get_close_matches(str(key), accepted, n=1):
+            hint = f"; did you mean {close[0]!r}?"
+        valid = ", ".join(accepted) or "none"
+        raise ValueError(f"{where}: dataset {name!r} has no loader argument {str(key)!r}{hint} (valid: {valid})")
 
 
 def data_root(name: str, root: str | Path | None = None) -> Path | None:
@@ -151,31 +193,41 @@ def load_dataset(
 # The built-in layouts
 
 
-@register_dataset("chaos-mr", modality="MR", label_map=CHAOS_MR, subdir="chaos_mr_t2_ssl_alpnet_preproc")
+@register_dataset(
+    "chaos-mr", modality="MR", label_map=CHAOS_MR, subdir="chaos_mr_t2_ssl_alpnet_preproc",
+    passes_to=load_ssl_alpnet_folder,
+)
 def _chaos_mr(root: Path, **kwargs: Any) -> list[Volume]:
     return load_ssl_alpnet_folder(root, **kwargs)
 
 
-@register_dataset("btcv-ct", modality="CT", label_map=BTCV_CT, subdir="sabs_btcv_ct_ssl_alpnet_preproc")
+@register_dataset(
+    "btcv-ct", modality="CT", label_map=BTCV_CT, subdir="sabs_btcv_ct_ssl_alpnet_preproc",
+    passes_to=load_btcv_png_folder,
+)
 def _btcv_ct(root: Path, **kwargs: Any) -> list[Volume]:
     return load_btcv_png_folder(root, **kwargs)
 
 
-@register_dataset("chaos-dicom", modality="MR", label_map=CHAOS_MR)
+@register_dataset("chaos-dicom", modality="MR", label_map=CHAOS_MR, passes_to=load_chaos_dicom_folder)
 def _chaos_dicom(root: Path, **kwargs: Any) -> list[Volume]:
     return load_chaos_dicom_folder(root, **kwargs)
 
 
-@register_dataset("nifti", modality="CT", label_map=BTCV_CT)
+@register_dataset("nifti", modality="CT", label_map=BTCV_CT, passes_to=load_nifti_folder)
 def _nifti(root: Path, **kwargs: Any) -> list[Volume]:
     return load_nifti_folder(root, **kwargs)
 
 
-@register_dataset("phantom-ct", modality="CT", label_map=get_label_map("phantom"), needs_root=False)
+@register_dataset(
+    "phantom-ct", modality="CT", label_map=get_label_map("phantom"), needs_root=False, passes_to=make_phantom_dataset
+)
 def _phantom_ct(root: Path | None = None, **kwargs: Any) -> list[Volume]:
     return make_phantom_dataset(modality="CT", **kwargs)
 
 
-@register_dataset("phantom-mr", modality="MR", label_map=get_label_map("phantom"), needs_root=False)
+@register_dataset(
+    "phantom-mr", modality="MR", label_map=get_label_map("phantom"), needs_root=False, passes_to=make_phantom_dataset
+)
 def _phantom_mr(root: Path | None = None, **kwargs: Any) -> list[Volume]:
     return make_phantom_dataset(modality="MR", **kwargs)

@@ -53,7 +53,9 @@ def load_ssl_alpnet_folder(
         if match:
             found[match.group(1)] = path
     if not found:
-        raise VolumeError(f"{root}: no image_<id>.nii.gz files (empty or wrong folder)")
+        inside = sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("image_*.nii*")))
+        hint = f"; the subfolder {root / inside[0]} holds them: pass that folder" if inside else ""
+        raise VolumeError(f"{root}: no image_<id>.nii.gz files (empty or wrong folder){hint}")
     ids = sorted(found, key=numeric_key)
     if subjects is not None:
         missing = [s for s in subjects if s not in found]
@@ -100,7 +102,9 @@ def load_btcv_png_folder(
         key=lambda d: int(d.name.split("_")[1]),
     )
     if not dirs:
-        raise VolumeError(f"{root}: no subject_<ii> folders (empty or wrong folder)")
+        inside = sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("subject_*")))
+        hint = f"; the subfolder {root / inside[0]} holds them: pass that folder" if inside else ""
+        raise VolumeError(f"{root}: no subject_<ii> folders (empty or wrong folder){hint}")
     wanted = None if subjects is None else {str(int(s)) for s in subjects}
     volumes = []
     for d in dirs:
@@ -174,6 +178,20 @@ def _label_like_values(image: np.ndarray) -> np.ndarray | None:
     return values
 
 
+def _check_label_map_values(label: np.ndarray, label_map: LabelMap, path: Path) -> None:
+    """Refuse negative label values and values the label map does not define (a wrong ``label_map``)."""
+    values = [int(v) for v in np.unique(label)]
+    defined = set(label_map.to_dict().values())
+    unknown = [v for v in values if v != 0 and v not in defined]
+    if unknown:
+        negative = " (labels must be >= 0)" if min(unknown) < 0 else ""
+        raise VolumeError(
+            f"{path}: label values {unknown}{negative} are not in the {label_map.name} label map "
+            f"{label_map.to_dict()}; pass the folder's label map (--label-map / data.loader_args.label_map) "
+            "or fix the labels"
+        )
+
+
 def load_nifti_folder(
     root: str | Path,
     *,
@@ -220,6 +238,8 @@ def load_nifti_folder(
             label_map=label_map,
             intensity=intensity,
         )
+        if volume.label is not None:
+            _check_label_map_values(volume.label, label_map, label_path)
         values = _label_like_values(volume.image)
         if values is not None:
             shown = [int(v) for v in values]

@@ -209,9 +209,10 @@ def load_nifti_pair(
     if label_path is not None:
         label, label_affine, _ = read_nifti(Path(label_path))
         if label.shape != image.shape:
+            shapes = [tuple(_nib().load(str(p)).shape) for p in (label_path, image_path)]  # as stored in the files
             raise VolumeError(
-                f"{label_path}: label shape {label.shape[::-1]} (nibabel order reversed) does not "
-                f"match image {image_path} shape {image.shape[::-1]}"
+                f"{label_path}: label shape {shapes[0]} (as stored in the file) does not "
+                f"match image {image_path} shape {shapes[1]}"
             )
         if not np.allclose(label_affine, affine, atol=1e-3):
             raise VolumeError(f"{label_path}: affine differs from image {image_path}")

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..data.labels import ABDOMINAL_ORGANS, canonical_organ
 from ..data.volumes import Volume
 from .folds import (
@@ -176,8 +178,14 @@ class Protocol:
             value = support.label_map.value(organ)
             zs = support.slices_with(organ)
             if zs.size == 0:
+                present = sorted(int(v) for v in np.unique(support.label) if v > 0) if support.label is not None else []
+                hint = (
+                    f" (its labels are {present}, read with the {support.label_map.name} label map: if the folder "
+                    "uses other numbers, pass --label-map, e.g. chaos-mr)"
+                    if present else ""
+                )
                 raise ValueError(
-                    f"organ {organ!r} (label {value}) is absent from support subject {support.subject!r}; "
+                    f"organ {organ!r} (label {value}) is absent from support subject {support.subject!r}{hint}; "
                     "choose another support_subject"
                 )
             try:

@@ -94,8 +94,44 @@ def _config_source(name: str | None) -> Any:
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise CLIError(f"{path} exists; pass --overwrite to replace it")
+    """An output file: refused (before any work) when it is a folder, exists without --overwrite, or its folder
+    cannot be written."""
+    from fewshot.outputs import check_output_file
+
+    check_output_file(path, overwrite=overwrite)
+
+
+def _at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """Refuse an option below its minimum, e.g. ``{"size": 32}`` for ``--size``."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def parse_query_range(text: str) -> tuple[int, int]:
+    """``"Z0:Z1"`` -> ``(Z0, Z1)`` with ``0 <= Z0 <= Z1`` (the slices ``Z0`` to ``Z1``, both included)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        z0, z1 = int(lo), int(hi)
+    except ValueError:
+        raise CLIError(f"--query-range expects Z0:Z1 (e.g. 5:10, slices 5 to 10), got {text!r}") from None
+    if not 0 <= z0 <= z1:
+        raise CLIError(f"--query-range {text}: needs 0 <= Z0 <= Z1")
+    return z0, z1
+
+
+def parse_pairs(items: Sequence[str], option: str, example: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; an item without ``=`` is refused naming ``option``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise CLIError(f"{option} expects NAME=VALUE (e.g. {option} {example}), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _load_raw(dataset: str, data: str | None, loader_args: dict[str, Any] | None = None) -> list[Any]:
@@ -125,11 +161,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_superpixels(args: argparse.Namespace) -> int:
     from episodes.pseudolabels import SuperpixelParams, compute_dataset_superpixels_with_stats
 
+    params = {k: _parse_value(v) for k, v in parse_pairs(args.param, "--param", "min_size=400").items()}
+    _at_least(args, {"workers": 0})
+    if args.export:
+        from fewshot.outputs import check_writable_folder
+
+        check_writable_folder(args.export, "--export")
     volumes = _load_raw(args.dataset, args.data)
-    params: dict[str, Any] = {}
-    for pair in args.param:
-        key, _, value = pair.partition("=")
-        params[key] = _parse_value(value)
     sp = SuperpixelParams(
         method=args.method,
         params=params,
@@ -171,6 +209,10 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
+    _at_least(args, {"steps": 1, "batch_size": 1, "size": 32})
+    if args.lr <= 0:
+        raise CLIError(f"--lr must be > 0, got {args.lr}")
+    device = str(default_device(args.device))
     images = unit_slices(_load_raw(args.dataset, args.data), args.size)
     result = run_pretrain_genesis(
         images,
@@ -180,7 +222,7 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        device=str(default_device(args.device)),
+        device=device,
         truncate=args.truncate,
         output_stride=args.output_stride,
     )
@@ -269,17 +311,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fewshot.cli.recipe_commands import model_or_checkpoints
+    from fewshot.outputs import mark_output_dir
+    from fewshot.training.lock import train_lock
+
+    out = Path(args.out)
+    _check_evaluate_out(out, args.overwrite)
+    _at_least(args, {"batch_size": 1, "overlays": 0, "shots": 1, "chunks": 1})
+    bundle = model_or_checkpoints(args)  # a missing or altered model is refused before any folder is made
+    folder = out.parent if out.suffix == ".json" else out
+    if out.suffix != ".json" and not out.exists():
+        mark_output_dir(out, "evaluate")
+    # One evaluate per results folder at a time: a second one fails at once instead of mixing their files.
+    with train_lock(folder, name=f".{out.name}.evaluate.lock" if out.suffix == ".json" else ".evaluate.lock",
+                    command="evaluate"):
+        return _evaluate(args, out, bundle)
+
+
+def _evaluate(args: argparse.Namespace, out: Path, bundle: Any) -> int:
     from dataclasses import replace
 
     from fewshot.checkpoint import load_model_from_checkpoints
-    from fewshot.cli.recipe_commands import evaluate_model, model_or_checkpoints
+    from fewshot.cli.recipe_commands import evaluate_model
     from fewshot.device import default_device
     from fewshot.evaluation import run_evaluation
     from fewshot.evaluation.postprocess import POSTPROCESS
 
-    out = Path(args.out)
-    _refuse_existing(out, args.overwrite)
-    bundle = model_or_checkpoints(args)
     if bundle is not None:
         if args.support_data:
             raise CLIError("--support-data works with --checkpoint; with --model name a --support-subject of --data")
@@ -294,7 +351,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     trained = loaded.config.data
     dataset = args.dataset or trained.dataset
-    volumes = _load_raw(dataset, args.data, dict(trained.loader_args) if dataset == trained.dataset else None)
+    loader_args = dict(trained.loader_args) if dataset == trained.dataset else {}
+    if args.label_map:
+        if dataset != "nifti":
+            raise CLIError(f"--label-map applies to --dataset nifti folders; {dataset} has its own label map")
+        loader_args["label_map"] = args.label_map
+    volumes = _load_raw(dataset, args.data, loader_args)
+    if loaded.global_step < loaded.config.train.steps:
+        log.warning(
+            "%s is at step %d of its train.steps=%d: the training run did not finish (scoring it anyway)",
+            loaded.path, loaded.global_step, loaded.config.train.steps,
+        )
     support_subject = args.support_subject
     query_subjects = tuple(comma_list(args.query_subjects, str, option="--query-subjects")) if args.query_subjects else None
     if args.support_data:
@@ -347,6 +414,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_out(out: Path, overwrite: bool) -> None:
+    """``--out`` of evaluate: a ``.json`` file or a folder, checked before the checkpoint is even read."""
+    from fewshot.outputs import check_output_dir, check_output_file
+
+    if out.suffix == ".json":
+        check_output_file(out, overwrite=overwrite)
+    else:
+        check_output_dir(out, overwrite=overwrite)
+
+
 # ---------------------------------------------------------------------------------- segment
 
 
@@ -355,10 +432,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    query_range = None
-    if args.query_range:
-        lo, _, hi = args.query_range.partition(":")
-        query_range = (int(lo), int(hi))
+    _at_least(args, {"shots": 1, "chunks": 1})
+    query_range = parse_query_range(args.query_range) if args.query_range else None
     from fewshot.cli.recipe_commands import model_or_checkpoints
 
     bundle = model_or_checkpoints(args)
@@ -400,7 +475,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         folds=tuple(comma_list(args.folds, int, option="--folds", minimum=0)),
         steps=args.steps,
         genesis_steps=args.genesis_steps,
-        weights=dict(pair.split("=", 1) for pair in args.weights),
+        weights=parse_pairs(args.weights, "--weights", "imagenet=resnet50.pth"),
     )
     overrides = _overrides(args.set)
     if args.dataset:

@@ -84,8 +84,28 @@ def load_config(
         set_dotted(over_tree, key, value)
     migrate_legacy(over_tree, source="overrides")
     _retarget_head(tree, over_tree)
+    _retarget_dataset(tree, over_tree)
     _merge(tree, over_tree)
+    for key, value in (overrides or {}).items():
+        if key in _REPLACED_WHOLE:  # ``--set data.loader_args={...}`` replaces the mapping instead of merging
+            set_dotted(tree, key, _deep_copy(value) if isinstance(value, Mapping) else value)
     return config_from_dict(ExperimentConfig, tree)
+
+
+#: Free-form mappings that an override naming them replaces (an override of one of their keys still merges).
+_REPLACED_WHOLE = ("data.loader_args",)
+
+
+def _retarget_dataset(tree: dict[str, Any], over: Mapping[str, Any]) -> None:
+    """An override that switches ``data.dataset`` drops the old dataset's ``loader_args`` and ``data_dir``
+    unless it sets them too (``--dataset nifti`` on the phantom config loses ``n_subjects``)."""
+    new = (over.get("data") or {}).get("dataset")
+    data = tree.get("data")
+    if not isinstance(new, str) or not isinstance(data, dict) or data.get("dataset", new) == new:
+        return
+    for key in ("loader_args", "data_dir"):
+        if key not in over["data"]:
+            data.pop(key, None)
 
 
 def _retarget_head(tree: dict[str, Any], over: Mapping[str, Any]) -> None:

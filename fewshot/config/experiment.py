@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from episodes.data.datasets import list_datasets
+from episodes.data.datasets import check_loader_args, list_datasets
 from episodes.protocol import Protocol
 from episodes.pseudolabels import VOLUMETRIC_METHODS, SuperpixelParams
 from episodes.sampling import EpisodeConfig
@@ -24,6 +24,10 @@ from fewshot.config.model import ModelConfig
 from fewshot.config.schema import TRAIN_SEED_OFFSET, ConfigError, to_dict
 
 __all__ = ["DataConfig", "ExperimentConfig", "OptimConfig", "TrainConfig"]
+
+
+#: Smallest ``data.size``: the backbones downsample 8x and ALPNet pools windows of feature cells.
+MIN_SIZE = 32
 
 
 def _default_superpixels() -> SuperpixelParams:
@@ -68,6 +72,15 @@ class DataConfig:
         choices = list_datasets()
         if self.dataset not in choices:
             raise ConfigError(f"data.dataset={self.dataset!r}; choices: {choices}")
+        try:
+            check_loader_args(self.dataset, self.loader_args)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.size < MIN_SIZE:
+            raise ConfigError(
+                f"data.size must be >= {MIN_SIZE} (the backbones downsample 8x and the prototype windows need "
+                f"several feature cells), got {self.size}"
+            )
         for name in ("size", "channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")

@@ -31,6 +31,7 @@ from fewshot.evaluation.scoring import TunedModels, evaluate
 from fewshot.heads.alpnet import ALPNetConfig, ALPNetHead
 from fewshot.heads.functional import check_fusion
 from fewshot.models import model_heads
+from fewshot.outputs import mark_output_dir
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
 
@@ -277,6 +278,8 @@ def run_evaluation(
     )
     if out is not None:
         paths = output_paths(out)
+        if Path(out).suffix != ".json":
+            mark_output_dir(out, "evaluate")
         result.to_json(paths["results"])
         heading = title or (
             f"{protocol.dataset} fold {protocol.fold}, setting {protocol.setting}, {protocol.shots}-shot"

@@ -5,7 +5,8 @@ write (``SIGKILL``, power loss) leaves a truncated ``last.ckpt`` that can neithe
 evaluated. :class:`AtomicCheckpointIO` serialises into a temporary file beside the target
 (``.<name>.<random>.tmp``), ``fsync``-s it and ``os.replace``-s it onto the target: the checkpoint on
 disk is always the previous complete one or the new complete one. A failed write (an exception while
-pickling, a full disk) leaves the previous file untouched and removes the temporary file; a killed
+pickling, a full disk: reported as the ``OSError``, naming ``last.ckpt``) leaves the previous file untouched
+and removes the temporary file; a killed
 write may leave the temporary file, which :func:`episodes.atomic.remove_stale_temps` deletes.
 """
 
@@ -33,4 +34,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             raise ValueError(f"{type(self).__name__} writes local files only, got {str(path)!r}")
         with atomic_writer(path, "wb") as fh:
-            torch.save(checkpoint, fh)
+            try:
+                torch.save(checkpoint, fh)
+            except RuntimeError as e:  # torch's zip writer hides a failed write (e.g. ENOSPC) behind its own error
+                cause = _os_error_in(e)
+                if cause is None:
+                    raise
+                raise cause from None
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The ``OSError`` that ``error`` was raised while handling (its context chain), if any."""
+    seen: BaseException | None = error.__cause__ or error.__context__
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -64,18 +64,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _in_use_message(out: Path, holder: str) -> str:
+def _in_use_message(out: Path, holder: str, command: str = "train") -> str:
     if holder.isdigit() and not _pid_alive(int(holder)):
         return (
-            f"another fewshot train (pid {holder}, exited; processes it started still hold the lock) is "
+            f"another fewshot {command} (pid {holder}, exited; processes it started still hold the lock) is "
             f"using {out}; end them or choose another --out"
         )
-    return f"another fewshot train (pid {holder or 'unknown'}) is using {out}; wait for it or choose another --out"
+    return (
+        f"another fewshot {command} (pid {holder or 'unknown'}) is using {out}; wait for it or choose another --out"
+    )
 
 
 @contextmanager
-def train_lock(out: str | os.PathLike[str]) -> Iterator[Path | None]:
+def train_lock(
+    out: str | os.PathLike[str], *, name: str = LOCK_NAME, command: str = "train"
+) -> Iterator[Path | None]:
     """Hold the exclusive training lock of folder ``out`` (created if missing) for the ``with`` block.
+
+    ``name``/``command``: the lock file and the command named in the error (``fewshot evaluate`` locks its
+    results folder with ``.evaluate.lock``).
 
     Yields:
         the lock file, or ``None`` when no lock was taken (a non-zero rank, or no ``fcntl``).
@@ -91,19 +98,19 @@ def train_lock(out: str | os.PathLike[str]) -> Iterator[Path | None]:
         return
     if fcntl is None:  # pragma: no cover - Windows
         logger.warning(
-            "no fcntl on this platform: concurrent fewshot train runs in %s are not detected", folder
+            "no fcntl on this platform: concurrent fewshot %s runs in %s are not detected", command, folder
         )
         yield None
         return
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            raise OutputInUseError(_in_use_message(folder, holder)) from None
+            raise OutputInUseError(_in_use_message(folder, holder, command)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:

@@ -22,9 +22,12 @@ Files under ``out_dir``: ``config.yaml`` (resolved config), ``checkpoints/last.c
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,12 @@ from pytorch_lightning.loggers import CSVLogger
 
 from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
+from episodes.processes import Terminated
 from fewshot.checkpoint import CHECKPOINT_KEY, checkpoint_path, load_checkpoint, snapshot_path
 from fewshot.config import ExperimentConfig, resolve_channels_last, resolve_precision, save_config, to_dict
-from fewshot.device import cpu_bf16_native, cuda_requested
+from fewshot.device import check_accelerator, cpu_bf16_native, cuda_requested
 from fewshot.models import create_model
+from fewshot.outputs import check_writable_folder, mark_output_dir
 from fewshot.pipeline import prepare_fold
 from fewshot.provenance import environment, git_commit
 from fewshot.training.checkpoint_io import AtomicCheckpointIO
@@ -107,6 +112,7 @@ class _FinalCheckpoint(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.interrupt: KeyboardInterrupt | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
@@ -114,11 +120,49 @@ class _FinalCheckpoint(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupt = exception
         if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1:
             trainer.save_checkpoint(self.path, weights_only=False)
             logger.warning(
                 "interrupted at step %d; saved %s (rerun to resume)", trainer.global_step, self.path
             )
+
+
+class _StopOnSignal(Callback):
+    """Ctrl-C (SIGINT) and SIGTERM during ``fit`` stop training at the end of the current step.
+
+    The signal only records the request; :meth:`on_train_batch_end` raises it (``KeyboardInterrupt``, or
+    :class:`~episodes.processes.Terminated` for SIGTERM) once the optimiser step is complete, so the
+    ``last.ckpt`` saved on the way out holds a whole step (an exception raised mid-step would save
+    batch-norm statistics of a step the global step does not count, and the resumed run would differ).
+    A second signal interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.pending: KeyboardInterrupt | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pending is not None:
+            raise self.pending
+        self.pending = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        logger.warning("%s: stopping after this step (again to stop at once)", signal.Signals(signum).name)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.pending is not None:
+            raise self.pending
 
 
 def train(
@@ -144,6 +188,10 @@ def train(
     """
     check_one_label_group(cfg)
     out = Path(cfg.out_dir)
+    check_accelerator(cfg.train.accelerator)  # before any work: no superpixels computed for a missing GPU
+    check_writable_folder(out)
+    if not out.exists():
+        mark_output_dir(out, "train")  # made by the library: `demo --overwrite` etc. may replace it
     with train_lock(out) as lock:
         if lock is not None:  # no other run writes here: temp files of killed checkpoint writes are stale
             for stale in remove_stale_temps(checkpoint_path(out)):
@@ -179,7 +227,13 @@ def _train(
 ) -> TrainResult:
     """:func:`train` under the output folder's lock."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_path(out)
+    resumed = str(ckpt) if resume and ckpt.is_file() and not fast_dev_run else None
+    # A refused resume (changed config, fewer steps than done) fails here, before config.yaml is rewritten.
+    start_step = _check_resume(ckpt, cfg) if resumed else 0
+    if resumed and start_step >= cfg.train.steps:
+        logger.warning("%s is at step %d of train.steps=%d: nothing to train", ckpt, start_step, cfg.train.steps)
+        return _finished_result(ckpt, start_step, out)
     save_config(cfg, out / "config.yaml")
     on_cuda = cuda_requested(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, on_cuda)
@@ -212,10 +266,11 @@ def _train(
     }
     module = FewShotModule(model, cfg.optim, to_dict(cfg), extras=extras, channels_last=channels_last)
 
-    ckpt = checkpoint_path(out)
     csv = CSVLogger(save_dir=str(out), name="logs")
     _ = csv.version  # fix the version now, so every process (and the result) agree on the log folder
     show_bar, progress_callbacks = training_progress(cfg.train.progress_bar)  # lines when not on a terminal
+    final = _FinalCheckpoint(ckpt)
+    stop = _StopOnSignal()
     trainer = pl.Trainer(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
@@ -227,9 +282,11 @@ def _train(
         logger=csv if not fast_dev_run else False,
         callbacks=[
             ModelCheckpoint(
-                dirpath=ckpt.parent, save_top_k=0, save_last=True, every_n_train_steps=cfg.train.ckpt_every
+                dirpath=ckpt.parent, save_top_k=0, save_last=True, every_n_train_steps=cfg.train.ckpt_every,
+                enable_version_counter=False,  # last.ckpt is replaced, never joined by a last-v1.ckpt
             ),
-            *([] if fast_dev_run else [_FinalCheckpoint(ckpt)]),
+            *([] if fast_dev_run else [final]),
+            stop,
             *([_Snapshots(out, cfg.train.keep_every)] if cfg.train.keep_every and not fast_dev_run else []),
             *progress_callbacks,
             *callbacks,
@@ -257,15 +314,19 @@ def _train(
         slice_input=cfg.model.slice_input,
     )
     module.extras["episodes"] = datamodule.describe()
-    resumed = str(ckpt) if resume and ckpt.is_file() and not fast_dev_run else None
-    start_step = _check_resume(ckpt, cfg) if resumed else 0
     if resumed:
         logger.info("resuming from %s (step %d)", ckpt, start_step)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_RESUME_WARNING)
         warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed, weights_only=True)
+        try:
+            with stop.installed():
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resumed, weights_only=True)
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); the CLI reports it as 130 (SIGTERM: 143)
+            if final.interrupt is not None:
+                raise final.interrupt from None
+            raise
     seconds = time.perf_counter() - t0
     if fast_dev_run:
         steps = 1
@@ -292,8 +353,38 @@ def _train(
     return result
 
 
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.head.name": "alpnet", ...}``: the dotted keys and values of a nested dict."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+_ABSENT = object()
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any], sections: Sequence[str]) -> list[str]:
+    """``["model.head.name: 'alpnet' -> 'panet'", ...]``: the leaves of ``sections`` that differ (a key only one
+    side has shows as ``(absent)`` on the other); ``name`` keys first, so the cause leads."""
+    old = _leaves({k: stored.get(k) for k in sections})
+    new = _leaves({k: current.get(k) for k in sections})
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is _ABSENT else repr(value)
+
+    return [
+        f"{key}: {shown(old.get(key, _ABSENT))} -> {shown(new.get(key, _ABSENT))}"
+        for key in sorted(set(old) | set(new), key=lambda k: (not k.endswith(".name"), k))
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
+
+
 def _check_resume(path: Path, cfg: ExperimentConfig) -> int:
-    """Global step of ``path``; raises if its data/model/optim settings or seed differ from ``cfg``."""
+    """Global step of ``path``; raises if its data/model/optim settings or seed differ from ``cfg``, or if it
+    is past ``cfg.train.steps``."""
     from fewshot.config import load_config
 
     ckpt = load_checkpoint(path)
@@ -301,17 +392,28 @@ def _check_resume(path: Path, cfg: ExperimentConfig) -> int:
     current = to_dict(cfg)
     for tree in (stored, current):  # where the superpixel cache lives is not how the model trains (a moved run resumes)
         tree["data"].pop("cache_dir", None)
-    diffs = [
-        f"{key}: {stored.get(key)!r} -> {current[key]!r}"
-        for key in ("data", "model", "optim", "seed")
-        if stored.get(key) != current[key]
-    ]
+    diffs = config_differences(stored, current, ("data", "model", "optim", "seed"))
     if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise ValueError(
-            f"cannot resume from {path}: the config changed ({'; '.join(diffs)[:600]}); use a new output "
+            f"cannot resume from {path}: the config changed ({shown}); use a new output "
             "folder (--out) or start over (`fewshot train --no-resume`)"
         )
-    return int(ckpt.get("global_step", 0))
+    step = int(ckpt.get("global_step", 0))
+    if step > cfg.train.steps:
+        raise ValueError(
+            f"cannot resume from {path}: it is at step {step}, past train.steps={cfg.train.steps}; pass --steps "
+            f"{step} or more to continue it, or use a new output folder (--out)"
+        )
+    return step
+
+
+def _finished_result(ckpt: Path, steps: int, out: Path) -> TrainResult:
+    """The result of a resumed call that had nothing to train (the run is already at ``train.steps``)."""
+    return TrainResult(
+        checkpoint=str(ckpt), steps=steps, steps_run=0, seconds=0.0, steps_per_s=0.0, losses={},
+        log_dir=None, out_dir=str(out), resumed_from=str(ckpt),
+    )
 
 
 def _read_global_step(path: Path) -> int:

@@ -97,3 +97,47 @@ def test_sigkill_during_cache_write(tmp_path: Path) -> None:
         np.testing.assert_array_equal(maps[subject], fresh[subject])
     _, again = compute_dataset_superpixels_with_stats(volumes, cache_dir=cache_dir, workers=1, progress=False)
     assert (again.cache_hits, again.cache_misses) == (2, 0)
+
+
+def test_disk_full_during_cache_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import errno
+
+    from episodes import atomic
+
+    class FullDisk:
+        """Writes fail with ENOSPC after 1 KiB (the disk fills during the entry's write)."""
+
+        def __init__(self, path: Path) -> None:
+            self.f, self.room = builtins.open(path, "wb"), 1024
+
+        def write(self, data: bytes) -> int:
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    def full_for_subject_1(path: Path, mode: str = "r", **kwargs: object) -> object:
+        if mode == "wb" and ".superpixels_1_" in str(path):
+            return FullDisk(path)
+        return builtins.open(path, mode, **kwargs)  # type: ignore[call-overload]
+
+    cache_dir = tmp_path / "cache"
+    volumes = make_phantom_dataset(2, modality="CT", shape=SHAPE)
+    monkeypatch.setattr(atomic, "open", full_for_subject_1, raising=False)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*superpixels_1_.*\.npz"):
+        compute_dataset_superpixels_with_stats(volumes, cache_dir=cache_dir, workers=1, progress=False)
+    monkeypatch.undo()
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert len(names) == 1 and names[0].startswith("superpixels_0_"), names  # no partial or temporary file
+    _, stats = compute_dataset_superpixels_with_stats(volumes, cache_dir=cache_dir, workers=1, progress=False)
+    assert (stats.cache_hits, stats.cache_misses) == (1, 1)  # subject 0's entry is valid

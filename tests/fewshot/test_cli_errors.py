@@ -79,6 +79,113 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file and folder under ``root``."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def user_files(tmp_path: Path) -> dict[str, Path]:
+    """Files the library did not write: a user's folder of scans and notes, a plain file, data folders."""
+    root = tmp_path / "user"
+    out: dict[str, Path] = {"root": root}
+    out["mine"] = root / "mine"
+    scan = np.random.default_rng(3).normal(40, 10, (16, 16, 4)).astype(np.float32)
+    (out["mine"] / "patient_scans").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(scan, np.eye(4)), str(out["mine"] / "patient_scans" / "scan_001.nii.gz"))
+    (out["mine"] / "notes.txt").write_text("my notes")
+    out["file"] = root / "afile.txt"
+    out["file"].write_text("not a folder")
+    out["parent"] = root / "data"  # the folder above the one holding image_<id>.nii.gz
+    (out["parent"] / "chaos").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(scan, np.eye(4)), str(out["parent"] / "chaos" / "image_1.nii.gz"))
+    out["no_scans"] = root / "no_scans"
+    out["no_scans"].mkdir()
+    (out["no_scans"] / "readme.txt").write_text("x")
+    out["bad_labels"] = root / "bad_labels"
+    for sub in ("images", "labels"):
+        (out["bad_labels"] / sub).mkdir(parents=True)
+    label = np.zeros((16, 16, 4), np.int16)
+    label[4:8, 4:8, 1:3] = 6
+    label[0, 0, 0], label[1, 1, 1] = -1, 99
+    nib.save(nib.Nifti1Image(scan, np.eye(4)), str(out["bad_labels"] / "images" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(out["bad_labels"] / "labels" / "a.nii.gz"))
+    return out
+
+
+def _second_round_cases(f: dict[str, Path], u: dict[str, Path], tmp: Path) -> list[tuple[list[str], str]]:
+    """Issue 39's cases: each must fail at once, before any work, without touching ``u``'s files."""
+    seg = ["segment", "--checkpoint", str(f["foreign_ckpt"]), "--support", str(f["scan"]), "--support-mask"]
+    seg += [str(f["mask"]), "--query", str(f["scan"]), "--organ", "liver", "--out", str(tmp / "p.nii.gz")]
+    ev = ["evaluate", "--checkpoint", str(f["foreign_ckpt"])]
+    cases = [
+        (["demo", "--out", str(u["mine"]), "--overwrite", "--set", "train.steps=abc"], "train.steps must be an integer"),
+        (["demo", "--out", str(u["mine"]), "--overwrite", "--steps", "1"], "was not created by fewshot"),
+        ([*ev, "--out", str(u["file"])], "is an existing file, not a folder"),
+        ([*ev, "--out", str(u["file"]), "--overwrite"], "is an existing file, not a folder"),
+        ([*ev, "--out", str(u["file"] / "results")], "is a file, not a folder"),
+        ([*ev, "--out", str(u["mine"])], "exists and is not empty"),
+        (["pretrain-genesis", "--dataset", "phantom-ct", "--out", str(u["mine"]), "--overwrite"], "is a folder"),
+        (["pretrain-genesis", "--dataset", "phantom-ct", "--out", str(u["file"] / "g.pt")], "is a file, not a folder"),
+        (["pretrain-genesis", "--dataset", "phantom-ct", "--size", "0", "--out", str(tmp / "g.pt")],
+         "--size must be >= 32"),
+        (["train", "--config", "demo_phantom", "--dataset", "nifti", "--data", str(u["no_scans"]), "--out",
+          str(tmp / "t")], "no .nii/.nii.gz files"),
+        (["train", "--config", "demo_phantom", "--set", "data.loader_args={n_subjects:6}"], "space after the colon"),
+        (["train", "--config", "demo_phantom", "--set", "data.loader_args.n_subjets=6"], "did you mean 'n_subjects'"),
+        (["train", "--config", "demo_phantom", "--size", "7"], "data.size must be >= 32"),
+        (["train", "--dataset", "chaos-mr", "--data", str(u["parent"]), "--out", str(tmp / "t")],
+         f"the subfolder {u['parent'] / 'chaos'} holds them"),
+        (["superpixels", "--dataset", "nifti", "--data", str(u["bad_labels"]), "--cache", str(tmp / "c")],
+         "label values [-1, 99] (labels must be >= 0) are not in the btcv-ct label map"),
+        (["superpixels", "--dataset", "phantom-mr", "--param", "min_size"], "--param expects NAME=VALUE"),
+        (["study", "--weights", "foo", "--out", str(tmp / "st")], "--weights expects NAME=VALUE"),
+        ([*seg, "--query-range", "5-10"], "--query-range expects Z0:Z1"),
+        ([*seg, "--query-range", "10:5"], "needs 0 <= Z0 <= Z1"),
+        ([*seg, "--shots", "0"], "--shots must be >= 1"),
+        (["evaluate", "--checkpoint", str(f["foreign_ckpt"]), "--out", str(tmp / "e"), "--batch-size", "0"],
+         "--batch-size must be >= 1"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (["train", "--config", "demo_phantom", "--accelerator", "gpu", "--out", str(tmp / "t")], "no CUDA GPU")
+        )
+    return cases
+
+
+def test_second_round_bad_input_fails_at_once_and_touches_nothing(
+    files: dict[str, Path], user_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failures = []
+    root = user_files["root"]
+    for args, expected in _second_round_cases(files, user_files, tmp_path / "outs"):
+        before = _snapshot(root)
+        code, err = _run(args, capsys)
+        errors = [line for line in err.splitlines() if ": error: " in line]
+        changed = sorted(k for k, v in before.items() if _snapshot(root).get(k) != v)
+        if code != 2 or "Traceback" in err or len(errors) != 1 or expected not in errors[0] or changed:
+            failures.append(f"{' '.join(args)}\n  -> exit {code}, changed {changed}, stderr: {err.strip()[-400:]!r}")
+    assert not failures, "\n".join(failures)
+    assert (user_files["mine"] / "notes.txt").read_text() == "my notes"
+    assert not (tmp_path / "outs" / "t" / "cache").exists()  # no superpixel was computed
+
+
+def test_demo_overwrite_replaces_only_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewshot import demo
+    from fewshot.outputs import MARKER
+
+    calls = []
+    monkeypatch.setattr(demo, "load_volumes", lambda data: calls.append(1) or (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "demo"
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out)  # creates and marks the folder, then stops (no training in this test)
+    assert (out / MARKER).is_file() and (out / "config.yaml").is_file()
+    (out / "old_result.txt").write_text("from an earlier demo")
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, overwrite=True)
+    assert not (out / "old_result.txt").exists() and (out / MARKER).is_file() and len(calls) == 2
+
+
 def test_bad_input_exits_2_with_one_clear_line(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

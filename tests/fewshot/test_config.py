@@ -37,6 +37,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
             "model.backbone": "cbr-tiny",
             "model.head": {"name": "panet", "feature_dim": 32},
             "data.protocol.organs": ["liver", "spleen"],
+            "data.dataset": "phantom-ct",
             "data.loader_args": {"n_subjects": 6, "shape": [12, 64, 64]},
             "train.devices": 2,
             "optim.ce_weights": [0.1, 1],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -281,3 +282,122 @@ def test_lock_messages_and_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------- SIGINT / SIGTERM (issue 39)
+
+
+def _start(args: list[str], tmp_path: Path, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    log_path = tmp_path / log_name
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fewshot", *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+        )
+    return proc, log_path
+
+
+def _signal_when(proc: subprocess.Popen[bytes], log_path: Path, ready: Callable[[], object], sig: int) -> dict[int, str]:
+    """Send ``sig`` once ``ready()``; wait for the exit; return the descendants seen (to check for orphans)."""
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 120
+    while not ready():
+        seen.update(descendants(proc.pid))
+        assert proc.poll() is None, f"exited ({proc.returncode}) before the signal:\n{log_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"not ready after 120 s:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.1)
+    seen.update(descendants(proc.pid))
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    t0 = time.monotonic()
+    while still_running(seen) and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    return seen
+
+
+#: Documented exit statuses (``fewshot --help``): Ctrl-C 130, SIGTERM 143; SIGKILL is the OS's -9.
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+@LINUX_ONLY
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "status", "word"), SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_signal_during_train_saves_last_ckpt_and_resumes_exactly(
+    tmp_path: Path, sig: int, status: int, word: str
+) -> None:
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "last.ckpt"
+    args = [*TRAIN_ARGS, "--set", "train.ckpt_every=3", "--out", str(out)]
+    proc, log_path = _start(args, tmp_path, "train.log")
+    seen: dict[int, str] = {}
+    try:  # while it trains: after the first checkpoint (step 3), the workers long forked
+        seen = _signal_when(proc, log_path, last.is_file, sig)
+        text = log_path.read_text()
+        assert proc.returncode == status, text[-3000:]
+        assert f"fewshot train: {word}" in text and "Traceback" not in text, text[-3000:]
+        assert not still_running(seen), f"processes left after {sig!r}: {still_running(seen)}"
+        from fewshot.checkpoint import load_checkpoint
+
+        step = int(load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"])  # saved on the way out
+        assert not list((out / "checkpoints").glob("last-v*"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_leftovers(seen)
+    if sig != signal.SIGTERM:
+        return
+    # resume: the interrupted run continued to step + 2 equals a fresh run of step + 2 steps
+    target = str(step + 2)
+    steps_at = TRAIN_ARGS.index("--steps") + 1
+    resumed_args = [*TRAIN_ARGS[:steps_at], target, *TRAIN_ARGS[steps_at + 1 :], "--set", "train.num_workers=0"]
+    assert main([*resumed_args, "--out", str(out)]) == 0
+    assert main([*resumed_args, "--out", str(tmp_path / "fresh")]) == 0
+    from fewshot.checkpoint import load_checkpoint
+
+    a = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(tmp_path / "fresh" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == step + 2
+    for k, v in b["state_dict"].items():
+        torch.testing.assert_close(a["state_dict"][k], v, msg=f"{k} differs after the SIGTERM and resume")
+
+
+@LINUX_ONLY
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "status", "word"), SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_signal_during_superpixels_and_evaluate(tmp_path: Path, sig: int, status: int, word: str) -> None:
+    cache = tmp_path / "cache"
+    args = ["superpixels", "--dataset", "phantom-ct", "--workers", "2", "--cache", str(cache)]
+    proc, log_path = _start(args, tmp_path, "superpixels.log")
+    seen: dict[int, str] = {}
+    try:  # once slices are done, the worker processes long started (a signal inside a fork can be lost)
+        seen = _signal_when(proc, log_path, lambda: re.search(rb"superpixels: [1-9]", log_path.read_bytes()), sig)
+        text = log_path.read_text()
+        assert proc.returncode == status and f"fewshot superpixels: {word}" in text, text[-3000:]
+        assert "Traceback" not in text and not still_running(seen), text[-3000:]
+        assert not list(cache.glob(".*.tmp")) if cache.is_dir() else True  # no half-written entry left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_leftovers(seen)
+    # evaluate: a tiny model (trained here, 2 steps), interrupted while it loads or scores
+    run = tmp_path / "run"
+    train_args = [*TRAIN_ARGS, "--set", "train.num_workers=0", "--out", str(run)]
+    train_args[train_args.index("--steps") + 1] = "2"
+    assert main(train_args) == 0
+    out = tmp_path / "ev"
+    args = ["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--out", str(out), "--overlays", "0"]
+    proc, log_path = _start(args, tmp_path, "evaluate.log")
+    try:
+        seen = _signal_when(proc, log_path, lambda: (out / ".evaluate.lock").is_file(), sig)
+        text = log_path.read_text()
+        assert proc.returncode == status and f"fewshot evaluate: {word}" in text, text[-3000:]
+        assert "Traceback" not in text and not still_running(seen), text[-3000:]
+        assert not (out / "results.json").exists()  # no partial results
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_leftovers(seen)
