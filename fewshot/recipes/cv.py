@@ -25,7 +25,7 @@ from episodes.atomic import atomic_write_json, atomic_write_text, read_json
 from episodes.protocol.folds import TooFewSupportSlices
 from fewshot.recipes.bundle import Bundle, data_fingerprint, write_bundle
 from fewshot.recipes.evaluate import bundle_protocol, evaluate_bundle
-from fewshot.recipes.fit import default_jobs, modality_check, train_runs, training_volumes
+from fewshot.recipes.fit import claim_output, default_jobs, modality_check, train_runs, training_volumes
 from fewshot.recipes.records import FoldRecord, KShot, Scores, markdown_report
 from fewshot.recipes.runs import DataSource, MemberRun, plan_runs, volumes_for
 from fewshot.recipes.spec import Recipe
@@ -111,6 +111,7 @@ def cross_validate(
     first = plans[folds[0]][0]
     volumes = volumes_for(first.experiment())
     modality_check(recipe, first, volumes)
+    claim_output(out, "cv")
     all_runs = [r for f in folds for r in plans[f]]
     n_jobs = jobs if jobs is not None else default_jobs(recipe, len(all_runs))
     records: dict[int, FoldRecord] = {}

@@ -23,7 +23,7 @@ from fewshot.recipes.jobs import Job, available_cores, run_jobs
 from fewshot.recipes.runs import DataSource, MemberRun, is_finished, plan_runs, train_run, volumes_for
 from fewshot.recipes.spec import Recipe
 
-__all__ = ["FitResult", "default_jobs", "fit", "modality_check", "train_runs", "training_volumes"]
+__all__ = ["FitResult", "claim_output", "default_jobs", "fit", "modality_check", "train_runs", "training_volumes"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def fit(
         raise ValueError(f"--jobs must be >= 1, got {n_jobs}")
     volumes = volumes_for(runs[0].experiment())
     modality_check(recipe, runs[0], volumes)
+    claim_output(out, "fit")  # every input checked: now the folder may be made
     results: dict[str, dict[str, Any]] = {}
 
     def done(run: MemberRun, result: dict[str, Any]) -> None:
@@ -136,6 +137,15 @@ def fit(
                           fingerprint=data_fingerprint(train_volumes))
     say(f"trained model: {out} ({bundle.describe()})")
     return FitResult(out, tuple(runs), tuple(trained), bundle, time.perf_counter() - t0)
+
+
+def claim_output(out: Path, command: str) -> None:
+    """Check ``out`` can be written before any work; a folder this call makes is marked as the library's."""
+    from fewshot.outputs import check_writable_folder, mark_output_dir
+
+    check_writable_folder(out, "--out")
+    if not out.exists():
+        mark_output_dir(out, command)
 
 
 def training_volumes(run: MemberRun, volumes: Sequence[Any]) -> list[Any]:
