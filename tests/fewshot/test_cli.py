@@ -320,3 +320,17 @@ def test_comma_list_converts_and_names_the_option_it_rejects() -> None:
         comma_list("1,1.5", int, option="--shots")
     with pytest.raises(CLIError, match="--shots: every item must be >= 1, got '0'"):
         comma_list("3,0", int, option="--shots", minimum=1)
+
+
+def test_study_without_matplotlib_writes_the_table_and_names_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib is the optional ``plots`` extra: without it the study still runs and says how to get the plot."""
+    import sys
+
+    from fewshot.study import NO_MATPLOTLIB, _plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    summary = [{"backbone": "cbr-tiny", "init": "random", "head": "alpnet", "runs": 1, "mean": (0.5, 0.0)}]
+    assert _plot(summary, tmp_path / "study.png") is False and not (tmp_path / "study.png").exists()
+    assert "pip install 'fewshot-medseg[plots]'" in NO_MATPLOTLIB
