@@ -121,6 +121,7 @@ def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.Cap
     assert "exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     args = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--steps", "2", "--out", str(run)]
