@@ -125,8 +125,16 @@ def _markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(summary: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+#: Printed when the optional plotting dependency is missing (``fewshot study`` still writes its table).
+NO_MATPLOTLIB = "study.png not written: matplotlib is not installed (pip install 'fewshot-medseg[plots]')"
+
+
+def _plot(summary: list[dict[str, Any]], path: Path) -> bool:
+    """Write the bar chart; ``False`` (and nothing written) when matplotlib, an optional extra, is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,6 +152,7 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> None:
     with atomic_writer(path) as fh:
         fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
+    return True
 
 
 def run_study(
@@ -207,5 +216,6 @@ def run_study(
     payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
     atomic_write_json(out / "study.json", payload)
     atomic_write_text(out / "study.md", table)
-    _plot(summary, out / "study.png")
+    if not _plot(summary, out / "study.png"):
+        print(NO_MATPLOTLIB)
     return table

@@ -59,6 +59,7 @@ def test_shot_benchmark_checks_its_lists_before_loading(tmp_path: Path, capsys: 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fewshot.cli import main
 

@@ -83,14 +83,14 @@ def test_demo_output_off_a_terminal(tmp_path: Path) -> None:
     assert "| self-supervised |" in proc.stdout
 
 
-def test_every_registry_name_is_in_the_help_and_the_readme(
+def test_every_registry_name_is_in_the_help_and_the_architecture_doc(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fewshot.cli.parser import registry_choices
 
     monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping inside hyphenated names
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     parser = build_parser()
     helps = {}
     for cmd in ("superpixels", "train", "study"):
@@ -100,7 +100,7 @@ def test_every_registry_name_is_in_the_help_and_the_readme(
     for kind, names in registry_choices().items():
         assert names, kind
         for name in names:
-            assert f"`{name}`" in readme, f"{kind} {name!r} is not in the README"
+            assert f"`{name}`" in doc, f"{kind} {name!r} is not in docs/architecture.md"
             where = "superpixels" if kind in ("superpixel method",) else "train"
             assert name in helps[where], f"{kind} {name!r} is not in `fewshot {where} --help`"
 
@@ -121,6 +121,7 @@ def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.Cap
     assert "exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     args = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--steps", "2", "--out", str(run)]
@@ -320,3 +321,17 @@ def test_comma_list_converts_and_names_the_option_it_rejects() -> None:
         comma_list("1,1.5", int, option="--shots")
     with pytest.raises(CLIError, match="--shots: every item must be >= 1, got '0'"):
         comma_list("3,0", int, option="--shots", minimum=1)
+
+
+def test_study_without_matplotlib_writes_the_table_and_names_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib is the optional ``plots`` extra: without it the study still runs and says how to get the plot."""
+    import sys
+
+    from fewshot.study import NO_MATPLOTLIB, _plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    summary = [{"backbone": "cbr-tiny", "init": "random", "head": "alpnet", "runs": 1, "mean": (0.5, 0.0)}]
+    assert _plot(summary, tmp_path / "study.png") is False and not (tmp_path / "study.png").exists()
+    assert "pip install 'fewshot-medseg[plots]'" in NO_MATPLOTLIB

@@ -267,9 +267,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def test_ct_recipe_is_its_pinned_float32_recipe_in_bf16() -> None:
     """cpu_btcv_30min with train.precision=32-true is the float32 recipe whose 5 folds the README reports
-    (benchmarks/results/btcv_ct_setting1_cpu_4500steps_sp200.config.yaml), with the intensity veto and the
+    (benchmarks/results/archive/btcv_ct_setting1_cpu_4500steps_sp200.config.yaml), with the intensity veto and the
     threshold chosen with it at inference (its training unchanged)."""
-    pinned = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "btcv_ct_setting1_cpu_4500steps_sp200.config.yaml"
+    pinned = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "archive" / "btcv_ct_setting1_cpu_4500steps_sp200.config.yaml"
     now = _flat(load_config(CONFIG_DIR / "cpu_btcv_30min.yaml").to_dict())
     before = _flat(load_config(pinned).to_dict())
     assert {k: now.get(k) for k in now.keys() | before.keys() if now.get(k) != before.get(k)} == {
@@ -293,7 +293,7 @@ def test_ct_resnet50_member_is_the_ct_recipe_with_another_backbone() -> None:
 
 def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> None:
     """gpu_chaos_r50_256 changes only resolution-bound sizes, the backbone and the device settings of
-    cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/*gpu_r50_256.md)."""
+    cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/chaos-mr_s1_mri-gpu_folds0-2.md)."""
     cpu = _flat(load_config(CONFIG_DIR / "cpu_chaos_30min.yaml").to_dict())
     gpu = _flat(load_config(CONFIG_DIR / "gpu_chaos_r50_256.yaml").to_dict())
     changed = {k: gpu[k] for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)}

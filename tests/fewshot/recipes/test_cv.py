@@ -72,6 +72,7 @@ def _fail(x: int) -> int:
     raise ValueError(f"bad input {x}")
 
 
+@pytest.mark.slow
 def test_job_queue_in_processes_equals_in_process_and_names_a_failed_log(tmp_path: Path) -> None:
     jobs = [Job(f"j{i}", _square, (i,), tmp_path / f"j{i}.log", threads=1) for i in range(3)]
     one: dict[int, int] = {}
@@ -84,6 +85,7 @@ def test_job_queue_in_processes_equals_in_process_and_names_a_failed_log(tmp_pat
         run_jobs(failing, parallel=2, on_done=lambda i, r: None, poll_s=0.2, say=lambda _: None)
 
 
+@pytest.mark.slow
 def test_cv_on_the_phantom_writes_records_report_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "one.yaml"
     recipe.write_text(yaml.safe_dump({

@@ -39,6 +39,7 @@ def _volumes() -> list[Any]:
     return load_dataset("phantom-ct", None, n_subjects=8, shape=(24, 128, 128))
 
 
+@pytest.mark.slow
 def test_the_manifest_names_members_settings_and_provenance(fitted: Path) -> None:
     manifest = json.loads((fitted / MANIFEST).read_text())
     assert manifest["format"] == "fewshot-model" and manifest["recipe"] == "phantom"
@@ -56,6 +57,7 @@ def test_the_manifest_names_members_settings_and_provenance(fitted: Path) -> Non
         assert (run / "config.yaml").is_file() and (run / "train_result.json").is_file()
 
 
+@pytest.mark.slow
 def test_bundle_evaluation_equals_the_ensemble_of_its_checkpoints(fitted: Path, tmp_path: Path) -> None:
     """``evaluate --model`` scores the members as the mean of their foreground probabilities, with the bundle's
     settings: the same digits as ``run_evaluation`` of the two checkpoints."""
@@ -70,6 +72,7 @@ def test_bundle_evaluation_equals_the_ensemble_of_its_checkpoints(fitted: Path, 
     assert single.dice != direct.dice  # the ensemble is not its first member
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing_and_keeps_the_model(fitted: Path) -> None:
     before = (fitted / MANIFEST).read_text()
     result = fit(load_recipe("phantom"), fitted, fold=0, overrides=FAST, jobs=1)
@@ -77,6 +80,7 @@ def test_rerun_trains_nothing_and_keeps_the_model(fitted: Path) -> None:
     assert [m["sha256"] for m in json.loads(before)["members"]] == [m.sha256 for m in result.bundle.members]
 
 
+@pytest.mark.slow
 def test_more_steps_resume_each_member_from_its_checkpoint(fitted: Path, tmp_path: Path) -> None:
     """An interrupted or extended fit continues from each member's last.ckpt (the run with more steps equals one
     trained to that many steps in one go: the episode and learning rate of step i depend on i only)."""
@@ -99,6 +103,7 @@ def test_member_option_trains_one_run_and_writes_no_manifest(tmp_path: Path, cap
     assert not (out / MANIFEST).exists()
 
 
+@pytest.mark.slow
 def test_an_altered_or_missing_member_is_refused_by_name(fitted: Path, tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(fitted, copy)
@@ -113,6 +118,7 @@ def test_an_altered_or_missing_member_is_refused_by_name(fitted: Path, tmp_path:
         load_bundle(copy)
 
 
+@pytest.mark.slow
 def test_bundle_refuses_scans_of_another_modality(fitted: Path) -> None:
     mr = load_dataset("phantom-mr", None, n_subjects=8, shape=(24, 128, 128))
     with pytest.raises(BundleError, match="trained on CT scans; these are MR"):
@@ -123,6 +129,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_models_and_recipes_are_one_line_exit_2(fitted: Path, tmp_path: Path) -> None:
     bad_recipe = tmp_path / "r.yaml"
     bad_recipe.write_text("name: x\ndescription: d\nmodality: CT\ndataset: phantom-ct\nmembrs: []\n")
@@ -144,6 +151,7 @@ def test_bad_models_and_recipes_are_one_line_exit_2(fitted: Path, tmp_path: Path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path, tmp_path: Path) -> None:
     vols = _volumes()
     support, query = vols[0], vols[1]

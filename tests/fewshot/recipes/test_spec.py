@@ -21,7 +21,7 @@ def test_packaged_recipes_load_and_name_what_they_measured() -> None:
         assert recipe.name == name and recipe.members and recipe.description
     mri = load_recipe("mri-cpu").measured[0]
     assert (mri.dataset, mri.setting, len(mri.folds)) == ("chaos-mr", 1, 5)
-    assert round(mri.mean, 2) == 71.36  # the published 5-fold table, benchmarks/results/..._2seeds_finetune20.md
+    assert round(mri.mean, 2) == 71.36  # the published 5-fold table, benchmarks/results/chaos-mr_s1_mri-cpu_5fold.md
     assert round(mri.unchosen_mean or 0, 2) == round((68.78 + 63.64 + 75.26 + 74.95) / 4, 2)
     assert round(load_recipe("ct-cpu").measured[0].mean, 2) == 62.28
 
@@ -120,3 +120,14 @@ def test_fold_all_trains_on_every_scan_and_new_data_drops_the_phantom_loader_arg
     assert cfg.data.protocol.fold is None and dict(cfg.data.loader_args) == {}
     split = cfg.data.protocol.split(["a", "b", "c"])
     assert split.train == ("a", "b", "c") and split.support is None and split.queries == ()
+
+
+def test_measured_results_files_exist_and_are_the_current_ones() -> None:
+    """Every measured row names its results file: one current file per recipe in benchmarks/results/ (the
+    rest is under benchmarks/results/archive/), named data set, setting, recipe, folds."""
+    root = Path(__file__).resolve().parents[3]
+    for name in list_recipes():
+        for m in load_recipe(name).measured:
+            path = root / m.results
+            assert path.is_file() and path.with_suffix("").with_suffix(".results.json").is_file(), m.results
+            assert path.parent.name == "results" and path.name.startswith(f"{m.dataset}_s{m.setting}_{name}_")
