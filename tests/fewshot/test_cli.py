@@ -48,7 +48,9 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("COLUMNS", "2000")  # one line per option
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study"}
+    assert set(sub.choices) == {
+        "demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit", "cv",
+    }
     for name, command in [("fewshot", parser), *sub.choices.items()]:
         text = " ".join(command.format_help().split())
         assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text), name
