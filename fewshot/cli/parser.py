@@ -186,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "self-supervised training on superpixel episodes",
         epilog="Without --config, a bare `fewshot train` uses the library defaults: resnet50, random init, ALPNet "
         "head, 256 px, SGD lr 1e-3, 100,100 steps (about 1 step/s on 2 CPU cores: use a GPU or a packaged CPU "
-        "recipe such as --config cpu_chaos_30min). Options left out keep the --config value (or the library "
+        "recipe such as --config mri_cbr_small). Options left out keep the --config value (or the library "
         "default).",
     )
-    t.add_argument("--config", default=None, help="YAML file or packaged config name (e.g. cpu_chaos_30min)")
+    t.add_argument("--config", default=None, help="YAML file or packaged config name (e.g. mri_cbr_small)")
     t.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET", help=datasets)
     t.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
     t.add_argument("--backbone", default=None, choices=names["backbone"], metavar="BACKBONE",

@@ -46,7 +46,7 @@ class Member:
     """One model of a recipe.
 
     Attributes:
-        config: a packaged config name (``cpu_chaos_30min``) or a YAML path (relative paths are read from the
+        config: a packaged config name (``mri_cbr_small``) or a YAML path (relative paths are read from the
             recipe file's folder).
         overrides: dotted config keys, as ``--set`` takes them (``{"seed": 1, "train.num_workers": 1}``).
         genesis_steps: Models Genesis restoration steps on the training scans before training (0: none); the

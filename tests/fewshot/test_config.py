@@ -188,7 +188,7 @@ def test_shipped_configs_cover_published_settings() -> None:
         assert f"ssl_alpnet_{ds}_setting2.yaml" not in names
         with pytest.raises(FileNotFoundError, match="--setting 2"):
             config_path(f"ssl_alpnet_{ds}_setting2")
-    assert {"demo_phantom.yaml", "cpu_chaos_30min.yaml"} <= names
+    assert {"demo_phantom.yaml", "mri_cbr_small.yaml"} <= names
 
 
 def test_parse_overrides_reads_yaml_values() -> None:
@@ -266,36 +266,37 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def test_ct_recipe_is_its_pinned_float32_recipe_in_bf16() -> None:
-    """cpu_btcv_30min with train.precision=32-true is the float32 recipe whose 5 folds the README reports
+    """ct_cbr_small with train.precision=32-true is the float32 recipe whose 5 folds the README reports
     (benchmarks/results/archive/btcv_ct_setting1_cpu_4500steps_sp200.config.yaml), with the intensity veto and the
     threshold chosen with it at inference (its training unchanged)."""
     pinned = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "archive" / "btcv_ct_setting1_cpu_4500steps_sp200.config.yaml"
-    now = _flat(load_config(CONFIG_DIR / "cpu_btcv_30min.yaml").to_dict())
+    now = _flat(load_config(CONFIG_DIR / "ct_cbr_small.yaml").to_dict())
     before = _flat(load_config(pinned).to_dict())
     assert {k: now.get(k) for k in now.keys() | before.keys() if now.get(k) != before.get(k)} == {
         "train.precision": "bf16-mixed", "model.intensity_prior": 0.5, "model.fg_threshold": 0.6,
+        "out_dir": "runs/ct_cbr_small",  # the config's new name (was cpu_btcv_30min): where it writes, not how it trains
     }
-    assert load_config(CONFIG_DIR / "cpu_btcv_30min.yaml", {"train.precision": "32-true"}).train.precision == "32-true"
+    assert load_config(CONFIG_DIR / "ct_cbr_small.yaml", {"train.precision": "32-true"}).train.precision == "32-true"
 
 
 def test_ct_resnet50_member_is_the_ct_recipe_with_another_backbone() -> None:
-    """cpu_btcv_r50 is cpu_btcv_30min with ResNet-50/layer2 and 5,000 steps (its 5 folds were trained with those
-    three --set overrides on cpu_btcv_30min; benchmarks/results/btcv_ct_setting1_cpu_ens4*)."""
-    base = _flat(load_config(CONFIG_DIR / "cpu_btcv_30min.yaml").to_dict())
-    r50 = _flat(load_config(CONFIG_DIR / "cpu_btcv_r50.yaml").to_dict())
+    """ct_resnet50 is ct_cbr_small with ResNet-50/layer2 and 5,000 steps (its 5 folds were trained with those
+    three --set overrides on ct_cbr_small; benchmarks/results/btcv_ct_setting1_cpu_ens4*)."""
+    base = _flat(load_config(CONFIG_DIR / "ct_cbr_small.yaml").to_dict())
+    r50 = _flat(load_config(CONFIG_DIR / "ct_resnet50.yaml").to_dict())
     assert {k: r50.get(k) for k in base.keys() | r50.keys() if base.get(k) != r50.get(k)} == {
         "model.backbone.name": "resnet50",
         "model.backbone.truncate": "layer2",
         "train.steps": 5000,
-        "out_dir": "runs/cpu_btcv_r50",
+        "out_dir": "runs/ct_resnet50",
     }
 
 
 def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> None:
-    """gpu_chaos_r50_256 changes only resolution-bound sizes, the backbone and the device settings of
-    cpu_chaos_30min, so its numbers compare with the CPU recipe's (benchmarks/results/chaos-mr_s1_mri-gpu_folds0-2.md)."""
-    cpu = _flat(load_config(CONFIG_DIR / "cpu_chaos_30min.yaml").to_dict())
-    gpu = _flat(load_config(CONFIG_DIR / "gpu_chaos_r50_256.yaml").to_dict())
+    """mri_resnet50_256 changes only resolution-bound sizes, the backbone and the device settings of
+    mri_cbr_small, so its numbers compare with the CPU recipe's (benchmarks/results/chaos-mr_s1_mri-gpu_folds0-2.md)."""
+    cpu = _flat(load_config(CONFIG_DIR / "mri_cbr_small.yaml").to_dict())
+    gpu = _flat(load_config(CONFIG_DIR / "mri_resnet50_256.yaml").to_dict())
     changed = {k: gpu[k] for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)}
     assert changed == {
         "data.size": 256,
@@ -309,7 +310,7 @@ def test_gpu_mri_recipe_is_the_cpu_recipe_scaled_to_256_px_and_resnet50() -> Non
         "train.num_workers": 6,
         "train.ckpt_every": 1000,
         "train.log_every": 50,
-        "out_dir": "runs/gpu_chaos_r50_256",
+        "out_dir": "runs/mri_resnet50_256",
         # test-time fine-tuning was chosen for the CPU recipe after the GPU runs; not measured on the GPU
         "model.finetune.steps": 0,
         "model.finetune.lr": 0.001,
@@ -335,7 +336,7 @@ def test_ssl_alpnet_configs_are_the_reference_recipe(name: str) -> None:
     assert cfg.model.fg_threshold == 0.5 and cfg.data.size == 256 and cfg.model.backbone.name == "resnet101"
 
 
-@pytest.mark.parametrize("name", ["cpu_chaos_30min", "cpu_btcv_30min", "cpu_btcv_r50", "gpu_chaos_r50_256", "demo_phantom"])
+@pytest.mark.parametrize("name", ["mri_cbr_small", "ct_cbr_small", "ct_resnet50", "mri_resnet50_256", "demo_phantom"])
 def test_other_configs_keep_the_defaults_of_the_new_options(name: str) -> None:
     """The new options default to today's behaviour, and the other packaged configs do not set them."""
     cfg = load_config(CONFIG_DIR / f"{name}.yaml")
@@ -345,3 +346,11 @@ def test_other_configs_keep_the_defaults_of_the_new_options(name: str) -> None:
     assert cfg.data.episodes.augment != "sabs"
     text = (CONFIG_DIR / f"{name}.yaml").read_text()
     assert "decision_window" not in text and "scaling" not in text and "body_connectivity" not in text
+
+
+def test_renamed_configs_still_load_by_their_old_names() -> None:
+    """The configs named after a 30-minute budget were renamed for what they are; old names keep working."""
+    from fewshot.configs import RENAMED, config_path
+
+    for old, new in RENAMED.items():
+        assert config_path(old) == config_path(new) == CONFIG_DIR / f"{new}.yaml"

@@ -29,8 +29,8 @@ def test_packaged_recipes_load_and_name_what_they_measured() -> None:
 @pytest.mark.parametrize(
     ("recipe", "config", "member_overrides"),
     [
-        ("mri-cpu", "cpu_chaos_30min", [{"seed": 0}, {"seed": 1}]),
-        ("ct-cpu", "cpu_btcv_30min", [{}]),
+        ("mri-cpu", "mri_cbr_small", [{"seed": 0}, {"seed": 1}]),
+        ("ct-cpu", "ct_cbr_small", [{}]),
     ],
 )
 def test_recipe_members_are_the_measured_configs(recipe: str, config: str, member_overrides: list[dict]) -> None:
