@@ -58,9 +58,11 @@ def test_dicom_series_with_chaos_png_ground_truth(tmp_path: Path) -> None:
         gt[1:3, 1:3] = 63 if i < 2 else 252  # liver in slices 0-1, spleen in 2-3
         Image.fromarray(gt).save(ground / f"IMG-0001-{i + 1:05d}.png")
     v = load_dicom_series(case / "DICOM_anon", ground, subject="7")
-    assert v.shape == (4, 6, 5) and v.modality == "MR"
+    # rows run to the patient's back (P), columns to the left (L): canonical LAS puts the columns first, rows flipped
+    assert v.shape == (4, 5, 6) and v.modality == "MR"
     np.testing.assert_array_equal(v.image[:, 0, 0], [s[0, 0] for s in slices])
-    assert v.spacing == pytest.approx((6.0, 1.5, 1.25))
+    assert v.spacing == pytest.approx((6.0, 1.25, 1.5))
+    assert v.source_geometry is not None and v.source_geometry.axcodes == ("P", "L", "S")
     assert list(v.slices_with("liver")) == [0, 1] and list(v.slices_with("spleen")) == [2, 3]
     (vol,) = load_dataset("chaos-dicom", tmp_path)
     assert vol.subject == "7" and vol.has_organ("liver")
