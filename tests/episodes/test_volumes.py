@@ -62,7 +62,7 @@ def test_shape_and_affine_mismatch(tmp_path):
     other = tmp_path / "b"
     other.mkdir()
     _write_pair(other, "1", affine=np.diag([-2.0, 1.25, 7.7, 1]))
-    with pytest.raises(VolumeError, match="grid differs from its image .*affine"):
+    with pytest.raises(VolumeError, match=r"grid differs from its image .*affine"):
         load_ssl_alpnet_folder(other)
 
 
