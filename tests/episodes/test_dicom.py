@@ -92,3 +92,41 @@ def test_bad_dicom_input(tmp_path: Path) -> None:
     Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "gt" / "3.png")
     with pytest.raises(VolumeError, match="grey values"):
         load_dicom_series(tmp_path / "s", tmp_path / "gt")
+
+
+def _set(path: Path, **tags: object) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(str(path))
+
+
+def test_series_affine_is_ras_and_follows_the_positions(tmp_path: Path) -> None:
+    slices = _series(tmp_path / "s")
+    for i, name in enumerate(["c", "a", "d", "b"]):  # positions in LPS: x -10, y 20, z 6 i
+        _set(tmp_path / "s" / f"{name}.dcm", ImagePositionPatient=[-10.0, 20.0, 6.0 * i])
+    v = load_dicom_series(tmp_path / "s")
+    assert v.source_geometry is not None
+    # stored (row, column, slice): rows run +y (posterior), columns +x (left) in LPS; RAS flips x and y
+    expected = np.array([[0, -1.25, 0, 10.0], [-1.5, 0, 0, -20.0], [0, 0, 6.0, 0.0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(v.source_geometry.affine, expected)
+    # canonical LAS: H = columns (towards the left), W = rows reversed (towards the front)
+    np.testing.assert_array_equal(v.image[1], slices[1].T[:, ::-1])
+    np.testing.assert_allclose(v.affine @ [0, 0, 0, 1], expected @ [5, 0, 0, 1])
+
+
+def test_mixed_series_and_stacked_echoes_are_refused(tmp_path: Path) -> None:
+    _series(tmp_path / "s")
+    _set(tmp_path / "s" / "a.dcm", SeriesInstanceUID="1.2.3", SeriesDescription="t1 vibe", SeriesNumber=7)
+    _set(tmp_path / "s" / "b.dcm", SeriesInstanceUID="1.2.3", SeriesDescription="t1 vibe", SeriesNumber=7)
+    with pytest.raises(VolumeError, match=r"holds 2 DICOM series; .*1\.2\.3 \(#7 t1 vibe, MR, 2 files\)"):
+        load_dicom_series(tmp_path / "s")
+    _series(tmp_path / "e")
+    _set(tmp_path / "e" / "a.dcm", ImagePositionPatient=[0.0, 0.0, 0.0])  # two slices at z = 0
+    with pytest.raises(VolumeError, match="2 slices share a position"):
+        load_dicom_series(tmp_path / "e")
+    (tmp_path / "e" / "README.txt").write_text("not a DICOM file")  # skipped, not refused
+    _set(tmp_path / "e" / "a.dcm", ImagePositionPatient=[0.0, 0.0, 6.0])
+    assert load_dicom_series(tmp_path / "e").shape == (4, 5, 6)
