@@ -11,7 +11,9 @@ orders are matched as if they were stored alike. Intensities are normalised like
 data. The in-plane grid is the model's: with the recipe's ``data.spacing`` both scans are
 resampled to that pixel size; without it the support is resized to ``data.size`` as in training
 and evaluation, and the query is resampled to the support's pixel size, so prototype matching
-compares features at one scale whatever the query's spacing and field of view. Both are padded
+compares features at one scale whatever the query's spacing and field of view (an MR scan larger
+than the model's field of view is normalised with the statistics of its central ``data.size``
+pixels on that grid, so the extra air does not shift its intensities). Both are padded
 to one common size (at least ``data.size``; nothing is cropped away). The prediction goes back
 through the same steps (nearest neighbour) to the query file's own orientation, affine and grid,
 so it overlays the scan in 3D Slicer / ITK-SNAP. Scans far outside the spacing the model was
@@ -35,7 +37,15 @@ from episodes.data.geometry import InPlaneGrid
 from episodes.data.labels import LabelMap, canonical_organ, get_label_map, known_organs
 from episodes.data.preprocess import NormStats, preprocess
 from episodes.data.slices import stack_slices
-from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, read_mask_like, save_nifti
+from episodes.data.volumes import (
+    Intensity,
+    Modality,
+    Volume,
+    VolumeError,
+    load_nifti_pair,
+    read_mask_like,
+    save_nifti,
+)
 from episodes.protocol import query_chunk, support_slice_indices
 
 __all__ = [
@@ -187,7 +197,7 @@ def load_scan(
 
         volume = load_dicom_series(path, subject=subject, label_map=label_map)
     else:
-        intensity = "hu" if modality == "CT" else "raw"
+        intensity: Intensity = "hu" if modality == "CT" else "raw"
         volume = load_nifti_pair(
             path, None, subject=subject, modality=modality, label_map=label_map, intensity=intensity
         )
@@ -265,6 +275,18 @@ def model_grids(
         InPlaneGrid(plans[0].source, plans[0].scaled, common),
         InPlaneGrid(plans[1].source, plans[1].scaled, common),
     )
+
+
+def _fov_window(grid: InPlaneGrid, size: int) -> tuple[slice, slice] | None:
+    """The central part of the source slices the model's field of view (``size`` px on ``grid``) covers, when the
+    scan's field of view is larger; ``None`` when it covers the whole slice (statistics as in training)."""
+    window = []
+    for n_src, n_scaled in zip(grid.source, grid.scaled):
+        n = min(n_src, round(size * n_src / n_scaled))
+        window.append(slice((n_src - n) // 2, (n_src - n) // 2 + n))
+    if all(w.start == 0 and w.stop == n for w, n in zip(window, grid.source)):
+        return None
+    return (window[0], window[1])
 
 
 def _grid_pixel(volume: Volume, grid: InPlaneGrid) -> tuple[float, float]:
@@ -417,9 +439,9 @@ def segment_files(
         *spacing_warnings(qry, "query", qry_grid, data_cfg.dataset, size, data_cfg.spacing),
     ]
     if allow_spacing_mismatch:
-        logger.info("allow_spacing_mismatch is no longer needed: the query is resampled to the model's pixel size")
-    sup_p = _on_grid(preprocess(sup, size=None, ct_stats=ct_stats), sup_grid)
-    qry_p = _on_grid(preprocess(qry, size=None, ct_stats=ct_stats), qry_grid)
+        logger.debug("allow_spacing_mismatch is no longer needed: the query is resampled to the model's pixel size")
+    sup_p = _on_grid(preprocess(sup, size=None, ct_stats=ct_stats, stats_window=_fov_window(sup_grid, size)), sup_grid)
+    qry_p = _on_grid(preprocess(qry, size=None, ct_stats=ct_stats, stats_window=_fov_window(qry_grid, size)), qry_grid)
     assert sup_p.label is not None
     pred = segment_volume(
         model,

@@ -159,15 +159,32 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(
-    volume: Volume, *, size: int | None = 256, ct_stats: NormStats | None = None, spacing: float | None = None
+    volume: Volume,
+    *,
+    size: int | None = 256,
+    ct_stats: NormStats | None = None,
+    spacing: float | None = None,
+    stats_window: tuple[slice, slice] | None = None,
 ) -> Volume:
     """Normalise intensities (SSL-ALPNet recipe) and resize slices to ``size`` (``None`` keeps size).
 
     ``spacing`` (mm): resample slices to that pixel size and centre-crop/pad to ``size`` instead of resizing.
+    ``stats_window``: MR only, the in-plane ``(rows, columns)`` window the clip percentile, mean and std are
+    taken from (``fewshot segment``: the model's field of view, so extra air around a larger field of view
+    does not shift the intensities); ``None``: the whole volume, as SSL-ALPNet.
     """
     if volume.normalized:
         raise VolumeError(f"subject {volume.subject}: volume is already normalised")
-    if volume.modality == "MR":
+    if volume.modality == "MR" and stats_window is not None:
+        ref = volume.image[:, stats_window[0], stats_window[1]]
+        top = np.percentile(ref, MR_PERCENTILE)
+        x = np.minimum(volume.image, top).astype(np.float32)
+        ref = np.minimum(ref, top).astype(np.float32)
+        mean, std = float(ref.mean()), float(ref.std())
+        if std < 1e-8:
+            raise VolumeError(f"subject {volume.subject}: constant MR image, cannot z-score")
+        x = (x - mean) / std
+    elif volume.modality == "MR":
         x = clip_percentile(volume.image)
         mean, std = float(x.mean()), float(x.std())
         if std < 1e-8:

@@ -235,7 +235,8 @@ def read_nifti_canonical(
             f"{path}: no usable affine (qform_code and sform_code are both 0), so the scan's orientation is "
             "unknown; convert the DICOMs again with dcm2niix, or set the affine from the scanner's geometry"
         )
-    zooms_xyz = tuple(float(z) for z in header.get_zooms()[:3])
+    z = header.get_zooms()
+    zooms_xyz = (float(z[0]), float(z[1]), float(z[2]))
     data, affine, zooms, source = to_canonical(data, np.asarray(img.affine, dtype=np.float64), zooms_xyz, str(path))
     spacing = (zooms[2], zooms[0], zooms[1])
     return np.transpose(data, (2, 0, 1)), affine, spacing, source
@@ -255,15 +256,17 @@ def read_mask_like(image: Volume, label_path: str | Path) -> np.ndarray:
     header = img.header
     source: SourceGeometry | None = image.source_geometry
     no_affine = "qform_code" in header and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+    zooms: tuple[float, float, float]
     if no_affine and source is not None and data.shape == source.shape:
         affine, zooms = source.affine, source.zooms
     else:
         affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        z = header.get_zooms()
+        zooms = (float(z[0]), float(z[1]), float(z[2]))
     where = f"{label_path}: label/mask grid differs from its image {image.source or image.subject}"
     stored = "" if source is None else f" (stored {data.shape} against {source.shape})"
     try:
-        data, label_affine, _, _ = to_canonical(data, affine, zooms, str(label_path))  # type: ignore[arg-type]
+        data, label_affine, _, _ = to_canonical(data, affine, zooms, str(label_path))
     except VolumeError as exc:
         raise VolumeError(f"{where}: {str(exc).removeprefix(f'{label_path}: ')}") from exc
     label = np.transpose(data, (2, 0, 1))
