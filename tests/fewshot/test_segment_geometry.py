@@ -242,3 +242,21 @@ def test_bad_scans_get_one_line_naming_the_scan(
         assert code == 2, (name, err)
         assert expected in err and name in err, (name, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_data_spacing_trains_evaluates_and_segments(
+    tmp_path: Path, scans: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--steps", "2", "--out", str(run)]
+    assert main([*args, *TINY, "--set", "data.spacing=5.0"]) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    res = tmp_path / "results.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res), "--overlays", "0"]) == 0
+    data = json.loads(res.read_text())
+    assert "5.0 mm pixels" in data["resolution"] and data["config"]["data"]["spacing"] == 5.0
+    capsys.readouterr()
+    paths = {k: _save(tmp_path / f"{k}.nii.gz", v, BASE) for k, v in scans.items()}
+    report = _segment(ckpt, paths["sup"], paths["mask"], paths["qry"], tmp_path / "p.nii.gz", capsys)
+    assert report["model_grid"]["pixel_mm"] == pytest.approx([5.0, 5.0], abs=0.02) and report["model_grid"]["query_resampled_to"] == [60, 60]
+    assert nib.load(str(tmp_path / "p.nii.gz")).shape == scans["qry"].shape
