@@ -49,3 +49,37 @@ def test_btcv_ct_arrays_unchanged(btcv_dir) -> None:  # type: ignore[no-untyped-
         p = preprocess(v, size=256, ct_stats=stats)
         got = (_digest(v.image), _digest(v.label), _digest(p.image), _digest(p.label))
         assert got == BTCV_PINNED[v.subject], v.subject
+
+
+def test_restored_chaos_scan_reaches_the_model_as_stored(chaos_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real scan re-stored as a user's file might be (bench_orientation.py's copies) reads back to what the
+    model sees of the original: exactly when re-oriented, closely when resampled to 0.8 mm and padded to 512²."""
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from episodes.data.labels import CHAOS_MR
+    from episodes.data.volumes import load_nifti_pair
+    from fewshot.segment import _fov_window, _on_grid, model_grids
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_orientation import reoriented, resampled
+
+    src = nib.load(str(chaos_dir / "image_1.nii.gz"))
+    x, aff = np.asarray(src.dataobj), src.affine
+    kw = {"subject": "1", "modality": "MR", "label_map": CHAOS_MR}
+    original = load_nifti_pair(chaos_dir / "image_1.nii.gz", None, **kw)  # type: ignore[arg-type]
+    xo, ao = reoriented(x, aff)
+    nib.save(nib.Nifti1Image(xo.astype(np.float32), ao), str(tmp_path / "a.nii.gz"))
+    np.testing.assert_array_equal(load_nifti_pair(tmp_path / "a.nii.gz", None, **kw).image, original.image)  # type: ignore[arg-type]
+    xr, ar = resampled(x, aff, 0.8, 512, label=False)
+    nib.save(nib.Nifti1Image(xr, ar), str(tmp_path / "b.nii.gz"))
+    padded = load_nifti_pair(tmp_path / "b.nii.gz", None, **kw)  # type: ignore[arg-type]
+    g_sup, g_qry = model_grids(original, padded, 128, None)
+    a = _on_grid(preprocess(original, size=None, stats_window=_fov_window(g_sup, 128)), g_sup).image
+    b = _on_grid(preprocess(padded, size=None, stats_window=_fov_window(g_qry, 128)), g_qry).image
+    assert g_sup.size == g_qry.size == 176 and g_qry.scaled == (164, 164)
+    inner = (slice(None), slice(26, 150), slice(26, 150))  # the original's 320 mm field of view on the grid
+    assert np.corrcoef(a[inner].ravel(), b[inner].ravel())[0, 1] > 0.97
+    assert abs(float(a[inner].mean() - b[inner].mean())) < 0.05
