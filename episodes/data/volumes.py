@@ -264,16 +264,17 @@ def read_mask_like(image: Volume, label_path: str | Path) -> np.ndarray:
         z = header.get_zooms()
         zooms = (float(z[0]), float(z[1]), float(z[2]))
     where = f"{label_path}: label/mask grid differs from its image {image.source or image.subject}"
-    stored = "" if source is None else f" (stored {data.shape} against {source.shape})"
+    stored_shape = tuple(int(n) for n in data.shape)
     try:
         data, label_affine, _, _ = to_canonical(data, affine, zooms, str(label_path))
     except VolumeError as exc:
         raise VolumeError(f"{where}: {str(exc).removeprefix(f'{label_path}: ')}") from exc
     label = np.transpose(data, (2, 0, 1))
     if label.shape != image.shape:
+        z, h, w = image.shape
+        shown = f"{(h, w, z)}" if source is None else f"{source.shape}"
         raise VolumeError(
-            f"{where}: shape {label.shape[::-1]} against {image.shape[::-1]} (nibabel order, after reorienting"
-            f"{stored}); the mask must be drawn on this scan's grid"
+            f"{where}: shape {stored_shape} against {shown}; the mask must be drawn on this scan's grid"
         )
     if not np.allclose(label_affine, image.affine, atol=1e-3):
         moved = float(np.abs(label_affine[:3, 3] - image.affine[:3, 3]).max())
