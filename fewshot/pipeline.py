@@ -134,14 +134,14 @@ def prepare_fold(
         if cache is None:
             raise ValueError("training needs a superpixel cache folder: set data.cache_dir or pass cache_dir")
         maps, sp_stats = compute_dataset_superpixels_with_stats(
-            [resize_volume(v, data.size) for v in train_raw],
+            [resize_volume(v, data.size, spacing=data.spacing) for v in train_raw],
             data.superpixels,
             cache_dir=cache,
             workers=data.superpixel_workers,
             progress=progress,
         )
         out.update(
-            train=tuple(preprocess(v, size=data.size, ct_stats=norm_stats) for v in train_raw),
+            train=tuple(preprocess(v, size=data.size, ct_stats=norm_stats, spacing=data.spacing) for v in train_raw),
             superpixels=maps,
             superpixel_stats=sp_stats,
         )
@@ -151,7 +151,9 @@ def prepare_fold(
         out.update(
             plan=plan,
             test={
-                v.subject: preprocess(v, size=data.size, ct_stats=norm_stats) for v in raw if v.subject in used
+                v.subject: preprocess(v, size=data.size, ct_stats=norm_stats, spacing=data.spacing)
+                for v in raw
+                if v.subject in used
             },
         )
     return PreparedFold(

@@ -5,12 +5,19 @@ part (k-shot: ``k`` slices spread evenly) is the support for the query slices in
 part of the query range, as in the evaluation protocol. Without ``query_range`` the whole query
 volume is the range; give the organ's approximate slice range for protocol-like results.
 
-Geometry: both scans are preprocessed like the training data (intensity normalisation, slices
-resized to the training size); the prediction is resized back (nearest) to the query's own
-grid and written with the query's affine, so it overlays the scan in 3D Slicer / ITK-SNAP.
-In-plane pixel sizes of support and query (after resizing) must agree within a factor of
-1.5: prototype matching compares features at one scale. A larger mismatch is refused unless
-``allow_spacing_mismatch`` (results then degrade).
+Geometry: scans (NIfTI files or single-series DICOM folders) are read in the library's canonical
+orientation (:mod:`episodes.data.geometry`), so a support and a query stored in different axis
+orders are matched as if they were stored alike. Intensities are normalised like the training
+data. The in-plane grid is the model's: with the recipe's ``data.spacing`` both scans are
+resampled to that pixel size; without it the support is resized to ``data.size`` as in training
+and evaluation, and the query is resampled to the support's pixel size, so prototype matching
+compares features at one scale whatever the query's spacing and field of view (an MR scan larger
+than the model's field of view is normalised with the statistics of its central ``data.size``
+pixels on that grid, so the extra air does not shift its intensities). Both are padded
+to one common size (at least ``data.size``; nothing is cropped away). The prediction goes back
+through the same steps (nearest neighbour) to the query file's own orientation, affine and grid,
+so it overlays the scan in 3D Slicer / ITK-SNAP. Scans far outside the spacing the model was
+trained on, or with an anisotropy it never saw, get a warning.
 """
 
 from __future__ import annotations
@@ -25,52 +32,47 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from episodes.data.geometry import InPlaneGrid
 from episodes.data.labels import LabelMap, canonical_organ, get_label_map, known_organs
 from episodes.data.preprocess import NormStats, preprocess
 from episodes.data.slices import stack_slices
-from episodes.data.volumes import Modality, Volume, VolumeError, load_nifti_pair, save_nifti
+from episodes.data.volumes import (
+    Intensity,
+    Modality,
+    Volume,
+    VolumeError,
+    load_nifti_pair,
+    read_mask_like,
+    save_nifti,
+)
 from episodes.protocol import query_chunk, support_slice_indices
 from fewshot.recipes.bundle import Bundle
 
 __all__ = [
-    "MAX_SPACING_RATIO",
+    "TRAINING_SPACING",
     "check_intensities",
     "check_organ_name",
+    "check_same_modality",
+    "load_scan",
+    "model_grids",
     "plausibility_warnings",
     "segment_files",
     "segment_volume",
+    "spacing_warnings",
 ]
 
 logger = logging.getLogger("fewshot")
 
-MAX_SPACING_RATIO = 1.5
-
-#: Slices preprocessed (and predictions resized back) at a time: a large CT's full-resolution float copies
-#: would otherwise each take its whole size (``benchmarks/bench_segment_memory.py``).
-SLAB = 32
-
-
-def _preprocess_slabs(volume: Volume, size: int, ct_stats: NormStats | None) -> Volume:
-    """:func:`~episodes.data.preprocess.preprocess` ``SLAB`` slices at a time (CT: voxel-wise and per slice,
-    so the result is the same; MR normalises with whole-volume statistics and is done in one piece)."""
-    if volume.modality != "CT" or volume.shape[0] <= SLAB:
-        return preprocess(volume, size=size, ct_stats=ct_stats)
-    parts = [
-        preprocess(volume.with_arrays(volume.image[z : z + SLAB], None if volume.label is None else
-                                      volume.label[z : z + SLAB]), size=size, ct_stats=ct_stats)
-        for z in range(0, volume.shape[0], SLAB)
-    ]
-    label = None if volume.label is None else np.concatenate([p.label for p in parts if p.label is not None])
-    return parts[0].with_arrays(np.concatenate([p.image for p in parts]), label)
-
-
-def _geometry_only(volume: Volume) -> Volume:
-    """``volume`` without its voxels (a zero-stride view): keeps the shape, affine and spacing for writing."""
-    return volume.with_arrays(np.broadcast_to(np.float32(0), volume.shape), None)
-
+#: In-plane pixel sizes (min, max mm), in-plane size (px) and slice spacings (min, max mm) of the data sets
+#: models are trained on, as stored (provenance notes): what a scan's spacing is compared with.
+TRAINING_SPACING: dict[str, tuple[tuple[float, float], int, tuple[float, float]]] = {
+    "chaos-mr": ((1.25, 1.25), 256, (7.7, 7.7)),
+    "btcv-ct": ((1.04, 1.71), 257, (2.5, 5.0)),
+}
+#: A pixel size this many times off the trained range, or an in-plane anisotropy above it, gets a warning.
+SPACING_WARN_RATIO = 1.5
 
 @torch.no_grad()
 def segment_volume(
@@ -168,12 +170,60 @@ def check_organ_name(organ: str) -> str:
 
 def _check_nifti_input(option: str, path: Path) -> None:
     if path.is_dir():
-        raise ValueError(
-            f"{option} {path} is a folder; segment reads NIfTI files (.nii/.nii.gz). Convert a DICOM series "
-            "first (e.g. dcm2niix), or evaluate CHAOS DICOM folders with `fewshot evaluate --dataset chaos-dicom`"
-        )
+        if option == "--support-mask":
+            raise ValueError(f"{option} {path} is a folder; the mask is a NIfTI file (.nii/.nii.gz) on the support's grid")
+        if not any(p.is_file() for p in path.iterdir()):
+            raise ValueError(f"{option} {path} is an empty folder; give a NIfTI file or a folder holding one DICOM series")
+        return  # a DICOM series folder
     if not path.is_file():
         raise FileNotFoundError(f"{option} {path} not found")
+
+
+def load_scan(
+    path: str | Path,
+    *,
+    subject: str,
+    modality: Modality,
+    label_map: LabelMap,
+    mask: str | Path | None = None,
+) -> Volume:
+    """A scan in the canonical orientation: a NIfTI file, or a folder holding one DICOM series.
+
+    ``mask``: a NIfTI label/mask on the scan's grid (:func:`~episodes.data.volumes.read_mask_like`). A DICOM
+    series keeps the modality its ``Modality`` tag says (checked against the model's by the caller).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from episodes.data.dicom import load_dicom_series
+
+        volume = load_dicom_series(path, subject=subject, label_map=label_map)
+    else:
+        intensity: Intensity = "hu" if modality == "CT" else "raw"
+        volume = load_nifti_pair(
+            path, None, subject=subject, modality=modality, label_map=label_map, intensity=intensity
+        )
+    if mask is not None:
+        volume = volume.with_arrays(volume.image, read_mask_like(volume, mask))
+    return volume
+
+
+def _looks_like(image: np.ndarray) -> tuple[str, float]:
+    lo = float(np.percentile(image, 1))
+    return ("CT" if lo < -300 else "MR"), lo
+
+
+def check_same_modality(support: Volume, query: Volume) -> None:
+    """Refuse a support and a query of different modalities (DICOM tags, else CT-in-HU intensities)."""
+    (s_mod, s_lo), (q_mod, q_lo) = _looks_like(support.image), _looks_like(query.image)
+    if s_mod == q_mod and support.modality == query.modality:
+        return
+    s_why = f"1st percentile {s_lo:.0f}" if s_mod != q_mod else f"DICOM Modality {support.modality}"
+    q_why = f"1st percentile {q_lo:.0f}" if s_mod != q_mod else f"DICOM Modality {query.modality}"
+    s_is, q_is = (s_mod, q_mod) if s_mod != q_mod else (support.modality, query.modality)
+    raise VolumeError(
+        f"support {support.source} is {s_is} ({s_why}) but query {query.source} is {q_is} ({q_why}): support and "
+        "query must be scans of the same modality"
+    )
 
 
 def check_intensities(image: np.ndarray, modality: str, what: str) -> None:
@@ -202,8 +252,99 @@ def plausibility_warnings(organ: str, volume_ml: float, fraction: float) -> list
     return [f"{w}: check the support mask, the modality and the checkpoint" for w in out]
 
 
-def _in_plane_pixel(v: Volume, size: int) -> float:
-    return float(np.sqrt(v.spacing[1] * v.spacing[2]) * np.sqrt(v.shape[1] * v.shape[2]) / size)
+#: The common slice size of support and query is rounded up to a multiple of this when it exceeds ``data.size``.
+GRID_MULTIPLE = 16
+
+
+def model_grids(
+    support: Volume, query: Volume, size: int, spacing: float | None
+) -> tuple[InPlaneGrid, InPlaneGrid]:
+    """The in-plane grids of the support and the query (see the module docstring).
+
+    ``spacing`` (the recipe's ``data.spacing``) sets the pixel size; ``None``: the support's own after resizing
+    it to ``size`` (so it is resized exactly as in training and evaluation). Both grids share one size, at least
+    ``size``, large enough for either scan's field of view.
+    """
+    if spacing is None:
+        pixel = (support.spacing[1] * support.shape[1] / size, support.spacing[2] * support.shape[2] / size)
+    else:
+        pixel = (float(spacing), float(spacing))
+    plans = [InPlaneGrid.plan(v.shape[1:], v.spacing[1:], pixel, size) for v in (support, query)]
+    common = max(size, *(n for p in plans for n in p.scaled))
+    if common > size:
+        common = -(-common // GRID_MULTIPLE) * GRID_MULTIPLE
+    return (
+        InPlaneGrid(plans[0].source, plans[0].scaled, common),
+        InPlaneGrid(plans[1].source, plans[1].scaled, common),
+    )
+
+
+def _fov_window(grid: InPlaneGrid, size: int) -> tuple[slice, slice] | None:
+    """The central part of the source slices the model's field of view (``size`` px on ``grid``) covers, when the
+    scan's field of view is larger; ``None`` when it covers the whole slice (statistics as in training)."""
+    window = []
+    for n_src, n_scaled in zip(grid.source, grid.scaled):
+        n = min(n_src, round(size * n_src / n_scaled))
+        window.append(slice((n_src - n) // 2, (n_src - n) // 2 + n))
+    if all(w.start == 0 and w.stop == n for w, n in zip(window, grid.source)):
+        return None
+    return (window[0], window[1])
+
+
+def _grid_pixel(volume: Volume, grid: InPlaneGrid) -> tuple[float, float]:
+    return (
+        volume.spacing[1] * grid.source[0] / grid.scaled[0],
+        volume.spacing[2] * grid.source[1] / grid.scaled[1],
+    )
+
+
+def _on_grid(volume: Volume, grid: InPlaneGrid) -> Volume:
+    """A normalised volume on ``grid`` (image bilinear, padded with its minimum; label nearest)."""
+    image = grid.apply(volume.image, fill=float(volume.image.min()))
+    label = None
+    if volume.label is not None:
+        label = grid.apply(volume.label.astype(np.float32), mode="nearest").astype(np.int16)
+    return volume.with_arrays(image, label, spacing=(volume.spacing[0], *_grid_pixel(volume, grid)), source_geometry=None)
+
+
+def spacing_warnings(
+    volume: Volume, what: str, grid: InPlaneGrid, dataset: str, size: int, spacing: float | None
+) -> list[str]:
+    """Warnings for a scan far outside the spacing the model was trained on, or with an unseen anisotropy."""
+    out = []
+    where = f"{what} {volume.source}"
+    sz, sh, sw = volume.spacing
+    if max(sh, sw) / min(sh, sw) > SPACING_WARN_RATIO:
+        out.append(
+            f"{where}: in-plane pixels are {sh:.2f} x {sw:.2f} mm, not square (after reorienting: an axial "
+            "scan is expected, is this one sagittal or coronal?); the model was trained on square pixels"
+        )
+    trained = TRAINING_SPACING.get(dataset)
+    if trained is None:
+        return out
+    (lo, hi), native, (z_lo, z_hi) = trained
+    mm = float(np.sqrt(sh * sw))
+    if mm > hi * 2 or mm < lo / 2:
+        out.append(
+            f"{where}: in-plane spacing {mm:.2f} mm is far outside the {lo:g}-{hi:g} mm the model was trained on "
+            f"({dataset}); it is resampled, but results may degrade"
+        )
+    ratio = sz / mm
+    if ratio > (z_hi / lo) * 2 or ratio < (z_lo / hi) / 2:
+        out.append(
+            f"{where}: slices {sz:.2f} mm apart for {mm:.2f} mm pixels (ratio {ratio:.1f}); the model was trained "
+            f"on ratios {z_lo / hi:.1f}-{z_hi / lo:.1f} ({dataset}), results may degrade"
+        )
+    if spacing is None and what == "support":  # the query is resampled to the support's pixel size
+        seen = (lo * native / size, hi * native / size)
+        pixel = float(np.sqrt(np.prod(_grid_pixel(volume, grid))))
+        if pixel > seen[1] * SPACING_WARN_RATIO or pixel < seen[0] / SPACING_WARN_RATIO:
+            out.append(
+                f"{where}: the model sees {pixel:.2f} mm pixels (the support's field of view over {size} px); it was "
+                f"trained on {seen[0]:.2f}-{seen[1]:.2f} mm ({dataset} at {size} px): give a support with a field of "
+                f"view near {hi * native:.0f} mm, or train with data.spacing"
+            )
+    return out
 
 
 def segment_files(
@@ -227,7 +368,10 @@ def segment_files(
     finetune: Any = None,
     intensity_prior: float | None = None,
 ) -> dict[str, Any]:
-    """Segment ``organ`` in the NIfTI ``query`` from an annotated NIfTI ``support``; write ``out``.
+    """Segment ``organ`` in ``query`` from an annotated ``support``; write ``out`` (NIfTI, as the query is stored).
+
+    ``support`` and ``query`` are NIfTI files or folders holding one DICOM series, in any orientation and
+    spacing (see the module docstring); ``allow_spacing_mismatch`` is accepted and no longer needed.
 
     ``checkpoint``: a trained model folder (:class:`~fewshot.recipes.Bundle`: the members of the organ's label
     group with the bundle's inference settings, the arguments given here replacing them), one trained model, or
@@ -273,14 +417,7 @@ def segment_files(
         lm = LabelMap("binary", {organ: 1})
     else:
         lm = get_label_map(label_map) if isinstance(label_map, str) else label_map
-    sup = load_nifti_pair(
-        support,
-        support_mask,
-        subject="support",
-        modality=mod,
-        label_map=lm,
-        intensity="hu" if mod == "CT" else "raw",
-    )
+    sup = load_scan(support, subject="support", modality=mod, label_map=lm, mask=support_mask)
     assert sup.label is not None
     found = sorted(np.unique(sup.label).tolist())
     if label_map is None and len(found) == 2 and found[0] == 0 and found[1] > 1:
@@ -297,27 +434,28 @@ def segment_files(
         raise VolumeError(
             f"{support_mask}: organ {organ!r} (label {lm.value(organ)}) is absent from the support mask"
         )
-    qry = load_nifti_pair(
-        query, None, subject="query", modality=mod, label_map=lm, intensity="hu" if mod == "CT" else "raw"
-    )
-    for name, path, vol in (("support", support, sup), ("query", query, qry)):
-        check_intensities(vol.image, mod, f"{name} {path}")
-    ps, pq = _in_plane_pixel(sup, size), _in_plane_pixel(qry, size)
-    ratio = max(ps, pq) / min(ps, pq)
-    if ratio > MAX_SPACING_RATIO and not allow_spacing_mismatch:
-        raise VolumeError(
-            f"in-plane pixel size after resizing to {size}: support {ps:.2f} mm, query {pq:.2f} mm (ratio "
-            f"{ratio:.2f} > {MAX_SPACING_RATIO}); resample one scan or pass --allow-spacing-mismatch"
-        )
+    qry = load_scan(query, subject="query", modality=mod, label_map=lm)
+    check_same_modality(sup, qry)
+    for name, vol in (("support", sup), ("query", qry)):
+        if vol.modality != mod:
+            raise VolumeError(f"{name} {vol.source} is a {vol.modality} series (DICOM Modality) but the model is for {mod}")
+        check_intensities(vol.image, mod, f"{name} {vol.source}")
     stats = extras.get("norm_stats")
     ct_stats = NormStats(**stats) if stats else None
     if mod == "CT" and ct_stats is None:
         raise ValueError(
             f"{checkpoint} was trained on {extras.get('modality')} data and stores no CT statistics"
         )
-    sup_p = _preprocess_slabs(sup, size, ct_stats)
-    qry_p = _preprocess_slabs(qry, size, ct_stats)
-    qry = _geometry_only(qry)  # the full-resolution voxels are no longer needed
+    data_cfg = loaded.config.data
+    sup_grid, qry_grid = model_grids(sup, qry, size, data_cfg.spacing)
+    warnings = [
+        *spacing_warnings(sup, "support", sup_grid, data_cfg.dataset, size, data_cfg.spacing),
+        *spacing_warnings(qry, "query", qry_grid, data_cfg.dataset, size, data_cfg.spacing),
+    ]
+    if allow_spacing_mismatch:
+        logger.debug("allow_spacing_mismatch is no longer needed: the query is resampled to the model's pixel size")
+    sup_p = _on_grid(preprocess(sup, size=None, ct_stats=ct_stats, stats_window=_fov_window(sup_grid, size)), sup_grid)
+    qry_p = _on_grid(preprocess(qry, size=None, ct_stats=ct_stats, stats_window=_fov_window(qry_grid, size)), qry_grid)
     assert sup_p.label is not None
     pred = segment_volume(
         model,
@@ -335,20 +473,16 @@ def segment_files(
         organ=organ,
         intensity_prior=intensity_prior,
     )
+    pred = qry_grid.invert(pred)
     value = lm.value(organ)
-    labels = np.zeros(qry.shape, np.uint8)
-    for z in range(0, pred.shape[0], SLAB):  # resized back to the query's grid a slab at a time
-        part = pred[z : z + SLAB]
-        if part.shape[1:] != qry.shape[1:]:
-            t = torch.from_numpy(part.astype(np.float32))[:, None]
-            part = F.interpolate(t, size=qry.shape[1:], mode="nearest")[:, 0].numpy() > 0.5
-        labels[z : z + SLAB][part] = value
+    labels = np.zeros(qry.shape, np.uint8)  # the prediction is on the query's stored grid (qry_grid.invert)
+    labels[pred] = value
     del pred
     pred = labels > 0
     save_nifti(labels, qry, out, overwrite=overwrite)
     voxels = int(pred.sum())
     volume_ml = voxels * float(np.prod(qry.spacing)) / 1000.0
-    warnings = plausibility_warnings(organ, volume_ml, voxels / pred.size)
+    warnings += plausibility_warnings(organ, volume_ml, voxels / pred.size)
     for w in warnings:
         logger.warning("%s", w)
     return {
@@ -357,6 +491,12 @@ def segment_files(
         "label_value": value,
         "modality": mod,
         "query_shape": list(qry.shape),
+        "query_orientation": "".join(qry.source_geometry.axcodes) if qry.source_geometry is not None else None,
+        "model_grid": {
+            "pixel_mm": [round(p, 4) for p in _grid_pixel(sup, sup_grid)],
+            "size": sup_grid.size,
+            "query_resampled_to": list(qry_grid.scaled),
+        },
         "slices_with_prediction": int(pred.any(axis=(1, 2)).sum()),
         "voxels": voxels,
         "volume_ml": volume_ml,

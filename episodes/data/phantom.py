@@ -186,7 +186,8 @@ def make_phantom(
     image = ndimage.gaussian_filter(image, sigma=(0, 0.6, 0.6))
 
     spacing = (float(u(5.0, 8.0)), 300.0 / ny, 300.0 / nx)
-    affine = np.diag([spacing[1], spacing[2], spacing[0], 1.0])
+    # the library's canonical orientation (LAS, episodes.data.geometry): written out and read back, it is unchanged
+    affine = np.diag([-spacing[1], spacing[2], spacing[0], 1.0])
     return Volume(
         image=image.astype(np.float32),
         label=label,

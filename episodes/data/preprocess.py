@@ -9,6 +9,10 @@
   the test scans. A missing ``ct_stats`` is an error, not a silent per-volume fallback.
 * Slices are resized in-plane to ``size x size`` (bilinear for images, nearest for
   labels); spacing and affine are updated so written predictions keep the geometry.
+  With a target in-plane ``spacing`` (mm, the recipe's ``data.spacing``) slices are instead
+  resampled to that pixel size and centre-cropped or padded to ``size x size``
+  (:class:`~episodes.data.geometry.InPlaneGrid`), so every scan shows the model the same
+  millimetres per pixel. ``spacing=None`` (the default) is the plain resize, unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometry import InPlaneGrid
 from .volumes import Volume, VolumeError
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "NormStats",
     "clip_percentile",
     "fit_ct_stats",
+    "in_plane_grid",
     "preprocess",
     "resize_volume",
     "to_unit_range",
@@ -88,8 +94,15 @@ def fit_ct_stats(volumes: Iterable[Volume]) -> NormStats:
     return NormStats(mean=mean, std=float(np.sqrt(max(total_sq / count - mean * mean, 1e-12))))
 
 
-def resize_volume(volume: Volume, size: int) -> Volume:
-    """Resize every slice to ``size x size`` (bilinear image, nearest label)."""
+def resize_volume(volume: Volume, size: int, *, spacing: float | None = None) -> Volume:
+    """Resize every slice to ``size x size`` (bilinear image, nearest label).
+
+    With ``spacing`` (mm): resample slices to ``spacing`` mm pixels and centre-crop/pad them to ``size``
+    (padding with the image's minimum and label 0). The result no longer has the file's grid, so its
+    ``source_geometry`` is dropped.
+    """
+    if spacing is not None:
+        return _resample_volume(volume, size, spacing)
     _, h, w = volume.shape
     if (h, w) == (size, size):
         return volume
@@ -104,7 +117,37 @@ def resize_volume(volume: Volume, size: int) -> Volume:
     affine = volume.affine.copy()
     affine[:3, 0] *= fh
     affine[:3, 1] *= fw
-    return volume.with_arrays(img, lab, spacing=(sz, sh * fh, sw * fw), affine=affine)
+    return volume.with_arrays(img, lab, spacing=(sz, sh * fh, sw * fw), affine=affine, source_geometry=None)
+
+
+def in_plane_grid(volume: Volume, size: int, spacing: float) -> InPlaneGrid:
+    """The :class:`~episodes.data.geometry.InPlaneGrid` taking ``volume``'s slices to ``spacing`` mm and ``size`` px."""
+    if spacing <= 0:
+        raise ValueError(f"in-plane spacing must be > 0 mm, got {spacing}")
+    _, sh, sw = volume.spacing
+    return InPlaneGrid.plan(volume.shape[1:], (sh, sw), (spacing, spacing), size)
+
+
+def _resample_volume(volume: Volume, size: int, spacing: float) -> Volume:
+    grid = in_plane_grid(volume, size, spacing)
+    if grid.scaled == grid.source == (size, size):
+        return volume
+    img = grid.apply(volume.image, fill=float(volume.image.min()))
+    lab = None
+    if volume.label is not None:
+        lab = grid.apply(volume.label.astype(np.float32), mode="nearest").astype(np.int16)
+    (h, w), (nh, nw) = grid.source, grid.scaled
+    fh, fw = h / nh, w / nw
+    # output index i -> scaled index i + crop - pad -> source index f (u + 0.5) - 0.5 (align_corners=False)
+    shift = [(nh - size) // 2 if nh >= size else -((size - nh) // 2), (nw - size) // 2 if nw >= size else -((size - nw) // 2)]
+    to_source = np.eye(4)
+    to_source[0, 0], to_source[1, 1] = fh, fw
+    to_source[0, 3] = fh * (shift[0] + 0.5) - 0.5
+    to_source[1, 3] = fw * (shift[1] + 0.5) - 0.5
+    sz, sh, sw = volume.spacing
+    return volume.with_arrays(
+        img, lab, spacing=(sz, sh * fh, sw * fw), affine=volume.affine @ to_source, source_geometry=None
+    )
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
@@ -115,11 +158,33 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     return ((image - lo) / (hi - lo)).astype(np.float32)
 
 
-def preprocess(volume: Volume, *, size: int | None = 256, ct_stats: NormStats | None = None) -> Volume:
-    """Normalise intensities (SSL-ALPNet recipe) and resize slices to ``size`` (``None`` keeps size)."""
+def preprocess(
+    volume: Volume,
+    *,
+    size: int | None = 256,
+    ct_stats: NormStats | None = None,
+    spacing: float | None = None,
+    stats_window: tuple[slice, slice] | None = None,
+) -> Volume:
+    """Normalise intensities (SSL-ALPNet recipe) and resize slices to ``size`` (``None`` keeps size).
+
+    ``spacing`` (mm): resample slices to that pixel size and centre-crop/pad to ``size`` instead of resizing.
+    ``stats_window``: MR only, the in-plane ``(rows, columns)`` window the clip percentile, mean and std are
+    taken from (``fewshot segment``: the model's field of view, so extra air around a larger field of view
+    does not shift the intensities); ``None``: the whole volume, as SSL-ALPNet.
+    """
     if volume.normalized:
         raise VolumeError(f"subject {volume.subject}: volume is already normalised")
-    if volume.modality == "MR":
+    if volume.modality == "MR" and stats_window is not None:
+        ref = volume.image[:, stats_window[0], stats_window[1]]
+        top = np.percentile(ref, MR_PERCENTILE)
+        x = np.minimum(volume.image, top).astype(np.float32)
+        ref = np.minimum(ref, top).astype(np.float32)
+        mean, std = float(ref.mean()), float(ref.std())
+        if std < 1e-8:
+            raise VolumeError(f"subject {volume.subject}: constant MR image, cannot z-score")
+        x = (x - mean) / std
+    elif volume.modality == "MR":
         x = clip_percentile(volume.image)
         mean, std = float(x.mean()), float(x.std())
         if std < 1e-8:
@@ -133,7 +198,11 @@ def preprocess(volume: Volume, *, size: int | None = 256, ct_stats: NormStats | 
             )
         x = (_ct_255(volume) - ct_stats.mean) / ct_stats.std
     out = volume.with_arrays(x.astype(np.float32), volume.label, normalized=True)
-    return resize_volume(out, size) if size is not None else out
+    if size is None:
+        if spacing is not None:
+            raise ValueError("preprocess: a target spacing needs a size to crop/pad to")
+        return out
+    return resize_volume(out, size, spacing=spacing)
 
 
 def unit_slices(volumes: Iterable[Volume], size: int | None = None) -> np.ndarray:

@@ -4,13 +4,16 @@ Orientation convention
 ----------------------
 Every array in this library is stored **slice first**: ``(Z, H, W)`` where ``Z`` is the
 axial slice index and ``(H, W)`` are the in-plane axes. For NIfTI files this is
-``np.transpose(nibabel_array, (2, 0, 1))``: ``H`` is nibabel axis 0, ``W`` axis 1, ``Z``
-axis 2, and ``Volume.affine`` is the file's own voxel-to-world matrix for the
-nibabel ``(H, W, Z)`` index order, so predictions written back with
-:func:`save_nifti` overlay the source scan in 3D Slicer / ITK-SNAP. We never flip or
-reorient: label meanings (``liver``, ``left_kidney``) come from the label map, not
-from the direction cosines (the SSL-ALPNet CHAOS NIfTI files were converted with dcm2nii, whose
-direction cosines are unreliable).
+``np.transpose(nibabel_array, (2, 0, 1))`` of the scan brought to the library's canonical
+orientation (:data:`episodes.data.geometry.CANONICAL_AXCODES`, ``LAS``: ``H`` runs from the
+patient's right to left, ``W`` from posterior to anterior, ``Z`` upwards), by permuting and
+flipping axes only. ``Volume.affine`` is the voxel-to-world matrix of that canonical array
+(nibabel ``(H, W, Z)`` index order) and ``Volume.source_geometry`` records how the file stored
+it, so predictions written with :func:`save_nifti` come back in the file's own orientation,
+affine and grid and overlay the source scan in 3D Slicer / ITK-SNAP. The SSL-ALPNet CHAOS files
+are already ``LAS`` (reading them changes nothing); the BTCV PNG set is kept as stored (see
+:mod:`episodes.data.geometry`). Label meanings (``liver``, ``left_kidney``) come from the label
+map, never from the direction cosines.
 
 The loaders live in :mod:`episodes.data.loaders` (NIfTI/PNG folders) and
 :mod:`episodes.data.dicom` (DICOM series).
@@ -22,12 +25,15 @@ import gzip
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ..atomic import atomic_writer
 from .labels import LabelMap, canonical_organ
+
+if TYPE_CHECKING:
+    from .geometry import SourceGeometry
 
 __all__ = [
     "Intensity",
@@ -36,7 +42,9 @@ __all__ = [
     "VolumeError",
     "check_label_values",
     "load_nifti_pair",
+    "read_mask_like",
     "read_nifti",
+    "read_nifti_canonical",
     "save_nifti",
 ]
 
@@ -65,6 +73,8 @@ class Volume:
         normalized: ``True`` once :func:`episodes.data.preprocess.preprocess` has run.
         affine: 4x4 voxel-to-world matrix for the nibabel ``(H, W, Z)`` index order.
         source: where the image was read from (for messages and provenance).
+        source_geometry: how the file stored the scan (orientation, affine, grid), for writing
+            predictions back the same way; ``None`` for volumes not read from a file or resized since.
     """
 
     image: np.ndarray
@@ -77,6 +87,7 @@ class Volume:
     normalized: bool = False
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     source: str | None = None
+    source_geometry: SourceGeometry | None = None
 
     def __post_init__(self) -> None:
         where = self.source or f"subject {self.subject}"
@@ -169,9 +180,8 @@ def _nib():  # type: ignore[no-untyped-def]
     return nib
 
 
-def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Read a 3D NIfTI as ``(Z, H, W)`` with its affine and ``(z, h, w)`` spacing."""
-    path = Path(path)
+def _load_nifti(path: Path):  # type: ignore[no-untyped-def]
+    """``(nibabel image, data)`` of a 3D NIfTI (a trailing axis of length 1 is dropped); errors name ``path``."""
     if not path.is_file():
         raise VolumeError(f"{path}: file not found")
     nib = _nib()
@@ -184,11 +194,96 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, f
         raise VolumeError(f"{path}: not a readable NIfTI file ({exc})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    if data.ndim == 4:
+        raise VolumeError(
+            f"{path}: a 4D scan (shape {data.shape}: {data.shape[3]} volumes); give one 3D volume, e.g. "
+            "one time point or echo split out with fslsplit or nibabel"
+        )
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return img, data
+
+
+def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a 3D NIfTI **as stored** as ``(Z, H, W)`` with its affine and ``(z, h, w)`` spacing.
+
+    Nothing is reoriented (the ``btcv-ct`` loader reads its labels this way); scans are read with
+    :func:`read_nifti_canonical`.
+    """
+    img, data = _load_nifti(Path(path))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[0], zooms[1])
     return np.transpose(data, (2, 0, 1)), np.asarray(img.affine, dtype=np.float64), spacing
+
+
+def read_nifti_canonical(
+    path: str | Path,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], SourceGeometry]:
+    """Read a 3D NIfTI in the canonical orientation: ``(Z, H, W)`` array, its affine, ``(z, h, w)`` spacing, and
+    the :class:`~episodes.data.geometry.SourceGeometry` to write results back as the file stores them.
+
+    A file whose orientation cannot be read (qform and sform codes both 0, an affine of zeros, a shear)
+    raises a :class:`VolumeError` naming it.
+    """
+    from .geometry import to_canonical
+
+    path = Path(path)
+    img, data = _load_nifti(path)
+    header = img.header
+    if "qform_code" in header and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        raise VolumeError(
+            f"{path}: no usable affine (qform_code and sform_code are both 0), so the scan's orientation is "
+            "unknown; convert the DICOMs again with dcm2niix, or set the affine from the scanner's geometry"
+        )
+    z = header.get_zooms()
+    zooms_xyz = (float(z[0]), float(z[1]), float(z[2]))
+    data, affine, zooms, source = to_canonical(data, np.asarray(img.affine, dtype=np.float64), zooms_xyz, str(path))
+    spacing = (zooms[2], zooms[0], zooms[1])
+    return np.transpose(data, (2, 0, 1)), affine, spacing, source
+
+
+def read_mask_like(image: Volume, label_path: str | Path) -> np.ndarray:
+    """The NIfTI label/mask ``label_path`` as a ``(Z, H, W)`` int16 array on ``image``'s canonical grid.
+
+    The mask may be stored in another axis order than the image (both are reoriented), but it must cover
+    the same voxels: the same canonical shape and affine (within 1e-3). A mask without a usable affine
+    (qform/sform codes 0) is taken on the image's stored grid when its stored shape is the image's.
+    """
+    from .geometry import axcodes, to_canonical
+
+    label_path = Path(label_path)
+    img, data = _load_nifti(label_path)
+    header = img.header
+    source: SourceGeometry | None = image.source_geometry
+    no_affine = "qform_code" in header and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+    zooms: tuple[float, float, float]
+    if no_affine and source is not None and data.shape == source.shape:
+        affine, zooms = source.affine, source.zooms
+    else:
+        affine = np.asarray(img.affine, dtype=np.float64)
+        z = header.get_zooms()
+        zooms = (float(z[0]), float(z[1]), float(z[2]))
+    where = f"{label_path}: label/mask grid differs from its image {image.source or image.subject}"
+    stored_shape = tuple(int(n) for n in data.shape)
+    try:
+        data, label_affine, _, _ = to_canonical(data, affine, zooms, str(label_path))
+    except VolumeError as exc:
+        raise VolumeError(f"{where}: {str(exc).removeprefix(f'{label_path}: ')}") from exc
+    label = np.transpose(data, (2, 0, 1))
+    if label.shape != image.shape:
+        z, h, w = image.shape
+        shown = f"{(h, w, z)}" if source is None else f"{source.shape}"
+        raise VolumeError(
+            f"{where}: shape {stored_shape} against {shown}; the mask must be drawn on this scan's grid"
+        )
+    if not np.allclose(label_affine, image.affine, atol=1e-3):
+        moved = float(np.abs(label_affine[:3, 3] - image.affine[:3, 3]).max())
+        raise VolumeError(
+            f"{where}: affine {''.join(axcodes(affine))} against {''.join(axcodes(image.affine))}, voxel corners "
+            f"{moved:.1f} mm apart after reorienting; the mask must be drawn on this scan's grid (resample it onto "
+            "the scan)"
+        )
+    return check_label_values(label, str(label_path))
 
 
 def load_nifti_pair(
@@ -200,26 +295,15 @@ def load_nifti_pair(
     label_map: LabelMap,
     intensity: Intensity = "raw",
 ) -> Volume:
-    """Load a NIfTI image and (optionally) its label; shapes and affines must agree.
+    """Load a NIfTI image and (optionally) its label in the canonical orientation; their grids must agree.
 
-    Errors about the label's values (NaN, non-integer) name ``label_path``, not the image.
+    The label is read with :func:`read_mask_like`. Errors about the label's values (NaN, non-integer) name
+    ``label_path``.
     """
-    image, affine, spacing = read_nifti(Path(image_path))
-    label = None
-    if label_path is not None:
-        label, label_affine, _ = read_nifti(Path(label_path))
-        if label.shape != image.shape:
-            shapes = [tuple(_nib().load(str(p)).shape) for p in (label_path, image_path)]  # as stored in the files
-            raise VolumeError(
-                f"{label_path}: label shape {shapes[0]} (as stored in the file) does not "
-                f"match image {image_path} shape {shapes[1]}"
-            )
-        if not np.allclose(label_affine, affine, atol=1e-3):
-            raise VolumeError(f"{label_path}: affine differs from image {image_path}")
-        label = check_label_values(label, str(label_path))
-    return Volume(
+    image, affine, spacing, source = read_nifti_canonical(Path(image_path))
+    volume = Volume(
         image=image,
-        label=label,
+        label=None,
         spacing=spacing,
         subject=subject,
         modality=modality,
@@ -227,7 +311,11 @@ def load_nifti_pair(
         intensity=intensity,
         affine=affine,
         source=str(image_path),
+        source_geometry=source,
     )
+    if label_path is None:
+        return volume
+    return volume.with_arrays(image, read_mask_like(volume, label_path))
 
 
 def numeric_key(subject: str) -> tuple[int, str]:
@@ -255,8 +343,10 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def save_nifti(array_zhw: np.ndarray, like: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a ``(Z, H, W)`` array with ``like``'s geometry (affine) as NIfTI, atomically.
+    """Write a ``(Z, H, W)`` array with ``like``'s geometry as NIfTI, atomically.
 
+    When ``like`` was read from a file (``like.source_geometry``), the array goes back to that file's
+    own orientation, affine and voxel sizes; otherwise it is written with ``like.affine``.
     ``.nii.gz`` is gzip-compressed at level 1 with mtime 0, as ``nibabel.save`` writes it.
     """
     path = Path(path)
@@ -265,8 +355,16 @@ def save_nifti(array_zhw: np.ndarray, like: Volume, path: str | Path, *, overwri
     if array_zhw.shape != like.shape:
         raise VolumeError(f"array shape {array_zhw.shape} differs from reference volume {like.shape}")
     nib = _nib()
-    img = nib.Nifti1Image(np.transpose(array_zhw, (1, 2, 0)), like.affine)
-    img.header.set_zooms((like.spacing[1], like.spacing[2], like.spacing[0]))
+    data = np.transpose(array_zhw, (1, 2, 0))
+    source = like.source_geometry
+    if source is not None and not source.is_identity:
+        from .geometry import from_canonical
+
+        img = nib.Nifti1Image(from_canonical(data, source), source.affine)
+        img.header.set_zooms(source.zooms)
+    else:
+        img = nib.Nifti1Image(data, like.affine)
+        img.header.set_zooms((like.spacing[1], like.spacing[2], like.spacing[0]))
     with atomic_writer(path, "wb") as fh:
         if path.name.endswith(".gz"):
             name = path.name.removesuffix(".gz")

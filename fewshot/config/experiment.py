@@ -44,6 +44,11 @@ class DataConfig:
             for the phantoms).
         loader_args: extra keyword arguments of ``load_dataset`` (e.g. ``{n_subjects: 6}`` for phantoms).
         size: in-plane size the slices are resized to.
+        spacing: target in-plane pixel size in mm of the model's input. ``None`` (default): slices are resized
+            to ``size`` whatever their spacing (the SSL-ALPNet-preprocessed sets are already on one grid, so
+            they stay exactly as before). A number: training, support and query scans alike are resampled to
+            ``spacing`` mm pixels and centre-cropped/padded to ``size`` (field of view ``spacing * size`` mm);
+            evaluation then scores against labels resampled the same way (nearest).
         channels: image channels fed to the backbone (grey repeated); equals ``model.backbone.in_channels``.
         superpixels: the pseudo-label generator (:class:`~episodes.pseudolabels.SuperpixelParams`).
         superpixel_workers: processes that compute superpixels (cache misses only).
@@ -60,6 +65,7 @@ class DataConfig:
     data_dir: str | None = None
     loader_args: dict[str, Any] = field(default_factory=dict)
     size: int = 256
+    spacing: float | None = None
     channels: int = 3
     superpixels: SuperpixelParams = field(default_factory=_default_superpixels)
     superpixel_workers: int = 2
@@ -84,6 +90,8 @@ class DataConfig:
         for name in ("size", "channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.spacing is not None and not self.spacing > 0:
+            raise ConfigError(f"data.spacing must be a pixel size > 0 in mm (or null), got {self.spacing}")
         if self.superpixel_workers < 0:
             raise ConfigError(f"data.superpixel_workers must be >= 0, got {self.superpixel_workers}")
         if self.episodes.query_distance and not self.superpixels.volumetric:

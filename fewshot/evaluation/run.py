@@ -84,6 +84,11 @@ def check_protocol(loaded: LoadedCheckpoint, protocol: Protocol, used: set[str],
 
 
 def _resolution_note(resolution: str, fold: Any) -> str:
+    if fold.data.spacing is not None:
+        return (
+            f"labels resampled with the scans to {fold.data.spacing} mm pixels and cropped/padded to "
+            f"{fold.data.size} px (data.spacing; nearest)"
+        )
     if resolution == "model":
         return f"labels resized to the model input ({fold.data.size} px)"
     sizes = sorted({f"{v.shape[1]}x{v.shape[2]}" for v in fold.test_raw})
@@ -241,7 +246,9 @@ def run_evaluation(
     )
     plan = fold.require_plan()
     check_protocol(loaded, protocol, set(fold.test), allow_train_overlap=allow_train_overlap)
-    reference = {v.subject: v for v in fold.test_raw} if resolution == "native" else None
+    # with data.spacing the model grid is not a plain resize of the scan: score on it (labels resampled, nearest)
+    native = resolution == "native" and data.spacing is None
+    reference = {v.subject: v for v in fold.test_raw} if native else None
     tuned: TunedModels | None = {} if out is not None and overlays > 0 else None  # overlays picture these copies
     result = evaluate(
         loaded.model, plan, fold.test, batch_size=batch_size, device=dev, config=to_dict(cfg),

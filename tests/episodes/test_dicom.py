@@ -58,9 +58,11 @@ def test_dicom_series_with_chaos_png_ground_truth(tmp_path: Path) -> None:
         gt[1:3, 1:3] = 63 if i < 2 else 252  # liver in slices 0-1, spleen in 2-3
         Image.fromarray(gt).save(ground / f"IMG-0001-{i + 1:05d}.png")
     v = load_dicom_series(case / "DICOM_anon", ground, subject="7")
-    assert v.shape == (4, 6, 5) and v.modality == "MR"
+    # rows run to the patient's back (P), columns to the left (L): canonical LAS puts the columns first, rows flipped
+    assert v.shape == (4, 5, 6) and v.modality == "MR"
     np.testing.assert_array_equal(v.image[:, 0, 0], [s[0, 0] for s in slices])
-    assert v.spacing == pytest.approx((6.0, 1.5, 1.25))
+    assert v.spacing == pytest.approx((6.0, 1.25, 1.5))
+    assert v.source_geometry is not None and v.source_geometry.axcodes == ("P", "L", "S")
     assert list(v.slices_with("liver")) == [0, 1] and list(v.slices_with("spleen")) == [2, 3]
     (vol,) = load_dataset("chaos-dicom", tmp_path)
     assert vol.subject == "7" and vol.has_organ("liver")
@@ -90,3 +92,41 @@ def test_bad_dicom_input(tmp_path: Path) -> None:
     Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "gt" / "3.png")
     with pytest.raises(VolumeError, match="grey values"):
         load_dicom_series(tmp_path / "s", tmp_path / "gt")
+
+
+def _set(path: Path, **tags: object) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(str(path))
+
+
+def test_series_affine_is_ras_and_follows_the_positions(tmp_path: Path) -> None:
+    slices = _series(tmp_path / "s")
+    for i, name in enumerate(["c", "a", "d", "b"]):  # positions in LPS: x -10, y 20, z 6 i
+        _set(tmp_path / "s" / f"{name}.dcm", ImagePositionPatient=[-10.0, 20.0, 6.0 * i])
+    v = load_dicom_series(tmp_path / "s")
+    assert v.source_geometry is not None
+    # stored (row, column, slice): rows run +y (posterior), columns +x (left) in LPS; RAS flips x and y
+    expected = np.array([[0, -1.25, 0, 10.0], [-1.5, 0, 0, -20.0], [0, 0, 6.0, 0.0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(v.source_geometry.affine, expected)
+    # canonical LAS: H = columns (towards the left), W = rows reversed (towards the front)
+    np.testing.assert_array_equal(v.image[1], slices[1].T[:, ::-1])
+    np.testing.assert_allclose(v.affine @ [0, 0, 0, 1], expected @ [5, 0, 0, 1])
+
+
+def test_mixed_series_and_stacked_echoes_are_refused(tmp_path: Path) -> None:
+    _series(tmp_path / "s")
+    _set(tmp_path / "s" / "a.dcm", SeriesInstanceUID="1.2.3", SeriesDescription="t1 vibe", SeriesNumber=7)
+    _set(tmp_path / "s" / "b.dcm", SeriesInstanceUID="1.2.3", SeriesDescription="t1 vibe", SeriesNumber=7)
+    with pytest.raises(VolumeError, match=r"holds 2 DICOM series; .*1\.2\.3 \(#7 t1 vibe, MR, 2 files\)"):
+        load_dicom_series(tmp_path / "s")
+    _series(tmp_path / "e")
+    _set(tmp_path / "e" / "a.dcm", ImagePositionPatient=[0.0, 0.0, 0.0])  # two slices at z = 0
+    with pytest.raises(VolumeError, match="2 slices share a position"):
+        load_dicom_series(tmp_path / "e")
+    (tmp_path / "e" / "README.txt").write_text("not a DICOM file")  # skipped, not refused
+    _set(tmp_path / "e" / "a.dcm", ImagePositionPatient=[0.0, 0.0, 6.0])
+    assert load_dicom_series(tmp_path / "e").shape == (4, 5, 6)

@@ -20,9 +20,10 @@ def _write_pair(root, sid, shape=(16, 12, 5), affine=None, label_shape=None, org
     lab = np.zeros(label_shape or shape, dtype=np.float32)
     for i, o in enumerate(organs):
         lab[2 + i * 3 : 4 + i * 3, 3:6, 1 + i] = o
-    affine = np.diag([1.25, 1.25, 7.7, 1]) if affine is None else affine
+    # LAS, the library's canonical orientation (as the SSL-ALPNet CHAOS files): read without reorienting
+    affine = np.diag([-1.25, 1.25, 7.7, 1]) if affine is None else affine
     nib.save(nib.Nifti1Image(img, affine), str(root / f"image_{sid}.nii.gz"))
-    nib.save(nib.Nifti1Image(lab, np.diag([1.25, 1.25, 7.7, 1])), str(root / f"label_{sid}.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.diag([-1.25, 1.25, 7.7, 1])), str(root / f"label_{sid}.nii.gz"))
     return img, lab
 
 
@@ -56,12 +57,12 @@ def test_ssl_alpnet_folder_orientation_and_order(tmp_path):
 
 def test_shape_and_affine_mismatch(tmp_path):
     _write_pair(tmp_path, "1", label_shape=(16, 12, 4))
-    with pytest.raises(VolumeError, match=r"label_1\.nii\.gz.*does not match"):
+    with pytest.raises(VolumeError, match=r"label_1\.nii\.gz: label/mask grid differs from its image .*shape"):
         load_ssl_alpnet_folder(tmp_path)
     other = tmp_path / "b"
     other.mkdir()
-    _write_pair(other, "1", affine=np.diag([2.0, 1.25, 7.7, 1]))
-    with pytest.raises(VolumeError, match="affine differs"):
+    _write_pair(other, "1", affine=np.diag([-2.0, 1.25, 7.7, 1]))
+    with pytest.raises(VolumeError, match=r"grid differs from its image .*affine"):
         load_ssl_alpnet_folder(other)
 
 

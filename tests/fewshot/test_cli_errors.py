@@ -68,7 +68,7 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[tuple[list[str], str]]:
         ([*ev, "--checkpoint", str(tmp)], "is a folder"),
         ([*seg, "--organ", "liver", "--out", str(tmp / "pred.txt")], ".nii.gz"),
         ([*seg, "--organ", "livr", "--out", str(tmp / "p.nii.gz")], "did you mean 'liver'"),
-        ([*seg[:-1], str(f["dicom_dir"]), "--organ", "liver", "--out", str(tmp / "p.nii.gz")], "chaos-dicom"),
+        ([*seg[:-1], str(f["dicom_dir"]), "--organ", "liver", "--out", str(tmp / "p.nii.gz")], "one DICOM series"),
         ([*seg, "--organ", "liver", "--out", str(tmp / "p.nii.gz")], "not written by `fewshot train`"),
         (["pretrain-genesis", "--dataset", "phantom-ct", "--steps", "0", "--out", str(tmp / "g.pt")], "steps"),
         (["pretrain-genesis", "--dataset", "nifti", "--data", str(tmp / "missing"), "--out", str(tmp / "g.pt")],
