@@ -127,7 +127,28 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     save_nifti(sup.image, sup, ws / "support.nii.gz")
     save_nifti((sup.label == sup.label_map.value("liver")).astype(np.uint8), sup, ws / "support_liver.nii.gz")
     save_nifti(qry.image, qry, ws / "query.nii.gz")
+    save_nifti(qry.image, qry, ws / "query_plain.nii.gz")
+    _restore_oblique(ws / "query.nii.gz")
     yield ws
+
+
+def _restore_oblique(path: Path) -> None:
+    """Store a scan as a converter might: slice axis first, one in-plane axis flipped, and an affine tilted 12
+    degrees about the slice normal (every voxel keeps its world position up to the tilt): the tutorial's
+    ``fewshot segment`` must read it in the canonical orientation and write the prediction back as stored."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    swap = np.eye(4)[[2, 0, 1, 3]]  # stored axes (k, i, j): voxel (k, i, j) -> (i, j, k)
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    flip[1, 3] = data.shape[1] - 1
+    angle = np.deg2rad(12.0)
+    tilt = np.eye(4)
+    tilt[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    stored = np.flip(data, axis=1).transpose(2, 0, 1)  # array index (k, i, j) from the original (i, j, k)
+    affine = tilt @ img.affine @ flip @ swap.T @ np.eye(4)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), affine), str(path))
 
 
 @pytest.mark.slow
@@ -137,6 +158,7 @@ def test_every_other_command_runs_on_the_phantom(workspace: Path, monkeypatch: p
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     done: set[tuple[str, ...]] = set()
+    segment_run: list[str] = []
     for doc, line, argv, needs in COMMANDS:
         if needs:
             continue
@@ -145,4 +167,18 @@ def test_every_other_command_runs_on_the_phantom(workspace: Path, monkeypatch: p
             continue
         done.add(tuple(run))
         assert main(run) == 0, f"{doc}: {line}\n  ran as: fewshot {shlex.join(run)}"
-    assert (workspace / "pred.nii.gz").is_file()
+        if run[0] == "segment" and _option(run, "--out") == "pred.nii.gz":
+            segment_run = run
+    import nibabel as nib
+
+    # the tutorial's query is stored tilted and in another axis order: its prediction, stored back the same way,
+    # must be the prediction of the plain query re-stored alike
+    plain = [w if w not in ("query.nii.gz", "pred.nii.gz") else {"query.nii.gz": "query_plain.nii.gz",
+             "pred.nii.gz": "pred_plain.nii.gz"}[w] for w in segment_run]
+    assert main([*plain, "--overwrite"]) == 0
+    _restore_oblique(workspace / "pred_plain.nii.gz")
+    expected = np.asarray(nib.load(str(workspace / "pred_plain.nii.gz")).dataobj)
+
+    pred, query = (nib.load(str(workspace / name)) for name in ("pred.nii.gz", "query.nii.gz"))
+    assert pred.shape == query.shape and np.allclose(pred.affine, query.affine)  # written back as the query is stored
+    assert np.array_equal(np.asarray(pred.dataobj), expected)
