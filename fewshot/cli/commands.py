@@ -310,6 +310,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- evaluate
 
 
+def protocol_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol fields ``evaluate``'s options change (``--fold``, ``--setting``, ``--shots``, ``--chunks``,
+    ``--organs``, ``--share-support-slices``); the others keep the trained protocol's values."""
+    changes: dict[str, Any] = {}
+    for name in ("fold", "setting", "shots", "chunks"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
+    if args.organs:
+        changes["organs"] = tuple(comma_list(args.organs, str, option="--organs"))
+    if args.share_support_slices:
+        changes["share_support_slices"] = True
+    return changes
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewshot.cli.recipe_commands import model_or_checkpoints
     from fewshot.outputs import mark_output_dir
@@ -378,14 +392,8 @@ def _evaluate(args: argparse.Namespace, out: Path, bundle: Any) -> int:
         if query_subjects is None:
             query_subjects = tuple(v.subject for v in volumes if v.subject != support_subject)
     # The trained protocol (chunks, shots, organs...) with the options given here replacing its fields.
-    changes: dict[str, Any] = {"dataset": dataset, "support_subject": support_subject, "query_subjects": query_subjects}
-    for name in ("fold", "setting", "shots", "chunks"):
-        if getattr(args, name, None) is not None:
-            changes[name] = getattr(args, name)
-    if args.organs:
-        changes["organs"] = tuple(comma_list(args.organs, str, option="--organs"))
-    if args.share_support_slices:
-        changes["share_support_slices"] = True
+    changes = {"dataset": dataset, "support_subject": support_subject, "query_subjects": query_subjects,
+               **protocol_changes(args)}
     protocol = replace(trained.protocol, **changes)
     result = run_evaluation(
         loaded,

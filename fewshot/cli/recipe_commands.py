@@ -100,14 +100,20 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    from fewshot.recipes import fit, plan_runs
-
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``fit``/``cv``: the recipe, and the dotted overrides of ``--set`` and ``--steps`` (``--jobs`` checked)."""
     _check_jobs(args.jobs)
     recipe = _recipe(args)
     overrides = _overrides(args.set)
     if args.steps is not None:
         overrides["train.steps"] = args.steps
+    return recipe, overrides
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fewshot.recipes import fit, plan_runs
+
+    recipe, overrides = _recipe_and_overrides(args)
     fold = parse_fold(args.fold)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -129,11 +135,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from fewshot.recipes.cv import cross_validate
 
-    _check_jobs(args.jobs)
-    recipe = _recipe(args)
-    overrides = _overrides(args.set)
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
+    recipe, overrides = _recipe_and_overrides(args)
     shots = sorted(set(comma_list(args.shots, int, option="--shots", minimum=1)))
     result = cross_validate(recipe, Path(args.out), data=_data_source(args), folds=parse_folds(args.folds),
                             setting=args.setting, organs=_organs(args), shots=shots, overrides=overrides,
@@ -196,7 +198,7 @@ def model_or_checkpoints(args: argparse.Namespace) -> Any:
 
 def evaluate_model(args: argparse.Namespace, bundle: Any, out: Path) -> Any:
     """``fewshot evaluate --model``: the bundle's protocol with the options given, scored as one model per group."""
-    from fewshot.cli.commands import _load_raw, finetune_options
+    from fewshot.cli.commands import _load_raw, finetune_options, protocol_changes
     from fewshot.config import load_config
     from fewshot.recipes.evaluate import bundle_protocol, evaluate_bundle
 
@@ -205,18 +207,11 @@ def evaluate_model(args: argparse.Namespace, bundle: Any, out: Path) -> Any:
     same = dataset == run_cfg.data.dataset
     data_dir = args.data if args.data is not None else (run_cfg.data.data_dir if same else None)
     volumes = _load_raw(dataset, data_dir, dict(run_cfg.data.loader_args) if same else None)
-    changes: dict[str, Any] = {"dataset": dataset}
-    for name in ("fold", "setting", "shots", "chunks"):
-        if getattr(args, name, None) is not None:
-            changes[name] = getattr(args, name)
-    if args.organs:
-        changes["organs"] = tuple(comma_list(args.organs, str, option="--organs"))
+    changes: dict[str, Any] = {"dataset": dataset, **protocol_changes(args)}
     if args.support_subject:
         changes["support_subject"] = args.support_subject
     if args.query_subjects:
         changes["query_subjects"] = tuple(comma_list(args.query_subjects, str, option="--query-subjects"))
-    if args.share_support_slices:
-        changes["share_support_slices"] = True
     protocol = bundle_protocol(bundle, **changes)
     return evaluate_bundle(
         bundle, protocol=protocol, volumes=volumes, out=out,
