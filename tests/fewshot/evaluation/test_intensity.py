@@ -114,6 +114,7 @@ def test_predict_query_vetoes_intensities_unlike_the_support_organ() -> None:
         predict_query(_Eager(), s_img.expand(2, -1, -1, -1, -1), s_msk.expand(2, -1, -1, -1), q, intensity_prior=1.0)
 
 
+@pytest.mark.realdata
 def test_the_veto_keeps_another_scans_organ_and_removes_most_of_its_background(btcv_dir: Path) -> None:
     """Real CT (two BTCV subjects): the support subject's mid-organ slice vetoes (r < -1) at most 10 % of the
     query subject's organ on its mid-organ slice and at least half of the unlabelled tissue around it."""
