@@ -23,9 +23,9 @@ from typing import Any
 
 from episodes.atomic import atomic_write_json, atomic_write_text, read_json
 from episodes.protocol.folds import TooFewSupportSlices
-from fewshot.recipes.bundle import Bundle, data_fingerprint, write_bundle
+from fewshot.recipes.bundle import Bundle
 from fewshot.recipes.evaluate import bundle_protocol, evaluate_bundle
-from fewshot.recipes.fit import claim_output, default_jobs, modality_check, train_runs, training_volumes
+from fewshot.recipes.fit import assemble, claim_output, default_jobs, modality_check, train_runs
 from fewshot.recipes.records import FoldRecord, KShot, Scores, markdown_report
 from fewshot.recipes.runs import DataSource, MemberRun, plan_runs, volumes_for
 from fewshot.recipes.spec import Recipe
@@ -132,8 +132,7 @@ def cross_validate(
     def fold_done(fold: int) -> None:
         runs = plans[fold]
         fold_dir = out / f"fold{fold}"
-        bundle = write_bundle(fold_dir, recipe, runs, results[fold], setting=setting, fold=fold,
-                              fingerprint=data_fingerprint(training_volumes(runs[0], volumes)))
+        bundle = assemble(fold_dir, recipe, runs, results[fold], volumes, setting=setting, fold=fold)
         previous = fold_dir / "record.json"
         if previous.is_file():
             old = read_json(previous, "fold record")
@@ -145,16 +144,14 @@ def cross_validate(
                 return
         say(f"== fold {fold}: scoring {bundle.describe()}")
         ev, kshot, seconds = score_fold(bundle, fold_dir, volumes=volumes, shots=shots, batch_size=batch_size)
-        lanes: dict[str, float] = {}
-        for m in bundle.members:
-            lanes[m.name] = m.train_seconds + m.genesis_seconds
+        lanes = [m.train_seconds + m.genesis_seconds for m in bundle.members]  # Genesis included
         rec = FoldRecord(
             dataset=bundle.dataset, setting=setting, fold=fold, recipe=recipe.name, scores=_scores(ev),
             headline=bundle.inference.postprocess, kshot=kshot,
             members=tuple({"name": m.name, "organs": list(m.organs), "steps": m.steps, "seed": m.seed,
                            "genesis_steps": m.genesis_steps, "sha256": m.sha256,
-                           "minutes": (m.train_seconds + m.genesis_seconds) / 60} for m in bundle.members),
-            train_seconds=sum(lanes.values()), lane_seconds=max(lanes.values()), eval_seconds=seconds,
+                           "minutes": lane / 60} for m, lane in zip(bundle.members, lanes)),
+            train_seconds=sum(lanes), lane_seconds=max(lanes), eval_seconds=seconds,
             model=str(fold_dir), commit=str(bundle.manifest.get("commit")), host=host(),
         )
         records[fold] = rec

@@ -20,10 +20,18 @@ from typing import Any
 
 from fewshot.recipes.bundle import Bundle, data_fingerprint, write_bundle
 from fewshot.recipes.jobs import Job, available_cores, run_jobs
-from fewshot.recipes.runs import DataSource, MemberRun, is_finished, plan_runs, train_run, volumes_for
+from fewshot.recipes.runs import (
+    DataSource,
+    MemberRun,
+    finished_result,
+    is_finished,
+    plan_runs,
+    train_run,
+    volumes_for,
+)
 from fewshot.recipes.spec import Recipe
 
-__all__ = ["FitResult", "claim_output", "default_jobs", "fit", "modality_check", "train_runs", "training_volumes"]
+__all__ = ["FitResult", "assemble", "claim_output", "default_jobs", "fit", "modality_check", "train_runs", "training_volumes"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ def train_runs(
     for run in runs:
         if is_finished(run):
             say(f"== {run.label}{run.name}: finished ({run.checkpoint})")
-            on_done(run, train_run(run, volumes))  # reads the record back; trains nothing
+            on_done(run, finished_result(run))
         else:
             todo.append(run)
     if not todo:
@@ -132,11 +140,24 @@ def fit(
         say(f"run {member} ({runs[member].name}) finished; run the command without --member once every run is "
             "finished to assemble the model")
         return FitResult(out, tuple(runs), tuple(trained), None, time.perf_counter() - t0)
-    train_volumes = training_volumes(runs[0], volumes)
-    bundle = write_bundle(out, recipe, runs, results, setting=setting, fold=fold,
-                          fingerprint=data_fingerprint(train_volumes))
+    bundle = assemble(out, recipe, runs, results, volumes, setting=setting, fold=fold)
     say(f"trained model: {out} ({bundle.describe()})")
     return FitResult(out, tuple(runs), tuple(trained), bundle, time.perf_counter() - t0)
+
+
+def assemble(
+    out: Path,
+    recipe: Recipe,
+    runs: Sequence[MemberRun],
+    results: Mapping[str, Mapping[str, Any]],
+    volumes: Sequence[Any],
+    *,
+    setting: int,
+    fold: int | None,
+) -> Bundle:
+    """Write the manifest of the finished ``runs`` (their training scans fingerprinted) into ``out``."""
+    fingerprint = data_fingerprint(training_volumes(runs[0], volumes))
+    return write_bundle(out, recipe, runs, results, setting=setting, fold=fold, fingerprint=fingerprint)
 
 
 def claim_output(out: Path, command: str) -> None:

@@ -23,7 +23,7 @@ from episodes.data.labels import canonical_organ
 from fewshot.config import ExperimentConfig, load_config
 from fewshot.recipes.spec import Recipe
 
-__all__ = ["DataSource", "MemberRun", "is_finished", "plan_runs", "train_run"]
+__all__ = ["DataSource", "MemberRun", "finished_result", "is_finished", "plan_runs", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -100,24 +100,23 @@ def plan_runs(
         for gi, group in enumerate(groups):
             folder = out / "members" / run_folder_name(member.name, group, len(groups) > 1)
             over: dict[str, Any] = {
+                **(overrides or {}),  # first: the run's fold, setting, organs and folders are the plan's
                 "data.protocol.fold": fold,
                 "data.protocol.setting": setting,
                 "data.protocol.organs": list(group),
                 "out_dir": str(folder),
                 "data.cache_dir": str(out / "cache" / "superpixels"),
             }
-            if data.dataset is not None:
+            if data.dataset is not None:  # another dataset drops the member's loader_args (load_config)
                 over["data.dataset"] = data.dataset
             if data.data_dir is not None:
                 over["data.data_dir"] = str(data.data_dir)
-            over.update(overrides or {})
+            if data.loader_args is not None:
+                over["data.loader_args"] = dict(data.loader_args)
             cfg = recipe.member_config(index, over)
             if setting == 2 and tuple(cfg.data.train_exclusions()) != tuple(recipe.group_of(group[0])):
                 # a recipe's own label groups: exclude the whole group, as the protocol does for its groups
                 cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exclude_organs=recipe.group_of(group[0])))
-            member_dataset = recipe.member_config(index).data.dataset
-            if data.loader_args is not None or cfg.data.dataset != member_dataset:
-                cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, loader_args=dict(data.loader_args or {})))
             runs.append(MemberRun(
                 member=member.name, index=index, organs=tuple(group), group=gi, out_dir=folder,
                 config=cfg.to_dict(), genesis_steps=member.genesis_steps, threads=recipe.threads_per_member,
@@ -146,8 +145,8 @@ def _training_view(config: Mapping[str, Any]) -> dict[str, Any]:
 def is_finished(run: MemberRun) -> bool:
     """Whether ``run``'s checkpoint exists, reached its steps, and was trained with the run's config (up to
     inference settings and locations)."""
-    if not run.checkpoint.is_file():
-        return False
+    if not run.checkpoint.is_file() or not (run.out_dir / "train_result.json").is_file():
+        return False  # (a run killed after its last checkpoint, before its record: train() writes the record)
     from fewshot.checkpoint import load_checkpoint, read_payload
 
     ckpt = load_checkpoint(run.checkpoint)
@@ -206,3 +205,18 @@ def train_run(run: MemberRun, volumes: Sequence[Any] | None = None) -> dict[str,
     else:
         atomic_write_json(record, timing)
     return {"checkpoint": str(result.checkpoint), "steps": result.steps, **timing}
+
+
+def finished_result(run: MemberRun) -> dict[str, Any]:
+    """What :func:`train_run` returned for a run that :func:`is_finished`, read back from the run's records
+    (no data loaded, nothing trained). A run finished by a plain ``fewshot train`` has no ``fit_run.json``:
+    its training time is ``train_result.json``'s."""
+    from episodes.atomic import read_json
+
+    trained = read_json(run.out_dir / "train_result.json", "training record")
+    record = run.out_dir / "fit_run.json"
+    timing = read_json(record, "fit run record") if record.is_file() else {
+        "genesis_seconds": 0.0, "train_wall_seconds": trained["seconds"], "steps_run": trained["steps_run"],
+        "steps_per_s": trained["steps_per_s"],
+    }
+    return {"checkpoint": str(run.checkpoint), "steps": int(trained["steps"]), **timing}
