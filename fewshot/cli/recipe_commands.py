@@ -199,10 +199,9 @@ def model_or_checkpoints(args: argparse.Namespace) -> Any:
 def evaluate_model(args: argparse.Namespace, bundle: Any, out: Path) -> Any:
     """``fewshot evaluate --model``: the bundle's protocol with the options given, scored as one model per group."""
     from fewshot.cli.commands import _load_raw, finetune_options, protocol_changes
-    from fewshot.config import load_config
     from fewshot.recipes.evaluate import bundle_protocol, evaluate_bundle
 
-    run_cfg = load_config((bundle.root / bundle.members[0].checkpoint).parent.parent / "config.yaml")
+    run_cfg = bundle.run_config()
     dataset = args.dataset or bundle.dataset
     same = dataset == run_cfg.data.dataset
     data_dir = args.data if args.data is not None else (run_cfg.data.data_dir if same else None)
@@ -212,7 +211,7 @@ def evaluate_model(args: argparse.Namespace, bundle: Any, out: Path) -> Any:
         changes["support_subject"] = args.support_subject
     if args.query_subjects:
         changes["query_subjects"] = tuple(comma_list(args.query_subjects, str, option="--query-subjects"))
-    protocol = bundle_protocol(bundle, **changes)
+    protocol = bundle_protocol(bundle, run_cfg, **changes)
     return evaluate_bundle(
         bundle, protocol=protocol, volumes=volumes, out=out,
         inference={"fg_threshold": args.fg_threshold, "tta": args.tta, "intensity_prior": args.intensity_prior},

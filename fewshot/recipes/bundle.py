@@ -86,6 +86,12 @@ class Bundle:
                 return group
         raise BundleError(f"{self.root}: this model was trained for {', '.join(self.organs)}, not {organ!r}")
 
+    def run_config(self) -> Any:
+        """The training config of the first member run (its ``config.yaml``): the data and protocol it trained on."""
+        from fewshot.config import load_config
+
+        return load_config((self.root / self.members[0].checkpoint).parent.parent / "config.yaml")
+
     def checkpoints(self, group: Sequence[str]) -> list[Path]:
         """The member checkpoints of one label group (all members in setting 1)."""
         return [self.root / m.checkpoint for m in self.members if tuple(m.organs) == tuple(group)]
@@ -157,11 +163,13 @@ def write_bundle(
     groups: list[tuple[str, ...]] = list(dict.fromkeys(tuple(r.organs) for r in runs))
     members = []
     payload: Mapping[str, Any] = {}
+    commits: set[str] = set()
     for group in groups:
         group_runs = [r for r in runs if tuple(r.organs) == group]
         loaded = load_model_from_checkpoints([r.checkpoint for r in group_runs],
                                              inference=recipe.inference.loader_settings())
         payload = loaded.payload
+        commits |= {str(m.get("commit")) for m in payload.get("ensemble", [payload])}
         for r in group_runs:
             res = results[r.name]
             members.append(BundleMember(
@@ -188,13 +196,13 @@ def write_bundle(
         "data_fingerprint": fingerprint,
         "library_version": __version__,
         "commit": git_commit(),
-        "trained_with_commits": sorted({str(m.get("commit")) for m in payload.get("ensemble", [payload])}),
+        "trained_with_commits": sorted(commits),  # every group's members
         "environment": environment(),
     }
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     atomic_write_json(root / MANIFEST, manifest)
-    return load_bundle(root)
+    return load_bundle(root, verify=False)  # the files were just hashed above
 
 
 def load_bundle(root: str | os.PathLike[str], *, verify: bool = True) -> Bundle:

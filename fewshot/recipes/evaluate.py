@@ -23,13 +23,10 @@ from fewshot.recipes.bundle import Bundle, BundleError
 __all__ = ["bundle_protocol", "combine_results", "evaluate_bundle"]
 
 
-def bundle_protocol(bundle: Bundle, **changes: Any) -> Protocol:
+def bundle_protocol(bundle: Bundle, run_config: Any = None, **changes: Any) -> Protocol:
     """The protocol the bundle was trained for (dataset, fold, setting, organs), with ``changes``
-    (``None`` values ignored)."""
-    from fewshot.config import load_config
-
-    run_dir = (bundle.root / bundle.members[0].checkpoint).parent.parent
-    first = load_config(run_dir / "config.yaml").data.protocol
+    (``None`` values ignored). ``run_config``: :meth:`Bundle.run_config`, when the caller has read it already."""
+    first = (run_config or bundle.run_config()).data.protocol
     base = dataclasses.replace(first, organs=bundle.organs, setting=bundle.setting)
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
