@@ -92,6 +92,19 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--model DIR`` (a trained model folder) or ``--checkpoint CKPT ...``: the model ``evaluate``/``segment`` use."""
+    parser.add_argument(
+        "--model", default=None, metavar="DIR",
+        help="a trained model folder (`fewshot fit --out`): its members as one model, with its inference settings",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, nargs="+", metavar="CKPT",
+        help=f"instead of --model: last.ckpt of a training run; several: {verb} them as one ensemble (mean "
+        "foreground probability; models of one fold and data setup, e.g. one recipe trained with different seeds)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewshot import __version__
 
@@ -217,15 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_opt(t)
 
     e = add("evaluate", c.cmd_evaluate, "1-way k-shot evaluation under the SSL-ALPNet protocol")
-    e.add_argument(
-        "--model", default=None, metavar="DIR",
-        help="a trained model folder (`fewshot fit --out`): its members as one model, with its inference settings",
-    )
-    e.add_argument(
-        "--checkpoint", default=None, nargs="+", metavar="CKPT",
-        help="instead of --model: last.ckpt of a training run; several: evaluate them as one ensemble (mean "
-        "foreground probability; the same fold and data setup, e.g. one recipe trained with different seeds)",
-    )
+    _add_model_options(e, "evaluate")
     e.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET",
                    help="default: the training dataset; " + datasets)
     e.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
@@ -284,15 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace existing results")
 
     sg = add("segment", c.cmd_segment, "segment a new scan from one annotated scan; writes NIfTI with the query's geometry")
-    sg.add_argument(
-        "--model", default=None, metavar="DIR",
-        help="a trained model folder (`fewshot fit --out`): its members as one model, with its inference settings",
-    )
-    sg.add_argument(
-        "--checkpoint", default=None, nargs="+", metavar="CKPT",
-        help="instead of --model: last.ckpt of a training run; several: segment with them as one ensemble (mean "
-        "foreground probability; models of one fold and data setup)",
-    )
+    _add_model_options(sg, "segment with")
     sg.add_argument("--support", required=True, help="annotated scan (NIfTI)")
     sg.add_argument("--support-mask", required=True, help="its mask (NIfTI: binary, or a label map with --label-map)")
     sg.add_argument("--organ", required=True, help="organ name, e.g. liver, right_kidney, left_kidney, spleen")
