@@ -18,20 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from episodes.data.phantom import make_phantom
 from fewshot.cli import main
-
-TINY = [
-    "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}",
-    "--set", "data.size=64",
-    "--set", "data.protocol.organs=[liver, spleen]",
-    "--set", "data.superpixels.params={min_size: 50}",
-    "--set", "data.episodes.min_superpixel_pixels=20",
-    "--set", "model.backbone.name=cbr-tiny",
-    "--set", "model.backbone.truncate=block2",
-    "--set", "model.head.feature_dim=8",
-    "--set", "train.num_workers=0",
-    "--set", "train.progress_bar=false",
-    "--set", "train.accelerator=cpu",
-]  # fmt: skip
+from tests.fewshot.phantom_args import TINY
 
 #: LAS (the library's canonical orientation), 4.7 mm pixels, 6 mm slices
 BASE = np.array([[-4.7, 0, 0, 100.0], [0, 4.7, 0, -50.0], [0, 0, 6.0, 20.0], [0, 0, 0, 1]])
