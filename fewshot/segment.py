@@ -207,9 +207,15 @@ def load_scan(
     return volume
 
 
+#: A scan whose 1st intensity percentile is below this looks like CT in Hounsfield units (air is about -1000).
+CT_LOW_PERCENTILE = -300
+
+
 def _looks_like(image: np.ndarray) -> tuple[str, float]:
-    lo = float(np.percentile(image, 1))
-    return ("CT" if lo < -300 else "MR"), lo
+    """``("CT" | "MR", 1st percentile)`` of a scan (a strided sample of a large one)."""
+    flat = image.reshape(-1)
+    lo = float(np.percentile(flat[:: max(1, flat.size // 4_000_000)], 1))
+    return ("CT" if lo < CT_LOW_PERCENTILE else "MR"), lo
 
 
 def check_same_modality(support: Volume, query: Volume) -> None:
@@ -228,14 +234,13 @@ def check_same_modality(support: Volume, query: Volume) -> None:
 
 def check_intensities(image: np.ndarray, modality: str, what: str) -> None:
     """Refuse a scan whose values do not look like ``modality`` (CT in HU has air near -1000; MR is >= 0)."""
-    flat = image.reshape(-1)
-    lo = float(np.percentile(flat[:: max(1, flat.size // 4_000_000)], 1))  # a large scan: a strided sample
-    if modality == "CT" and lo > -300:
+    looks, lo = _looks_like(image)
+    if modality == "CT" and lo > CT_LOW_PERCENTILE:
         raise ValueError(
             f"{what} does not look like CT in Hounsfield units (1st percentile {lo:.0f}, air is about -1000); "
             "is it an MR scan? Use a model trained on MR, or give CT scans in HU"
         )
-    if modality == "MR" and lo < -300:
+    if modality == "MR" and looks == "CT":
         raise ValueError(
             f"{what} looks like CT in Hounsfield units (1st percentile {lo:.0f}), but the model is for MR"
         )
