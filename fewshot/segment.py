@@ -403,8 +403,7 @@ def segment_files(
     if isinstance(checkpoint, Bundle):  # a trained model folder: the group holding the organ, its settings
         bundle = checkpoint
         loaded = bundle.load(bundle.group_of(organ), map_location=dev, inference=settings)
-        given = dict(finetune or {}) if not hasattr(finetune, "steps") else dataclasses.asdict(finetune)
-        finetune = {**dataclasses.asdict(bundle.inference.finetune), **{k: v for k, v in given.items() if v is not None}}
+        finetune = bundle.finetune_settings(dataclasses.asdict(finetune) if hasattr(finetune, "steps") else finetune)
     else:
         loaded = load_model_from_checkpoints(checkpoint, map_location=dev, inference=settings)
     model, extras = loaded.model, loaded.payload

@@ -114,18 +114,21 @@ class Protocol:
                 return group
         raise ValueError(f"organ {organ!r} is in no setting-2 group; groups: {SETTING2_GROUPS}")
 
-    def training_runs(self) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
-        """``((tested organs, excluded organs), ...)``: one run (setting 1) or one per group (setting 2)."""
+    def training_runs(
+        self, groups: tuple[tuple[str, ...], ...] = SETTING2_GROUPS
+    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+        """``((tested organs, excluded organs), ...)``: one run (setting 1) or one per label group of ``groups``
+        holding a tested organ (setting 2; SSL-ALPNet's groups by default)."""
         if self.setting == 1:
             return ((self.organs, ()),)
         runs = []
-        for group in SETTING2_GROUPS:
+        for group in groups:
             tested = tuple(o for o in self.organs if o in group)
             if tested:
                 runs.append((tested, group))
-        leftover = [o for o in self.organs if not any(o in g for g in SETTING2_GROUPS)]
+        leftover = [o for o in self.organs if not any(o in g for g in groups)]
         if leftover:
-            raise ValueError(f"organs {leftover} are in no setting-2 group; groups: {SETTING2_GROUPS}")
+            raise ValueError(f"organs {leftover} are in no setting-2 group; groups: {groups}")
         return tuple(runs)
 
     def training_exclusions(self) -> tuple[str, ...]:

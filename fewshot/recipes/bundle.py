@@ -111,8 +111,16 @@ class Bundle:
             if len(self.groups) != 1:
                 raise BundleError(f"{self.root} holds one model per label group {list(self.groups)}; name the organ")
             group = self.groups[0]
-        settings = {**self.inference.loader_settings(), **{k: v for k, v in (inference or {}).items() if v is not None}}
-        return load_model_from_checkpoints(self.checkpoints(group), map_location=map_location, inference=settings)
+        return load_model_from_checkpoints(self.checkpoints(group), map_location=map_location,
+                                           inference=self.inference_settings(inference))
+
+    def inference_settings(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The bundle's ``fg_threshold``, ``tta`` and ``intensity_prior``, those ``given`` (not ``None``) replacing them."""
+        return {**self.inference.loader_settings(), **{k: v for k, v in (given or {}).items() if v is not None}}
+
+    def finetune_settings(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The bundle's ``model.finetune`` fields, those ``given`` (not ``None``) replacing them."""
+        return {**dataclasses.asdict(self.inference.finetune), **{k: v for k, v in (given or {}).items() if v is not None}}
 
     def describe(self) -> str:
         fold = "every scan" if self.fold is None else f"fold {self.fold}"

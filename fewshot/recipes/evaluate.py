@@ -98,8 +98,8 @@ def evaluate_bundle(
                 f"intensity handling and the features are modality-specific; use a model trained on {'/'.join(found)}"
             )
     inf = bundle.inference
-    settings = {**inf.loader_settings(), **{k: v for k, v in (inference or {}).items() if v is not None}}
-    tune = {**dataclasses.asdict(inf.finetune), **{k: v for k, v in (finetune or {}).items() if v is not None}}
+    settings = bundle.inference_settings(inference)
+    tune = bundle.finetune_settings(finetune)
     head_step = postprocess or inf.postprocess
     steps = (head_step, *(p for p in POSTPROCESS if p != head_step))
     dev = default_device(device)

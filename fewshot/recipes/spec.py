@@ -14,7 +14,6 @@ overrides when the recipe is read, so a bad member fails before anything trains.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from episodes.protocol import Protocol
 from episodes.protocol.folds import SETTING2_GROUPS
 from fewshot.config import ConfigError, ExperimentConfig, load_config
 from fewshot.config.model import FinetuneConfig, check_intensity_prior, check_threshold
@@ -193,17 +193,8 @@ class Recipe:
     def groups_for(self, organs: tuple[str, ...], setting: int) -> list[tuple[str, ...]]:
         """The organ groups that each need a model: all ``organs`` in setting 1; in setting 2 one per label group
         (SSL-ALPNet: a model trained without a group's slices is tested on that group's organs)."""
-        if setting == 1:
-            return [tuple(organs)]
-        groups = []
-        for group in self.label_groups:
-            tested = tuple(o for o in organs if o in group)
-            if tested:
-                groups.append(tested)
-        loose = [o for o in organs if not any(o in g for g in self.label_groups)]
-        if loose:
-            raise ValueError(f"organs {loose} are in no label group of recipe {self.name}: {self.label_groups}")
-        return groups
+        protocol = Protocol(organs=organs, setting=setting)
+        return [tested for tested, _ in protocol.training_runs(self.label_groups)]
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(plain(self))
@@ -273,10 +264,3 @@ def load_recipe(name: str | os.PathLike[str] | Mapping[str, Any]) -> Recipe:
     path = recipe_path(name)
     return recipe_from_dict(read_yaml(path), source=str(path))
 
-
-def replace_inference(recipe: Recipe, **changes: Any) -> Recipe:
-    """``recipe`` with inference settings changed (``None`` values keep the recipe's)."""
-    given = {k: v for k, v in changes.items() if v is not None}
-    if "finetune" in given and isinstance(given["finetune"], Mapping):
-        given["finetune"] = dataclasses.replace(recipe.inference.finetune, **given["finetune"])
-    return dataclasses.replace(recipe, inference=dataclasses.replace(recipe.inference, **given))
