@@ -181,9 +181,9 @@ def modality_check(recipe: Recipe, run: MemberRun, volumes: Sequence[Any]) -> No
     found = sorted({v.modality for v in volumes})
     if found != [recipe.modality]:
         data = run.experiment().data
+        where = data.dataset + (f" ({data.data_dir})" if data.data_dir else "")
         raise ValueError(
-            f"recipe {recipe.name} is for {recipe.modality} scans, and {data.dataset} "
-            f"{data.data_dir or ''} holds {'/'.join(found) or 'no scans'}: pick a recipe for "
-            f"{'/'.join(found)} (`fewshot recipes`), or declare the modality of a NIfTI folder "
-            "(--set data.loader_args.modality=MR)"
+            f"recipe {recipe.name} is for {recipe.modality} scans, and {where} holds {'/'.join(found) or 'no scans'}: "
+            f"pick a recipe for {'/'.join(found)} (`fewshot recipes`), or, for a nifti folder of "
+            f"{recipe.modality} scans, say so (--modality {recipe.modality})"
         )
