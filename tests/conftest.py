@@ -37,3 +37,21 @@ def chaos_dir() -> Path:
 @pytest.fixture(scope="session")
 def btcv_dir() -> Path:
     return real_data_dir("sabs_btcv_ct_ssl_alpnet_preproc")
+
+
+REAL_DATA_FIXTURES = frozenset({"chaos_dir", "btcv_dir"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that uses a real-data fixture without the ``realdata`` marker: ``-m "not realdata"`` would
+    still select it, and with ``$FEWSHOT_DATA`` set it would read the real scans."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("realdata") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these tests use {' or '.join(sorted(REAL_DATA_FIXTURES))} but lack @pytest.mark.realdata: {unmarked}"
+        )

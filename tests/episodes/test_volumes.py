@@ -137,6 +137,60 @@ def test_nifti_folder_and_atomic_save(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def _stored(las: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[int, ...]):
+    """``las`` (nibabel order, LAS) stored with its axes permuted by ``perm`` and flipped, the affine keeping
+    every voxel's world position: ``(stored array, its affine)``."""
+    out, index = np.transpose(las, perm), np.eye(4)[:, [*perm, 3]]
+    for axis in flips:
+        out = np.flip(out, axis)
+        flip = np.eye(4)
+        flip[axis, axis], flip[axis, 3] = -1.0, out.shape[axis] - 1
+        index = index @ flip
+    return np.ascontiguousarray(out), affine @ index
+
+
+@pytest.mark.parametrize("size", [(6, 9), (7, 7)])
+@pytest.mark.parametrize("perm, flips", [((0, 1, 2), ()), ((1, 0, 2), (0,)), ((2, 0, 1), (1,))])
+def test_save_nifti_writes_every_voxel_back_where_the_file_had_it(tmp_path, size, perm, flips):
+    """A scan with every voxel distinct, non-square and square slices, stored LAS or permuted and flipped: read,
+    written back with ``save_nifti`` and read with nibabel, it is the stored array voxel for voxel, with the
+    stored affine; read again, the canonical array.
+
+    Fails if ``save_nifti`` swaps H and W (``np.transpose(array_zhw, (2, 1, 0))``: square slices come back
+    transposed, non-square ones with the wrong shape; a swap in its LAS branch alone fails the LAS cases)."""
+    h, w = size
+    las = np.arange(h * w * 4, dtype=np.float32).reshape(h, w, 4)  # nibabel (i, j, k), LAS
+    base = np.diag([-1.5, 2.0, 3.0, 1.0])
+    base[:3, 3] = [10, -20, 30]
+    stored, affine = _stored(las, base, perm, flips)
+    nib.save(nib.Nifti1Image(stored, affine), str(tmp_path / "scan.nii.gz"))
+    v = load_nifti_pair(tmp_path / "scan.nii.gz", None, subject="s", modality="MR", label_map=CHAOS_MR)
+    assert v.shape == (4, h, w) and v.image[1, 2, 3] == las[2, 3, 1]  # canonical (Z, H, W) = LAS (k, i, j)
+    out = save_nifti(v.image, v, tmp_path / "back.nii.gz")
+    back = nib.load(str(out))
+    np.testing.assert_array_equal(np.asarray(back.dataobj), stored)
+    np.testing.assert_allclose(back.affine, affine)
+    again = load_nifti_pair(out, None, subject="s", modality="MR", label_map=CHAOS_MR)
+    np.testing.assert_array_equal(again.image, v.image)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8), (3, 8, 8)])
+def test_save_nifti_of_a_volume_made_in_memory_puts_h_on_i_and_w_on_j(tmp_path, shape):
+    """A ``(Z, H, W)`` array of a volume not read from a file: voxel ``(z, h, w)`` is written at nibabel
+    ``(h, w, z)``, with the voxel sizes in that order.
+
+    Fails if ``save_nifti`` swaps H and W (``np.transpose(array_zhw, (2, 1, 0))``, or only in its LAS branch)."""
+    zhw = np.zeros(shape, np.uint8)
+    zhw[1, 4, 6] = 1
+    zhw[2, 0, 7] = 2
+    affine = np.diag([-1.5, 2.0, 3.0, 1])
+    v = Volume(zhw.astype(np.float32), None, (3.0, 1.5, 2.0), "s", "MR", CHAOS_MR, affine=affine)
+    data = nib.load(str(save_nifti(zhw, v, tmp_path / "m.nii.gz")))
+    assert data.shape == (shape[1], shape[2], shape[0]) and data.header.get_zooms() == (1.5, 2.0, 3.0)
+    array = np.asarray(data.dataobj)
+    assert array[4, 6, 1] == 1 and array[0, 7, 2] == 2 and array.sum() == 3
+
+
 def test_load_nifti_pair_without_label(tmp_path):
     _write_pair(tmp_path, "1")
     v = load_nifti_pair(tmp_path / "image_1.nii.gz", None, subject="1", modality="MR", label_map=CHAOS_MR)

@@ -102,7 +102,12 @@ def test_demo_prints_table_and_writes_results(tmp_path: Path, capsys: pytest.Cap
     assert set(summary["dice_trained"]) == {"liver", "spleen", "mean"}
     assert summary["train"]["steps"] == 3
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert 0.0 <= results["dice"]["mean"] <= 1.0
+    untrained = json.loads((out / "untrained.json").read_text())
+    # the table and demo.json show the scores of the two evaluations written beside them
+    assert summary["dice_trained"] == results["dice"] and summary["dice_untrained"] == untrained["dice"]
+    for row, dice in (("untrained (same init)", untrained["dice"]), ("self-supervised", results["dice"])):
+        cells = " | ".join(f"{100 * dice[c]:.1f}" for c in ("liver", "spleen", "mean"))
+        assert f"| {row} | {cells} |" in text
     assert list((out / "eval" / "overlays").glob("*.png"))
     # an existing output folder is refused unless --overwrite
     assert main(["demo", "--out", str(out), "--steps", "1", *TINY]) == 2
@@ -169,7 +174,11 @@ def test_train_evaluate_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # a higher threshold predicts a subset of the foreground: recall cannot rise
     assert data_strict["recall"]["mean"] <= json.loads((tmp_path / "evaldir" / "results.json").read_text())["recall"]["mean"]
     assert {"dice", "precision", "recall", "per_scan", "config", "library_version"} <= set(data)
-    assert all(0.0 <= s["dice"] <= 1.0 for s in data["per_scan"])
+    # an organ's Dice is the mean over its query scans; the mean, over the organs
+    for organ in ("liver", "spleen"):
+        scans = [s["dice"] for s in data["per_scan"] if s["organ"] == organ]
+        assert scans and data["dice"][organ] == pytest.approx(np.mean(scans))
+    assert data["dice"]["mean"] == pytest.approx((data["dice"]["liver"] + data["dice"]["spleen"]) / 2)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(res)]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
     # 4 shots x 2 chunks: the support scan's spleen covers 6 slices, too few unless chunks share slices

@@ -7,12 +7,16 @@ canonically, mapped back to the file's own layout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -247,3 +251,85 @@ def test_data_spacing_trains_evaluates_and_segments(
     report = _segment(ckpt, paths["sup"], paths["mask"], paths["qry"], tmp_path / "p.nii.gz", capsys)
     assert report["model_grid"]["pixel_mm"] == pytest.approx([5.0, 5.0], abs=0.02) and report["model_grid"]["query_resampled_to"] == [60, 60]
     assert nib.load(str(tmp_path / "p.nii.gz")).shape == scans["qry"].shape
+
+
+class _BrightOracle(torch.nn.Module):
+    """Foreground where the query is brighter than halfway between the support's organ (its mean) and the rest
+    of the support (its median): segments a bright organ wherever it is, whatever the checkpoint learnt."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        image, mask = s_img[:, :, 0], s_msk > 0.5
+        level = (image[mask].mean() + image[~mask].median()) / 2
+        fg = (q[:, 0] > level).float()
+        return SimpleNamespace(logits=torch.stack([1 - fg, fg], 1) + self.dummy, align_loss=None)
+
+
+def _block_scan(
+    shape: tuple[int, int, int], organ: tuple[slice, slice, slice]
+) -> tuple[np.ndarray, np.ndarray]:
+    """CT in HU, nibabel order: air, a body of 30 HU 4 px inside the edges, a 150-HU organ at ``organ``;
+    ``(scan, organ mask)``."""
+    scan = np.full(shape, -1000.0, np.float32)
+    scan[4:-4, 4:-4] = 30.0
+    mask = np.zeros(shape, np.uint8)
+    mask[organ] = 1
+    scan[mask == 1] = 150.0
+    return scan, mask
+
+
+def _overlap(pred: np.ndarray, mask: np.ndarray) -> float:
+    return 2 * float((pred & mask).sum()) / (pred.sum() + mask.sum())
+
+
+def test_segment_writes_the_prediction_on_the_querys_organ_not_on_its_mirror(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fewshot segment`` with an oracle model (a bright organ off the diagonal, the support's organ elsewhere):
+    the written prediction covers the query's organ (Dice > 0.9) and not its H/W-swapped mirror, for a square
+    query stored LAS, the same query stored permuted and flipped, and a non-square query.
+
+    Fails if H and W are swapped on the way out (``np.transpose`` of the (H, W) axes in ``save_nifti``'s
+    LAS branch, or of ``pred`` after ``qry_grid.invert`` in ``segment_files``: the square queries' predictions land
+    on the mirror, the non-square one gets the wrong shape or raises)."""
+    import fewshot.checkpoint
+
+    load = fewshot.checkpoint.load_model_from_checkpoints
+
+    def with_oracle(
+        *args: Any, **kwargs: Any
+    ) -> Any:  # the checkpoint's config and statistics, the oracle's masks
+        loaded = load(*args, **kwargs)
+        return dataclasses.replace(loaded, model=_BrightOracle(loaded.model.config))
+
+    monkeypatch.setattr(fewshot.checkpoint, "load_model_from_checkpoints", with_oracle)
+    sup, sup_mask = _block_scan((64, 64, 12), np.s_[12:26, 30:50, 3:9])
+    paths = {
+        "sup": _save(tmp_path / "sup.nii.gz", sup, BASE),
+        "mask": _save(tmp_path / "mask.nii.gz", sup_mask, BASE),
+    }
+    square, square_organ = _block_scan((64, 64, 12), np.s_[6:18, 36:58, 2:10])
+    square_mirror = np.transpose(square_organ, (1, 0, 2))  # the organ's H/W swap: [36:58, 6:18]
+    stored, stored_affine = _stored(square, BASE, (1, 0, 2), (0,))
+    stored_organ, stored_mirror = (
+        _stored(m, BASE, (1, 0, 2), (0,))[0] for m in (square_organ, square_mirror)
+    )
+    wide, wide_organ = _block_scan((40, 64, 12), np.s_[6:18, 36:58, 2:10])
+    for name, scan, organ, mirror, affine in (
+        ("las", square, square_organ, square_mirror, BASE),
+        ("stored", stored, stored_organ, stored_mirror, stored_affine),  # both as the file stores the scan
+        ("wide", wide, wide_organ, None, BASE),
+    ):
+        query = _save(tmp_path / f"{name}.nii.gz", scan, affine)
+        report = _segment(ckpt, paths["sup"], paths["mask"], query, tmp_path / f"pred_{name}.nii.gz", capsys)
+        written = nib.load(str(tmp_path / f"pred_{name}.nii.gz"))
+        pred = np.asarray(written.dataobj) > 0
+        assert pred.shape == scan.shape and report["voxels"] == int(pred.sum()), name
+        np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+        assert _overlap(pred, organ == 1) > 0.9, (name, _overlap(pred, organ == 1))
+        if mirror is not None:
+            assert _overlap(pred, mirror == 1) < 0.1, (name, _overlap(pred, mirror == 1))

@@ -341,3 +341,136 @@ def test_evaluate_feeds_the_model_its_slice_input(
     for x in model.inputs:  # every support and query input is some slice's expected stack
         assert any(np.array_equal(x.numpy(), fed(im, z)) for im in images for z in range(im.shape[0]))
     assert slice_input == "tile" or any(not torch.equal(x[0], x[1]) for x in model.inputs)
+
+
+# ------------------------------------------------------------------ which support segments which chunk
+
+#: The support's organ (slices 2..10) has its own intensity on every slice, so each chunk's support set
+#: (1 or 2 slices) has its own mean organ intensity.
+_SUPPORT_LEVELS = {2: 1.0, 3: 2.0, 4: 5.0, 5: 4.0, 6: 6.0, 7: 8.0, 8: 7.0, 9: 3.0, 10: 9.0}
+#: Support slices per chunk by the protocol's rule (organ slices zs = 2..10, L = 9, chunk i of 3): one shot at
+#: zs[floor(L (2i + 1) / 6)] = zs[1], zs[4], zs[7]; two shots at zs[floor(L (i + (2j + 1) / 4) / 3)], j = 0, 1
+#: = zs[0], zs[2] | zs[3], zs[5] | zs[6], zs[8].
+_SUPPORT_SLICES = {1: ((3,), (6,), (9,)), 2: ((2, 4), (5, 7), (8, 10))}
+#: The mean support organ intensity of each chunk, from the two tables above.
+_CHUNK_LEVELS = {1: (2.0, 6.0, 3.0), 2: ((1.0 + 5.0) / 2, (4.0 + 8.0) / 2, (7.0 + 9.0) / 2)}
+#: Query scans: (organ slices z_min..z_max, the chunk of each slice by the protocol's rule
+#: floor((z - z_min) / ((z_max - z_min) / 3)) clamped to 0..2, the chunk whose level each slice's organ shows).
+_QUERIES = {
+    "q1": (range(1, 10), (0, 0, 0, 1, 1, 1, 2, 2, 2), (0, 0, 1, 1, 1, 2, 2, 0, 2)),  # (z - 1) / (8 / 3)
+    "q2": (range(0, 7), (0, 0, 1, 1, 2, 2, 2), (0, 2, 1, 1, 2, 0, 2)),  # z / 2; z = 6 gives 3, clamped to 2
+}
+_ORGAN = (slice(1, 5), slice(2, 7))  # 20 pixels, off the diagonal: not symmetric under an H/W swap
+_DISTRACTOR = (8, 6, slice(7, 10))  # q1, slice 8 (chunk 2): 3 background pixels at chunk 2's level
+
+
+class SupportMatcher(nn.Module):
+    """Foreground where the query is within 0.25 of the mean intensity of the support's foreground pixels
+    (all ``K`` support slices together): an oracle whose output depends on which slices form the support."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(backbone=SimpleNamespace(in_channels=1))
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.support_shapes: list[tuple[int, ...]] = []
+
+    def forward(self, s_img: torch.Tensor, s_msk: torch.Tensor, q: torch.Tensor) -> SimpleNamespace:
+        self.support_shapes.append(tuple(s_img.shape))
+        level = (s_img[:, :, 0] * s_msk).sum() / s_msk.sum()
+        fg = ((q[:, 0] - level).abs() < 0.25).float()
+        return SimpleNamespace(logits=torch.stack([1 - fg, fg], 1) + self.dummy, align_loss=None)
+
+
+def _chunk_volumes(shots: int, size: tuple[int, int] = (8, 10)) -> dict[str, Volume]:
+    """The support (organ level per slice, :data:`_SUPPORT_LEVELS`) and the queries of :data:`_QUERIES`, whose
+    organ on each slice shows the level of the chunk named there (for ``shots`` support slices per chunk)."""
+    shape = (12, *size)
+    label = np.zeros(shape, np.int16)
+    label[2:11, _ORGAN[0], _ORGAN[1]] = 1
+    image = np.zeros(shape, np.float32)
+    for z, level in _SUPPORT_LEVELS.items():
+        image[z][label[z] == 1] = level
+    vols = {"sup": Volume(image, label, (1.0, 1.0, 1.0), "sup", "MR", PHANTOM, normalized=True)}
+    for subject, (zs, _, shows) in _QUERIES.items():
+        label = np.zeros(shape, np.int16)
+        image = np.zeros(shape, np.float32)
+        for z, c in zip(zs, shows):
+            label[z, _ORGAN[0], _ORGAN[1]] = 1
+            image[z, _ORGAN[0], _ORGAN[1]] = _CHUNK_LEVELS[shots][c]
+        if subject == "q1":
+            image[_DISTRACTOR] = _CHUNK_LEVELS[shots][2]
+        vols[subject] = Volume(image, label, (1.0, 1.0, 1.0), subject, "MR", PHANTOM, normalized=True)
+    return vols
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_each_chunk_is_segmented_with_its_own_support_slices(shots: int) -> None:
+    """1-shot and 2-shot through :func:`evaluate`: the query's organ is found exactly on the slices whose level
+    is their own chunk's support level, and the Dice, precision and recall by hand count those slices.
+
+    Fails if a chunk is segmented with another chunk's support (``supports[::-1]`` in ``_evaluate_organ``: q1
+    Dice 0.79 -> 0.50 for 1 shot) or with only some of its ``k`` slices."""
+    vols = _chunk_volumes(shots)
+    protocol = Protocol("phantom", organs=("liver",), support_subject="sup", shots=shots, chunks=3)
+    plan = protocol.build_plan(list(vols.values()))
+    assert plan.organ("liver").support_slices == _SUPPORT_SLICES[shots]
+    model = SupportMatcher()
+    result = evaluate(model, plan, vols, batch_size=4, device="cpu")
+    assert set(model.support_shapes) == {(1, shots, 1, 8, 10)}
+    expected = {}
+    for subject, (zs, chunks, shows) in _QUERIES.items():
+        found = sum(c == s for c, s in zip(chunks, shows))  # slices showing their own chunk's level
+        tp, fn = 20 * found, 20 * (len(zs) - found)
+        fp = 3 if subject == "q1" else 0  # the distractor, at the level of its slice's chunk
+        expected[subject] = (2 * tp / (2 * tp + fp + fn), tp / (tp + fp), tp / (tp + fn))
+    assert expected["q1"][0] == pytest.approx(240 / 303) and expected["q2"][0] == pytest.approx(200 / 240)
+    rows = {r["subject"]: r for r in result.per_scan}
+    for subject, (dice, precision, recall) in expected.items():
+        assert (rows[subject]["dice"], rows[subject]["precision"], rows[subject]["recall"]) == pytest.approx(
+            (dice, precision, recall)
+        ), subject
+    assert result.dice["liver"] == pytest.approx((expected["q1"][0] + expected["q2"][0]) / 2)
+    assert result.extras["protocol"]["shots"] == shots
+
+
+def _drawn_masks(picture: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The masks a :func:`save_overlays` picture draws on its prediction and ground-truth panels: the pixels
+    whose colour differs from the plain query panel (panels ``H x W`` upscaled to >= 192 rows, 4-px separators,
+    under a 22-px heading and an 18-px title strip)."""
+    h, w = size
+    scale = -(-192 // h)
+    top, width = 22 + 18, w * scale + 4
+    panels = [
+        picture[top : top + h * scale : scale, k * width : k * width + w * scale : scale] for k in range(4)
+    ]
+    return (panels[2] != panels[1]).any(-1), (panels[3] != panels[1]).any(-1)
+
+
+@pytest.mark.parametrize("size", [(8, 10), (10, 10)])
+def test_save_overlays_draws_the_prediction_on_the_querys_organ(
+    size: tuple[int, int], tmp_path: Path
+) -> None:
+    """Every picture of q1 (non-square and square slices, the organ off the diagonal) draws the ground truth on
+    the query's organ pixels, and the prediction there only on the slices that show their chunk's level, plus
+    the distractor on slice 8: pixel for pixel, by hand.
+
+    Fails if the prediction or the query is drawn with H and W swapped (``pred.T`` in ``save_overlays``: the square
+    case draws the mirror image, the non-square one raises), or with another chunk's support."""
+    from PIL import Image
+
+    vols = _chunk_volumes(1, size)
+    protocol = Protocol("phantom", organs=("liver",), support_subject="sup", chunks=3)
+    plan = protocol.build_plan(list(vols.values()))
+    paths = save_overlays(SupportMatcher(), plan, vols, tmp_path, n=9, device="cpu")
+    zs, chunks, shows = _QUERIES["q1"]
+    assert [p.name for p in paths] == [f"liver_q1_z{z:03d}.png" for z in zs]
+    organ = np.zeros(size, bool)
+    organ[_ORGAN] = True
+    assert not np.array_equal(organ[: min(size), : min(size)], organ[: min(size), : min(size)].T)
+    for path, z, c, s in zip(paths, zs, chunks, shows):
+        pred, truth = _drawn_masks(np.asarray(Image.open(path).convert("RGB")), size)
+        expected = organ & (c == s)
+        if z == _DISTRACTOR[0]:
+            expected[_DISTRACTOR[1:]] = True
+        np.testing.assert_array_equal(truth, organ, err_msg=f"ground truth, z={z}")
+        np.testing.assert_array_equal(pred, expected, err_msg=f"prediction, z={z}")

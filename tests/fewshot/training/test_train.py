@@ -266,11 +266,20 @@ def test_corrupt_and_foreign_checkpoints(trained: Any, tmp_path: Path) -> None:
 
 
 def test_run_evaluation_on_trained_checkpoint(trained: Any, volumes: list[Volume], tmp_path: Path) -> None:
-    from fewshot.evaluation import run_evaluation
+    from episodes.data.preprocess import NormStats
+    from fewshot.evaluation import evaluate, run_evaluation
+    from fewshot.pipeline import prepare_fold
 
     result, _ = trained
     res = run_evaluation(result.checkpoint, volumes=volumes, out=tmp_path, overlays=1)
-    assert set(res.dice) == {"liver", "spleen", "mean"} and 0.0 <= res.dice["mean"] <= 1.0
+    assert set(res.dice) == {"liver", "spleen", "mean"}
+    # the checkpoint's model scored on its fold's held-out scans, normalised with its stored CT statistics
+    loaded = load_model_from_checkpoint(result.checkpoint)
+    stats = NormStats(**loaded.payload["norm_stats"])
+    fold = prepare_fold(loaded.config.data, volumes, stage="evaluate", norm_stats=stats, progress=False)
+    direct = evaluate(loaded.model, fold.require_plan(), fold.test)
+    assert res.per_scan == direct.per_scan  # from the same TP/FP/FN counts: exactly
+    assert res.dice == pytest.approx(direct.dice)
     assert res.extras["global_step"] == 4
     assert {"results.json", "results.md", "plan.json", "config.yaml"} <= {p.name for p in tmp_path.iterdir()}
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 2
