@@ -136,7 +136,6 @@ def chunk_model(
     return tuned
 
 
-@torch.inference_mode()
 def predict_query(
     model: nn.Module,
     support_images: torch.Tensor,
@@ -165,38 +164,40 @@ def predict_query(
     threshold, so intensities unlike the support's organ lose foreground (default ``model.config.intensity_prior``,
     else 0 = off).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # softmax([bg, fg])[1] > t  <=>  fg - bg > log(t / (1 - t)); t = 0.5 is the argmax (ties -> bg)
-    t = model_threshold(model, threshold)
-    flip = model_tta(model, tta) == "flip"
-    weight = model_intensity_prior(model, intensity_prior)
-    margin = math.log(t / (1.0 - t))
-    device = torch.device(device)
-    s_img, s_msk = support_images.to(device), support_masks.to(device)
-    if weight > 0 and s_img.shape[0] != 1:
-        raise ValueError(f"intensity_prior needs one support set (support batch 1), got {s_img.shape[0]}")
-    out = []
-    for start in range(0, query_images.shape[0], batch_size):
-        q = query_images[start : start + batch_size].to(device)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(s_img, s_msk, q).logits
-            if flip:
-                mirrored = model(s_img.flip(-1), s_msk.flip(-1), q.flip(-1)).logits.flip(-1)
-                logits = (logits.float() + mirrored.float()) / 2
-        if weight > 0:  # the margin with the prior, then resized (bilinear is linear: the same as resizing both)
-            diff = logits[:, 1].float() - logits[:, 0].float()
-            diff = diff + weight * intensity_veto(intensity_of(s_img[0]), s_msk[0], intensity_of(q))
-            if out_size is not None and tuple(diff.shape[-2:]) != tuple(out_size):
-                diff = F.interpolate(diff[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
-            out.append((diff > margin).cpu())
-            continue
-        if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
-            logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-        out.append((logits[:, 1] - logits[:, 0] > margin).cpu())
-    if not out:
-        return torch.zeros((0, *(out_size or query_images.shape[-2:])), dtype=torch.bool)
-    return torch.cat(out)
+    # inference mode as a block, not a decorator: mutmut (docs/development.md) skips decorated functions
+    with torch.inference_mode():
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # softmax([bg, fg])[1] > t  <=>  fg - bg > log(t / (1 - t)); t = 0.5 is the argmax (ties -> bg)
+        t = model_threshold(model, threshold)
+        flip = model_tta(model, tta) == "flip"
+        weight = model_intensity_prior(model, intensity_prior)
+        margin = math.log(t / (1.0 - t))
+        device = torch.device(device)
+        s_img, s_msk = support_images.to(device), support_masks.to(device)
+        if weight > 0 and s_img.shape[0] != 1:
+            raise ValueError(f"intensity_prior needs one support set (support batch 1), got {s_img.shape[0]}")
+        out = []
+        for start in range(0, query_images.shape[0], batch_size):
+            q = query_images[start : start + batch_size].to(device)
+            with torch.autocast(device_type=device.type, enabled=amp):
+                logits = model(s_img, s_msk, q).logits
+                if flip:
+                    mirrored = model(s_img.flip(-1), s_msk.flip(-1), q.flip(-1)).logits.flip(-1)
+                    logits = (logits.float() + mirrored.float()) / 2
+            if weight > 0:  # the margin with the prior, then resized (bilinear is linear: the same as resizing both)
+                diff = logits[:, 1].float() - logits[:, 0].float()
+                diff = diff + weight * intensity_veto(intensity_of(s_img[0]), s_msk[0], intensity_of(q))
+                if out_size is not None and tuple(diff.shape[-2:]) != tuple(out_size):
+                    diff = F.interpolate(diff[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+                out.append((diff > margin).cpu())
+                continue
+            if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
+                logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+            out.append((logits[:, 1] - logits[:, 0] > margin).cpu())
+        if not out:
+            return torch.zeros((0, *(out_size or query_images.shape[-2:])), dtype=torch.bool)
+        return torch.cat(out)
 
 
 def _evaluate_organ(
