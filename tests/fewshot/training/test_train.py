@@ -16,6 +16,7 @@ from fewshot.config import ConfigError, ExperimentConfig, ModelConfig, load_conf
 from fewshot.models import create_model
 from fewshot.training import StepBatchSampler, train
 from fewshot.training.module import flatten_episode_batch, foreground_dice, weighted_ce
+from tests.fewshot.training.states import assert_same_training_state
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,12 @@ class _StopAt(pl.Callback):
 
 def test_resume_continues_schedule_and_matches_uninterrupted_run(
     trained: Any, volumes: list[Volume], cache_dir: str, tmp_path: Path, cfg_of: Callable[..., ExperimentConfig]) -> None:
+    """Stopped after step 1 and resumed to step 4, a run ends in the bits of the uninterrupted 4 steps (weights,
+    optimiser, schedule, step counters), keeps one log per call, and refuses a changed config.
+
+    Fails if the resumed sampler starts one step off, if the optimiser state is dropped on load (momentum
+    restarts), or if the learning-rate schedule's state is dropped on load (lr 0.025, not 0.0125, at step 4).
+    """
     full, _ = trained
     cfg = cfg_of(tmp_path, cache_dir)
     first = train(cfg, volumes=volumes, callbacks=[_StopAt(1)])
@@ -151,8 +158,11 @@ def test_resume_continues_schedule_and_matches_uninterrupted_run(
     for ck in (a, b):
         assert ck["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0125)
         assert ck["lr_schedulers"][0]["last_epoch"] == 4
-    for k, v in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][k], v, msg=f"parameter {k} differs after resume")
+    # Weights, optimiser, schedule and step counters to the bit. Not the epoch counters: Lightning closes the epoch
+    # when a callback sets `should_stop` (here at step 1), so the resumed steps count as epoch 1 (the CSV log's
+    # `epoch` column shows it); training never reads the epoch (episodes are indexed by step, StepBatchSampler
+    # has no set_epoch). A kill or a signal saves mid-epoch, and matches the epoch too (test_faults.py).
+    assert_same_training_state(a, b, "after the resume", ignore=("epoch", "loops.fit_loop.epoch_progress"))
     assert len(list((tmp_path / "logs").iterdir())) == 2  # one CSV log version per call
     record = (tmp_path / "train_result.json").read_text()
     assert json.loads(record)["steps_run"] == 3
