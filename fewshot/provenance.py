@@ -54,9 +54,24 @@ def environment() -> dict[str, str | None]:
     return out
 
 
+_OWN_COMMIT: list[str | None] = []  # this process's first answer for the package's own checkout
+
+
 def git_commit(path: str | Path | None = None) -> str | None:
     """The commit of the source checkout holding this package (``+dirty`` with uncommitted changes), or
-    ``None`` outside a git checkout."""
+    ``None`` outside a git checkout.
+
+    Without ``path`` the first answer is kept for the life of the process: the code a process runs is what it
+    imported when it started, so a checkout that moves on during a long run (a merge, a commit) must not be
+    recorded as the code that trained or scored (the CLI asks once at start)."""
+    if path is None:
+        if not _OWN_COMMIT:
+            _OWN_COMMIT.append(_read_commit(None))
+        return _OWN_COMMIT[0]
+    return _read_commit(path)
+
+
+def _read_commit(path: str | Path | None) -> str | None:
     root = Path(path) if path is not None else Path(__file__).resolve().parent.parent
     if path is None and not (root / "pyproject.toml").is_file():
         return None  # an installed copy, not a source checkout: a git repo above it would be another project
