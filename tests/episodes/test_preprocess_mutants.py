@@ -1,0 +1,172 @@
+"""Intensity normalisation and in-plane resampling to exact, hand-worked values (docs/mutation-survivors.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from episodes.data.geometry import InPlaneGrid
+from episodes.data.labels import CHAOS_MR
+from episodes.data.preprocess import (
+    CT_WINDOW,
+    MR_PERCENTILE,
+    NormStats,
+    clip_percentile,
+    fit_ct_stats,
+    in_plane_grid,
+    preprocess,
+    resize_volume,
+    to_unit_range,
+    unit_slices,
+    window_ct,
+)
+from episodes.data.volumes import Volume, VolumeError
+
+
+def _vol(image: np.ndarray, modality: str = "MR", intensity: str = "raw", **kw: object) -> Volume:
+    kw.setdefault("spacing", (3.0, 1.0, 2.0))
+    return Volume(image=image, label=kw.pop("label", None), subject="v", modality=modality,  # type: ignore[arg-type]
+                  label_map=CHAOS_MR, intensity=intensity, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_constants_and_norm_stats() -> None:
+    assert CT_WINDOW == (-125.0, 275.0) and MR_PERCENTILE == 99.5
+    assert NormStats(1.5, 2.0).to_dict() == {"mean": 1.5, "std": 2.0}
+    NormStats(0.0, 1e-9)  # any positive std
+    for mean, std in ((0.0, 0.0), (0.0, -1.0), (float("nan"), 1.0), (0.0, float("inf"))):
+        with pytest.raises(ValueError, match="invalid normalisation stats"):
+            NormStats(mean, std)
+
+
+def test_ct_window_and_percentile_clip() -> None:
+    hu = np.array([-300.0, -125.0, 75.0, 175.0, 275.0, 1000.0])
+    out = window_ct(hu)
+    assert out.dtype == np.float32 and out.tolist() == [0.0, 0.0, 127.5, 191.25, 255.0, 255.0]
+    assert window_ct(np.array([0.0, 5.0, 10.0]), (0.0, 10.0)).tolist() == [0.0, 127.5, 255.0]
+    x = np.arange(201, dtype=np.float64)  # 99.5th percentile, linear: 0.995 * 200 = 199
+    clipped = clip_percentile(x)
+    assert clipped.dtype == np.float32 and clipped[-1] == 199.0 and clipped[-2] == 199.0 and clipped[0] == 0.0
+    assert clip_percentile(x, 50.0).max() == 100.0
+
+
+def test_fit_ct_stats_over_all_voxels_of_windowed_volumes() -> None:
+    a = _vol(np.full((1, 2, 2), 10.0), "CT", "window255")
+    b = _vol(np.full((1, 2, 4), 40.0), "CT", "window255")  # 4 voxels of 10, 8 of 40: mean 30, std sqrt(200)
+    s = fit_ct_stats([a, b])
+    assert s.mean == pytest.approx(30.0, abs=1e-12) and s.std == pytest.approx(np.sqrt(200.0), rel=1e-12)
+    hu = _vol(np.array([[[-125.0, 275.0]]]), "CT", "hu")  # windowed: 0 and 255
+    s = fit_ct_stats([hu])
+    assert s.mean == pytest.approx(127.5) and s.std == pytest.approx(127.5)
+    # a constant volume: the std is floored at sqrt(1e-12)
+    assert fit_ct_stats([_vol(np.full((1, 1, 3), 7.0), "CT", "window255")]).std == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match="no volumes"):
+        fit_ct_stats([])
+    with pytest.raises(VolumeError, match="needs CT volumes, got MR"):
+        fit_ct_stats([_vol(np.ones((1, 1, 1)))])
+    with pytest.raises(VolumeError, match="intensity 'raw'"):
+        fit_ct_stats([_vol(np.ones((1, 1, 1)), "CT", "raw")])
+
+
+def test_preprocess_mr_ct_and_sizes() -> None:
+    x = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10)  # 0..199
+    v = _vol(x)
+    out = preprocess(v, size=None)
+    top = 0.995 * 199  # the 99.5th percentile of 0..199
+    ref = np.minimum(x.astype(np.float64), top)
+    np.testing.assert_allclose(out.image, (ref - ref.mean()) / ref.std(), rtol=0, atol=2e-6)
+    assert out.normalized and out.image.dtype == np.float32 and out.shape == (2, 10, 10)
+    assert out.spacing == v.spacing
+    with pytest.raises(VolumeError, match="already normalised"):
+        preprocess(out)
+    with pytest.raises(VolumeError, match="constant MR image"):
+        preprocess(_vol(np.full((1, 4, 4), 3.0)), size=None)
+    flat_corner = x.copy()
+    flat_corner[:, :2, :2] = 7.0
+    with pytest.raises(VolumeError, match="constant MR image"):  # constant inside the statistics window
+        preprocess(_vol(flat_corner), size=None, stats_window=(slice(0, 2), slice(0, 2)))
+    # stats from a window: rows 0..4, cols 0..4 of both slices
+    win = preprocess(_vol(x), size=None, stats_window=(slice(0, 5), slice(0, 5)))
+    ref_win = x[:, :5, :5].astype(np.float64)
+    top = np.percentile(ref_win, 99.5)
+    clipped = np.minimum(ref_win, top)
+    expected = (np.minimum(x, top) - clipped.mean()) / clipped.std()
+    np.testing.assert_allclose(win.image, expected, rtol=0, atol=2e-5)
+    ct = _vol(np.array([[[-125.0, 75.0], [275.0, 75.0]]]), "CT", "hu")
+    out = preprocess(ct, size=None, ct_stats=NormStats(100.0, 50.0))
+    np.testing.assert_allclose(out.image, [[[-2.0, 0.55], [3.1, 0.55]]], rtol=1e-6)  # (w - 100) / 50
+    with pytest.raises(ValueError, match="ct_stats fitted on the training split"):
+        preprocess(ct, size=None)
+    with pytest.raises(ValueError, match="needs a size"):
+        preprocess(v, size=None, spacing=1.0)
+    sized = preprocess(v, size=5)
+    assert sized.shape == (2, 5, 5) and sized.spacing == (3.0, 2.0, 4.0)
+    spaced = preprocess(v, size=4, spacing=2.5)
+    assert spaced.shape == (2, 4, 4) and spaced.spacing == pytest.approx((3.0, 2.5, 2.5))
+
+
+def test_plain_resize_values_affine_and_labels() -> None:
+    img = np.arange(24, dtype=np.float32).reshape(1, 4, 6)  # value 6 * row + col
+    label = (np.arange(24).reshape(1, 4, 6) % 5).astype(np.int16)
+    affine = np.array([[1.0, 0, 0, 10], [0, 1.0, 0, 20], [0, 0, 3.0, 30], [0, 0, 0, 1]])
+    v = _vol(img, label=label, affine=affine, spacing=(3.0, 1.0, 2.0))
+    assert resize_volume(v, 4) is not v  # 4 x 6 is not square
+    r = resize_volume(v, 2)  # rows by 2 (bilinear: mean of rows 2i, 2i+1), columns by 3 (the middle column)
+    # output (i, j) samples source row 2i + 0.5 and column 3j + 1: 6 * (2i + 0.5) + 3j + 1
+    np.testing.assert_allclose(r.image[0], [[4.0, 7.0], [16.0, 19.0]], rtol=1e-6)
+    # nearest
+    assert r.label.tolist() == [[[label[0, 0, 0], label[0, 0, 3]], [label[0, 2, 0], label[0, 2, 3]]]]
+    assert r.spacing == (3.0, 2.0, 6.0)
+    np.testing.assert_array_equal(r.affine[:, 0], [2.0, 0, 0, 0])
+    np.testing.assert_array_equal(r.affine[:, 1], [0, 3.0, 0, 0])
+    np.testing.assert_array_equal(r.affine[:, 2:], affine[:, 2:])
+    square = _vol(np.zeros((1, 3, 3), np.float32))
+    assert resize_volume(square, 3) is square
+    assert resize_volume(_vol(np.zeros((1, 2, 2), np.float32)), 4).label is None
+
+
+def test_in_plane_grid_and_resampled_geometry() -> None:
+    v = _vol(np.zeros((1, 6, 8), np.float32), spacing=(3.0, 1.0, 2.0))
+    g = in_plane_grid(v, 10, 2.0)  # 6 x 1 mm -> 3 px, 8 x 2 mm -> 8 px
+    assert g == InPlaneGrid(source=(6, 8), scaled=(3, 8), size=10)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="must be > 0 mm"):
+            in_plane_grid(v, 10, bad)
+    label = np.zeros((1, 6, 8), np.int16)
+    label[0, 2:4, 2:6] = 1
+    img = np.arange(48, dtype=np.float32).reshape(1, 6, 8) + 5.0
+    v = _vol(img, label=label, spacing=(3.0, 1.0, 2.0), affine=np.diag([1.0, 2.0, 3.0, 1.0]))
+    same = resize_volume(_vol(np.zeros((1, 4, 4), np.float32), spacing=(1.0, 1.0, 1.0)), 4, spacing=1.0)
+    assert same.shape == (1, 4, 4)
+    # scaled (3, 8): rows padded 3 -> 4 (pad 0), columns cropped 8 -> 4 (crop 2)
+    r = resize_volume(v, 4, spacing=2.0)
+    assert r.shape == (1, 4, 4) and r.spacing == (3.0, 2.0, 2.0)
+    assert r.image[0, 3].tolist() == [5.0] * 4  # padded with the image's minimum
+    assert r.label[0, 3].tolist() == [0] * 4
+    # output (i, j) -> scaled (i, j + 2) -> source (2 (i + 0.5) - 0.5, j + 2): affine @ to_source
+    to_source = np.array([[2.0, 0, 0, 0.5], [0, 1.0, 0, 2.0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(r.affine, np.diag([1.0, 2.0, 3.0, 1.0]) @ to_source)
+    wide = resize_volume(_vol(np.zeros((1, 8, 2), np.float32), spacing=(1.0, 1.0, 1.0)), 4, spacing=1.0)
+    # scaled (8, 2): rows cropped by 2, columns padded by 1 -> shift (2, -1)
+    np.testing.assert_allclose(wide.affine[:2, 3], [2.0, -1.0])
+
+
+def test_unit_range_and_unit_slices() -> None:
+    assert to_unit_range(np.array([2.0, 4.0, 6.0])).tolist() == [0.0, 0.5, 1.0]
+    flat = to_unit_range(np.array([3.0, 3.0 + 1e-9]))
+    assert flat.dtype == np.float32 and flat.tolist() == [0.0, 0.0]
+    assert to_unit_range(np.array([0.0, 2e-8])).tolist() == [0.0, 1.0]
+    img = np.zeros((3, 2, 2), np.float32)
+    img[0] = [[0, 1], [2, 4]]
+    img[2] = [[-125, 275], [75, 75]]
+    mr = unit_slices([_vol(img)])
+    assert mr.shape == (2, 2, 2) and mr.dtype == np.float32  # the constant slice 1 is dropped
+    assert mr[0].tolist() == [[0.0, 0.25], [0.5, 1.0]] and mr[1].tolist() == [[0.0, 1.0], [0.5, 0.5]]
+    ct = unit_slices([_vol(np.array([[[-500.0, -125.0], [75.0, 1000.0]]]), "CT", "hu")])
+    assert ct[0].tolist() == [[0.0, 0.0], [0.5, 1.0]]  # windowed to [-125, 275] first
+    big = unit_slices([_vol(img)], size=4)
+    assert big.shape == (2, 4, 4) and big.min() >= 0.0 and big.max() <= 1.0 and big[0, 0, 0] == 0.0
+    assert unit_slices([_vol(img)], size=2).shape == (2, 2, 2)
+    with pytest.raises(VolumeError, match="no non-empty slices"):
+        unit_slices([_vol(np.zeros((2, 2, 2), np.float32))])
+    with pytest.raises(VolumeError, match="needs raw volumes"):
+        unit_slices([preprocess(_vol(img), size=None)])
