@@ -110,7 +110,10 @@ def test_plain_resize_values_affine_and_labels() -> None:
     affine = np.array([[1.0, 0, 0, 10], [0, 1.0, 0, 20], [0, 0, 3.0, 30], [0, 0, 0, 1]])
     v = _vol(img, label=label, affine=affine, spacing=(3.0, 1.0, 2.0))
     assert resize_volume(v, 4) is not v  # 4 x 6 is not square
-    r = resize_volume(v, 2)  # rows by 2 (bilinear: mean of rows 2i, 2i+1), columns by 3 (the middle column)
+    r = resize_volume(v, 2)
+    assert (
+        r.label is not None
+    )  # rows by 2 (bilinear: mean of rows 2i, 2i+1), columns by 3 (the middle column)
     # output (i, j) samples source row 2i + 0.5 and column 3j + 1: 6 * (2i + 0.5) + 3j + 1
     np.testing.assert_allclose(r.image[0], [[4.0, 7.0], [16.0, 19.0]], rtol=1e-6)
     # nearest
@@ -139,6 +142,7 @@ def test_in_plane_grid_and_resampled_geometry() -> None:
     assert same.shape == (1, 4, 4)
     # scaled (3, 8): rows padded 3 -> 4 (pad 0), columns cropped 8 -> 4 (crop 2)
     r = resize_volume(v, 4, spacing=2.0)
+    assert r.label is not None
     assert r.shape == (1, 4, 4) and r.spacing == (3.0, 2.0, 2.0)
     assert r.image[0, 3].tolist() == [5.0] * 4  # padded with the image's minimum
     assert r.label[0, 3].tolist() == [0] * 4

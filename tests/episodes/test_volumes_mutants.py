@@ -39,6 +39,12 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[float, 
     return path
 
 
+def _load(path: Path) -> nib.Nifti1Image:
+    img = nib.load(str(path))
+    assert isinstance(img, nib.Nifti1Image)
+    return img
+
+
 def test_read_nifti_as_stored_and_canonical(tmp_path: Path) -> None:
     data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # nibabel (i, j, k)
     ras = np.diag([0.5, 0.75, 4.0, 1.0])  # R, A, S: i must be flipped to reach L
@@ -104,6 +110,7 @@ def test_check_label_values_rounds_only_resampling_noise() -> None:
 
 def test_volume_fields_are_normalised_and_checked() -> None:
     v = Volume(np.zeros((1, 2, 2), np.int32), np.ones((1, 2, 2), np.float64), (1, 2, 3), "s", "MR", CHAOS_MR)
+    assert v.label is not None
     assert v.image.dtype == np.float32 and v.label.dtype == np.int16 and v.spacing == (1.0, 2.0, 3.0)
     assert isinstance(v.spacing[0], float) and v.affine.dtype == np.float64 and v.shape == (1, 2, 2)
     assert v.slices_with("liver").tolist() == [0] and v.has_organ("liver") and not v.has_organ("spleen")
@@ -129,7 +136,7 @@ def test_save_nifti_without_a_source_file(tmp_path: Path) -> None:
     v = Volume(np.zeros((4, 2, 3)), None, (4.0, 0.5, 0.75), "s", "MR", CHAOS_MR, affine=affine)
     pred = np.arange(24, dtype=np.uint8).reshape(4, 2, 3)
     out = save_nifti(pred, v, tmp_path / "p.nii")
-    back = nib.load(str(out))
+    back = _load(out)
     np.testing.assert_array_equal(np.asarray(back.dataobj), np.transpose(pred, (1, 2, 0)))
     np.testing.assert_allclose(back.affine, affine)
     assert back.header.get_zooms() == (0.5, 0.75, 4.0)  # (h, w, z) from spacing (z, h, w)
@@ -139,7 +146,7 @@ def test_save_nifti_without_a_source_file(tmp_path: Path) -> None:
     ):
         save_nifti(np.zeros((4, 3, 2)), v, tmp_path / "q.nii")
     save_nifti(pred * 0, v, out, overwrite=True)
-    assert not np.asarray(nib.load(str(out)).dataobj).any()
+    assert not np.asarray(_load(out).dataobj).any()
 
 
 def test_save_nifti_back_in_the_files_orientation_and_gzip_header(tmp_path: Path) -> None:
@@ -150,9 +157,9 @@ def test_save_nifti_back_in_the_files_orientation_and_gzip_header(tmp_path: Path
     _save(tmp_path / "lab.nii.gz", data, ras)
     v = load_nifti_pair(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", subject="s", modality="MR",
                         label_map=CHAOS_MR)  # fmt: skip
-    assert v.source_geometry is not None and not v.source_geometry.is_identity
+    assert v.source_geometry is not None and not v.source_geometry.is_identity and v.label is not None
     out = save_nifti(v.label, v, tmp_path / "out.nii.gz")
-    back = nib.load(str(out))
+    back = _load(out)
     np.testing.assert_array_equal(np.asarray(back.dataobj), data)  # the file's own axis order and flips
     np.testing.assert_allclose(back.affine, ras)
     assert back.header.get_zooms() == (0.5, 0.75, 4.0)

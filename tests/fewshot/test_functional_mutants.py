@@ -253,7 +253,9 @@ def test_alp_segment_matches_a_loop_reference() -> None:
     )
     scores = torch.stack(
         [
-            sum(_alp_reference(q[i], sf[i, j : j + 1], sm[i, j : j + 1], 2, 0.95, 20.0) for j in range(2)) / 2
+            torch.stack(
+                [_alp_reference(q[i], sf[i, j : j + 1], sm[i, j : j + 1], 2, 0.95, 20.0) for j in range(2)]
+            ).mean(0)
             for i in range(2)
         ]
     ).float()
@@ -365,7 +367,7 @@ def test_support_activation_against_a_loop() -> None:
                     sv = sv / sv.norm(dim=0).clamp_min(1e-4)
                     best = (sv.T @ qv).max(dim=0).values.view(4, 5)
                 maps.append((best - best.min()) / (best.max() - best.min() + 1e-7))
-            torch.testing.assert_close(out[i, wi], (sum(maps) / 2).float(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out[i, wi], torch.stack(maps).mean(0).float(), rtol=1e-4, atol=1e-5)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     default = HF.support_activation(q, sf, sm)
     assert default.shape == (2, 3, 4, 5)
