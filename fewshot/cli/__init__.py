@@ -21,7 +21,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from episodes.processes import Terminated
 from fewshot.cli.commands import CLIError, comma_list
-from fewshot.provenance import git_commit
 
 __all__ = [
     "CLIError",
@@ -117,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_logs(args.verbose)
+    from fewshot.provenance import git_commit  # here: it imports torch, which --help must not load
+
     git_commit()  # the commit of the code this process imported, before a long run lets the checkout move on
     # SIGTERM ends a command like Ctrl-C does (status 143), unless the caller installed its own handler.
     catch_term = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
