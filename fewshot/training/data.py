@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from episodes.data.volumes import Volume
 from episodes.processes import die_with_parent
 from episodes.sampling import SelfSupervisedEpisodes, collate_episodes
-from fewshot.config import DataConfig
+from fewshot.config import DataConfig, ExperimentConfig
 
 __all__ = ["EpisodeDataModule", "StepBatchSampler"]
 
@@ -125,6 +125,29 @@ class EpisodeDataModule(pl.LightningDataModule):
             exclude_organs=data.train_exclusions(),
             length=total_steps * world_size * batch_size,
             seed=seed,
+        )
+
+    @classmethod
+    def for_experiment(
+        cls,
+        cfg: ExperimentConfig,
+        volumes: Sequence[Volume],
+        superpixels: Mapping[str, np.ndarray],
+        *,
+        world_size: int = 1,
+    ) -> EpisodeDataModule:
+        """The episodes :func:`fewshot.training.train` draws for ``cfg``: its data settings, ``train.batch_size``,
+        ``train.steps`` and ``train.num_workers``, seeded with ``cfg.train_seed``."""
+        return cls(
+            volumes,
+            superpixels,
+            cfg.data,
+            batch_size=cfg.train.batch_size,
+            total_steps=cfg.train.steps,
+            world_size=world_size,
+            num_workers=cfg.train.num_workers,
+            seed=cfg.train_seed,
+            slice_input=cfg.model.slice_input,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -102,7 +102,14 @@ class FewShotModule(pl.LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def losses(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of one episode batch and what :meth:`training_step` logs beside it.
+
+        Returns:
+            ``(loss, parts)``: ``loss`` = ``ce + align_weight * align (+ aux)``; ``parts`` holds ``ce``, ``align``,
+            ``fg_dice`` (no gradient) and, for a head with its own loss, ``aux``. A plain PyTorch loop (no trainer)
+            optimises the same ``loss``.
+        """
         s_img, s_msk, q_img, q_msk = flatten_episode_batch(
             batch.support_images, batch.support_masks, batch.query_images, batch.query_masks
         )
@@ -110,14 +117,22 @@ class FewShotModule(pl.LightningModule):
         ce = weighted_ce(out.logits, q_msk, self.optim.ce_weights)
         align = out.align_loss if out.align_loss is not None else torch.zeros((), device=ce.device)
         loss = ce + self.optim.align_weight * align.float()
+        parts = {"ce": ce, "align": align}
         if out.aux_loss is not None:  # the head's own weighted loss (ADNet's threshold loss)
             loss = loss + out.aux_loss.float()
-            self.log("aux", out.aux_loss, batch_size=q_img.shape[0])
-        n = q_img.shape[0]
+            parts["aux"] = out.aux_loss
+        parts["fg_dice"] = foreground_dice(out.logits.detach(), q_msk)
+        return loss, parts
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, parts = self.losses(batch)
+        n = batch.query_images.shape[0] * batch.query_images.shape[1]  # episodes x queries
+        if "aux" in parts:
+            self.log("aux", parts["aux"], batch_size=n)
         self.log("loss", loss, prog_bar=True, batch_size=n)
-        self.log("ce", ce, batch_size=n)
-        self.log("align", align, batch_size=n)
-        self.log("fg_dice", foreground_dice(out.logits.detach(), q_msk), prog_bar=True, batch_size=n)
+        self.log("ce", parts["ce"], batch_size=n)
+        self.log("align", parts["align"], batch_size=n)
+        self.log("fg_dice", parts["fg_dice"], prog_bar=True, batch_size=n)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n)  # type: ignore[union-attr]
         return loss
 

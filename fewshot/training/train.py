@@ -302,17 +302,7 @@ def _train(
         fast_dev_run=fast_dev_run,
         plugins=[AtomicCheckpointIO()],
     )
-    datamodule = EpisodeDataModule(
-        fold.train,
-        fold.superpixels,
-        cfg.data,
-        batch_size=cfg.train.batch_size,
-        total_steps=cfg.train.steps,
-        world_size=trainer.world_size,
-        num_workers=cfg.train.num_workers,
-        seed=cfg.train_seed,
-        slice_input=cfg.model.slice_input,
-    )
+    datamodule = EpisodeDataModule.for_experiment(cfg, fold.train, fold.superpixels, world_size=trainer.world_size)
     module.extras["episodes"] = datamodule.describe()
     if resumed:
         logger.info("resuming from %s (step %d)", ckpt, start_step)

@@ -14,8 +14,10 @@ from episodes.data.volumes import Volume
 from fewshot.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint, snapshot_path
 from fewshot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from fewshot.models import create_model
+from fewshot.pipeline import prepare_fold
 from fewshot.training import StepBatchSampler, train
-from fewshot.training.module import flatten_episode_batch, foreground_dice, weighted_ce
+from fewshot.training.data import EpisodeDataModule
+from fewshot.training.module import FewShotModule, flatten_episode_batch, foreground_dice, weighted_ce
 from tests.fewshot.training.states import assert_same_training_state
 
 
@@ -195,6 +197,31 @@ def test_checkpoint_loads_weights_only(trained: Any) -> None:
     masks[..., 20:40, 20:40] = 1
     assert model(x[:1, None], masks, x).logits.shape == (2, 2, 64, 64)
     assert (out / "train_result.json").is_file() and result.steps_per_s > 0
+
+
+def test_a_plain_loop_over_the_module_losses_reproduces_train(
+    trained: Any, volumes: list[Volume], cache_dir: str, cfg_of: Callable[..., ExperimentConfig]
+) -> None:
+    """The bare loop of benchmarks/bench_training_cost.py: the module's losses, its optimiser and scheduler and the
+    run's episodes (``EpisodeDataModule.for_experiment``) stepped by hand give train()'s weights bit for bit."""
+    result, out = trained
+    cfg = cfg_of(out, cache_dir, keep_every=2)
+    pl.seed_everything(cfg.train_seed, workers=True, verbose=False)
+    module = FewShotModule(create_model(cfg.model, seed=cfg.seed), cfg.optim, cfg.to_dict()).train()
+    fold = prepare_fold(cfg.data, volumes, stage="train", progress=False)
+    loader = EpisodeDataModule.for_experiment(cfg, fold.train, fold.superpixels).train_dataloader()
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    for batch in loader:
+        loss, parts = module.losses(batch)
+        assert set(parts) == {"ce", "align", "fg_dice"} and not parts["fg_dice"].requires_grad
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    stored = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    weights = module.model.state_dict()
+    assert len(loader) == 4 and all(torch.equal(stored[f"model.{k}"], v) for k, v in weights.items())
 
 
 def test_keep_every_keeps_a_loadable_checkpoint_per_interval(trained: Any) -> None:
