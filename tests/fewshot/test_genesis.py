@@ -23,6 +23,7 @@ from fewshot.genesis import (
     nonlinear_transform,
     outer_cutout,
     run_pretrain_genesis,
+    sorted_samples,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,6 +63,18 @@ def test_nonlinear_transform_is_monotonic(seed: int) -> None:
     d = np.diff(out.ravel())
     assert (d >= -1e-6).all() or (d <= 1e-6).all()
     assert np.array_equal(out, nonlinear_transform(img, np.random.default_rng(seed)))
+
+
+def test_sorted_samples_equals_np_sort() -> None:
+    """The Bezier samples are monotonic (control values in [0, 1]), so reversing replaces sorting: same bytes."""
+    rng = np.random.default_rng(0)
+    controls = [(rng.random(2), rng.random(2)) for _ in range(200)] + [(np.ones(2), np.zeros(2))]  # + the flattest
+    for p1, p2 in controls:
+        for values in bezier_curve(np.array([[0.0, 0.0], p1, p2, [1.0, 1.0]])):
+            assert sorted_samples(values).tobytes() == np.sort(values).tobytes()
+    wiggly = np.array([0.3, 0.1, 0.2, 0.2, 0.0])
+    for values in (wiggly, wiggly[::-1].copy(), np.sort(wiggly), np.zeros(3)):  # not monotonic, and the easy cases
+        assert sorted_samples(values).tobytes() == np.sort(values).tobytes()
 
 
 def test_nonlinear_transform_inverts_about_half_the_time() -> None:
