@@ -228,3 +228,14 @@ def test_pretraining_a_truncated_encoder(tmp_path: Path) -> None:
     assert all(torch.equal(v, blob["state_dict"][k]) for k, v in bb.state_dict().items())
     with pytest.raises(ValueError, match=r"pretrained with truncate='block3' \(output stride 4\).*block4"):
         create_backbone("cbr-small", init="genesis", weights=out, in_channels=1)
+
+
+def test_bf16_pretraining_lowers_loss_and_is_recorded(tmp_path: Path) -> None:
+    """The opt-in bfloat16 autocast trains (its own digits) and says so in the file; float32 stays the default."""
+    images = _smooth_images(32, 32)
+    kwargs = {"backbone": "cbr-small", "steps": 30, "batch_size": 4, "lr": 2e-3, "seed": 0, "in_channels": 1}
+    half = run_pretrain_genesis(images, out=tmp_path / "bf16.pt", bf16=True, truncate="block2", **kwargs)
+    full = run_pretrain_genesis(images, out=tmp_path / "fp32.pt", truncate="block2", **kwargs)
+    assert np.mean(half.losses[-5:]) < 0.8 * np.mean(half.losses[:5]) and half.losses != full.losses
+    assert torch.load(half.out, weights_only=True)["meta"]["bf16"] is True
+    assert "bf16" not in torch.load(full.out, weights_only=True)["meta"]
