@@ -109,3 +109,27 @@ def test_shot_benchmark_reports_user_errors_in_one_line(tmp_path: Path, capsys: 
     assert "bench_shots.py: error: checkpoint no/such/last.ckpt not found" in err
     assert "Traceback" not in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_training_cost_benchmark_on_the_phantom(tmp_path: Path) -> None:
+    """Profile, bare loop and a variant on tiny phantom runs: the tables are written and the bare loop computed what
+    Lightning computed (equal weights)."""
+    bench = _load("bench_training_cost")
+    tiny = [
+        "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}", "--set", "data.size=64",
+        "--set", "data.protocol.organs=[liver, spleen]", "--set", "data.superpixels.params={min_size: 50}",
+        "--set", "data.episodes.min_superpixel_pixels=20", "--set", "model.backbone.name=cbr-tiny",
+        "--set", "model.backbone.truncate=block2", "--set", "model.head.feature_dim=8", "--set", "train.num_workers=0",
+    ]  # fmt: skip
+    argv = ["--recipes", "phantom", "--steps", "2", "--warmup", "1", "--rounds", "1", "--out", str(tmp_path), *tiny]
+    assert bench.main([*argv, "--variant", "aten:aten_pool=true", "--variant", "t2:threads=2,train.log_every=1"]) == 0
+    report = json.loads((tmp_path / "training_cost.json").read_text())
+    (cost,) = report["configs"]
+    assert cost["config"] == "demo_phantom" and cost["gflop_per_step"] > 0 and cost["peak_gflops"] > 0
+    arms = cost["arms"]
+    assert list(arms) == ["lightning", "bare", "aten", "t2"]
+    assert arms["bare"]["weights_equal_lightning"] and arms["aten"]["weights_equal_lightning"]  # same numbers
+    assert all(arms["lightning"]["ms"][phase] > 0 for phase in ("forward", "backward", "optimizer"))
+    assert arms["bare"]["ms"]["framework"] == pytest.approx(0.0, abs=1.0) and arms["lightning"]["ckpt_ms"] > 0
+    table = (tmp_path / "training_cost.md").read_text()
+    assert "| demo_phantom | bare |" in table and "| demo_phantom | t2 |" in table and "GFLOP/step" in table
