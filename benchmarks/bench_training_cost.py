@@ -19,8 +19,8 @@ with the member's overrides and the recipe's torch threads per member:
   with peak = cores x clock x FLOPs per cycle and core (:func:`cpu_peak`), and against a measured bf16/fp32 GEMM.
 
 ``--variant NAME:KEY=VALUE,...`` adds Lightning runs with config overrides (``threads=N`` sets the torch threads,
-``aten_pool=true`` runs ATen's max-pool instead of :class:`fewshot.backbones.pooling.MaxPool2d`, ``pin=true`` pins
-each lane and its DataLoader workers to one core),
+``compile=backbone`` or ``compile=model`` wraps that part in ``torch.compile`` before the first step, ``pin=true``
+pins each lane and its DataLoader workers to one core),
 timed against the baseline; arms are interleaved over ``--rounds`` (A B C A B C) since the machine is shared, and the
 load average is recorded with every timing. ``--lanes 2`` runs every timing as that many processes side by side
 (the CPU recipes train two members at once, one torch thread each). Writes ``training_cost.md`` and ``.json``::
@@ -99,7 +99,8 @@ def _clock() -> Any:
     from pytorch_lightning.profilers import PassThroughProfiler
 
     class Clock(Callback):  # type: ignore[misc]
-        def __init__(self, barrier: Any = None) -> None:
+        def __init__(self, barrier: Any = None, compile: str | None = None) -> None:
+            self.compile = compile
             self.marks: list[dict[str, float]] = []
             self.fetch, self.barrier, self.ckpt_s, self.state = 0.0, barrier, 0.0, None
 
@@ -122,6 +123,12 @@ def _clock() -> Any:
 
             self.f0 = 0.0
             trainer.profiler = Fetch()
+            if self.compile == "model":
+                pl_module.model = torch.compile(pl_module.model)
+            elif self.compile == "backbone":
+                pl_module.model.backbone = torch.compile(pl_module.model.backbone)
+            elif self.compile is not None:
+                raise ValueError(f"compile must be 'model' or 'backbone', got {self.compile!r}")
             pl_module.model.register_forward_pre_hook(lambda *_: self.mark("f0"))
             pl_module.model.register_forward_hook(lambda *_: self.mark("f1"))
             if self.barrier is not None:
@@ -149,7 +156,10 @@ def _clock() -> Any:
             self.marks[-1]["loss"] = float(outputs["loss"])
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            model = getattr(pl_module.model, "_orig_mod", pl_module.model)  # compile=model wraps it
+            self.state = {
+                k.replace("_orig_mod.", ""): v.detach().clone() for k, v in model.state_dict().items()
+            }
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
                 trainer.save_checkpoint(Path(tmp) / "probe.ckpt", weights_only=False)
@@ -221,7 +231,6 @@ def _bare(cfg: Any, volumes: Any, steps: int, barrier: Any) -> tuple[list[dict[s
 
 def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     """One timed run: ``spec`` = recipe, member, runner (lightning/bare), overrides, threads, steps, out, barrier."""
-    from fewshot.backbones.pooling import aten_max_pool
     from fewshot.config import resolve_precision
     from fewshot.pipeline import load_volumes
     from fewshot.recipes.spec import load_recipe
@@ -236,15 +245,14 @@ def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = recipe.member_config(spec["member"], {**spec["overrides"], **over})
     volumes = load_volumes(cfg.data)
     load = os.getloadavg()
-    pool = aten_max_pool() if spec.get("aten_pool") else contextlib.nullcontext()
     quiet = contextlib.redirect_stderr(
         io.StringIO()
     )  # progress lines as in a recipe's log, not a terminal bar
-    with pool, quiet:
+    with quiet:
         if spec["runner"] == "bare":
             marks, state, ckpt_s = (*_bare(cfg, volumes, spec["steps"], spec.get("barrier")), 0.0)
         else:
-            clock = _clock()(spec.get("barrier"))
+            clock = _clock()(spec.get("barrier"), spec.get("compile"))
             train(cfg, volumes=volumes, resume=False, callbacks=[clock])
             marks, state, ckpt_s = clock.marks, clock.state, clock.ckpt_s
     phases = _phases(marks)[spec["warmup"] :]
@@ -365,9 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arms = [{**base, "name": "lightning", "runner": "lightning"}]
         arms += [] if args.no_bare else [{**base, "name": "bare", "runner": "bare"}]
         for name, over in args.variant:
-            extra = {
-                k: over.pop(k, v) for k, v in (("threads", threads), ("aten_pool", False), ("pin", False))
-            }
+            extra = {k: over.pop(k, v) for k, v in (("threads", threads), ("compile", None), ("pin", False))}
             arms.append(
                 {**base, "name": name, "runner": "lightning", **extra, "overrides": {**common, **over}}
             )

@@ -1,8 +1,7 @@
 """Transfusion's CBR family (Raghu et al., NeurIPS'19) as dense encoders.
 
 Each block is ``Conv2d(k x k, stride 1, 'same' padding k//2, no bias) - BatchNorm - ReLU``
-followed by ``MaxPool2d(3, stride 2, padding 1)`` (CBR-LargeT: no pool after its 5th block; the pool is
-:class:`fewshot.backbones.pooling.MaxPool2d`, ``nn.MaxPool2d``'s numbers faster on a CPU).
+followed by ``MaxPool2d(3, stride 2, padding 1)`` (CBR-LargeT: no pool after its 5th block).
 Layouts (our reading of the paper's CBR descriptions; there is no official code):
 
 ===========  ======  =======================  ==========================
@@ -32,7 +31,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fewshot.backbones.pooling import MaxPool2d
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
 
@@ -82,7 +80,7 @@ class CBRBackbone(StagedBackbone):
             ]
             if i < n_pools:
                 if output_stride is None or stride * 2 <= output_stride:
-                    layers.append(MaxPool2d(3, stride=2, padding=1))
+                    layers.append(nn.MaxPool2d(3, stride=2, padding=1))
                     stride *= 2
                 else:
                     dilation *= 2

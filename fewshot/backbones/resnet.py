@@ -29,7 +29,6 @@ import torch
 import torchvision
 from torch import nn
 
-from fewshot.backbones.pooling import MaxPool2d
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
 from fewshot.backbones.weights import torchvision_imagenet
@@ -65,7 +64,7 @@ class ResNetBackbone(StagedBackbone):
         )
         self.bn1 = net.bn1
         self.relu = net.relu
-        self.maxpool = MaxPool2d(3, stride=2, padding=1)  # torchvision's pool, faster on a CPU (same numbers)
+        self.maxpool = net.maxpool
         for stage in self.stage_names[1:]:
             self.add_module(stage, getattr(net, stage))
         self._set_feature_info(_CHANNELS, _STRIDES)

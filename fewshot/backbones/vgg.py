@@ -29,7 +29,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fewshot.backbones.pooling import MaxPool2d
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
 from fewshot.backbones.weights import torchvision_imagenet
@@ -55,7 +54,7 @@ def _layout(in_channels: int) -> tuple[list[nn.Module], dict[int, str], dict[str
     c_in = in_channels
     for b, (stage, chans, dilation) in enumerate(_BLOCKS):
         if b > 0:  # pool closing the previous block: 3x3/2 (PANet), 3x3/1 before the dilated block5
-            layers.append(MaxPool2d(3, stride=1 if stage == "block5" else 2, padding=1))
+            layers.append(nn.MaxPool2d(3, stride=1 if stage == "block5" else 2, padding=1))
         conv_prefixes = []
         for j, c_out in enumerate(chans):
             conv_prefixes.append(f"features.{len(layers)}.")

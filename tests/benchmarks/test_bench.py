@@ -24,7 +24,6 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-
 def _check_reuse_rule(run: Path) -> None:
     """A finished member run is reused (``fewshot fit`` / ``cv`` skip it) for the same training config, whatever its
     inference-only keys or folder; another training setting or more steps means training (resuming)."""
@@ -46,7 +45,9 @@ def _check_reuse_rule(run: Path) -> None:
     assert not is_finished(member({}, run.parent / "missing"))
 
 
-def test_shot_benchmark_checks_its_lists_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shot_benchmark_checks_its_lists_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad comma list is named in one line before the checkpoint is read (here it does not exist)."""
     bench = _load("bench_shots")
     missing = str(tmp_path / "missing.ckpt")
@@ -82,18 +83,36 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert table.count("\n| ") == 3 * 2  # (k=1), (k=3, prototypes), (k=3, scores), each without and with LCC
     # a threshold sweep: a higher foreground threshold can only remove foreground, so recall cannot rise
     out2 = tmp_path / "thresholds"
-    assert bench.main(["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,0.9", "--out", str(out2)]) == 0
+    assert (
+        bench.main(["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,0.9", "--out", str(out2)]) == 0
+    )
     rows = json.loads((out2 / "shots.json").read_text())["rows"]
     assert [r["threshold"] for r in rows] == [0.5, 0.9]
     assert rows[1]["none"]["recall"]["mean"] <= rows[0]["none"]["recall"]["mean"]
     assert "| 1 | - | 0.9 | none |" in (out2 / "shots.md").read_text()
-    assert yaml.safe_load((out2 / "k1_prototypes_t0.9" / "config.yaml").read_text())["model"]["fg_threshold"] == 0.9
+    assert (
+        yaml.safe_load((out2 / "k1_prototypes_t0.9" / "config.yaml").read_text())["model"]["fg_threshold"]
+        == 0.9
+    )
     with pytest.raises(ValueError, match="fg_threshold"):
-        bench.main(["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,1.5", "--out", str(tmp_path / "bad")])
+        bench.main(
+            ["--checkpoint", ckpt, "--shots", "1", "--thresholds", "0.5,1.5", "--out", str(tmp_path / "bad")]
+        )
     assert not (tmp_path / "bad" / "k1_prototypes_t0.5").exists()  # refused before any evaluation
     # ALP test window and cell threshold: each row evaluated (and its saved config) with its own setting
     out3 = tmp_path / "alp"
-    argv = ["--checkpoint", ckpt, "--shots", "1", "--windows", "1,2", "--alp-thresholds", "0.5", "--out", str(out3)]
+    argv = [
+        "--checkpoint",
+        ckpt,
+        "--shots",
+        "1",
+        "--windows",
+        "1,2",
+        "--alp-thresholds",
+        "0.5",
+        "--out",
+        str(out3),
+    ]
     assert bench.main(argv) == 0
     rows = json.loads((out3 / "shots.json").read_text())["rows"]
     assert [(r["window"], r["alp_threshold"]) for r in rows] == [(1, 0.5), (2, 0.5)]
@@ -102,7 +121,9 @@ def test_shot_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "| 1 | - | 0.5 | 2 | 0.5 | none |" in (out3 / "shots.md").read_text()
 
 
-def test_shot_benchmark_reports_user_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shot_benchmark_reports_user_errors_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bench = _load("bench_shots")
     assert bench.cli(["--checkpoint", "no/such/last.ckpt", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -121,14 +142,30 @@ def test_training_cost_benchmark_on_the_phantom(tmp_path: Path) -> None:
         "--set", "data.episodes.min_superpixel_pixels=20", "--set", "model.backbone.name=cbr-tiny",
         "--set", "model.backbone.truncate=block2", "--set", "model.head.feature_dim=8", "--set", "train.num_workers=0",
     ]  # fmt: skip
-    argv = ["--recipes", "phantom", "--steps", "2", "--warmup", "1", "--rounds", "1", "--out", str(tmp_path), *tiny]
-    assert bench.main([*argv, "--variant", "aten:aten_pool=true", "--variant", "t2:threads=2,train.log_every=1"]) == 0
+    argv = [
+        "--recipes",
+        "phantom",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path),
+        *tiny,
+    ]
+    assert (
+        bench.main([*argv, "--variant", "t2:threads=2,train.log_every=1", "--variant", "cc:compile=backbone"])
+        == 0
+    )
     report = json.loads((tmp_path / "training_cost.json").read_text())
     (cost,) = report["configs"]
     assert cost["config"] == "demo_phantom" and cost["gflop_per_step"] > 0 and cost["peak_gflops"] > 0
     arms = cost["arms"]
-    assert list(arms) == ["lightning", "bare", "aten", "t2"]
-    assert arms["bare"]["weights_equal_lightning"] and arms["aten"]["weights_equal_lightning"]  # same numbers
+    assert list(arms) == ["lightning", "bare", "t2", "cc"]
+    assert arms["bare"]["weights_equal_lightning"]  # the bare loop computed what Lightning computed
+    assert arms["cc"]["max_abs_diff"] < 1e-3  # torch.compile'd backbone: the same weights up to rounding
     assert all(arms["lightning"]["ms"][phase] > 0 for phase in ("forward", "backward", "optimizer"))
     assert arms["bare"]["ms"]["framework"] == pytest.approx(0.0, abs=1.0) and arms["lightning"]["ckpt_ms"] > 0
     table = (tmp_path / "training_cost.md").read_text()
