@@ -63,11 +63,12 @@ class StudySpec:
 
 
 def fold_genesis_weights(
-    cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path
+    cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path, *, bf16: bool = False
 ) -> tuple[str, GenesisResult | None]:
     """Models Genesis weights pretrained on the fold's training slices (no labels), written to ``out``.
 
-    The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``).
+    The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``); ``bf16``: under
+    bfloat16 autocast (:func:`fewshot.genesis.pretrain_genesis`).
 
     An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume.
     """
@@ -87,6 +88,7 @@ def fold_genesis_weights(
         device=str(default_device()),
         truncate=cfg.model.backbone.truncate,
         output_stride=cfg.model.backbone.output_stride,
+        bf16=bf16,
     )
     return str(out), result
 

@@ -51,6 +51,7 @@ class MemberRun:
     out_dir: Path
     config: dict[str, Any]
     genesis_steps: int = 0
+    genesis_bf16: bool = False
     threads: int | None = None
     fold: int | None = None
     label: str = field(default="", compare=False)
@@ -119,7 +120,8 @@ def plan_runs(
                 cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, exclude_organs=recipe.group_of(group[0])))
             runs.append(MemberRun(
                 member=member.name, index=index, organs=tuple(group), group=gi, out_dir=folder,
-                config=cfg.to_dict(), genesis_steps=member.genesis_steps, threads=recipe.threads_per_member,
+                config=cfg.to_dict(), genesis_steps=member.genesis_steps, genesis_bf16=member.genesis_bf16,
+                threads=recipe.threads_per_member,
                 fold=fold, label=label,
             ))
     return runs
@@ -183,7 +185,9 @@ def train_run(run: MemberRun, volumes: Sequence[Any] | None = None) -> dict[str,
     genesis_s = 0.0
     if run.genesis_steps:
         t0 = time.perf_counter()
-        weights, pretrained = fold_genesis_weights(cfg, vols, run.genesis_steps, run.out_dir / "genesis.pt")
+        weights, pretrained = fold_genesis_weights(
+            cfg, vols, run.genesis_steps, run.out_dir / "genesis.pt", bf16=run.genesis_bf16
+        )
         genesis_s = time.perf_counter() - t0
         if pretrained is not None:
             first, last = pretrained.loss_drop()

@@ -51,12 +51,15 @@ class Member:
         overrides: dotted config keys, as ``--set`` takes them (``{"seed": 1, "train.num_workers": 1}``).
         genesis_steps: Models Genesis restoration steps on the training scans before training (0: none); the
             encoder is pretrained as the member cuts it, and trained from those weights (``init: genesis``).
+        genesis_bf16: run those steps under bfloat16 autocast (1.4-1.6x faster on a CPU with hardware bf16,
+            docs/performance.md; other weights than float32's). Default float32.
         name: the member's folder name in a trained model (default ``member<i>``).
     """
 
     config: str
     overrides: dict[str, Any] = field(default_factory=dict)
     genesis_steps: int = 0
+    genesis_bf16: bool = False
     name: str = ""
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from episodes.data.datasets import load_dataset
 from episodes.data.volumes import save_nifti
@@ -181,7 +182,7 @@ def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path
     recipe = tmp_path / "two.yaml"
     recipe.write_text(
         "name: two\ndescription: d\nmodality: CT\ndataset: phantom-ct\nthreads_per_member: 1\n"
-        "members:\n  - {name: a, config: demo_phantom, genesis_steps: 3}\n"
+        "members:\n  - {name: a, config: demo_phantom, genesis_steps: 3, genesis_bf16: true}\n"
         "  - {name: b, config: demo_phantom, overrides: {seed: 1}}\n"
     )
     out = tmp_path / "model"
@@ -197,6 +198,8 @@ def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path
     genesis = {m.name: m.genesis_steps for m in bundle.members}
     assert genesis == {"a_left_kidney": 3, "a_liver": 3, "b_left_kidney": 0, "b_liver": 0}
     assert (out / "members" / "a_liver" / "genesis.pt").is_file() and not (out / "members" / "b_liver" / "genesis.pt").exists()
+    meta = torch.load(out / "members" / "a_liver" / "genesis.pt", map_location="cpu", weights_only=False)["meta"]
+    assert meta["bf16"] is True and meta["steps"] == 3  # the member's genesis_bf16 reached the pretraining
     assert bundle.load(("liver",)).payload["init_report"] is not None
     result = evaluate_bundle(bundle, out=tmp_path / "ev")
     assert set(result.dice) == {"liver", "left_kidney", "mean"}
