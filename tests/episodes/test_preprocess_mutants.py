@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from episodes.data.geometry import InPlaneGrid
+from episodes.data.geometry import InPlaneGrid, to_canonical
 from episodes.data.labels import CHAOS_MR
 from episodes.data.preprocess import (
     CT_WINDOW,
@@ -20,7 +22,7 @@ from episodes.data.preprocess import (
     unit_slices,
     window_ct,
 )
-from episodes.data.volumes import Volume, VolumeError
+from episodes.data.volumes import Volume, VolumeError, load_nifti_pair, save_nifti
 
 
 def _vol(image: np.ndarray, modality: str = "MR", intensity: str = "raw", **kw: object) -> Volume:
@@ -174,3 +176,57 @@ def test_unit_range_and_unit_slices() -> None:
         unit_slices([_vol(np.zeros((2, 2, 2), np.float32))])
     with pytest.raises(VolumeError, match="needs raw volumes"):
         unit_slices([preprocess(_vol(img), size=None)])
+
+
+def test_preprocess_keeps_labels_default_size_and_low_contrast_mr() -> None:
+    """Survivors of the full run (2026-12-06): ``preprocess`` dropping the label, its default size, an asymmetric
+    statistics window read as ``[rows, rows]``, and the constant-image test at ``std < 1.00000001``."""
+    x = np.arange(2 * 10 * 12, dtype=np.float32).reshape(2, 10, 12)
+    label = (np.arange(2 * 10 * 12).reshape(2, 10, 12) % 3).astype(np.int16)
+    out = preprocess(_vol(x, label=label), size=None)
+    assert out.label is not None and np.array_equal(out.label, label)
+    assert preprocess(_vol(x)).shape == (2, 256, 256)  # the default size
+    low = preprocess(_vol(x / 1000.0), size=None)  # std 0.07: low contrast, not constant
+    assert np.isfinite(low.image).all() and low.image.std() == pytest.approx(1.0, rel=1e-5)
+    rows, cols = slice(0, 3), slice(4, 12)  # 3 rows, 8 columns: [cols, cols] or [rows, rows] read other voxels
+    win = preprocess(_vol(x), size=None, stats_window=(rows, cols))
+    ref = x[:, rows, cols].astype(np.float64)
+    top = np.percentile(ref, 99.5)
+    clipped = np.minimum(ref, top)
+    np.testing.assert_allclose(win.image, (np.minimum(x, top) - clipped.mean()) / clipped.std(), rtol=0, atol=2e-5)
+
+
+def test_resizing_drops_the_file_geometry_and_odd_crops_shift_by_whole_pixels(tmp_path: Path) -> None:
+    """A resized or resampled volume no longer has its file's grid (``source_geometry`` must be dropped, or a
+    prediction would be written back on the wrong grid); an odd crop or pad shifts the affine by a whole pixel."""
+    image = np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8)
+    path = tmp_path / "v.nii.gz"
+    save_nifti(image, _vol(image, spacing=(3.0, 1.0, 1.0)), path)
+    read = load_nifti_pair(path, None, subject="v", modality="MR", label_map=CHAOS_MR)
+    assert read.source_geometry is not None
+    assert resize_volume(read, 4).source_geometry is None
+    assert resize_volume(read, 4, spacing=2.0).source_geometry is None
+    # rows 7 -> 4 (crop 3: shift 1, not 1.5), columns 3 -> 4 (pad 1: shift 0, not -0.5)
+    odd = resize_volume(_vol(np.zeros((1, 7, 3), np.float32), spacing=(1.0, 1.0, 1.0)), 4, spacing=1.0)
+    np.testing.assert_array_equal(odd.affine[:2, 3], [1.0, 0.0])
+    wide = resize_volume(_vol(np.zeros((1, 3, 9), np.float32), spacing=(1.0, 1.0, 1.0)), 4, spacing=1.0)
+    np.testing.assert_array_equal(wide.affine[:2, 3], [0.0, 2.0])  # pad 1: 0; crop 5: 2 (not 2.5)
+
+
+def test_unit_slices_of_several_volumes_keeps_every_volume() -> None:
+    a = np.zeros((2, 2, 2), np.float32)
+    a[0] = [[0, 1], [2, 4]]
+    b = np.zeros((1, 2, 2), np.float32)
+    b[0] = [[4, 2], [1, 0]]
+    out = unit_slices([_vol(a), _vol(b)])  # a's slice 1 is constant and dropped
+    assert out.shape == (2, 2, 2) and out[0].tolist() == [[0.0, 0.25], [0.5, 1.0]]
+    assert out[1].tolist() == [[1.0, 0.5], [0.25, 0.0]]
+
+
+def test_a_bad_affine_names_the_file() -> None:
+    """``to_canonical`` passes the file's name to the affine check (a survivor passed ``None``: "None: the affine
+    is not ..."). The other geometry survivors are judged equivalent in docs/mutation-survivors.md."""
+    bad = np.eye(4)
+    bad[0, 0] = np.nan
+    with pytest.raises(VolumeError, match=r"^scans/a\.nii\.gz: the affine is not a finite 4x4 matrix"):
+        to_canonical(np.zeros((2, 2, 2), np.float32), bad, (1.0, 1.0, 1.0), "scans/a.nii.gz")

@@ -236,3 +236,23 @@ def test_plan_tensors_values() -> None:
         support_episode_tensors(organ, {"s": vols["s"].with_arrays(vols["s"].image, None)}, 0)
     with pytest.raises(KeyError, match=r"available: \['q'\]"):
         support_episode_tensors(organ, {"q": vols["q"]}, 0)
+
+
+def test_survivors_of_the_full_run() -> None:
+    """Survivors of the 2026-12-06 full run: a JSON round trip of explicit query subjects (a list left a list, so
+    the protocol neither equals itself nor hashes), ``tile_slices`` on several slices (``expand(+1, ...)`` only
+    works for one), and a corrupt plan file's error naming what it held."""
+    p = Protocol(support_subject="a", query_subjects=("b", "c"), fold=None)
+    back = Protocol.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert back == p and isinstance(back.query_subjects, tuple) and hash(back) == hash(p)
+    slices = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+    tiled = tile_slices(slices, 3)
+    assert tiled.shape == (2, 3, 2, 3) and torch.equal(tiled[1, 2], torch.from_numpy(slices[1]))
+    assert tiled.is_contiguous()
+
+
+def test_a_corrupt_plan_file_names_what_it_held(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"plan\.json: cannot read evaluation plan \("):
+        EvaluationPlan.from_json(bad)

@@ -222,3 +222,15 @@ def test_mean_summaries_and_aggregate() -> None:
     )
     with pytest.raises(ValueError, match=r"result 1 has organs \['kidney'\]"):
         aggregate([a, other])
+
+
+def test_aggregate_of_one_fold_and_a_corrupt_result_file(tmp_path: Path) -> None:
+    """Survivors of the 2026-12-06 full run: ``aggregate`` took its config and version from ``results[1]`` (one
+    fold failed with an IndexError), and a corrupt result file's error named what it held."""
+    one = aggregate([_result(0.25)])
+    assert one.dice["mean"] == 0.25 and one.config == _result().config
+    assert one.library_version == _result().library_version
+    bad = tmp_path / "results.json"
+    bad.write_text("[1,")
+    with pytest.raises(ValueError, match=r"results\.json: cannot read evaluation result \("):
+        EvaluationResult.from_json(bad)
