@@ -304,3 +304,21 @@ def test_evaluate_passes_threshold_and_prior_through() -> None:
     assert math.isclose(loose.dice["liver"], 48 / (48 + 72))
     prior = evaluate(_ChunkSeer(), plan, vols, intensity_prior=1.0)
     assert prior.extras["intensity_prior"] == 1.0
+
+
+def test_evaluate_against_non_square_reference_labels() -> None:
+    """Reference labels 2x the rows and 3x the columns of the model input: the logits are resized to (rows, cols),
+    not to (cols, cols) (a survivor of the 2026-12-06 full run read the size as ``shape[2], shape[2]``)."""
+    vols = _volumes()
+    plan = Protocol("phantom", organs=("liver",), support_subject="s", chunks=3).build_plan(
+        list(vols.values())
+    )
+    ref = {
+        s: v.with_arrays(v.image.repeat(2, 1).repeat(3, 2), v.label.repeat(2, 1).repeat(3, 2))  # type: ignore[union-attr]
+        for s, v in vols.items()
+    }
+    r = evaluate(_ChunkSeer(), plan, vols, reference=ref)
+    c = r.extras["counts"]
+    assert c["tp"] + c["fn"] == 6 * 4 * 6  # 6 query slices, 4 organ voxels each, 2 x 3 reference voxels per voxel
+    square = evaluate(_ChunkSeer(), plan, vols)
+    assert r.dice["liver"] == pytest.approx(square.dice["liver"], abs=0.15)  # the same prediction, finer grid
