@@ -188,6 +188,8 @@ def test_preprocess_keeps_labels_default_size_and_low_contrast_mr() -> None:
     assert preprocess(_vol(x)).shape == (2, 256, 256)  # the default size
     low = preprocess(_vol(x / 1000.0), size=None)  # std 0.07: low contrast, not constant
     assert np.isfinite(low.image).all() and low.image.std() == pytest.approx(1.0, rel=1e-5)
+    low_win = preprocess(_vol(x / 1000.0), size=None, stats_window=(slice(0, 5), slice(0, 5)))
+    assert np.isfinite(low_win.image).all()  # a statistics window of std 0.04 is not constant either
     rows, cols = slice(0, 3), slice(4, 12)  # 3 rows, 8 columns: [cols, cols] or [rows, rows] read other voxels
     win = preprocess(_vol(x), size=None, stats_window=(rows, cols))
     ref = x[:, rows, cols].astype(np.float64)

@@ -256,3 +256,24 @@ def test_a_corrupt_plan_file_names_what_it_held(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"plan\.json: cannot read evaluation plan \("):
         EvaluationPlan.from_json(bad)
+
+
+def test_one_chunk_and_the_absent_organ_hint() -> None:
+    """Survivors of the 2026-12-06 full run: ``chunks=1`` (one support slice for the whole organ) refused by
+    ``chunks <= 1``, and the hint naming the support's labels when the organ is absent (dropped, always shown,
+    or computed from label 0)."""
+    one = Protocol(organs=("liver",), support_subject="s", query_subjects=("q",), fold=None, chunks=1)
+    plan = one.build_plan([_vol("s", range(2, 6)), _vol("q", range(1, 7))])
+    assert len(plan.organs[0].support_slices) == 1 and set(plan.organs[0].queries[0].chunks) == {0}
+    spleen_only = _vol("s", range(0))
+    assert spleen_only.label is not None
+    spleen_only.label[3, 0, 0] = 4  # the spleen (label 4), no liver
+    with pytest.raises(ValueError, match=r"absent from support subject 's' \(its labels are \[4\], read with the "
+                       r"chaos-mr label map: if the folder uses other numbers, pass --label-map, e\.g\. chaos-mr\); "):
+        Protocol(organs=("liver",), support_subject="s", query_subjects=("q",), fold=None).build_plan(
+            [spleen_only, _vol("q", range(1, 7))]
+        )
+    with pytest.raises(ValueError, match=r"absent from support subject 's'; choose another support_subject"):
+        Protocol(organs=("liver",), support_subject="s", query_subjects=("q",), fold=None).build_plan(
+            [_vol("s", range(0)), _vol("q", range(1, 7))]
+        )
