@@ -231,14 +231,23 @@ def _bare(cfg: Any, volumes: Any, steps: int, barrier: Any) -> tuple[list[dict[s
 
 def run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     """One timed run: ``spec`` = recipe, member, runner (lightning/bare), overrides, threads, steps, out, barrier."""
+    threads, affinity = torch.get_num_threads(), os.sched_getaffinity(0)
+    try:  # run in this process (--lanes 1, or the tests): leave its threads and affinity as they were
+        torch.set_num_threads(spec["threads"])
+        if spec.get("pin"):  # this lane and its DataLoader workers on one core
+            os.sched_setaffinity(0, {spec.get("lane", 0) % (os.cpu_count() or 1)})
+        return _run_arm(spec)
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, affinity)
+
+
+def _run_arm(spec: dict[str, Any]) -> dict[str, Any]:
     from fewshot.config import resolve_precision
     from fewshot.pipeline import load_volumes
     from fewshot.recipes.spec import load_recipe
     from fewshot.training import train
 
-    torch.set_num_threads(spec["threads"])
-    if spec.get("pin"):  # this lane and its DataLoader workers on one core
-        os.sched_setaffinity(0, {spec.get("lane", 0) % (os.cpu_count() or 1)})
     recipe = load_recipe(spec["recipe"])
     out = Path(spec["out"]) / f"{spec['name']}-{os.getpid()}-{time.monotonic_ns()}"
     over = {"train.steps": spec["steps"], "out_dir": str(out), "train.accelerator": "cpu"}
