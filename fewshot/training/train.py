@@ -35,6 +35,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from episodes.atomic import atomic_write_json, remove_stale_temps
 from episodes.data.volumes import Volume
@@ -120,6 +121,10 @@ class _FinalCheckpoint(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, SIGTERMException):
+            # Lightning's own SIGTERM handler also sees the signal, and its loop raises this (a SystemExit with
+            # status 0) at the end of a step when its check comes before _StopOnSignal's: the same stop as ours.
+            exception = Terminated()
         if isinstance(exception, KeyboardInterrupt):
             self.interrupt = exception
         if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1:

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from episodes.data.volumes import Volume
+from episodes.processes import Terminated
 from fewshot.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint, snapshot_path
 from fewshot.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 from fewshot.models import create_model
@@ -503,3 +504,23 @@ def test_evaluate_outputs_warnings_and_two_runs_in_one_out(
     finally:
         os.close(fd)
     assert main([*early, "--overwrite"]) == 0  # once the first is done
+
+
+def test_lightnings_own_sigterm_stop_is_reported_as_terminated(
+    volumes: list[Volume], tiny_config: Callable[..., ExperimentConfig], tmp_path: Path
+) -> None:
+    """A SIGTERM reaches Lightning's handler too, and Lightning's loop ends the step with ``SIGTERMException`` (a
+    ``SystemExit`` of status 0) when its check runs before ours: seen once as ``fewshot train`` exiting 0 after a
+    SIGTERM. ``train`` must treat it as the signal it is: ``Terminated`` (status 143) and ``last.ckpt`` saved at the
+    whole step it stopped after."""
+    from pytorch_lightning.callbacks import Callback
+
+    class LightningSawSigterm(Callback):  # type: ignore[misc]
+        def on_train_batch_start(self, trainer: Any, *_: Any) -> None:
+            if trainer.global_step == 2:
+                trainer._signal_connector.received_sigterm = True  # what Lightning's handler sets
+
+    cfg = tiny_config(tmp_path / "run", None, None, steps=6, ckpt_every=100)
+    with pytest.raises(Terminated):
+        train(cfg, volumes=volumes, callbacks=[LightningSawSigterm()])
+    assert int(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]) == 3
