@@ -322,3 +322,20 @@ def test_evaluate_against_non_square_reference_labels() -> None:
     assert c["tp"] + c["fn"] == 6 * 4 * 6  # 6 query slices, 4 organ voxels each, 2 x 3 reference voxels per voxel
     square = evaluate(_ChunkSeer(), plan, vols)
     assert r.dice["liver"] == pytest.approx(square.dice["liver"], abs=0.15)  # the same prediction, finer grid
+
+
+def test_an_intensity_prior_of_weight_one_half_changes_the_prediction() -> None:
+    """ct-cpu scores with an intensity prior of weight 0.5: with a margin small enough for it to bite, the prediction
+    is the thresholded margin plus half the veto (a survivor of the 2026-12-06 run applied the prior only above
+    weight 1, and the test above left the prediction all foreground at 0.5)."""
+    s_img = torch.zeros(1, 2, 3, 4, 4)
+    s_img[0, :, 1, :2] = 1.0
+    s_msk = torch.zeros(1, 2, 4, 4)
+    s_msk[0, :, :2] = 1.0
+    q = torch.zeros(2, 3, 4, 4)
+    q[:, 1, :, :2] = 1.0
+    q[:, 1, :, 2:] = torch.tensor([0.0, 0.5])
+    q[:, 0] = 0.1 - s_img.mean()  # _Ramp's margin is 0.1 everywhere before the prior
+    margin = q[:, 0] + s_img.mean() + 0.5 * intensity_veto(s_img[0, :, 1], s_msk[0], q[:, 1])
+    assert (margin > 0).any() and not (margin > 0).all()  # the prior decides some voxels
+    assert predict_query(_Ramp(), s_img, s_msk, q, intensity_prior=0.5).equal(margin > 0)
