@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from tests.fewshot.phantom_args import TINY
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -137,12 +139,6 @@ def test_training_cost_benchmark_on_the_phantom(tmp_path: Path) -> None:
     """Profile, bare loop and a variant on tiny phantom runs: the tables are written and the bare loop computed what
     Lightning computed (equal weights)."""
     bench = _load("bench_training_cost")
-    tiny = [
-        "--set", "data.loader_args={n_subjects: 6, shape: [12, 64, 64]}", "--set", "data.size=64",
-        "--set", "data.protocol.organs=[liver, spleen]", "--set", "data.superpixels.params={min_size: 50}",
-        "--set", "data.episodes.min_superpixel_pixels=20", "--set", "model.backbone.name=cbr-tiny",
-        "--set", "model.backbone.truncate=block2", "--set", "model.head.feature_dim=8", "--set", "train.num_workers=0",
-    ]  # fmt: skip
     argv = [
         "--recipes",
         "phantom",
@@ -154,7 +150,7 @@ def test_training_cost_benchmark_on_the_phantom(tmp_path: Path) -> None:
         "1",
         "--out",
         str(tmp_path),
-        *tiny,
+        *TINY,  # the CLI tests' tiny demo config
     ]
     threads = torch.get_num_threads()
     variants = ["--variant", "t2:threads=2,train.log_every=1", "--variant", "cc:compile=backbone"]

@@ -258,16 +258,21 @@ def test_evaluate_uses_each_slices_chunk_and_records_every_number() -> None:
     assert again.dice == r.dice and sorted(model.supports) == [1.0, 2.0, 3.0] and not model.training
 
 
+def _upsampled(vols: dict[str, Volume], rows: int, cols: int) -> dict[str, Volume]:
+    """Reference volumes: every voxel repeated ``rows`` x ``cols`` times in-plane (nearest-upsampled labels)."""
+    return {
+        s: v.with_arrays(v.image.repeat(rows, 1).repeat(cols, 2), v.label.repeat(rows, 1).repeat(cols, 2))  # type: ignore[union-attr]
+        for s, v in vols.items()
+    }
+
+
 def test_evaluate_against_reference_labels_and_errors() -> None:
     vols = _volumes()
     plan = Protocol("phantom", organs=("liver",), support_subject="s", chunks=3).build_plan(
         list(vols.values())
     )
     # reference at twice the resolution: nearest-upsampled labels; the logits are upsampled bilinearly
-    ref = {
-        s: v.with_arrays(v.image.repeat(2, 1).repeat(2, 2), v.label.repeat(2, 1).repeat(2, 2))  # type: ignore[union-attr]
-        for s, v in vols.items()
-    }
+    ref = _upsampled(vols, 2, 2)
     r = evaluate(_ChunkSeer(), plan, vols, reference=ref)
     assert r.extras["resolution"] == "reference labels"
     c = r.extras["counts"]
@@ -313,13 +318,11 @@ def test_evaluate_against_non_square_reference_labels() -> None:
     plan = Protocol("phantom", organs=("liver",), support_subject="s", chunks=3).build_plan(
         list(vols.values())
     )
-    ref = {
-        s: v.with_arrays(v.image.repeat(2, 1).repeat(3, 2), v.label.repeat(2, 1).repeat(3, 2))  # type: ignore[union-attr]
-        for s, v in vols.items()
-    }
+    ref = _upsampled(vols, 2, 3)
     r = evaluate(_ChunkSeer(), plan, vols, reference=ref)
     c = r.extras["counts"]
-    assert c["tp"] + c["fn"] == 6 * 4 * 6  # 6 query slices, 4 organ voxels each, 2 x 3 reference voxels per voxel
+    # 6 query slices, 4 organ voxels each, 2 x 3 reference voxels per voxel
+    assert c["tp"] + c["fn"] == 6 * 4 * 6
     square = evaluate(_ChunkSeer(), plan, vols)
     assert r.dice["liver"] == pytest.approx(square.dice["liver"], abs=0.15)  # the same prediction, finer grid
 
