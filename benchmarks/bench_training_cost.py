@@ -349,7 +349,10 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
     if not name or not body:
         raise argparse.ArgumentTypeError(f"--variant NAME:KEY=VALUE[,KEY=VALUE], got {text!r}")
     pairs = [item.partition("=") for item in body.split(",")]
-    return name, {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
+    over = {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
+    if over.get("compile", "model") not in ("model", "backbone"):
+        raise argparse.ArgumentTypeError(f"--variant {name}: compile must be model or backbone, got {over['compile']!r}")
+    return name, over
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,3 +169,16 @@ def test_training_cost_benchmark_on_the_phantom(tmp_path: Path) -> None:
     assert arms["bare"]["ms"]["framework"] == pytest.approx(0.0, abs=1.0) and arms["lightning"]["ckpt_ms"] > 0
     table = (tmp_path / "training_cost.md").read_text()
     assert "| demo_phantom | bare |" in table and "| demo_phantom | t2 |" in table and "GFLOP/step" in table
+
+
+def test_training_cost_benchmark_refuses_a_bad_variant_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("bench_training_cost")
+    for variant in ("nobody", "c:compile=everything"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--recipes", "phantom", "--variant", variant, "--out", str(tmp_path / "o")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: argument --variant" in err and err.count("error:") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
