@@ -190,12 +190,15 @@ def test_preprocess_keeps_labels_default_size_and_low_contrast_mr() -> None:
     assert np.isfinite(low.image).all() and low.image.std() == pytest.approx(1.0, rel=1e-5)
     low_win = preprocess(_vol(x / 1000.0), size=None, stats_window=(slice(0, 5), slice(0, 5)))
     assert np.isfinite(low_win.image).all()  # a statistics window of std 0.04 is not constant either
-    rows, cols = slice(0, 3), slice(4, 12)  # 3 rows, 8 columns: [cols, cols] or [rows, rows] read other voxels
+    # 3 rows, 8 columns: [cols, cols] or [rows, rows] read other voxels
+    rows, cols = slice(0, 3), slice(4, 12)
     win = preprocess(_vol(x), size=None, stats_window=(rows, cols))
     ref = x[:, rows, cols].astype(np.float64)
     top = np.percentile(ref, 99.5)
     clipped = np.minimum(ref, top)
-    np.testing.assert_allclose(win.image, (np.minimum(x, top) - clipped.mean()) / clipped.std(), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(
+        win.image, (np.minimum(x, top) - clipped.mean()) / clipped.std(), rtol=0, atol=2e-5
+    )
 
 
 def test_resizing_drops_the_file_geometry_and_odd_crops_shift_by_whole_pixels(tmp_path: Path) -> None:
@@ -232,3 +235,25 @@ def test_a_bad_affine_names_the_file() -> None:
     bad[0, 0] = np.nan
     with pytest.raises(VolumeError, match=r"^scans/a\.nii\.gz: the affine is not a finite 4x4 matrix"):
         to_canonical(np.zeros((2, 2, 2), np.float32), bad, (1.0, 1.0, 1.0), "scans/a.nii.gz")
+
+
+def test_resampling_onto_a_grid_that_already_fits_returns_the_volume() -> None:
+    """When the scan already has ``size x size`` pixels of ``spacing`` mm, the same volume comes back; a square
+    scan of the right size but another pixel size is still resampled. Kills ``_resample_volume__mutmut_8``
+    (``scaled != source == (size, size)``): checked by hand, fails on the mutant, passes on main."""
+    v = _vol(np.arange(16, dtype=np.float32).reshape(1, 4, 4), spacing=(1.0, 1.0, 1.0))
+    assert resize_volume(v, 4, spacing=1.0) is v
+    coarse = resize_volume(v, 4, spacing=2.0)  # scaled (2, 2), padded to 4 x 4
+    assert coarse is not v and coarse.spacing == (1.0, 2.0, 2.0)
+    # bilinear halving: means of 2 x 2 blocks (2.5, 4.5, 10.5, 12.5) in the centre, the minimum 0 around them
+    np.testing.assert_allclose(coarse.image[0, 1:3, 1:3], [[2.5, 4.5], [10.5, 12.5]])
+    assert coarse.image[0, 0].tolist() == [0.0] * 4
+
+
+def test_unit_slices_resize_without_aligned_corners() -> None:
+    """A ramp 0, 1/3, 2/3, 1 halved to 2 pixels gives the means of pixel pairs, 1/6 and 5/6
+    (``align_corners=False``), not the end pixels 0 and 1. Kills ``unit_slices__mutmut_35``: checked by hand,
+    fails on the mutant, passes on main."""
+    ramp = np.tile(np.arange(4, dtype=np.float32), (1, 4, 1))  # every row 0, 1, 2, 3
+    out = unit_slices([_vol(ramp)], size=2)
+    np.testing.assert_allclose(out[0], [[1 / 6, 5 / 6], [1 / 6, 5 / 6]], rtol=0, atol=1e-6)

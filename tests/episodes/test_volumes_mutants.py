@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from episodes.data.geometry import (
     InPlaneGrid,
@@ -24,9 +25,11 @@ from episodes.data.volumes import (
     VolumeError,
     check_label_values,
     load_nifti_pair,
+    numeric_key,
     read_mask_like,
     read_nifti,
     read_nifti_canonical,
+    read_png,
     save_nifti,
 )
 
@@ -256,3 +259,71 @@ def test_geometry_checks_and_grid_offsets() -> None:
         half.invert(m)[0].tolist()
         == [[False, False, True, True], [False, False, True, True]] + [[False] * 4] * 2
     )
+
+
+def test_a_loaded_scan_names_its_file(tmp_path: Path) -> None:
+    """``Volume.source`` is the image file's path, with or without a label (the superpixel cache keys on that
+    file's SHA-256). Kills ``load_nifti_pair__mutmut_14``, ``__mutmut_24`` (``None``) and ``__mutmut_26``
+    (``"None"``): checked by hand, fail on the mutants, pass on main."""
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    image = _save(tmp_path / "img.nii.gz", np.zeros((2, 2, 2), np.float32), las)
+    label = _save(tmp_path / "lab.nii.gz", np.ones((2, 2, 2), np.int16), las)
+    alone = load_nifti_pair(image, None, subject="s", modality="MR", label_map=CHAOS_MR)
+    assert alone.source == str(image)
+    paired = load_nifti_pair(str(image), label, subject="s", modality="MR", label_map=CHAOS_MR)
+    assert paired.source == str(image) and paired.label is not None and paired.label.all()
+
+
+def test_numeric_key_sorts_numbers_first_then_names() -> None:
+    """Numeric ids in numeric order, then the other ids by name. Kills ``numeric_key__mutmut_2`` (``int("b")``
+    raises) and ``__mutmut_4`` (names keyed 0 sort first): checked by hand, fail on the mutants, pass on main."""
+    assert sorted(["b", "10", "a", "2"], key=numeric_key) == ["2", "10", "a", "b"]
+    assert numeric_key("7") == (7, "7") and numeric_key("s01") == (1 << 30, "s01")
+
+
+def test_read_png_greys_an_rgb_slice(tmp_path: Path) -> None:
+    """An RGB PNG comes back as one 2D greyscale array (ITU-R 601 luma, as Pillow's ``L``: red 76, green 150,
+    blue 29, grey unchanged). Kills ``read_png__mutmut_3``, ``__mutmut_5`` (RGB kept, 3D), ``__mutmut_6`` and
+    ``__mutmut_7`` (an unknown mode: ``ValueError``) and ``__mutmut_8``: checked by hand, fail on the mutants,
+    pass on main."""
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [100, 100, 100]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    got = read_png(tmp_path / "rgb.png")
+    assert got.dtype == np.uint8 and got.tolist() == [[76, 150], [29, 100]]
+
+
+def test_read_png_keeps_16_and_32_bit_slices(tmp_path: Path) -> None:
+    """16-bit (``I;16``) and 32-bit integer (``I``) slices are read as stored, not cut to 8 bits (which would
+    clip 1000 and 40000 to 255). The installed Pillow opens 16-bit PNGs as ``I;16`` (older releases as ``I``)
+    and cannot write an ``I`` PNG, so an int32 TIFF, read through the same call, gives the ``I`` mode. Kills
+    ``read_png__mutmut_4``, ``__mutmut_8``, ``__mutmut_13``, ``__mutmut_14`` (16-bit) and ``__mutmut_11``,
+    ``__mutmut_12`` (``I``): checked by hand, fail on the mutants, pass on main. ``__mutmut_9`` (``"L"`` dropped)
+    is equivalent: converting an ``L`` image to ``L`` returns a copy, the same array."""
+    Image.fromarray(np.array([[1000, 40000], [0, 255]], np.uint16)).save(tmp_path / "u16.png")
+    got = read_png(tmp_path / "u16.png")
+    assert got.dtype == np.uint16 and got.tolist() == [[1000, 40000], [0, 255]]
+    Image.fromarray(np.array([[1000, -5, 70000]], np.int32)).save(tmp_path / "i32.tif")
+    got = read_png(tmp_path / "i32.tif")
+    assert got.dtype == np.int32 and got.tolist() == [[1000, -5, 70000]]
+    Image.fromarray(np.array([[0, 7, 255]], np.uint8)).save(tmp_path / "l.png")
+    assert read_png(tmp_path / "l.png").tolist() == [[0, 7, 255]]
+
+
+def test_volume_refuses_a_non_numeric_image() -> None:
+    """An image of digit strings is refused, not cast to float. Kills ``Volume.__post_init____mutmut_8``
+    (``np.issubdtype(None, ...)`` is always true): checked by hand, fails on the mutant, passes on main."""
+    with pytest.raises(VolumeError, match=r"^subject s: image dtype <U1 is not numeric"):
+        Volume(np.array([[["1", "2"]]]), None, (1, 1, 1), "s", "MR", CHAOS_MR)
+
+
+def test_volume_stores_the_affine_as_a_float64_array() -> None:
+    """An affine given as a list or a float32 array is stored as a float64 ndarray. Kills
+    ``Volume.__post_init____mutmut_83`` and ``__mutmut_84`` (the converted affine set on a misspelt attribute):
+    checked by hand, fail on the mutants, pass on main."""
+    rows = [[2.0, 0, 0, 1], [0, 3.0, 0, 2], [0, 0, 4.0, 3], [0, 0, 0, 1]]
+    from_list = Volume(np.zeros((1, 1, 1)), None, (1, 1, 1), "s", "MR", CHAOS_MR, affine=rows)  # type: ignore[arg-type]
+    assert isinstance(from_list.affine, np.ndarray) and from_list.affine.dtype == np.float64
+    np.testing.assert_array_equal(from_list.affine, np.array(rows))
+    f32 = np.array(rows, np.float32)
+    from_f32 = Volume(np.zeros((1, 1, 1)), None, (1, 1, 1), "s", "MR", CHAOS_MR, affine=f32)
+    assert from_f32.affine.dtype == np.float64 and from_f32.affine is not f32
