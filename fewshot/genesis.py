@@ -66,6 +66,7 @@ __all__ = [
     "outer_cutout",
     "pretrain_genesis",
     "run_pretrain_genesis",
+    "slices_sha256",
     "sorted_samples",
 ]
 
@@ -355,8 +356,13 @@ def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.nd
         raise ValueError(f"expected images of shape (N, H, W) with N >= 1, got {arr.shape}")
     _check_range(arr)
     data = np.ascontiguousarray(arr, dtype=np.float32)
-    digest = hashlib.sha256(data.tobytes()).hexdigest()
+    digest = slices_sha256(data)
     return (lambda rng: data[int(rng.integers(len(data)))]), digest
+
+
+def slices_sha256(images: np.ndarray) -> str:
+    """The ``data_sha256`` a weights file records: SHA-256 of the slices as C-ordered float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
 
 
 def pretrain_genesis(

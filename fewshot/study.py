@@ -70,14 +70,20 @@ def fold_genesis_weights(
     The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``); ``bf16``: under
     bfloat16 autocast (:func:`fewshot.genesis.pretrain_genesis`).
 
-    An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume.
+    An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume, but only when its
+    metadata show these settings and these training slices; a file pretrained otherwise (other steps, seed,
+    ``bf16``, backbone, or other scans) raises a ``ValueError`` naming what differs, instead of being reused.
     """
-    from fewshot.genesis import run_pretrain_genesis
+    from fewshot.genesis import run_pretrain_genesis, slices_sha256
 
-    if out.is_file():
-        return str(out), None
     _, train_raw, _ = split_volumes(cfg.data.protocol, volumes)
     images = unit_slices(train_raw, cfg.data.size)
+    if out.is_file():
+        backbone = cfg.model.backbone
+        wanted = {"backbone": backbone.name, "in_channels": backbone.in_channels, "truncate": backbone.truncate,
+                  "steps": steps, "seed": cfg.train_seed, "bf16": bf16, "data_sha256": slices_sha256(images)}
+        _check_pretrained(out, wanted)
+        return str(out), None
     result = run_pretrain_genesis(
         images,
         backbone=cfg.model.backbone.name,
@@ -91,6 +97,25 @@ def fold_genesis_weights(
         bf16=bf16,
     )
     return str(out), result
+
+
+def _check_pretrained(path: Path, wanted: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` when the weights file at ``path`` was not pretrained with ``wanted`` (its metadata)."""
+    from fewshot.backbones.inits.files import load_weights_file
+
+    _, meta = load_weights_file(path, advice="delete it to pretrain again")
+    meta = meta or {}
+    got = {**meta, "bf16": bool(meta.get("bf16", False))}
+    differ = [
+        f"{k} {got.get(k)!r} (this run: {v!r})" if k != "data_sha256" else "other training slices"
+        for k, v in wanted.items()
+        if got.get(k) != v
+    ]
+    if differ:
+        raise ValueError(
+            f"{path}: these Models Genesis weights were pretrained with {', '.join(differ)}; they are not reused. "
+            "Delete the file to pretrain again with this run's settings, or write the run to another folder"
+        )
 
 
 #: Init schemes whose weights file the study can make itself from the fold's training scans (no labels).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import torch
 from episodes.data.datasets import load_dataset
 from episodes.data.volumes import save_nifti
 from fewshot.cli import main
+from fewshot.config import load_config
+from fewshot.configs import config_path
 from fewshot.evaluation import run_evaluation
 from fewshot.recipes import BundleError, fit, load_bundle, load_recipe
 from fewshot.recipes.bundle import MANIFEST
@@ -236,3 +239,31 @@ def test_an_interrupted_fit_resumes_when_run_again(tmp_path: Path) -> None:
     record = json.loads((out / "members" / "seed0" / "train_result.json").read_text())
     assert record["resumed_from"] and record["steps"] == 40 and record["steps_run"] < 40
     assert [m.steps for m in load_bundle(out).members] == [40, 40]
+
+
+def test_genesis_weights_pretrained_otherwise_are_not_reused(tmp_path: Path) -> None:
+    """A fold's ``genesis.pt`` is reused only when its metadata show the run's settings and training slices: the
+    same call returns it untouched, while other steps, ``bf16``, seed or scans raise an error naming what differs
+    (the file used to be reused whatever it was pretrained with)."""
+    from fewshot.pipeline import load_volumes
+    from fewshot.study import fold_genesis_weights
+
+    cfg = load_config(config_path("demo_phantom"), {**FAST, "data.loader_args": {"n_subjects": 6, "shape": [12, 48, 48]}, "data.size": 32})
+    vols = load_volumes(cfg.data)
+    out = tmp_path / "genesis.pt"
+    path, result = fold_genesis_weights(cfg, vols, 2, out)
+    assert path == str(out) and result is not None and len(result.losses) == 2
+    before = out.read_bytes()
+    assert fold_genesis_weights(cfg, vols, 2, out) == (str(out), None) and out.read_bytes() == before
+    for steps, bf16, over, needle in (
+        (3, False, {}, "steps 2 (this run: 3)"),
+        (2, True, {}, "bf16 False (this run: True)"),
+        (2, False, {"seed": 7}, f"seed {cfg.train_seed} (this run: {cfg.train_seed + 7})"),
+    ):
+        other = load_config(config_path("demo_phantom"), {**FAST, "data.loader_args": dict(cfg.data.loader_args), "data.size": 32, **over})
+        with pytest.raises(ValueError, match=re.escape(needle)) as err:
+            fold_genesis_weights(other, vols, steps, out, bf16=bf16)
+        assert "Delete the file" in str(err.value)
+    with pytest.raises(ValueError, match="other training slices"):
+        fold_genesis_weights(cfg, [v.with_arrays(v.image * 0.5, v.label) for v in vols], 2, out)
+    assert out.read_bytes() == before
