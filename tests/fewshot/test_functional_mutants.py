@@ -348,6 +348,25 @@ def _pool(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     return out
 
 
+def _sam_reference(q: torch.Tensor, sf: torch.Tensor, sm: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Support activation map ``(h, w)`` float64 of one episode (``q (C,h,w)``, ``sf (K,C,h,w)``, ``sm (K,h,w)``)
+    for one ``kh x kw`` window: the best cosine (norms clamped at 1e-4) of each pooled query region with the
+    pooled support regions holding foreground, min-max normalised per shot, averaged over the shots."""
+    _, h, w = q.shape
+    maps = []
+    for j in range(sf.shape[0]):
+        m = sm[j][None]
+        qp, sp, mp = _pool(q, kh, kw), _pool(sf[j] * m, kh, kw), _pool(m, kh, kw)[0]
+        best = torch.zeros(h, w, dtype=torch.float64)
+        if (mp > 1e-6).any():  # cos of each query region with each support region holding foreground
+            qv = qp.flatten(1) / qp.flatten(1).norm(dim=0).clamp_min(1e-4)
+            sv = sp.flatten(1)[:, mp.flatten() > 1e-6]
+            sv = sv / sv.norm(dim=0).clamp_min(1e-4)
+            best = (sv.T @ qv).max(dim=0).values.view(h, w)
+        maps.append((best - best.min()) / (best.max() - best.min() + 1e-7))
+    return torch.stack(maps).mean(0)
+
+
 def test_support_activation_against_a_loop() -> None:
     q, sf, sm = _episode(n=2, k=2, c=3, h=4, w=5, seed=11)
     sm[1, 1] = 0.0  # an empty shot: a zero map
@@ -356,18 +375,8 @@ def test_support_activation_against_a_loop() -> None:
     assert out.shape == (2, 2, 4, 5)
     for i in range(2):
         for wi, (kh, kw) in enumerate(windows):
-            maps = []
-            for j in range(2):
-                m = sm[i, j][None]
-                qp, sp, mp = _pool(q[i], kh, kw), _pool(sf[i, j] * m, kh, kw), _pool(m, kh, kw)[0]
-                best = torch.zeros(4, 5, dtype=torch.float64)
-                if (mp > 1e-6).any():  # cos of each query region with each support region holding foreground
-                    qv = qp.flatten(1) / qp.flatten(1).norm(dim=0).clamp_min(1e-4)
-                    sv = sp.flatten(1)[:, mp.flatten() > 1e-6]
-                    sv = sv / sv.norm(dim=0).clamp_min(1e-4)
-                    best = (sv.T @ qv).max(dim=0).values.view(4, 5)
-                maps.append((best - best.min()) / (best.max() - best.min() + 1e-7))
-            torch.testing.assert_close(out[i, wi], torch.stack(maps).mean(0).float(), rtol=1e-4, atol=1e-5)
+            ref = _sam_reference(q[i], sf[i], sm[i], kh, kw).float()
+            torch.testing.assert_close(out[i, wi], ref, rtol=1e-4, atol=1e-5)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     default = HF.support_activation(q, sf, sm)
     assert default.shape == (2, 3, 4, 5)
@@ -407,3 +416,158 @@ def test_mask_boxes_and_dynamic_kernels() -> None:
     assert math.isclose(
         float(HF.dynamic_kernels(f, sm)[0].sum()), float(HF.dynamic_kernels(f, sm, eps=1e-6)[0].sum())
     )
+
+
+# ---------------------------------------------------------------------------------- edge cases (second pass)
+
+
+def test_resize_masks_antialiases_a_height_shrink_to_a_non_square_size() -> None:
+    """(4, 4) -> (2, 4): only the height shrinks, and it is not larger than the target width.
+
+    Kills `resize_masks__mutmut_15` (`masks.shape[-2] > size[1]`: no anti-aliasing, rows 0.5 and 2.5
+    point-sampled to [0, 1]): checked by hand, fails on the mutant, passes on main.
+    """
+    m = torch.tensor([0.0, 0.0, 1.0, 1.0])[None, :, None].expand(1, 4, 4)
+    # triangle filter of width 2: weights 1/8, 3/8, 3/8, 1/8 on rows -1..2 and 1..4, the row outside the image
+    # dropped and the other three renormalised by 7/8
+    expected = torch.tensor([1 / 7, 6 / 7])[None, :, None].expand(1, 2, 4)
+    torch.testing.assert_close(HF.resize_masks(m, (2, 4)), expected)
+
+
+def test_a_map_exactly_one_window_high_or_wide_has_cells() -> None:
+    """A 2 x 4 (and a 4 x 2) map with ``window=2`` has two cells, not none.
+
+    Kills `adaptive_local_prototypes__mutmut_19` (`h > window`) and `adaptive_local_prototypes__mutmut_20`
+    (`w > window`): checked by hand, each fails on its mutant, passes on main.
+    """
+    f = _rand(1, 3, 2, 4)
+    mask = torch.zeros(1, 2, 4)
+    mask[0, :, :2] = 1.0  # the first cell is all foreground, the second empty
+    expected = torch.stack(
+        [f[0, :, :, :2].mean((1, 2)), f[0, :, :, 2:].mean((1, 2)), _map(f[0], mask[0]).float()]
+    )
+    for feats, m in ((f, mask), (f.transpose(2, 3), mask.transpose(1, 2))):
+        protos, valid = HF.adaptive_local_prototypes(feats, m, 2)
+        assert valid.tolist() == [[True, False, True]]
+        torch.testing.assert_close(protos[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_map_smaller_than_the_window_falls_back_to_the_global_background_prototype() -> None:
+    """No cell and ``add_global=False`` (ALPNet's background): the global prototype is the only, valid, one.
+
+    Kills `adaptive_local_prototypes__mutmut_56` (`local_valid = torch.zeros(0, ...)`: `local_valid.any(dim=1)`
+    raises IndexError): checked by hand, fails on the mutant, passes on main.
+    """
+    f = _rand(2, 3, 2, 3)
+    mask = (_rand(2, 2, 3, seed=1) > 0).float()
+    protos, valid = HF.adaptive_local_prototypes(f, 1.0 - mask, 4, add_global=False)
+    assert valid.tolist() == [[True], [True]]
+    ref = torch.stack([_map(f[i], 1.0 - mask[i]) for i in range(2)]).float()
+    torch.testing.assert_close(protos[:, 0], ref, rtol=1e-6, atol=1e-6)
+    q, sf, sm = _episode(n=2, k=2, h=2, w=3, seed=3)  # window 4 > map: global prototypes only
+    ref = torch.stack([_alp_reference(q[i], sf[i], sm[i], 4, 0.95, 20.0) for i in range(2)]).float()
+    torch.testing.assert_close(HF.alp_segment(q, sf, sm, window=4), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_alp_scores_refuses_a_batch_where_one_row_has_no_valid_prototype() -> None:
+    """Kills `alp_scores__mutmut_19` (`valid.any(dim=None)`: only an all-invalid batch refused):
+    checked by hand, fails on the mutant, passes on main."""
+    q, protos = _rand(2, 3, 2, 2), _rand(2, 2, 3, seed=1)
+    with pytest.raises(ValueError, match="every sample needs at least one valid prototype"):
+        HF.alp_scores(q, protos, torch.tensor([[True, False], [False, False]]))
+
+
+def test_decision_window_uses_the_threshold_given() -> None:
+    """A 2 x 2 cell of mask mean 0.75 passes ``threshold=0.5`` (decision and cell): local cells + global.
+
+    Kills `alp_segment__mutmut_113` (the decision at the default 0.95: global prototype only): checked by
+    hand, fails on the mutant, passes on main.
+    """
+    q, sf, sm = _episode(n=1, k=1, h=4, w=4, seed=13)
+    sm[:] = 0.0
+    sm[0, 0, :2, :2] = 1.0
+    sm[0, 0, 1, 1] = 0.0
+    ref = _alp_reference(q[0], sf[0], sm[0], 2, 0.5, 20.0)[None].float()
+    out = HF.alp_segment(q, sf, sm, window=2, threshold=0.5, decision_window=2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_decision_window_of_one_is_valid() -> None:
+    """``window=1``: some pixel reaches the threshold.
+
+    Kills `local_prototype_decision__mutmut_2` (`window <= 1`), `local_prototype_decision__mutmut_3`
+    (`window < 2`), `alp_segment__mutmut_14` (`decision_window <= 1`) and `alp_segment__mutmut_15`
+    (`decision_window < 2`): all refuse 1; checked by hand, each fails on its mutant, passes on main.
+    """
+    mask = torch.tensor([[[0.2, 0.96], [0.0, 0.5]], [[0.2, 0.9], [0.0, 0.5]]])
+    assert HF.local_prototype_decision(mask, 1).tolist() == [True, False]
+    assert HF.local_prototype_decision(mask, 1, threshold=0.9).tolist() == [True, True]
+    q, sf, sm = _episode(n=2, k=2, h=4, w=4, seed=15)  # binary masks, none empty: the decision passes
+    ref = torch.stack([_alp_reference(q[i], sf[i], sm[i], 2, 0.95, 20.0) for i in range(2)]).float()
+    torch.testing.assert_close(
+        HF.alp_segment(q, sf, sm, window=2, decision_window=1), ref, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_score_fusion_passes_the_scale_to_every_shot() -> None:
+    """``fusion="scores"`` with K = 2 and a scale other than 20, against per-shot loops.
+
+    Kills `panet_segment__mutmut_33`, `anomaly_segment__mutmut_47` and `alp_segment__mutmut_56` (the
+    per-shot call drops ``scale``): checked by hand, each fails on its mutant, passes on main.
+    """
+    q, sf, sm = _episode(seed=17)
+    n, k, scale = 2, 2, 7.0
+    t = torch.tensor([1.5, -3.0])
+    panet, anomaly, alp = [], [], []
+    for i in range(n):
+        fg = [_map(sf[i, j], sm[i, j]) for j in range(k)]
+        bg = [_map(sf[i, j], 1 - sm[i, j]) for j in range(k)]
+        panet.append(torch.stack([_cos_map(q[i], [bg[j], fg[j]], scale) for j in range(k)]).mean(0))
+        fg_logit = torch.stack(
+            [0.5 * (_cos_map(q[i], [fg[j]], scale)[0] + float(t[i])) for j in range(k)]
+        ).mean(0)
+        anomaly.append(torch.stack([torch.zeros_like(fg_logit), fg_logit]))
+        shots = [_alp_reference(q[i], sf[i, j : j + 1], sm[i, j : j + 1], 2, 0.95, scale) for j in range(k)]
+        alp.append(torch.stack(shots).mean(0))
+    out = HF.panet_segment(q, sf, sm, scale=scale, fusion="scores")
+    torch.testing.assert_close(out, torch.stack(panet).float(), rtol=1e-5, atol=1e-5)
+    out = HF.anomaly_segment(q, sf, sm, t, scale=scale, fusion="scores")
+    torch.testing.assert_close(out, torch.stack(anomaly).float(), rtol=1e-5, atol=1e-5)
+    out = HF.alp_segment(q, sf, sm, window=2, scale=scale, fusion="scores")
+    torch.testing.assert_close(out, torch.stack(alp).float(), rtol=1e-5, atol=1e-5)
+
+
+def test_even_kernel_sizes_are_refused_in_either_dimension() -> None:
+    """Kills `dynamic_depthwise_conv__mutmut_9` (`kh / 2 == 0`: an even height passes the check, then fails
+    in ``view`` with a RuntimeError) and `dynamic_kernels__mutmut_43` (`kw / 2 == 0`: an even width gives a
+    kernel): checked by hand, each fails on its mutant, passes on main."""
+    with pytest.raises(ValueError, match=r"kernel sizes must be odd, got \(4, 3\)"):
+        HF.dynamic_depthwise_conv(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 3))
+    with pytest.raises(ValueError, match=r"kernel sizes must be odd, got \(3, 4\)"):
+        HF.dynamic_kernels(_rand(1, 1, 2, 4, 4), torch.ones(1, 1, 4, 4), sizes=((3, 4),))
+
+
+def test_support_activation_averages_only_in_image_pixels() -> None:
+    """Query features of size 1e-6, below the norm clamp 1e-4: there the cosine is proportional to the pooled
+    norm, so counting the zero padding at the border (a per-pixel factor, which the cosine otherwise cancels)
+    changes the map.
+
+    Kills `support_activation__mutmut_48` (``count_include_pad`` dropped: default True) and
+    `support_activation__mutmut_54` (``count_include_pad=True``): checked by hand, each fails on its mutant,
+    passes on main.
+    """
+    q, sf, sm = _episode(n=1, k=2, c=3, h=4, w=5, seed=19)
+    q = q * 1e-6
+    out = HF.support_activation(q, sf, sm, windows=((3, 3),))
+    torch.testing.assert_close(
+        out[0, 0], _sam_reference(q[0], sf[0], sm[0], 3, 3).float(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_mask_boxes_of_a_foreground_in_the_first_row_or_column() -> None:
+    """Kills `_mask_boxes__mutmut_48` (rows without foreground filled with +1.0 before the max: a foreground
+    in row 0 only would end at y2 = 2): checked by hand, fails on the mutant, passes on main."""
+    m = torch.zeros(2, 3, 4)
+    m[0, 0, 1:3] = 1.0  # row 0 only
+    m[1, :, 0] = 1.0  # column 0 only
+    assert HF._mask_boxes(m).tolist() == [[1.0, 0.0, 3.0, 1.0], [0.0, 0.0, 1.0, 3.0]]
