@@ -31,9 +31,11 @@ The metadata carry ``format``, ``backbone``, the training settings, the library 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,7 @@ from fewshot.backbones.staged import StagedBackbone
 from fewshot.backbones.weights import WeightsRecord
 
 __all__ = [
+    "OBJECTIVES",
     "GenesisConfig",
     "GenesisDecoder",
     "GenesisModel",
@@ -62,8 +65,10 @@ __all__ = [
     "genesis_pair",
     "inner_cutout",
     "local_pixel_shuffle",
+    "masked_pair",
     "nonlinear_transform",
     "outer_cutout",
+    "partial_path",
     "pretrain_genesis",
     "run_pretrain_genesis",
     "slices_sha256",
@@ -254,6 +259,35 @@ def genesis_pair(
     return x.astype(np.float32), y.astype(np.float32)
 
 
+def masked_pair(
+    image01: np.ndarray, rng: np.random.Generator, patch: int = 16, ratio: float = 0.6, flip_rate: float = 0.4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One masked-image-modelling pair (SimMIM, Xie et al., CVPR 2022) from an ``(H, W)`` image in [0, 1].
+
+    The image is flipped as :func:`flip_pair` does, cut into ``patch x patch`` squares (the last row/column may be
+    smaller), and ``round(ratio * n_patches)`` of them (at least one) are replaced by the image's mean. Returns
+    ``(masked, target, weight)``, all ``(H, W)`` float32; ``weight`` is 1 on the masked pixels, where SimMIM's L1 loss
+    is taken. SimMIM swaps masked patch embeddings for a learned token; a CNN sees pixels, so the patches get a
+    constant instead: the mean, not 0, which in MR is the background.
+    """
+    y = _check_image(image01)
+    if patch < 1 or not 0.0 < ratio < 1.0:
+        raise ValueError(f"patch must be >= 1 and ratio in (0, 1), got patch={patch}, ratio={ratio}")
+    _, y = flip_pair(y.copy(), y, rng, flip_rate)
+    h, w = y.shape
+    gh, gw = -(-h // patch), -(-w // patch)
+    n = max(1, round(ratio * gh * gw))
+    cells = np.zeros(gh * gw, dtype=bool)
+    cells[rng.choice(gh * gw, size=n, replace=False)] = True
+    weight = np.repeat(np.repeat(cells.reshape(gh, gw), patch, 0), patch, 1)[:h, :w].astype(np.float32)
+    x = np.where(weight > 0, np.float32(y.mean()), y).astype(np.float32)
+    return x, y, weight
+
+
+#: Pretraining objectives of :func:`pretrain_genesis`: Models Genesis restoration, or masked image modelling.
+OBJECTIVES = ("genesis", "mim")
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -310,10 +344,17 @@ class GenesisModel(nn.Module):
 
 @dataclass(frozen=True)
 class GenesisResult:
-    """Loss per step and the written encoder file."""
+    """Loss per step (from step 1, also those run before a resume) and the encoder file.
+
+    ``finished``: False when a time limit stopped the run first; its state is then in ``partial`` (``out`` is
+    not written yet) and the same call resumes it. ``resumed_from``: the step a resumed run started at (0: none).
+    """
 
     losses: list[float] = field(default_factory=list)
     out: Path = Path()
+    finished: bool = True
+    resumed_from: int = 0
+    partial: Path | None = None
 
     def loss_drop(self) -> tuple[float, float]:
         """Mean restoration loss over the first and the last ``k = clip(n // 5, 1, 10)`` steps."""
@@ -365,6 +406,24 @@ def slices_sha256(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
 
 
+def partial_path(out: str | Path) -> Path:
+    """Where :func:`pretrain_genesis` keeps an unfinished run of ``out`` (``<out>.partial``)."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _batch(
+    draw: Callable[[np.random.Generator], np.ndarray], rng: np.random.Generator, batch_size: int, objective: str,
+    config: GenesisConfig, mask_patch: int, mask_ratio: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(inputs, targets, weights)`` ``(B, H, W)`` of one step; ``weights`` only for ``mim``."""
+    if objective == "genesis":
+        pairs = [genesis_pair(draw(rng), rng, config) for _ in range(batch_size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), None
+    triples = [masked_pair(draw(rng), rng, mask_patch, mask_ratio, config.flip_rate) for _ in range(batch_size)]
+    return tuple(np.stack([t[i] for t in triples]) for i in range(3))  # type: ignore[return-value]
+
+
 def pretrain_genesis(
     slices: ImageSource,
     backbone: str,
@@ -379,8 +438,13 @@ def pretrain_genesis(
     truncate: str | None = None,
     output_stride: int | None = None,
     bf16: bool = False,
+    objective: str = "genesis",
+    mask_patch: int = 16,
+    mask_ratio: float = 0.6,
+    checkpoint_every: int = 200,
+    time_limit_s: float | None = None,
 ) -> GenesisResult:
-    """Pretrain ``backbone`` by Models Genesis restoration and save its encoder weights.
+    """Pretrain ``backbone`` by Models Genesis restoration (or masked image modelling) and save its encoder weights.
 
     Args:
         slices: ``(N, H, W)`` array or iterable of same-shape ``(H, W)`` arrays in [0, 1], or a
@@ -400,14 +464,35 @@ def pretrain_genesis(
         bf16: run the model under bfloat16 autocast (the loss in float32), as ``train.precision: bf16-mixed``
             trains; about 2x faster on a CPU with AVX512-BF16 or AMX (docs/performance.md), other digits than the
             default float32.
+        objective: ``"genesis"`` (restore the Genesis-corrupted image, MSE over every pixel) or ``"mim"`` (restore
+            masked patches, :func:`masked_pair`; L1 over the masked pixels, as SimMIM).
+        mask_patch, mask_ratio: ``mim`` only: patch side in pixels and the fraction of patches masked.
+        checkpoint_every: every this many steps the whole state (weights, optimiser, sampler, losses) is written to
+            :func:`partial_path` (atomically), and once more when ``time_limit_s`` stops the run. A run called
+            again with the same arguments and slices resumes from it and ends with the same weights as one
+            uninterrupted run; a partial file of other settings raises ``ValueError``. Removed once ``out`` is written.
+        time_limit_s: stop after the first step that ends past this many seconds of this call, keep the partial file
+            and return ``finished=False`` (for runs longer than a session).
 
     Returns:
-        :class:`GenesisResult` with the per-step MSE losses and ``out``.
+        :class:`GenesisResult` with the per-step losses and ``out``.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if steps < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(
+            f"steps, batch_size and checkpoint_every must be >= 1, got {steps}, {batch_size}, {checkpoint_every}"
+        )
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    t_start = time.perf_counter()
     out = Path(out)
+    partial = partial_path(out)
     draw, data_sha256 = _sampler(slices)
+    settings = {
+        "backbone": backbone, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "in_channels": in_channels, "truncate": truncate, "output_stride": output_stride, "bf16": bf16,
+        "objective": objective, "config": dataclasses.asdict(config), "data_sha256": data_sha256,
+        **({"mask_patch": mask_patch, "mask_ratio": mask_ratio} if objective == "mim" else {}),
+    }
     rng = np.random.default_rng(seed)
     encoder = create_backbone(
         backbone, init="random", in_channels=in_channels, seed=seed, truncate=truncate, output_stride=output_stride
@@ -417,23 +502,61 @@ def pretrain_genesis(
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
-    for step in range(steps):
-        pairs = [genesis_pair(draw(rng), rng, config) for _ in range(batch_size)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].repeat(1, in_channels, 1, 1)
-        y = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].repeat(1, in_channels, 1, 1)
-        x, y = x.to(device), y.to(device)
+    if partial.is_file():
+        state = torch.load(partial, map_location=device, weights_only=True)
+        if state.get("settings") != settings:
+            theirs = state.get("settings") or {}
+            differ = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
+            raise ValueError(
+                f"{partial}: an unfinished pretraining with other settings ({', '.join(differ)}); delete it to start "
+                "this one, or write this one to another file"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        losses = [float(v) for v in state["losses"]]
+        logger.info("%s %s: resuming %s at step %d/%d", objective, backbone, partial, len(losses), steps)
+    resumed_from = len(losses)
+
+    def save_partial() -> None:
+        blob = {"settings": settings, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": rng.bit_generator.state, "losses": losses}
+        with atomic_writer(partial, "wb") as fh:
+            torch.save(blob, fh)
+
+    for step in range(resumed_from, steps):
+        x_np, y_np, w_np = _batch(draw, rng, batch_size, objective, config, mask_patch, mask_ratio)
+        x = torch.from_numpy(x_np)[:, None].repeat(1, in_channels, 1, 1).to(device)
+        y = torch.from_numpy(y_np)[:, None].repeat(1, in_channels, 1, 1).to(device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             restored = model(x)
-        loss = F.mse_loss(restored.float(), y)
+        if w_np is None:
+            loss = F.mse_loss(restored.float(), y)
+        else:  # L1 over the masked pixels (every channel)
+            w = torch.from_numpy(w_np)[:, None].to(device)
+            loss = ((restored.float() - y).abs() * w).sum() / (w.sum() * in_channels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         if step % 50 == 0 or step == steps - 1:
-            logger.info("genesis %s step %d/%d mse %.5f", backbone, step + 1, steps, losses[-1])
-    state = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
+            logger.info("%s %s step %d/%d loss %.5f", objective, backbone, step + 1, steps, losses[-1])
+        done = step + 1
+        if done < steps and time_limit_s is not None and time.perf_counter() - t_start >= time_limit_s:
+            save_partial()
+            logger.info("%s %s: time limit reached at step %d/%d; state kept in %s", objective, backbone, done,
+                        steps, partial)
+            return GenesisResult(losses=losses, out=out, finished=False, resumed_from=resumed_from, partial=partial)
+        if done < steps and done % checkpoint_every == 0:
+            save_partial()
+    state_dict = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
+    what = (
+        "Models Genesis restoration" if objective == "genesis"
+        else f"masked image modelling (SimMIM-style: {mask_ratio:g} of {mask_patch}-px patches, L1)"
+    )
     meta = {
         "format": GENESIS_FORMAT,
+        "objective": objective,
         "backbone": backbone,
         "in_channels": in_channels,
         "truncate": truncate,
@@ -443,22 +566,27 @@ def pretrain_genesis(
         "lr": lr,
         "seed": seed,
         **({"bf16": True} if bf16 else {}),
+        **({"mask_patch": mask_patch, "mask_ratio": mask_ratio} if objective == "mim" else {}),
         "final_loss": losses[-1],
         "version": __version__,
         "data_sha256": data_sha256,
         "record": WeightsRecord(
-            init="genesis",
-            source=f"fewshot pretrain-genesis (steps={steps}, batch_size={batch_size}, lr={lr}, seed={seed})",
+            init=objective,
+            source=(
+                f"fewshot pretrain --objective {objective} (steps={steps}, batch_size={batch_size}, lr={lr}, "
+                f"seed={seed})"
+            ),
             file=out.name,
             mean=(0.0,) * in_channels,
             std=(1.0,) * in_channels,
-            notes="Models Genesis restoration on 2D slices scaled to [0, 1] (gray tiled to in_channels)",
+            notes=f"{what} on 2D slices scaled to [0, 1] (gray tiled to in_channels)",
         ).to_dict(),
     }
     with atomic_writer(out, "wb") as fh:
-        torch.save({"state_dict": state, "meta": meta}, fh)
-    logger.info("genesis %s: wrote encoder weights to %s (final mse %.5f)", backbone, out, losses[-1])
-    return GenesisResult(losses=losses, out=out)
+        torch.save({"state_dict": state_dict, "meta": meta}, fh)
+    partial.unlink(missing_ok=True)
+    logger.info("%s %s: wrote encoder weights to %s (final loss %.5f)", objective, backbone, out, losses[-1])
+    return GenesisResult(losses=losses, out=out, resumed_from=resumed_from)
 
 
 def run_pretrain_genesis(
@@ -475,6 +603,9 @@ def run_pretrain_genesis(
     truncate: str | None = None,
     output_stride: int | None = None,
     bf16: bool = False,
+    objective: str = "genesis",
+    checkpoint_every: int = 200,
+    time_limit_s: float | None = None,
 ) -> GenesisResult:
     """CLI entry point: ``images`` ``(N, H, W)`` float in [0, 1] -> :func:`pretrain_genesis`."""
     images = np.asarray(images)
@@ -493,4 +624,7 @@ def run_pretrain_genesis(
         truncate=truncate,
         output_stride=output_stride,
         bf16=bf16,
+        objective=objective,
+        checkpoint_every=checkpoint_every,
+        time_limit_s=time_limit_s,
     )

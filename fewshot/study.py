@@ -10,9 +10,10 @@ from the finished runs' checkpoints.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,14 @@ class StudySpec:
 
 
 def fold_genesis_weights(
-    cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path, *, bf16: bool = False
+    cfg: ExperimentConfig, volumes: list[Volume], steps: int, out: Path, *, bf16: bool = False,
+    objective: str = "genesis",
 ) -> tuple[str, GenesisResult | None]:
     """Models Genesis weights pretrained on the fold's training slices (no labels), written to ``out``.
 
     The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``); ``bf16``: under
-    bfloat16 autocast (:func:`fewshot.genesis.pretrain_genesis`).
+    bfloat16 autocast; ``objective``: ``"genesis"`` or ``"mim"`` (:func:`fewshot.genesis.pretrain_genesis`). An
+    interrupted pretraining resumes from ``<out>.partial``.
 
     An existing ``out`` is reused (the result is then ``None``), so interrupted studies resume, but only when its
     metadata show these settings and these training slices; a file pretrained otherwise (other steps, seed,
@@ -81,7 +84,8 @@ def fold_genesis_weights(
     if out.is_file():
         backbone = cfg.model.backbone
         wanted = {"backbone": backbone.name, "in_channels": backbone.in_channels, "truncate": backbone.truncate,
-                  "steps": steps, "seed": cfg.train_seed, "bf16": bf16, "data_sha256": slices_sha256(images)}
+                  "steps": steps, "seed": cfg.train_seed, "bf16": bf16, "objective": objective,
+                  "data_sha256": slices_sha256(images)}
         _check_pretrained(out, wanted)
         return str(out), None
     result = run_pretrain_genesis(
@@ -95,6 +99,7 @@ def fold_genesis_weights(
         truncate=cfg.model.backbone.truncate,
         output_stride=cfg.model.backbone.output_stride,
         bf16=bf16,
+        objective=objective,
     )
     return str(out), result
 
@@ -105,7 +110,7 @@ def _check_pretrained(path: Path, wanted: Mapping[str, Any]) -> None:
 
     _, meta = load_weights_file(path, advice="delete it to pretrain again")
     meta = meta or {}
-    got = {**meta, "bf16": bool(meta.get("bf16", False))}
+    got = {**meta, "bf16": bool(meta.get("bf16", False)), "objective": meta.get("objective", "genesis")}
     differ = [
         f"{k} {got.get(k)!r} (this run: {v!r})" if k != "data_sha256" else "other training slices"
         for k, v in wanted.items()
@@ -113,13 +118,16 @@ def _check_pretrained(path: Path, wanted: Mapping[str, Any]) -> None:
     ]
     if differ:
         raise ValueError(
-            f"{path}: these Models Genesis weights were pretrained with {', '.join(differ)}; they are not reused. "
+            f"{path}: these pretrained weights were made with {', '.join(differ)}; they are not reused. "
             "Delete the file to pretrain again with this run's settings, or write the run to another folder"
         )
 
 
 #: Init schemes whose weights file the study can make itself from the fold's training scans (no labels).
-PRETRAINERS = {"genesis": fold_genesis_weights}
+PRETRAINERS: dict[str, Callable[..., tuple[str, GenesisResult | None]]] = {
+    "genesis": fold_genesis_weights,
+    "mim": functools.partial(fold_genesis_weights, objective="mim"),
+}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

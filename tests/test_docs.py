@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NEEDS = re.compile(r"#\s*needs:\s*([\w\-, ]+)\s*$")
-TRAINING = {"fit", "cv", "train", "demo", "study", "pretrain-genesis"}
+TRAINING = {"fit", "cv", "train", "demo", "study", "pretrain", "pretrain-genesis"}
 
 
 def doc_commands() -> list[tuple[str, str, list[str], list[str]]]:
@@ -85,7 +85,7 @@ def tiny(argv: list[str]) -> list[str]:
         argv = [*_without(argv, "--steps", "--jobs"), "--steps", "4"]
         if argv[0] in {"fit", "cv"}:
             argv += ["--jobs", "1"]
-        if argv[0] != "pretrain-genesis":
+        if argv[0] not in ("pretrain", "pretrain-genesis"):
             argv += ["--set", "train.num_workers=0", "--set", "train.progress_bar=false"]
     if argv[0] == "cv":
         argv = [*_without(argv, "--folds"), "--folds", "0"]

@@ -199,21 +199,27 @@ def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path,
         print(f"wrote {path}")
 
 
-# -------------------------------------------------------------------------- pretrain-genesis
+# -------------------------------------------------------------------------- pretrain
 
 
 def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
+    """``fewshot pretrain`` (and ``pretrain-genesis``): exit 0 when the weights are written, 75 when ``--time-limit``
+    stopped the run first (its state kept in ``<out>.partial``; the same command resumes it)."""
     from episodes.data.preprocess import unit_slices
     from fewshot.device import default_device
-    from fewshot.genesis import run_pretrain_genesis
+    from fewshot.genesis import partial_path, run_pretrain_genesis
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
-    _at_least(args, {"steps": 1, "batch_size": 1, "size": 32})
+    _at_least(args, {"steps": 1, "batch_size": 1, "size": 32, "checkpoint_every": 1})
     if args.lr <= 0:
         raise CLIError(f"--lr must be > 0, got {args.lr}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise CLIError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     device = str(default_device(args.device))
     images = unit_slices(_load_raw(args.dataset, args.data), args.size)
+    if partial_path(out).is_file():
+        print(f"resuming the unfinished run in {partial_path(out)}", flush=True)
     result = run_pretrain_genesis(
         images,
         backbone=args.backbone,
@@ -225,12 +231,26 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
         device=device,
         truncate=args.truncate,
         output_stride=args.output_stride,
+        bf16=args.bf16,
+        objective=args.objective,
+        checkpoint_every=args.checkpoint_every,
+        time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit,
     )
+    what = "Models Genesis" if args.objective == "genesis" else "masked image modelling"
+    loss = "restoration MSE" if args.objective == "genesis" else "masked-patch L1"
     first, last = result.loss_drop()
+    if not result.finished:
+        print(
+            f"{what} pretraining of {args.backbone}: stopped by --time-limit at step {len(result.losses)} of "
+            f"{args.steps} ({loss} {first:.4f} -> {last:.4f}); its state is in {result.partial}: run the same command "
+            "again to go on"
+        )
+        return 75
     print(
-        f"Models Genesis pretraining of {args.backbone}: {len(result.losses)} steps on {len(images)} slices, "
-        f"restoration MSE {first:.4f} -> {last:.4f}; weights: {result.out}\n"
-        f"use them with: --backbone {args.backbone} --init genesis --weights {result.out}"
+        f"{what} pretraining of {args.backbone}: {len(result.losses)} steps on {len(images)} slices"
+        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
+        + f", {loss} {first:.4f} -> {last:.4f}; weights: {result.out}\n"
+        f"use them with: --backbone {args.backbone} --init {args.objective} --weights {result.out}"
         + (f" --truncate {args.truncate}" if args.truncate else "")
         + (f" (and model.backbone.output_stride: {args.output_stride})" if args.output_stride else "")
     )

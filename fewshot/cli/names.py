@@ -17,7 +17,7 @@ BACKBONES = ("cbr-large-t", "cbr-large-w", "cbr-small", "cbr-tiny", "resnet101",
 #: ``fewshot.heads.list_heads()``
 HEADS = ("adnet", "alpnet", "dpcn", "panet", "sgone")
 #: ``fewshot.backbones.inits.list_inits()``
-INITS = ("genesis", "imagenet", "meanvar", "random", "transfuse")
+INITS = ("genesis", "imagenet", "meanvar", "mim", "random", "transfuse")
 #: ``episodes.pseudolabels.METHODS``
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic", "fast-slic", "slic3d")
 #: ``fewshot.config.model.TTA_CHOICES``

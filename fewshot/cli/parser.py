@@ -169,29 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing exported files")
     s.add_argument("--quiet", action="store_true", help="no progress output")
 
-    g = add("pretrain-genesis", c.cmd_pretrain_genesis, "Models Genesis self-supervised restoration pretraining")
-    g.add_argument("--dataset", required=True, choices=names["dataset"], metavar="DATASET", help=datasets)
-    g.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
-    g.add_argument(
-        "--backbone", default="unet", choices=names["backbone"], metavar="BACKBONE",
-        help=" | ".join(names["backbone"]),
-    )
-    g.add_argument(
-        "--truncate", default=None,
-        help="pretrain the backbone cut after this stage, as the few-shot model uses it (e.g. block3)",
-    )
-    g.add_argument(
-        "--output-stride", type=int, default=None,
-        help="stride of the last feature, as model.backbone.output_stride (e.g. 4 for cbr-small cut at block3)",
-    )
-    g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
-    g.add_argument("--batch-size", type=int, default=8, help="slices per step")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--size", type=int, default=256, help="slice size in pixels")
-    g.add_argument("--seed", type=int, default=0, help="seed of the transforms and the weights")
-    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    g.add_argument("--out", required=True, help="weights file to write (e.g. genesis_unet.pt)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+    for name, what in (
+        ("pretrain", "self-supervised encoder pretraining on unlabelled slices: Models Genesis or masked image modelling"),
+        ("pretrain-genesis", "the same as `fewshot pretrain` (its former name; the default objective is genesis)"),
+    ):
+        g = add(name, c.cmd_pretrain_genesis, what, epilog=(
+            "A run stopped by --time-limit (exit status 75) or killed keeps its state in <out>.partial; the same "
+            "command resumes it and ends with the weights one uninterrupted run gives."
+        ))
+        _pretrain_arguments(g, names, datasets)
 
     t = add(
         "train",
@@ -325,3 +311,40 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="fewshot-study", help="output folder")
     set_opt(st)
     return p
+
+
+def _pretrain_arguments(g: argparse.ArgumentParser, names: dict[str, list[str]], datasets: str) -> None:
+    """The options of ``fewshot pretrain`` (and of its former name, ``pretrain-genesis``)."""
+    g.add_argument("--dataset", required=True, choices=names["dataset"], metavar="DATASET", help=datasets)
+    g.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    g.add_argument(
+        "--backbone", default="unet", choices=names["backbone"], metavar="BACKBONE",
+        help=" | ".join(names["backbone"]),
+    )
+    g.add_argument(
+        "--truncate", default=None,
+        help="pretrain the backbone cut after this stage, as the few-shot model uses it (e.g. block3)",
+    )
+    g.add_argument(
+        "--output-stride", type=int, default=None,
+        help="stride of the last feature, as model.backbone.output_stride (e.g. 4 for cbr-small cut at block3)",
+    )
+    g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    g.add_argument(
+        "--objective", default="genesis", choices=("genesis", "mim"),
+        help="genesis: Models Genesis restoration (Zhou et al. 2021); mim: masked image modelling (SimMIM, Xie et al. "
+        "2022: 60%% of 16-px patches masked, L1 on them)",
+    )
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with hardware bf16 and GPUs)")
+    g.add_argument("--checkpoint-every", type=int, default=200, help="steps between saves of <out>.partial")
+    g.add_argument(
+        "--time-limit", type=float, default=None, metavar="MINUTES",
+        help="stop after this many minutes, keeping <out>.partial (exit status 75); run again to resume",
+    )
+    g.add_argument("--batch-size", type=int, default=8, help="slices per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--size", type=int, default=256, help="slice size in pixels")
+    g.add_argument("--seed", type=int, default=0, help="seed of the transforms and the weights")
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g.add_argument("--out", required=True, help="weights file to write (e.g. genesis_unet.pt)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing weights file")

@@ -52,6 +52,7 @@ class MemberRun:
     config: dict[str, Any]
     genesis_steps: int = 0
     genesis_bf16: bool = False
+    pretrain_objective: str = "genesis"
     threads: int | None = None
     fold: int | None = None
     label: str = field(default="", compare=False)
@@ -121,6 +122,7 @@ def plan_runs(
             runs.append(MemberRun(
                 member=member.name, index=index, organs=tuple(group), group=gi, out_dir=folder,
                 config=cfg.to_dict(), genesis_steps=member.genesis_steps, genesis_bf16=member.genesis_bf16,
+                pretrain_objective=member.pretrain_objective,
                 threads=recipe.threads_per_member,
                 fold=fold, label=label,
             ))
@@ -139,7 +141,7 @@ def _training_view(config: Mapping[str, Any]) -> dict[str, Any]:
     view.get("data", {}).pop("cache_dir", None)
     view.get("data", {}).pop("data_dir", None)
     init = model.get("init", {})
-    if init.get("scheme") == "genesis":  # the pretrained file's place, not its content (that is in the checkpoint)
+    if init.get("scheme") in ("genesis", "mim"):  # the pretrained file's place, not its content (in the checkpoint)
         init.pop("weights", None)
     return view
 
@@ -155,7 +157,8 @@ def is_finished(run: MemberRun) -> bool:
     stored = load_config(read_payload(ckpt, run.checkpoint)["config"]).to_dict()
     want = run.experiment().to_dict()
     if run.genesis_steps:
-        want["model"]["init"] = stored["model"]["init"] if stored["model"]["init"]["scheme"] == "genesis" else None
+        scheme = stored["model"]["init"]["scheme"]
+        want["model"]["init"] = stored["model"]["init"] if scheme == run.pretrain_objective else None
     done = int(ckpt.get("global_step", -1)) >= int(want["train"]["steps"])
     return done and _training_view(stored) == _training_view(want)
 
@@ -185,14 +188,16 @@ def train_run(run: MemberRun, volumes: Sequence[Any] | None = None) -> dict[str,
     genesis_s = 0.0
     if run.genesis_steps:
         t0 = time.perf_counter()
+        objective = run.pretrain_objective
         weights, pretrained = fold_genesis_weights(
-            cfg, vols, run.genesis_steps, run.out_dir / "genesis.pt", bf16=run.genesis_bf16
+            cfg, vols, run.genesis_steps, run.out_dir / f"{objective}.pt", bf16=run.genesis_bf16, objective=objective
         )
         genesis_s = time.perf_counter() - t0
         if pretrained is not None:
             first, last = pretrained.loss_drop()
-            print(f"  genesis: {run.genesis_steps} steps, restoration MSE {first:.4f} -> {last:.4f}", flush=True)
-        cfg = run.experiment({"model.init.scheme": "genesis", "model.init.weights": weights})
+            loss = "restoration MSE" if objective == "genesis" else "masked-patch L1"
+            print(f"  {objective}: {run.genesis_steps} steps, {loss} {first:.4f} -> {last:.4f}", flush=True)
+        cfg = run.experiment({"model.init.scheme": objective, "model.init.weights": weights})
     run.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = train(cfg, volumes=vols, resume=True)

@@ -51,6 +51,8 @@ class Member:
         overrides: dotted config keys, as ``--set`` takes them (``{"seed": 1, "train.num_workers": 1}``).
         genesis_steps: Models Genesis restoration steps on the training scans before training (0: none); the
             encoder is pretrained as the member cuts it, and trained from those weights (``init: genesis``).
+        pretrain_objective: what those steps train: ``"genesis"`` (Models Genesis restoration, the default) or
+            ``"mim"`` (masked image modelling, SimMIM-style; ``init: mim``), :func:`fewshot.genesis.pretrain_genesis`.
         genesis_bf16: run those steps under bfloat16 autocast (1.4-1.6x faster on a CPU with hardware bf16,
             docs/performance.md; other weights than float32's). Default float32.
         name: the member's folder name in a trained model (default ``member<i>``).
@@ -60,11 +62,18 @@ class Member:
     overrides: dict[str, Any] = field(default_factory=dict)
     genesis_steps: int = 0
     genesis_bf16: bool = False
+    pretrain_objective: str = "genesis"
     name: str = ""
 
     def __post_init__(self) -> None:
+        from fewshot.genesis import OBJECTIVES
+
         if self.genesis_steps < 0:
             raise ConfigError(f"members[].genesis_steps must be >= 0, got {self.genesis_steps}")
+        if self.pretrain_objective not in OBJECTIVES:
+            raise ConfigError(
+                f"members[].pretrain_objective must be one of {', '.join(OBJECTIVES)}, got {self.pretrain_objective!r}"
+            )
         if self.name and (not self.name.replace("-", "").replace("_", "").isalnum()):
             raise ConfigError(f"members[].name {self.name!r}: use letters, digits, '-' and '_' only")
 
@@ -254,7 +263,7 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "") -> Recipe:
             cfg = recipe.member_config(i)
         except (ConfigError, FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{where}: member {m.name} ({m.config}): {e}") from None
-        if m.genesis_steps and cfg.model.init.scheme not in ("random", "genesis"):
+        if m.genesis_steps and cfg.model.init.scheme not in ("random", m.pretrain_objective):
             raise ConfigError(f"{where}: member {m.name} has genesis_steps and init {cfg.model.init.scheme!r}; "
                               "Genesis pretraining replaces the init: give one or the other")
     return recipe

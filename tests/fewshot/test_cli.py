@@ -22,7 +22,7 @@ from tests.fewshot.phantom_args import TINY
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    commands = ["demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study"]
+    commands = ["demo", "superpixels", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study"]
     for cmd in commands:
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
@@ -35,7 +35,8 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch: pytest.MonkeyP
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {
-        "demo", "superpixels", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit", "cv",
+        "demo", "superpixels", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit",
+        "cv",
     }
     for name, command in [("fewshot", parser), *sub.choices.items()]:
         text = " ".join(command.format_help().split())
@@ -285,6 +286,26 @@ def test_pretrain_genesis_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*cmd, "--truncate", "block3", "--output-stride", "4", "--size", "48", "--out", str(cut)]) == 0
     assert "--truncate block3 (and model.backbone.output_stride: 4)" in capsys.readouterr().out
     bb = create_backbone("cbr-tiny", init="genesis", weights=cut, truncate="block3", output_stride=4)
+    assert bb.init_report is not None and bb.init_report.randomized == []
+
+
+def test_pretrain_mim_stops_at_its_time_limit_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``fewshot pretrain --objective mim --time-limit``: exit 75 with the state kept in ``<out>.partial``, then the
+    same command resumes and writes weights that ``--init mim`` loads."""
+    out = tmp_path / "m.pt"
+    cmd = ["pretrain", "--objective", "mim", "--dataset", "phantom-ct", "--backbone", "cbr-tiny", "--steps", "3",
+           "--batch-size", "2", "--size", "48", "--out", str(out)]
+    assert main([*cmd, "--time-limit", "1e-9"]) == 75
+    text = capsys.readouterr().out
+    assert "stopped by --time-limit at step 1 of 3" in text and "run the same command again" in text
+    assert (tmp_path / "m.pt.partial").is_file() and not out.exists()
+    assert main(cmd) == 0
+    text = capsys.readouterr().out
+    assert "(resumed at step 1)" in text and "masked-patch L1" in text and "--init mim --weights" in text
+    assert not (tmp_path / "m.pt.partial").exists()
+    from fewshot.backbones import create_backbone
+
+    bb = create_backbone("cbr-tiny", init="mim", weights=out)
     assert bb.init_report is not None and bb.init_report.randomized == []
 
 

@@ -20,8 +20,11 @@ from fewshot.genesis import (
     genesis_pair,
     inner_cutout,
     local_pixel_shuffle,
+    masked_pair,
     nonlinear_transform,
     outer_cutout,
+    partial_path,
+    pretrain_genesis,
     run_pretrain_genesis,
     sorted_samples,
 )
@@ -239,3 +242,66 @@ def test_bf16_pretraining_lowers_loss_and_is_recorded(tmp_path: Path) -> None:
     assert np.mean(half.losses[-5:]) < 0.8 * np.mean(half.losses[:5]) and half.losses != full.losses
     assert torch.load(half.out, weights_only=True)["meta"]["bf16"] is True
     assert "bf16" not in torch.load(full.out, weights_only=True)["meta"]
+
+
+def test_masked_pair_masks_whole_patches_with_the_mean() -> None:
+    """60 % of the 16-px patches (round(0.6 * 16) = 10 of a 64x64 image's 16) are replaced by the image's mean; the
+    target is the image (flipped or not, as the input) and the weight marks exactly the replaced pixels."""
+    image = _image(3)
+    for seed in range(5):
+        x, y, w = masked_pair(image, np.random.default_rng(seed), patch=16, ratio=0.6)
+        assert x.shape == y.shape == w.shape == (64, 64) and x.dtype == y.dtype == w.dtype == np.float32
+        cells = w.reshape(4, 16, 4, 16).transpose(0, 2, 1, 3).reshape(16, 256)
+        assert set(np.unique(cells.min(1) == cells.max(1))) == {True}  # whole patches
+        assert int(cells[:, 0].sum()) == 10
+        assert np.allclose(x[w > 0], image.mean()) and np.array_equal(x[w == 0], y[w == 0])
+        assert any(np.array_equal(y, f) for f in (image, image[::-1], image[:, ::-1], image[::-1, ::-1]))
+    # a side that is not a multiple of the patch: the last patches are cut, at least one patch is masked
+    x, _, w = masked_pair(_image(1, 20), np.random.default_rng(0), patch=16, ratio=0.01)
+    assert w.shape == (20, 20) and w.sum() > 0
+    with pytest.raises(ValueError, match="ratio"):
+        masked_pair(image, np.random.default_rng(0), ratio=1.0)
+
+
+def test_mim_pretraining_lowers_the_masked_loss_and_loads_as_init_mim(tmp_path: Path) -> None:
+    """``objective='mim'``: the masked-patch L1 falls, the file says so, loads with ``init='mim'`` and is refused by
+    ``init='genesis'`` (and a Genesis file by ``init='mim'``)."""
+    images = _smooth_images(32, 32)
+    kwargs = {"backbone": "cbr-small", "steps": 30, "batch_size": 4, "lr": 2e-3, "seed": 0, "in_channels": 1}
+    res = pretrain_genesis(images, out=tmp_path / "mim.pt", truncate="block2", objective="mim", mask_patch=8,
+                           **kwargs)
+    assert np.mean(res.losses[-5:]) < 0.8 * np.mean(res.losses[:5])
+    meta = torch.load(res.out, weights_only=True)["meta"]
+    assert (meta["objective"], meta["mask_patch"], meta["mask_ratio"], meta["record"]["init"]) == ("mim", 8, 0.6, "mim")
+    bb = create_backbone("cbr-small", init="mim", weights=res.out, in_channels=1, truncate="block2")
+    assert bb.init_report is not None and bb.init_report.randomized == []
+    with pytest.raises(ValueError, match="pretrained with objective 'mim': load it with init 'mim'"):
+        create_backbone("cbr-small", init="genesis", weights=res.out, in_channels=1, truncate="block2")
+    genesis = run_pretrain_genesis(images, out=tmp_path / "g.pt", truncate="block2", **{**kwargs, "steps": 1})
+    with pytest.raises(ValueError, match="objective 'genesis': load it with init 'genesis'"):
+        create_backbone("cbr-small", init="mim", weights=genesis.out, in_channels=1, truncate="block2")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        pretrain_genesis(images, out=tmp_path / "x.pt", objective="mae", **kwargs)
+
+
+@pytest.mark.parametrize("objective", ["genesis", "mim"])
+def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path: Path, objective: str) -> None:
+    """Stopped by its time limit after step 1, then checkpointed every 2 steps and run again: the same losses and
+    bit-identical weights as one uninterrupted run; the partial file is gone once the weights are written. A partial
+    file of other settings is refused, not resumed."""
+    images = _smooth_images(8, 32)
+    kwargs = {"backbone": "cbr-small", "steps": 6, "batch_size": 2, "seed": 1, "in_channels": 1,
+              "truncate": "block2", "objective": objective, "mask_patch": 8}
+    whole = pretrain_genesis(images, lr=1e-3, out=tmp_path / "whole.pt", **kwargs)
+    out = tmp_path / "parts.pt"
+    first = pretrain_genesis(images, lr=1e-3, out=out, time_limit_s=0.0, **kwargs)
+    assert not first.finished and len(first.losses) == 1 and first.partial == partial_path(out)
+    assert partial_path(out).is_file() and not out.exists()
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+        pretrain_genesis(images, lr=5e-3, out=out, **kwargs)
+    second = pretrain_genesis(images, lr=1e-3, out=out, checkpoint_every=2, **kwargs)
+    assert second.finished and second.resumed_from == 1 and second.losses == whole.losses
+    assert not partial_path(out).exists()
+    a = torch.load(whole.out, weights_only=True)["state_dict"]
+    b = torch.load(out, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -216,11 +216,11 @@ def test_transfuse_copies_exactly_first_k_stages(tmp_path: Path) -> None:
 
 
 def test_genesis_requires_our_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="pretrain-genesis"):
+    with pytest.raises(ValueError, match="fewshot pretrain --objective genesis"):
         create_backbone("unet", init="genesis")
     plain = tmp_path / "plain.pt"
     torch.save(_state("unet"), plain)
-    with pytest.raises(ValueError, match="not a fewshot Models Genesis"):
+    with pytest.raises(ValueError, match="not a fewshot pretrained encoder file"):
         create_backbone("unet", init="genesis", weights=plain)
     other = tmp_path / "other.pt"
     torch.save(
@@ -275,12 +275,12 @@ def test_verification_uses_the_record_sha256_not_the_file_name(tmp_path: Path) -
 
 
 def test_init_registry_names_policies_and_strictness() -> None:
-    assert list_inits() == ["genesis", "imagenet", "meanvar", "random", "transfuse"]
-    assert [n for n in list_inits() if get_init(n).needs_weights] == ["genesis"]
+    assert list_inits() == ["genesis", "imagenet", "meanvar", "mim", "random", "transfuse"]
+    assert [n for n in list_inits() if get_init(n).needs_weights] == ["genesis", "mim"]
     assert [n for n in list_inits() if not get_init(n).accepts_weights] == ["random"]
     assert get_init("transfuse:3").name == "transfuse"
     assert init_choices() == (
-        "genesis, imagenet, meanvar, random, random:kaiming, random:xavier, random:uniform, transfuse:<k>"
+        "genesis, imagenet, meanvar, mim, random, random:kaiming, random:xavier, random:uniform, transfuse:<k>"
     )
     with pytest.raises(ValueError, match=r"unknown init 'orthogonal'; choices: genesis, imagenet"):
         get_init("orthogonal")
@@ -343,9 +343,9 @@ def test_unreadable_weights_file_gives_one_clear_error(init: str, tmp_path: Path
         assert str(path) in msg and "corrupt, truncated or not a PyTorch state dict" in msg, (kind, msg)
         assert "weights_only" not in msg, (kind, msg)
         if init == "genesis":
-            assert f"re-run `fewshot pretrain-genesis --backbone unet --out {path}`" in msg
+            assert f"re-run `fewshot pretrain --objective genesis --backbone unet --out {path}`" in msg
         else:
-            assert "re-download" in msg and "pretrain-genesis" in msg
+            assert "re-download" in msg and "fewshot pretrain --objective genesis" in msg
         chained = err.value.__cause__
         while chained is not None:  # nothing in the chain may suggest weights_only=False either
             assert "weights_only" not in str(chained), (kind, str(chained))
@@ -383,6 +383,6 @@ def test_genesis_without_file_fails_before_building(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(registry._REGISTRY, "resnet50", spec)
     with pytest.raises(
         ValueError,
-        match=r"init='genesis' needs a weights file: set weights=FILE.*pretrain-genesis --backbone resnet50",
+        match=r"init='genesis' needs a weights file: set weights=FILE.*pretrain --objective genesis --backbone resnet50",
     ):
         create_backbone("resnet50", init="genesis")

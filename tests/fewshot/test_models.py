@@ -221,7 +221,7 @@ def test_config_is_validated_early(tiny_backbone_cls: type[Backbone]) -> None:
 
 def test_genesis_without_weights_fails_at_construction() -> None:
     with pytest.raises(
-        ValueError, match=r"init='genesis' needs a weights file: set InitConfig.weights.*pretrain-genesis"
+        ValueError, match=r"init='genesis' needs a weights file: set InitConfig.weights.*pretrain --objective genesis"
     ):
         ModelConfig(backbone="cbr-small", init="genesis", head="alpnet")
     with pytest.raises(ValueError, match="not used by init='random'"):

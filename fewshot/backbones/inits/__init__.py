@@ -7,6 +7,7 @@ Init strings (``create_backbone(..., init=...)``), one module per scheme:
 - ``imagenet`` (:mod:`~fewshot.backbones.inits.imagenet`): official torchvision weights read offline,
   checked against the backbone's declared :class:`~fewshot.backbones.weights.WeightsRecord`;
 - ``genesis`` (:mod:`~fewshot.backbones.inits.genesis`): our Models Genesis encoder file (required);
+- ``mim`` (same module): our masked-image-modelling (SimMIM-style) encoder file (required);
 - ``meanvar`` (:mod:`~fewshot.backbones.inits.meanvar`): Transfusion Mean-Var statistics transfer;
 - ``transfuse:<k>`` (:mod:`~fewshot.backbones.inits.transfuse`): first ``k`` stages pretrained.
 

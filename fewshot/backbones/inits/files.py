@@ -133,13 +133,14 @@ class LoadedWeights:
 
 
 def _advice(backbone: str, kind: str, path: Path, record: WeightsRecord | None) -> str:
-    genesis = f"re-run `fewshot pretrain-genesis --backbone {backbone} --out {path}`"
-    if kind == "genesis":
+    objective = kind if kind in ("genesis", "mim") else "genesis"
+    genesis = f"re-run `fewshot pretrain --objective {objective} --backbone {backbone} --out {path}`"
+    if kind in ("genesis", "mim"):
         return genesis
     if record is not None and record.file == path.name and record.source:
         return f"re-download {record.source} to {str(path)!r}"
     official = f" (the official file: {record.source})" if record is not None and record.source else ""
-    return f"re-download the pretrained weights{official}, or {genesis} if it is a Models Genesis file"
+    return f"re-download the pretrained weights{official}, or {genesis} if it is our pretrained file"
 
 
 def read_weights(backbone: StagedBackbone, ctx: InitContext, record: WeightsRecord | None) -> LoadedWeights:
@@ -159,12 +160,19 @@ def read_weights(backbone: StagedBackbone, ctx: InitContext, record: WeightsReco
             f"checksum mismatch for {str(path)!r}: expected sha256 {ctx.weights_sha256!r}, got {digest!r}"
         )
     state, meta = load_weights_file(path, advice=_advice(backbone.name, kind, path, record))
-    is_genesis = meta is not None and meta.get("format") == GENESIS_FORMAT
-    if kind == "genesis" and not is_genesis:
-        raise ValueError(
-            f"{str(path)!r} is not a fewshot Models Genesis encoder file (format {GENESIS_FORMAT!r}); "
-            f"create one with `fewshot pretrain-genesis --backbone {backbone.name} --out FILE`"
-        )
+    is_pretrained = meta is not None and meta.get("format") == GENESIS_FORMAT
+    if kind in ("genesis", "mim"):
+        objective = (meta or {}).get("objective", "genesis")  # files written before "mim" existed are Genesis
+        make = f"create one with `fewshot pretrain --objective {kind} --backbone {backbone.name} --out FILE`"
+        if not is_pretrained:
+            raise ValueError(
+                f"{str(path)!r} is not a fewshot pretrained encoder file (format {GENESIS_FORMAT!r}); {make}"
+            )
+        if objective != kind:
+            raise ValueError(
+                f"{str(path)!r} was pretrained with objective {objective!r}: load it with init {objective!r}, "
+                f"not {kind!r} (or {make})"
+            )
     if meta is not None and meta.get("backbone") not in (None, backbone.name):
         raise ValueError(
             f"{str(path)!r} holds weights for backbone {meta.get('backbone')!r}, not {backbone.name!r}"

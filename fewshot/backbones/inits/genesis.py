@@ -1,7 +1,9 @@
-"""``genesis``: our Models Genesis encoder file (``fewshot pretrain-genesis``), given by ``weights=``.
+"""``genesis`` and ``mim``: our self-supervised encoder files (``fewshot pretrain``), given by ``weights=``.
 
-The file's ``meta`` must have format :data:`~fewshot.backbones.inits.files.GENESIS_FORMAT` and the
-same backbone name; its :class:`~fewshot.backbones.weights.WeightsRecord` (``meta["record"]``) is
+``genesis``: Models Genesis restoration (Zhou et al., MedIA 2021); ``mim``: masked image modelling (SimMIM, Xie et
+al., CVPR 2022), both made by :func:`fewshot.genesis.pretrain_genesis`. The file's ``meta`` must have format
+:data:`~fewshot.backbones.inits.files.GENESIS_FORMAT`, the scheme's ``objective`` (files without one are Genesis
+files) and the same backbone name; its :class:`~fewshot.backbones.weights.WeightsRecord` (``meta["record"]``) is
 copied into the init report.
 """
 
@@ -16,16 +18,8 @@ from fewshot.backbones.staged import StagedBackbone
 __all__: list[str] = []
 
 
-@register_init(
-    "genesis",
-    weights="required",
-    hint=(
-        "create one with `fewshot pretrain-genesis --backbone {backbone} --out FILE ...` "
-        "(or fewshot.genesis.run_pretrain_genesis)"
-    ),
-)
-def init_genesis(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
-    """Copy every key of the backbone from the Genesis file."""
+def _copy_pretrained(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
+    """Copy every key of the backbone from the pretrained file."""
     src, report = read_and_reset(backbone, ctx)
     meta = src.meta or {}
     where = f"from {str(src.path)!r}"
@@ -36,3 +30,29 @@ def init_genesis(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
         )
     copy_weights(backbone, src.state, list(backbone.state_dict()), where, report)
     return report
+
+
+@register_init(
+    "genesis",
+    weights="required",
+    hint=(
+        "create one with `fewshot pretrain --objective genesis --backbone {backbone} --out FILE ...` "
+        "(or fewshot.genesis.run_pretrain_genesis)"
+    ),
+)
+def init_genesis(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
+    """Copy every key of the backbone from the Models Genesis file."""
+    return _copy_pretrained(backbone, ctx)
+
+
+@register_init(
+    "mim",
+    weights="required",
+    hint=(
+        "create one with `fewshot pretrain --objective mim --backbone {backbone} --out FILE ...` "
+        "(or fewshot.genesis.run_pretrain_genesis(..., objective='mim'))"
+    ),
+)
+def init_mim(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
+    """Copy every key of the backbone from the masked-image-modelling file."""
+    return _copy_pretrained(backbone, ctx)

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 WeightsPolicy = Literal["none", "optional", "required"]
-_BUILTIN_MODULES = ("random", "imagenet", "genesis", "meanvar", "transfuse")
+_BUILTIN_MODULES = ("random", "imagenet", "genesis", "meanvar", "transfuse")  # genesis.py: genesis and mim
 _REGISTRY: dict[str, InitScheme] = {}
 
 

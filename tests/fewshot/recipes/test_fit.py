@@ -267,3 +267,22 @@ def test_genesis_weights_pretrained_otherwise_are_not_reused(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="other training slices"):
         fold_genesis_weights(cfg, [v.with_arrays(v.image * 0.5, v.label) for v in vols], 2, out)
     assert out.read_bytes() == before
+
+
+def test_a_mim_member_pretrains_by_masked_image_modelling_and_trains_from_it(tmp_path: Path) -> None:
+    """``pretrain_objective: mim``: the member's encoder is pretrained by masked image modelling into ``mim.pt`` and
+    trained from it (``init: mim``)."""
+    recipe = tmp_path / "mim.yaml"
+    recipe.write_text(
+        "name: mim\ndescription: d\nmodality: CT\ndataset: phantom-ct\nthreads_per_member: 1\n"
+        "members:\n  - {name: a, config: demo_phantom, genesis_steps: 2, pretrain_objective: mim}\n"
+    )
+    out = tmp_path / "model"
+    args = ["fit", "--recipe", str(recipe), "--fold", "0", "--out", str(out),
+            *[x for k, v in {**FAST, "train.steps": 4}.items() for x in ("--set", f"{k}={json.dumps(v)}")]]
+    assert main(args) == 0
+    member = out / "members" / "a"
+    meta = torch.load(member / "mim.pt", map_location="cpu", weights_only=True)["meta"]
+    assert (meta["objective"], meta["steps"]) == ("mim", 2) and not (member / "genesis.pt").exists()
+    payload = load_bundle(out).load(None).payload
+    assert payload["config"]["model"]["init"]["scheme"] == "mim" and payload["init_report"]["randomized"] == []
