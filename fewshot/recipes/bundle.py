@@ -59,6 +59,7 @@ class BundleMember:
     genesis_steps: int = 0
     train_seconds: float = 0.0
     genesis_seconds: float = 0.0
+    pretrain_objective: str = "genesis"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def write_bundle(
                 name=r.name, organs=group, checkpoint=str(r.checkpoint.relative_to(root)), sha256=_sha256(r.checkpoint),
                 steps=int(res["steps"]), seed=int(r.config["seed"]), genesis_steps=r.genesis_steps,
                 train_seconds=float(res.get("train_wall_seconds", 0.0)),
-                genesis_seconds=float(res.get("genesis_seconds", 0.0)),
+                genesis_seconds=float(res.get("genesis_seconds", 0.0)), pretrain_objective=r.pretrain_objective,
             ))
     first = runs[0].experiment()
     manifest = {

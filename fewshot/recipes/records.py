@@ -103,6 +103,9 @@ class FoldRecord:
         )
 
 
+#: How the results table names a member's pretraining (``pretrain_objective``).
+_PRETRAINED = {"genesis": "Genesis", "mim": "masked-image-modelling"}
+
 def _mean_std(values: Sequence[float]) -> str:
     m = statistics.fmean(values)
     return f"{m:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
@@ -161,8 +164,9 @@ def markdown_report(records: Sequence[FoldRecord], *, recipe_line: str = "") -> 
     lines += ["", "| fold | members | train min (all members) | longest member min | eval s | commit |",
               "|---:|---|---:|---:|---:|---|"]
     for r in recs:
-        members = ", ".join(f"{m['name']} {m['steps']} steps" + (f" after {m['genesis_steps']} Genesis" if
-                            m.get("genesis_steps") else "") for m in r.members)
+        members = ", ".join(f"{m['name']} {m['steps']} steps" + (
+            f" after {m['genesis_steps']} {_PRETRAINED[m.get('pretrain_objective', 'genesis')]}"
+            if m.get("genesis_steps") else "") for m in r.members)
         lines.append(f"| {r.fold} | {members} | {r.train_seconds / 60:.1f} | {r.lane_seconds / 60:.1f} | "
                      f"{r.eval_seconds:.0f} | {r.commit} |")
     hosts = list(dict.fromkeys(_host_line(r.host) for r in recs if r.host))

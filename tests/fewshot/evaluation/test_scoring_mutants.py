@@ -347,7 +347,7 @@ def test_an_intensity_prior_of_weight_one_half_changes_the_prediction() -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Written from the survivors judged "test to add" in docs/mutation-survivors.md (second pass). Each docstring names
-# the mutants it kills; each was checked by hand (applied, the test fails; reverted, it passes).
+# the mutants it kills; each kill was confirmed by rerunning those mutants (python tools/mutation.py NAME...).
 
 
 def _plan_and_volumes() -> tuple[EvaluationPlan, dict[str, Volume]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def test_report_gives_every_fold_the_means_and_the_folds_that_chose_nothing() ->
     assert "| 71.25 ± 3.23 |" in text  # the folds 1-4 mean of the fold means
     assert "+ LCC" in text and "SSL-ALPNet (ECCV'20), published 5-fold | 76.10" in text
     assert "| 3 | 0,1,3,4 |" in text and "3-shot, fold 2: not possible: left_kidney has 2 slices" in text
+
+
+def test_the_members_column_names_each_members_pretraining() -> None:
+    """A member's pretraining steps are named by its objective (records written before objectives: Genesis)."""
+    rec = dataclasses.replace(_record(0, (0.5, 0.8, 0.7, 0.6)), members=(
+        {"name": "a", "steps": 10, "genesis_steps": 5},
+        {"name": "b", "steps": 10, "genesis_steps": 7, "pretrain_objective": "mim"},
+        {"name": "c", "steps": 10, "genesis_steps": 0, "pretrain_objective": "mim"},
+    ))
+    assert "| a 10 steps after 5 Genesis, b 10 steps after 7 masked-image-modelling, c 10 steps |" in markdown_report(
+        [rec]
+    )
 
 
 def test_fold_records_round_trip_through_json() -> None:

@@ -284,5 +284,7 @@ def test_a_mim_member_pretrains_by_masked_image_modelling_and_trains_from_it(tmp
     member = out / "members" / "a"
     meta = torch.load(member / "mim.pt", map_location="cpu", weights_only=True)["meta"]
     assert (meta["objective"], meta["steps"]) == ("mim", 2) and not (member / "genesis.pt").exists()
-    payload = load_bundle(out).load(None).payload
+    bundle = load_bundle(out)
+    assert [(m.genesis_steps, m.pretrain_objective) for m in bundle.members] == [(2, "mim")]
+    payload = bundle.load(None).payload
     assert payload["config"]["model"]["init"]["scheme"] == "mim" and payload["init_report"]["randomized"] == []
