@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     st.add_argument("--folds", default="0", help="comma-separated folds")
     st.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
-    st.add_argument("--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis")
+    st.add_argument("--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis or mim (made on each fold's training scans)")
     st.add_argument("--weights", action="append", default=[], metavar="INIT=FILE",
                     help="weights per init, e.g. imagenet=resnet50.pth")
     st.add_argument("--out", default="fewshot-study", help="output folder")

@@ -11,6 +11,9 @@ from fewshot.cli.commands import CLIError, _overrides, comma_list
 __all__ = ["cmd_cv", "cmd_fit", "cmd_recipes", "parse_fold", "parse_folds"]
 
 
+#: How a member's pretraining objective is named in listings.
+_PRETRAIN_NAME = {"genesis": "Genesis", "mim": "MIM"}
+
 def parse_fold(text: str | None) -> int | None:
     """``--fold``: ``0``..``4``, or ``all`` (every scan trains; nothing held out)."""
     if text is None or text.strip().lower() == "all":
@@ -79,7 +82,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for name in list_recipes():
         r = load_recipe(name)
         members = " + ".join(
-            f"{r.member_config(i).model.backbone.name}" + (f" (Genesis {m.genesis_steps})" if m.genesis_steps else "")
+            f"{r.member_config(i).model.backbone.name}" + (
+                f" ({_PRETRAIN_NAME[m.pretrain_objective]} {m.genesis_steps})" if m.genesis_steps else ""
+            )
             for i, m in enumerate(r.members)
         )
         measured = r.measured or ()
@@ -122,7 +127,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         runs = plan_runs(recipe, out, data=_data_source(args), fold=fold, setting=args.setting,
                          organs=_organs(args), overrides=overrides)
         for i, run in enumerate(runs):
-            genesis = f", {run.genesis_steps} Genesis steps first" if run.genesis_steps else ""
+            genesis = (
+                f", {run.genesis_steps} {_PRETRAIN_NAME[run.pretrain_objective]} steps first" if run.genesis_steps else ""
+            )
             print(f"{i}\t{run.name}\t{run.out_dir}\t(organs {'+'.join(run.organs)}{genesis})")
         return 0
     result = fit(recipe, out, data=_data_source(args), fold=fold, setting=args.setting, organs=_organs(args),

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from episodes.data.phantom import make_phantom
 from fewshot.cli import CLIError, build_parser, comma_list, main
@@ -307,6 +308,18 @@ def test_pretrain_mim_stops_at_its_time_limit_and_resumes(tmp_path: Path, capsys
 
     bb = create_backbone("cbr-tiny", init="mim", weights=out)
     assert bb.init_report is not None and bb.init_report.randomized == []
+
+
+def test_study_pretrains_mim_on_each_folds_training_scans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--inits mim`` without weights: the study pretrains the encoder by masked image modelling on the fold's
+    training slices first, and trains from that file."""
+    out = tmp_path / "study"
+    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "mim", "--seeds", "0", "--genesis-steps", "2"]
+    assert main([*cmd, "--steps", "1", "--out", str(out), *TINY]) == 0
+    assert "| cbr-tiny | mim | alpnet | 1 |" in capsys.readouterr().out
+    (made,) = (out / "mim").glob("*.pt")
+    meta = torch.load(made, map_location="cpu", weights_only=True)["meta"]
+    assert (meta["objective"], meta["steps"]) == ("mim", 2)
 
 
 def test_study_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
