@@ -223,8 +223,10 @@ def test_an_interrupted_fit_resumes_when_run_again(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "fewshot", "fit", "--recipe", "phantom", "--fold", "0", "--jobs", "1", "--out",
             str(out), "--steps", "40", "--set", "train.num_workers=0", "--set", "train.ckpt_every=5",
             "--set", "train.progress_bar=false"]
+    # Ctrl-C's default action in the child even when the tests run as a background job (which ignores SIGINT)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = out / "members" / "seed0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:

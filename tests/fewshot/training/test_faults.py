@@ -290,13 +290,22 @@ def test_lock_messages_and_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # --------------------------------------------------------------------- SIGINT / SIGTERM (issue 39)
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that the test interrupts: Ctrl-C's default action. A shell starts a background job
+    (``.ci/run &``, ``nohup``) with SIGINT ignored, every child inherits that, and Python then installs no
+    ``KeyboardInterrupt`` handler: the signal would be ignored by the command, as the convention wants, and the test
+    would measure how it was launched instead of the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], tmp_path: Path, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     log_path = tmp_path / log_name
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fewshot", *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+            [sys.executable, "-m", "fewshot", *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+            preexec_fn=default_sigint,
         )
     return proc, log_path
 
