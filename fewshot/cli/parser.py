@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fewshot",
         description="Few-shot medical image segmentation trained without annotations.",
         epilog="exit status: 0 done; 2 bad input (one line; -v adds the traceback), checked before any work; "
-        "130 Ctrl-C, 143 SIGTERM (train stops after the current step and saves last.ckpt: rerun to resume). "
+        "130 Ctrl-C, 143 SIGTERM (train stops after the current step and saves last.ckpt: rerun to resume); "
+        "75 pretrain stopped by its --time-limit (rerun to resume). "
         "--overwrite only deletes folders fewshot created (they hold a .fewshot-output file).",
         formatter_class=_Formatter,
     )
