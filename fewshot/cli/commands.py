@@ -217,7 +217,14 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
     if args.time_limit is not None and args.time_limit <= 0:
         raise CLIError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     device = str(default_device(args.device))
-    images = unit_slices(_load_raw(args.dataset, args.data), args.size)
+    raw = _load_raw(args.dataset, args.data)
+    if args.fold is not None:  # the fold's training scans only, as fewshot fit pretrains a recipe member
+        from episodes.protocol import Protocol
+        from fewshot.pipeline import split_volumes
+
+        _, raw, _ = split_volumes(Protocol(dataset=args.dataset, fold=args.fold), raw)
+        print(f"fold {args.fold}: pretraining on its {len(raw)} training scans", flush=True)
+    images = unit_slices(raw, args.size)
     if partial_path(out).is_file():
         print(f"resuming the unfinished run in {partial_path(out)}", flush=True)
     result = run_pretrain_genesis(

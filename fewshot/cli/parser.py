@@ -330,6 +330,11 @@ def _pretrain_arguments(g: argparse.ArgumentParser, names: dict[str, list[str]],
         "--output-stride", type=int, default=None,
         help="stride of the last feature, as model.backbone.output_stride (e.g. 4 for cbr-small cut at block3)",
     )
+    g.add_argument(
+        "--fold", type=int, default=None, choices=range(5), metavar="K",
+        help="pretrain only on the training scans of this fold (0-4, the setting-1 split that fit and evaluate use), "
+        "so its held-out scans stay unseen; default: every scan of the data set",
+    )
     g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     g.add_argument(
         "--objective", default="genesis", choices=("genesis", "mim"),

@@ -310,6 +310,28 @@ def test_pretrain_mim_stops_at_its_time_limit_and_resumes(tmp_path: Path, capsys
     assert bb.init_report is not None and bb.init_report.randomized == []
 
 
+def test_pretrain_on_one_folds_training_scans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fold K``: only the fold's training scans (the split fit and evaluate use) are pretrained on, so its
+    support and query scans stay unseen; without it, every scan."""
+    from episodes.data.datasets import load_dataset
+    from episodes.data.preprocess import unit_slices
+    from episodes.protocol import Protocol
+    from fewshot.genesis import slices_sha256
+    from fewshot.pipeline import split_volumes
+
+    cmd = ["pretrain", "--dataset", "phantom-ct", "--backbone", "cbr-tiny", "--steps", "1", "--batch-size", "2",
+           "--size", "48"]
+    assert main([*cmd, "--fold", "1", "--out", str(tmp_path / "f1.pt")]) == 0
+    assert "fold 1: pretraining on its 5 training scans" in capsys.readouterr().out
+    assert main([*cmd, "--out", str(tmp_path / "all.pt")]) == 0
+    volumes = load_dataset("phantom-ct", None)
+    split, train, _ = split_volumes(Protocol(dataset="phantom-ct", fold=1), volumes)
+    assert len(train) == 5 and split.support not in {v.subject for v in train}
+    meta = {n: torch.load(tmp_path / f"{n}.pt", weights_only=True)["meta"] for n in ("f1", "all")}
+    assert meta["f1"]["data_sha256"] == slices_sha256(unit_slices(train, 48))
+    assert meta["all"]["data_sha256"] == slices_sha256(unit_slices(volumes, 48)) != meta["f1"]["data_sha256"]
+
+
 def test_study_pretrains_mim_on_each_folds_training_scans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--inits mim`` without weights: the study pretrains the encoder by masked image modelling on the fold's
     training slices first, and trains from that file."""
