@@ -55,11 +55,13 @@ from fewshot.backbones.weights import WeightsRecord
 
 __all__ = [
     "OBJECTIVES",
+    "OBJECTIVE_NAMES",
     "GenesisConfig",
     "GenesisDecoder",
     "GenesisModel",
     "GenesisResult",
     "ImageSource",
+    "ObjectiveNames",
     "bezier_curve",
     "flip_pair",
     "genesis_pair",
@@ -284,8 +286,23 @@ def masked_pair(
     return x, y, weight
 
 
-#: Pretraining objectives of :func:`pretrain_genesis`: Models Genesis restoration, or masked image modelling.
-OBJECTIVES = ("genesis", "mim")
+@dataclass(frozen=True)
+class ObjectiveNames:
+    """How messages and tables name a pretraining objective: ``title`` in sentences, ``short`` in tables and
+    listings, ``loss`` the loss it reports."""
+
+    title: str
+    short: str
+    loss: str
+
+
+#: The pretraining objectives of :func:`pretrain_genesis` and their names: Models Genesis restoration, or masked
+#: image modelling.
+OBJECTIVE_NAMES = {
+    "genesis": ObjectiveNames("Models Genesis", "Genesis", "restoration MSE"),
+    "mim": ObjectiveNames("masked image modelling", "MIM", "masked-patch L1"),
+}
+OBJECTIVES = tuple(OBJECTIVE_NAMES)
 
 
 # --------------------------------------------------------------------------- model

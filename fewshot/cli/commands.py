@@ -207,7 +207,7 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
     stopped the run first (its state kept in ``<out>.partial``; the same command resumes it)."""
     from episodes.data.preprocess import unit_slices
     from fewshot.device import default_device
-    from fewshot.genesis import partial_path, run_pretrain_genesis
+    from fewshot.genesis import OBJECTIVE_NAMES, partial_path, run_pretrain_genesis
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -243,8 +243,7 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit,
     )
-    what = "Models Genesis" if args.objective == "genesis" else "masked image modelling"
-    loss = "restoration MSE" if args.objective == "genesis" else "masked-patch L1"
+    what, loss = OBJECTIVE_NAMES[args.objective].title, OBJECTIVE_NAMES[args.objective].loss
     first, last = result.loss_drop()
     if not result.finished:
         print(

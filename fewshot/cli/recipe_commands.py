@@ -11,9 +11,6 @@ from fewshot.cli.commands import CLIError, _overrides, comma_list
 __all__ = ["cmd_cv", "cmd_fit", "cmd_recipes", "parse_fold", "parse_folds"]
 
 
-#: How a member's pretraining objective is named in listings.
-_PRETRAIN_NAME = {"genesis": "Genesis", "mim": "MIM"}
-
 def parse_fold(text: str | None) -> int | None:
     """``--fold``: ``0``..``4``, or ``all`` (every scan trains; nothing held out)."""
     if text is None or text.strip().lower() == "all":
@@ -70,6 +67,7 @@ def _check_jobs(jobs: int | None) -> None:
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
+    from fewshot.genesis import OBJECTIVE_NAMES
     from fewshot.recipes import list_recipes, load_recipe
 
     if args.name:
@@ -83,7 +81,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         r = load_recipe(name)
         members = " + ".join(
             f"{r.member_config(i).model.backbone.name}" + (
-                f" ({_PRETRAIN_NAME[m.pretrain_objective]} {m.genesis_steps})" if m.genesis_steps else ""
+                f" ({OBJECTIVE_NAMES[m.pretrain_objective].short} {m.genesis_steps})" if m.genesis_steps else ""
             )
             for i, m in enumerate(r.members)
         )
@@ -116,6 +114,7 @@ def _recipe_and_overrides(args: argparse.Namespace) -> tuple[Any, dict[str, Any]
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from fewshot.genesis import OBJECTIVE_NAMES
     from fewshot.recipes import fit, plan_runs
 
     recipe, overrides = _recipe_and_overrides(args)
@@ -127,9 +126,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         runs = plan_runs(recipe, out, data=_data_source(args), fold=fold, setting=args.setting,
                          organs=_organs(args), overrides=overrides)
         for i, run in enumerate(runs):
-            genesis = (
-                f", {run.genesis_steps} {_PRETRAIN_NAME[run.pretrain_objective]} steps first" if run.genesis_steps else ""
-            )
+            short = OBJECTIVE_NAMES[run.pretrain_objective].short
+            genesis = f", {run.genesis_steps} {short} steps first" if run.genesis_steps else ""
             print(f"{i}\t{run.name}\t{run.out_dir}\t(organs {'+'.join(run.organs)}{genesis})")
         return 0
     result = fit(recipe, out, data=_data_source(args), fold=fold, setting=args.setting, organs=_organs(args),

@@ -103,9 +103,6 @@ class FoldRecord:
         )
 
 
-#: How the results table names a member's pretraining (``pretrain_objective``).
-_PRETRAINED = {"genesis": "Genesis", "mim": "masked-image-modelling"}
-
 def _mean_std(values: Sequence[float]) -> str:
     m = statistics.fmean(values)
     return f"{m:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
@@ -128,6 +125,8 @@ def _host_line(h: Mapping[str, Any]) -> str:
 
 def markdown_report(records: Sequence[FoldRecord], *, recipe_line: str = "") -> str:
     """The report of one dataset/setting's fold records (see the module docstring)."""
+    from fewshot.genesis import OBJECTIVE_NAMES
+
     if not records:
         return "No fold finished yet.\n"
     recs = sorted(records, key=lambda r: r.fold)
@@ -165,7 +164,7 @@ def markdown_report(records: Sequence[FoldRecord], *, recipe_line: str = "") -> 
               "|---:|---|---:|---:|---:|---|"]
     for r in recs:
         members = ", ".join(f"{m['name']} {m['steps']} steps" + (
-            f" after {m['genesis_steps']} {_PRETRAINED[m.get('pretrain_objective', 'genesis')]}"
+            f" after {m['genesis_steps']} {OBJECTIVE_NAMES[m.get('pretrain_objective', 'genesis')].short}"
             if m.get("genesis_steps") else "") for m in r.members)
         lines.append(f"| {r.fold} | {members} | {r.train_seconds / 60:.1f} | {r.lane_seconds / 60:.1f} | "
                      f"{r.eval_seconds:.0f} | {r.commit} |")

@@ -180,6 +180,7 @@ def volumes_for(cfg: ExperimentConfig) -> list[Any]:
 
 def train_run(run: MemberRun, volumes: Sequence[Any] | None = None) -> dict[str, Any]:
     """Train one run (Genesis pretraining first when asked; resumes); returns what the bundle records of it."""
+    from fewshot.genesis import OBJECTIVE_NAMES
     from fewshot.study import fold_genesis_weights
     from fewshot.training import train
 
@@ -195,7 +196,7 @@ def train_run(run: MemberRun, volumes: Sequence[Any] | None = None) -> dict[str,
         genesis_s = time.perf_counter() - t0
         if pretrained is not None:
             first, last = pretrained.loss_drop()
-            loss = "restoration MSE" if objective == "genesis" else "masked-patch L1"
+            loss = OBJECTIVE_NAMES[objective].loss
             print(f"  {objective}: {run.genesis_steps} steps, {loss} {first:.4f} -> {last:.4f}", flush=True)
         cfg = run.experiment({"model.init.scheme": objective, "model.init.weights": weights})
     run.out_dir.mkdir(parents=True, exist_ok=True)

@@ -265,7 +265,7 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "") -> Recipe:
             raise ConfigError(f"{where}: member {m.name} ({m.config}): {e}") from None
         if m.genesis_steps and cfg.model.init.scheme not in ("random", m.pretrain_objective):
             raise ConfigError(f"{where}: member {m.name} has genesis_steps and init {cfg.model.init.scheme!r}; "
-                              "Genesis pretraining replaces the init: give one or the other")
+                              "the pretraining replaces the init: give one or the other")
     return recipe
 
 

@@ -32,27 +32,13 @@ def _copy_pretrained(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
     return report
 
 
-@register_init(
-    "genesis",
-    weights="required",
-    hint=(
-        "create one with `fewshot pretrain --objective genesis --backbone {backbone} --out FILE ...` "
-        "(or fewshot.genesis.run_pretrain_genesis)"
-    ),
-)
-def init_genesis(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
-    """Copy every key of the backbone from the Models Genesis file."""
-    return _copy_pretrained(backbone, ctx)
-
-
-@register_init(
-    "mim",
-    weights="required",
-    hint=(
-        "create one with `fewshot pretrain --objective mim --backbone {backbone} --out FILE ...` "
-        "(or fewshot.genesis.run_pretrain_genesis(..., objective='mim'))"
-    ),
-)
-def init_mim(backbone: StagedBackbone, ctx: InitContext) -> InitReport:
-    """Copy every key of the backbone from the masked-image-modelling file."""
-    return _copy_pretrained(backbone, ctx)
+# One scheme per pretraining objective (``fewshot.genesis.OBJECTIVES``; not imported here: it imports the backbones).
+for _objective in ("genesis", "mim"):
+    register_init(
+        _objective,
+        weights="required",
+        hint=(
+            f"create one with `fewshot pretrain --objective {_objective} --backbone {{backbone}} --out FILE ...` "
+            f"(or fewshot.genesis.run_pretrain_genesis(..., objective={_objective!r}))"
+        ),
+    )(_copy_pretrained)

@@ -55,7 +55,7 @@ def test_the_members_column_names_each_members_pretraining() -> None:
         {"name": "b", "steps": 10, "genesis_steps": 7, "pretrain_objective": "mim"},
         {"name": "c", "steps": 10, "genesis_steps": 0, "pretrain_objective": "mim"},
     ))
-    assert "| a 10 steps after 5 Genesis, b 10 steps after 7 masked-image-modelling, c 10 steps |" in markdown_report(
+    assert "| a 10 steps after 5 Genesis, b 10 steps after 7 MIM, c 10 steps |" in markdown_report(
         [rec]
     )
 
