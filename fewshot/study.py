@@ -1,27 +1,32 @@
 """``fewshot study``: does the initialisation matter for few-shot medical segmentation?
 
 Trains and evaluates every (backbone, init, head) combination for several seeds and folds
-under one base config, then reports mean ± std of the 3D Dice over seeds × folds as a
-Markdown table, a JSON file and a bar plot. ``genesis`` without a weights file first runs
-the built-in Models Genesis pretraining on the fold's training slices (no labels), so the
-comparison needs nothing but the data. Runs are resumable: an interrupted study continues
-from the finished runs' checkpoints.
+under one base config, then reports mean ± std of the 3D Dice over seeds × folds (per organ,
+and the mean of folds 1-4 beside it) as a Markdown table, a JSON file and a plot. ``genesis``
+and ``mim`` without a weights file first pretrain the encoder on the fold's training slices
+(no labels), so the comparison needs nothing but the data. With ``eval_every`` each run is also
+scored at its kept checkpoints, which gives learning curves and the steps each init needs to
+reach a Dice (``reach``). Runs are resumable: an interrupted study continues from the finished
+runs' checkpoints and reuses every evaluation of an unchanged checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from episodes.atomic import atomic_write_json, atomic_write_text, atomic_writer
+from episodes.atomic import atomic_write_json, atomic_write_text, atomic_writer, read_json
 from episodes.data.preprocess import unit_slices
 from episodes.data.volumes import Volume
 from fewshot.backbones.inits import get_init, parse_init
+from fewshot.backbones.inits.files import sha256_file
+from fewshot.checkpoint import snapshot_path
 from fewshot.config import ExperimentConfig, load_config
 from fewshot.device import default_device
 from fewshot.evaluation import EvaluationResult, run_evaluation
@@ -29,12 +34,20 @@ from fewshot.genesis import GenesisResult
 from fewshot.pipeline import load_volumes, split_volumes
 from fewshot.training import train
 
-__all__ = ["PRETRAINERS", "StudySpec", "fold_genesis_weights", "run_study", "summarize"]
+__all__ = ["PRETRAINERS", "StudySpec", "fold_genesis_weights", "run_study", "steps_to_reach", "summarize"]
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """The grid: every backbone × init × head, each for every seed and fold."""
+    """The grid: every backbone × init × head, each for every seed and fold.
+
+    ``steps``: training steps per run (default: the config's). ``genesis_steps``: pretraining steps of the
+    ``genesis``/``mim`` files the study makes (``pretrain_bf16``: under bfloat16 autocast). ``eval_every``: keep a
+    checkpoint every that many steps and score each (learning curves). ``reach``: mean-Dice levels (0-1) whose
+    steps-to-reach are reported (needs ``eval_every``). ``weights``: per init scheme, a weights file, or the name
+    of a pretrainer (``genesis``, ``mim``) for that fold's pretrained file (``meanvar=mim``: Transfusion's
+    mean/var of the MIM weights).
+    """
 
     backbones: tuple[str, ...]
     inits: tuple[str, ...]
@@ -43,12 +56,22 @@ class StudySpec:
     folds: tuple[int, ...] = (0,)
     steps: int | None = None
     genesis_steps: int = 200
+    pretrain_bf16: bool = False
+    eval_every: int | None = None
+    reach: tuple[float, ...] = ()
     weights: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("backbones", "inits", "heads", "seeds", "folds"):
             if not getattr(self, name):
                 raise ValueError(f"study needs at least one of {name}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.reach and self.eval_every is None:
+            raise ValueError("steps-to-reach (reach) needs kept checkpoints to score: set eval_every")
+        bad = [x for x in self.reach if not 0.0 < x <= 1.0]
+        if bad:
+            raise ValueError(f"reach levels are mean Dice in (0, 1], got {bad}")
         unknown = set(self.weights) - {i.split(":")[0] for i in self.inits}
         if unknown:
             raise ValueError(
@@ -130,8 +153,29 @@ PRETRAINERS: dict[str, Callable[..., tuple[str, GenesisResult | None]]] = {
 }
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group runs by (backbone, init, head): mean ± std (over seeds × folds) per organ and overall."""
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def steps_to_reach(curve: list[dict[str, Any]], level: float) -> int | None:
+    """The first step of ``curve`` (``[{"step", "dice": {"mean", ...}}]``, by step) whose mean Dice is at least
+    ``level``; ``None`` when no scored step reaches it."""
+    return next((c["step"] for c in sorted(curve, key=lambda c: c["step"]) if c["dice"]["mean"] >= level), None)
+
+
+#: Keys of a :func:`summarize` entry that are not an organ's (or the mean's) Dice.
+_NOT_DICE = ("backbone", "init", "head", "runs", "folds", "folds_1_4", "reach", "curve")
+
+
+def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+    """Group runs by (backbone, init, head): mean ± std (over seeds × folds) per organ and overall.
+
+    Each entry also has ``folds`` (``{fold: mean Dice over its seeds}``), ``folds_1_4`` (mean ± std of the mean
+    Dice over the runs of folds other than 0, the folds that chose no setting; ``None`` when there are none) and,
+    for runs with a ``curve``, ``curve`` (``[{"step", "mean", "std"}]`` over the runs) and ``reach``
+    (``{level: {"median": steps or None, "reached": runs that reached it}}``; a run that never reaches a level
+    counts as never, so the median is ``None`` when half or more never did).
+    """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["backbone"], r["init"], r["head"]), []).append(r)
@@ -140,23 +184,67 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         organs = list(runs[0]["dice"])
         entry: dict[str, Any] = {"backbone": backbone, "init": init, "head": head, "runs": len(runs)}
         for organ in organs:
-            vals = [r["dice"][organ] for r in runs]
-            entry[organ] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            entry[organ] = _mean_std([r["dice"][organ] for r in runs])
+        folds = sorted({r["fold"] for r in runs})
+        entry["folds"] = {f: statistics.fmean(r["dice"]["mean"] for r in runs if r["fold"] == f) for f in folds}
+        later = [r["dice"]["mean"] for r in runs if r["fold"] != 0]
+        entry["folds_1_4"] = _mean_std(later) if later else None
+        curves = [r["curve"] for r in runs if r.get("curve")]
+        if curves and len(curves) == len(runs):
+            steps = sorted(set.intersection(*({c["step"] for c in curve} for curve in curves)))
+            at = [{c["step"]: c["dice"]["mean"] for c in curve} for curve in curves]
+            entry["curve"] = [{"step": s, **dict(zip(("mean", "std"), _mean_std([a[s] for a in at])))} for s in steps]
+            entry["reach"] = {}
+            for level in reach:
+                got = sorted(math.inf if (n := steps_to_reach(c, level)) is None else n for c in curves)
+                median = statistics.median(got)
+                entry["reach"][level] = {
+                    "median": None if math.isinf(median) else median,
+                    "reached": sum(not math.isinf(g) for g in got),
+                }
         out.append(entry)
     return out
 
 
 def _markdown(summary: list[dict[str, Any]]) -> str:
-    organs = [k for k in summary[0] if k not in ("backbone", "init", "head", "runs")]
+    organs = [k for k in summary[0] if k not in _NOT_DICE]
+    later = any(s["folds_1_4"] is not None for s in summary)
     lines = [
-        "| backbone | init | head | runs | " + " | ".join(organs) + " |",
-        "|---|---|---|---:|" + "---:|" * len(organs),
+        "| backbone | init | head | runs | " + " | ".join(organs) + (" | folds 1-4 mean |" if later else " |"),
+        "|---|---|---|---:|" + "---:|" * (len(organs) + later),
     ]
     for s in summary:
         cells = [f"{100 * s[o][0]:.1f} ± {100 * s[o][1]:.1f}" for o in organs]
+        if later:
+            f14 = s["folds_1_4"]
+            cells.append("-" if f14 is None else f"{100 * f14[0]:.1f} ± {100 * f14[1]:.1f}")
         lines.append(
             f"| {s['backbone']} | {s['init']} | {s['head']} | {s['runs']} | " + " | ".join(cells) + " |"
         )
+    folds = sorted({f for s in summary for f in s["folds"]})
+    if len(folds) > 1:
+        lines += ["", "Mean Dice per fold (mean over seeds):", ""]
+        lines.append("| backbone | init | head | " + " | ".join(f"fold {f}" for f in folds) + " |")
+        lines.append("|---|---|---|" + "---:|" * len(folds))
+        for s in summary:
+            cells = [f"{100 * s['folds'][f]:.1f}" if f in s["folds"] else "-" for f in folds]
+            lines.append(f"| {s['backbone']} | {s['init']} | {s['head']} | " + " | ".join(cells) + " |")
+    if any(s.get("curve") for s in summary):
+        steps = [c["step"] for c in summary[0]["curve"]]
+        levels = list(summary[0].get("reach") or {})
+        lines += ["", "Mean Dice (± std over runs) after each number of training steps"
+                  + (", and the median steps to reach a mean Dice (runs that reached it):" if levels else ":"), ""]
+        head = [f"step {n}" for n in steps] + [f"to {100 * lv:g}" for lv in levels]
+        lines.append("| backbone | init | head | " + " | ".join(head) + " |")
+        lines.append("|---|---|---|" + "---:|" * len(head))
+        for s in summary:
+            at = {c["step"]: c for c in s.get("curve") or []}
+            cells = [f"{100 * at[n]['mean']:.1f} ± {100 * at[n]['std']:.1f}" if n in at else "-" for n in steps]
+            for lv in levels:
+                r = s["reach"][lv]
+                median = "never" if r["median"] is None else f"{r['median']:g}"
+                cells.append(f"{median} ({r['reached']}/{s['runs']})")
+            lines.append(f"| {s['backbone']} | {s['init']} | {s['head']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +253,8 @@ NO_MATPLOTLIB = "study.png not written: matplotlib is not installed (pip install
 
 
 def _plot(summary: list[dict[str, Any]], path: Path) -> bool:
-    """Write the bar chart; ``False`` (and nothing written) when matplotlib, an optional extra, is missing."""
+    """Write the chart (bars: mean Dice ± std; with learning curves, a second panel of mean Dice ± std against
+    training steps); ``False`` (and nothing written) when matplotlib, an optional extra, is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -174,20 +263,68 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = [s for s in summary if s.get("curve")]
     labels = [f"{s['backbone']}\n{s['init']}\n{s['head']}" for s in summary]
     means = [100 * s["mean"][0] for s in summary]
     stds = [100 * s["mean"][1] for s in summary]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(summary)), 3.5))
+    width = max(4.0, 1.2 * len(summary))
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(width + (5.0 if curves else 0.0), 3.8), squeeze=False)
+    ax = axes[0][0]
     ax.bar(range(len(summary)), means, yerr=stds, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(summary)), labels, fontsize=8)
     ax.set_ylabel("mean 3D Dice (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("1-shot Dice by initialisation (mean ± std over seeds × folds)")
+    ax.set_title("1-shot Dice by initialisation\n(mean ± std over seeds × folds)", fontsize=9)
+    if curves:
+        ax = axes[0][1]
+        for s in curves:
+            steps = [c["step"] for c in s["curve"]]
+            mean = [100 * c["mean"] for c in s["curve"]]
+            std = [100 * c["std"] for c in s["curve"]]
+            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{s['backbone']} {s['init']} {s['head']}")
+            ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("mean 3D Dice (%)")
+        ax.set_title("learning curves (mean ± std over seeds × folds)", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_writer(path) as fh:
         fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return True
+
+
+def _scored(checkpoint: Path, volumes: list[Volume], out: Path) -> dict[str, float]:
+    """Dice of :func:`run_evaluation` of ``checkpoint``, results written in ``out``; an earlier score in ``out``
+    of the same checkpoint file (its sha256 in ``out/scored.json``) is reused instead of evaluating again."""
+    digest = sha256_file(checkpoint)
+    record = out / "scored.json"
+    if record.is_file():
+        prev = read_json(record, "study score")
+        if prev.get("checkpoint_sha256") == digest:
+            return {k: float(v) for k, v in prev["dice"].items()}
+    ev: EvaluationResult = run_evaluation(checkpoint, volumes=volumes, out=out)
+    atomic_write_json(record, {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "dice": dict(ev.dice)})
+    return dict(ev.dice)
+
+
+def _init_weights(
+    spec: StudySpec, init: str, base_config: Any, run_over: Mapping[str, Any], volumes: list[Volume], out: Path,
+    name: str,
+) -> str | None:
+    """The weights file of ``init`` for one run: ``spec.weights``' file, or the fold's pretrained file (made
+    first when missing) when that names a pretrainer or the init needs weights the study can make."""
+    kind = get_init(init).name
+    source = spec.weights.get(kind)
+    if source is None and get_init(init).needs_weights:
+        source = kind
+    if source not in PRETRAINERS:
+        return source
+    fold_cfg = load_config(base_config, {k: v for k, v in run_over.items() if not k.startswith("model.init")})
+    path, _ = PRETRAINERS[source](fold_cfg, volumes, spec.genesis_steps, out / source / f"{name}.pt",
+                                  bf16=spec.pretrain_bf16)
+    return path
 
 
 def run_study(
@@ -203,8 +340,8 @@ def run_study(
     base = load_config(base_config, dict(overrides or {}))
     volumes = load_volumes(base.data)
     rows: list[dict[str, Any]] = []
-    for backbone, init, head, seed, fold in itertools.product(
-        spec.backbones, spec.inits, spec.heads, spec.seeds, spec.folds
+    for fold, seed, backbone, init, head in itertools.product(  # fold by fold: a stopped study has whole folds
+        spec.folds, spec.seeds, spec.backbones, spec.inits, spec.heads
     ):
         name = f"{backbone}_{init.replace(':', '-')}_{head}_seed{seed}_fold{fold}"
         run_over: dict[str, Any] = {
@@ -220,19 +357,22 @@ def run_study(
             run_over["model.backbone.truncate"] = None
         if spec.steps is not None:
             run_over["train.steps"] = spec.steps
-        kind = get_init(init).name
-        run_over["model.init.weights"] = spec.weights.get(kind)
-        if run_over["model.init.weights"] is None and get_init(init).needs_weights:
-            fold_cfg = load_config(base_config, {k: v for k, v in run_over.items() if not k.startswith("model.init")})
-            run_over["model.init.weights"], _ = PRETRAINERS[kind](
-                fold_cfg, volumes, spec.genesis_steps, out / kind / f"{backbone}_fold{fold}_seed{seed}.pt"
-            )
+        if spec.eval_every is not None:
+            run_over["train.keep_every"] = spec.eval_every
+        run_over["model.init.weights"] = _init_weights(
+            spec, init, base_config, run_over, volumes, out, f"{backbone}_fold{fold}_seed{seed}"
+        )
         cfg = load_config(base_config, run_over)
         result = train(cfg, volumes=volumes, resume=True)
         assert result.checkpoint is not None
-        ev: EvaluationResult = run_evaluation(
-            result.checkpoint, volumes=volumes, out=Path(cfg.out_dir) / "eval"
-        )
+        run_dir = Path(cfg.out_dir)
+        dice = _scored(Path(result.checkpoint), volumes, run_dir / "eval")
+        curve = []
+        if spec.eval_every is not None:
+            for step in range(spec.eval_every, result.steps, spec.eval_every):
+                curve.append({"step": step, "dice": _scored(snapshot_path(run_dir, step), volumes,
+                                                             run_dir / f"eval-step{step}")})
+            curve.append({"step": result.steps, "dice": dice})
         rows.append(
             {
                 "backbone": backbone,
@@ -240,13 +380,14 @@ def run_study(
                 "head": head,
                 "seed": seed,
                 "fold": fold,
-                "dice": dict(ev.dice),
+                "dice": dice,
+                "curve": curve,
                 "steps": result.steps,
                 "steps_per_s": result.steps_per_s,
                 "run_dir": cfg.out_dir,
             }
         )
-    summary = summarize(rows)
+    summary = summarize(rows, spec.reach)
     table = _markdown(summary)
     payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
     atomic_write_json(out / "study.json", payload)

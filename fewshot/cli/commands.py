@@ -509,6 +509,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         folds=tuple(comma_list(args.folds, int, option="--folds", minimum=0)),
         steps=args.steps,
         genesis_steps=args.genesis_steps,
+        pretrain_bf16=args.pretrain_bf16,
+        eval_every=args.eval_every,
+        reach=tuple(comma_list(args.reach, float, option="--reach")) if args.reach else (),
         weights=parse_pairs(args.weights, "--weights", "imagenet=resnet50.pth"),
     )
     overrides = _overrides(args.set)

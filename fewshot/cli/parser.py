@@ -307,8 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--folds", default="0", help="comma-separated folds")
     st.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     st.add_argument("--genesis-steps", type=int, default=200, help="pretraining steps when --inits has genesis or mim (made on each fold's training scans)")
+    st.add_argument("--pretrain-bf16", action="store_true", help="pretrain (genesis, mim) under bfloat16 autocast")
+    st.add_argument("--eval-every", type=int, default=None, metavar="N",
+                    help="keep a checkpoint every N steps and score each: learning curves (default: final only)")
+    st.add_argument("--reach", default="", metavar="DICE,...",
+                    help="report the steps each init needs to reach these mean Dice (0-1, e.g. 0.5,0.6); needs --eval-every")
     st.add_argument("--weights", action="append", default=[], metavar="INIT=FILE",
-                    help="weights per init, e.g. imagenet=resnet50.pth")
+                    help="weights per init, e.g. imagenet=resnet50.pth; or a pretrainer's name for each fold's file of it, "
+                         "e.g. meanvar=mim (Transfusion mean/var of the MIM weights)")
     st.add_argument("--out", default="fewshot-study", help="output folder")
     set_opt(st)
     return p
