@@ -383,7 +383,8 @@ def run_study(
                 "dice": dice,
                 "curve": curve,
                 "steps": result.steps,
-                "steps_per_s": result.steps_per_s,
+                # the record of the call that trained (a rerun of a finished run trains nothing, at 0 steps/s)
+                "steps_per_s": read_json(run_dir / "train_result.json", "training record")["steps_per_s"],
                 "run_dir": cfg.out_dir,
             }
         )

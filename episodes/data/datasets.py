@@ -35,6 +35,7 @@ from typing import Any
 from .dicom import load_chaos_dicom_folder
 from .labels import BTCV_CT, CHAOS_MR, LabelMap, get_label_map
 from .loaders import load_btcv_png_folder, load_nifti_folder, load_ssl_alpnet_folder
+from .pack import is_pack
 from .phantom import make_phantom_dataset
 from .volumes import Modality, Volume, VolumeError
 
@@ -180,8 +181,14 @@ def load_dataset(
     label_map: str | LabelMap | None = None,
     **kwargs: Any,
 ) -> list[Volume]:
-    """Raw volumes of dataset ``name``; ``modality``/``label_map`` apply to ``nifti`` folders."""
+    """Raw volumes of dataset ``name``; ``modality``/``label_map`` apply to ``nifti`` folders.
+
+    ``root`` may also be a pack of the data set (a ``.npz`` file made by ``fewshot pack``,
+    :mod:`episodes.data.pack`): its volumes are the folder's, as loaded with the loader arguments it records.
+    """
     info = dataset_info(name)
+    if is_pack(root):
+        return _load_pack(name, Path(root), modality=modality, label_map=label_map, **kwargs)  # type: ignore[arg-type]
     path = data_root(name, root)
     if name == "nifti":
         lm = get_label_map(label_map) if isinstance(label_map, str) else (label_map or info.label_map)
@@ -231,3 +238,30 @@ def _phantom_ct(root: Path | None = None, **kwargs: Any) -> list[Volume]:
 )
 def _phantom_mr(root: Path | None = None, **kwargs: Any) -> list[Volume]:
     return make_phantom_dataset(modality="MR", **kwargs)
+
+
+def _load_pack(
+    name: str, path: Path, *, modality: Modality | None, label_map: str | LabelMap | None, **kwargs: Any
+) -> list[Volume]:
+    """``load_dataset`` of a pack: ``subjects`` selects; other loader arguments must be those it was packed with."""
+    from episodes.data.pack import pack_loader_args, read_pack
+
+    subjects = kwargs.pop("subjects", None)
+    packed = pack_loader_args(path)
+    differ = {k: v for k, v in kwargs.items() if packed.get(k, _UNSET) != v}
+    if differ:
+        raise VolumeError(
+            f"{path}: packed with loader arguments {packed}; {differ} cannot be applied to a pack: make the pack "
+            "again from the folder with them"
+        )
+    volumes = read_pack(path, dataset=name, subjects=subjects)
+    wanted_map = get_label_map(label_map) if isinstance(label_map, str) else label_map
+    for v in volumes:
+        if modality is not None and v.modality != modality:
+            raise VolumeError(f"{path}: subject {v.subject} is {v.modality} in the pack, not {modality}")
+        if wanted_map is not None and v.label_map != wanted_map:
+            raise VolumeError(f"{path}: subject {v.subject} has label map {v.label_map.name!r}, not {wanted_map.name!r}")
+    return volumes
+
+
+_UNSET = object()

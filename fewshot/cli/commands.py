@@ -187,6 +187,35 @@ def cmd_superpixels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from episodes.data.datasets import data_root
+    from episodes.data.pack import write_pack
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise CLIError(f"--out {out}: a pack's name ends in .npz")
+    _at_least(args, {"parts": 1})
+    taken = [p for p in (out, *out.parent.glob(f"{out.stem}.*-of-*.npz")) if p.exists()]
+    if taken and not args.overwrite:
+        raise CLIError(f"--out {out}: already there: {', '.join(map(str, taken))}; pass --overwrite to replace")
+    volumes = _load_raw(args.dataset, args.data)
+    files = write_pack(volumes, out, dataset=args.dataset, parts=args.parts)
+    for old in set(taken) - set(files):  # replaced: a stale part beside the new pack would make it unreadable
+        old.unlink()
+    root = data_root(args.dataset, args.data)
+    folder = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root is not None else 0
+    slices = sum(v.shape[0] for v in volumes)
+    size = sum(f.stat().st_size for f in files)
+    print(
+        f"packed {len(volumes)} scans ({slices} slices) of {args.dataset} into {out}: {size / 2**20:.1f} MiB"
+        + (f" (the folder: {folder / 2**20:.1f} MiB)" if folder else "")
+    )
+    if len(files) > 1:
+        print("in parts: " + ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in files))
+    print(f"use it with: --dataset {args.dataset} --data {out}")
+    return 0
+
+
 def _export_superpixels(volumes: Sequence[Any], maps: dict[str, Any], out: Path, overwrite: bool) -> None:
     """Write each map as NIfTI with its scan's geometry (inspect pseudo-labels in a viewer)."""
     from episodes.data.volumes import save_nifti

@@ -170,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing exported files")
     s.add_argument("--quiet", action="store_true", help="no progress output")
 
+    pk = add(
+        "pack", c.cmd_pack, "a data set in one compact file (.npz) that --data accepts in place of its folder",
+        epilog="The pack holds every scan as loaded (images of integer values as 8/16/32-bit integers, bit for bit), "
+        "for carrying a data set to a remote machine; `--data PACK.npz` reads it and refuses a pack of another "
+        "data set.",
+    )
+    pk.add_argument("--dataset", required=True, choices=names["dataset"], metavar="DATASET", help=datasets)
+    pk.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
+    pk.add_argument("--out", required=True, help="the pack to write (a .npz file)")
+    pk.add_argument("--parts", type=int, default=1,
+                    help="write the pack as N files (OUT stem.1-of-N.npz ...), e.g. to fit a limit on one transfer")
+    pk.add_argument("--overwrite", action="store_true", help="replace an existing pack (and its parts)")
+
     for name, what in (
         ("pretrain", "self-supervised encoder pretraining on unlabelled slices: Models Genesis or masked image modelling"),
         ("pretrain-genesis", "the same as `fewshot pretrain` (its former name; the default objective is genesis)"),

@@ -23,7 +23,7 @@ from tests.fewshot.phantom_args import TINY
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    commands = ["demo", "superpixels", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study"]
+    commands = ["demo", "superpixels", "pack", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study"]
     for cmd in commands:
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
@@ -36,7 +36,7 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch: pytest.MonkeyP
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {
-        "demo", "superpixels", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit",
+        "demo", "superpixels", "pack", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit",
         "cv",
     }
     for name, command in [("fewshot", parser), *sub.choices.items()]:
@@ -342,6 +342,39 @@ def test_study_pretrains_mim_on_each_folds_training_scans(tmp_path: Path, capsys
     (made,) = (out / "mim").glob("*.pt")
     meta = torch.load(made, map_location="cpu", weights_only=True)["meta"]
     assert (meta["objective"], meta["steps"]) == ("mim", 2)
+
+
+def test_pack_command_and_training_from_a_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``fewshot pack`` writes a data set as one file; ``--data PACK.npz`` trains from it as from the folder."""
+    from episodes.data.pack import read_pack, write_pack
+
+    pack = tmp_path / "phantom.npz"
+    assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack)]) == 0
+    out = capsys.readouterr().out
+    assert f"packed 8 scans (256 slices) of phantom-ct into {pack}" in out and f"--data {pack}" in out
+    assert [v.subject for v in read_pack(pack, dataset="phantom-ct")] == [str(i) for i in range(8)]
+    assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack)]) == 2
+    assert f"already there: {pack}; pass --overwrite" in capsys.readouterr().err
+    assert main(["pack", "--dataset", "phantom-ct", "--out", str(tmp_path / "p.zip")]) == 2
+    assert "ends in .npz" in capsys.readouterr().err
+    # in parts: the single file it replaces is removed (it would hide them), and --data PACK reads the parts
+    assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack), "--parts", "3", "--overwrite"]) == 0
+    assert "in parts: phantom.1-of-3.npz " in capsys.readouterr().out and not pack.exists()
+    assert [v.subject for v in read_pack(pack, dataset="phantom-ct")] == [str(i) for i in range(8)]
+    assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack), "--parts", "0", "--overwrite"]) == 2
+    assert "--parts must be >= 1" in capsys.readouterr().err
+
+    from episodes.data.datasets import load_dataset
+
+    args = {"n_subjects": 6, "shape": [12, 64, 64]}  # TINY's data.loader_args
+    (tiny,) = write_pack(load_dataset("phantom-ct", None, **args), tmp_path / "tiny.npz", dataset="phantom-ct",
+                         loader_args=args)  # fmt: skip
+    run = tmp_path / "run"
+    cmd = ["train", "--config", "demo_phantom", "--dataset", "phantom-ct", "--data", str(tiny), "--steps", "1"]
+    assert main([*cmd, "--out", str(run), *TINY]) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert main([*cmd, "--out", str(tmp_path / "run2"), *TINY, "--set", "data.loader_args={n_subjects: 5}"]) == 2
+    assert "cannot be applied to a pack" in capsys.readouterr().err
 
 
 def test_study_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,129 @@
+"""``fewshot.study``: the summary's numbers (fold means, folds 1-4, learning curves, steps-to-reach), the reuse of
+scores, and a learning-curve study on the tiny phantom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fewshot.cli import main
+from fewshot.study import StudySpec, _markdown, steps_to_reach, summarize
+from tests.fewshot.phantom_args import TINY
+
+
+def _row(init: str, fold: int, seed: int, mean: float, curve: list[tuple[int, float]] = ()) -> dict[str, Any]:
+    return {
+        "backbone": "cbr-small", "init": init, "head": "alpnet", "seed": seed, "fold": fold,
+        "dice": {"liver": mean + 0.1, "mean": mean},
+        "curve": [{"step": s, "dice": {"mean": m}} for s, m in curve],
+    }  # fmt: skip
+
+
+def test_steps_to_reach_is_the_first_scored_step_at_or_above_the_level() -> None:
+    curve = [{"step": 500, "dice": {"mean": 0.61}}, {"step": 250, "dice": {"mean": 0.4}},
+             {"step": 750, "dice": {"mean": 0.55}}]  # fmt: skip
+    assert steps_to_reach(curve, 0.4) == 250  # equal counts, whatever the list's order
+    assert steps_to_reach(curve, 0.6) == 500  # not the later dip
+    assert steps_to_reach(curve, 0.62) is None
+
+
+def test_summarize_fold_means_folds_1_to_4_curves_and_reach() -> None:
+    rows = [
+        _row("random", 0, 0, 0.70, [(1, 0.40), (2, 0.70)]),
+        _row("random", 0, 1, 0.50, [(1, 0.30), (2, 0.50)]),
+        _row("random", 1, 0, 0.60, [(1, 0.60), (2, 0.60)]),
+        _row("random", 2, 0, 0.40, [(1, 0.20), (2, 0.40)]),
+        _row("mim", 0, 0, 0.80, [(1, 0.80), (2, 0.80)]),
+    ]
+    random, mim = summarize(rows, reach=(0.5, 0.65))
+    assert random["runs"] == 4 and mim["runs"] == 1
+    assert random["mean"][0] == pytest.approx(0.55) and random["liver"][0] == pytest.approx(0.65)
+    assert random["mean"][1] == pytest.approx(0.12909944, abs=1e-7)  # sample std of .7 .5 .6 .4
+    assert random["folds"] == {0: pytest.approx(0.6), 1: pytest.approx(0.6), 2: pytest.approx(0.4)}
+    assert random["folds_1_4"] == (pytest.approx(0.5), pytest.approx(0.14142136, abs=1e-7))  # folds 1, 2 only
+    assert mim["folds_1_4"] is None
+    assert [c["step"] for c in random["curve"]] == [1, 2]
+    assert random["curve"][0]["mean"] == pytest.approx(0.375)
+    # 0.5: reached at 2, 2, 1 and never -> median of (1, 2, 2, inf) is 2; 0.65: reached by one run of four
+    assert random["reach"] == {0.5: {"median": 2, "reached": 3}, 0.65: {"median": None, "reached": 1}}
+    assert mim["reach"] == {0.5: {"median": 1, "reached": 1}, 0.65: {"median": 1, "reached": 1}}
+
+    table = _markdown([random, mim])
+    assert "| cbr-small | random | alpnet | 4 | 65.0 ± 12.9 | 55.0 ± 12.9 | 50.0 ± 14.1 |" in table
+    assert "| cbr-small | mim | alpnet | 1 | 90.0 ± 0.0 | 80.0 ± 0.0 | - |" in table
+    assert "| cbr-small | random | alpnet | 60.0 | 60.0 | 40.0 |" in table  # per-fold means
+    assert "| cbr-small | mim | alpnet | 80.0 | - | - |" in table
+    assert "| cbr-small | random | alpnet | 37.5 ± 17.1 | 55.0 ± 12.9 | 2 (3/4) | never (1/4) |" in table
+
+
+def test_fold_0_alone_has_no_folds_1_to_4_column() -> None:
+    table = _markdown(summarize([_row("random", 0, 0, 0.5), _row("random", 0, 1, 0.7)]))
+    assert "folds 1-4" not in table and "per fold" not in table and "training steps" not in table
+
+
+def test_spec_refuses_reach_without_kept_checkpoints_and_bad_levels() -> None:
+    with pytest.raises(ValueError, match="set eval_every"):
+        StudySpec(backbones=("cbr-tiny",), inits=("random",), reach=(0.5,))
+    with pytest.raises(ValueError, match=r"reach levels are mean Dice in \(0, 1\]"):
+        StudySpec(backbones=("cbr-tiny",), inits=("random",), eval_every=2, reach=(60.0,))
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+        StudySpec(backbones=("cbr-tiny",), inits=("random",), eval_every=0)
+
+
+def test_cli_reach_without_eval_every_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(["study", "--reach", "0.5", "--out", str(out), *TINY]) == 2
+    assert "set eval_every" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_learning_curves_meanvar_of_mim_and_scores_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kept checkpoint is scored by ``run_evaluation`` (its results file is the curve's point); ``meanvar=mim``
+    draws from the fold's MIM file; a rerun trains and scores nothing again, unless a checkpoint changed."""
+    import fewshot.study as study
+
+    out = tmp_path / "study"
+    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "random,meanvar", "--weights", "meanvar=mim",
+           "--seeds", "0", "--folds", "0,1", "--steps", "4", "--eval-every", "2", "--reach", "0.01,0.99",
+           "--genesis-steps", "2", "--out", str(out), *TINY]  # fmt: skip
+    assert main(cmd) == 0
+    table = capsys.readouterr().out
+    data = json.loads((out / "study.json").read_text())
+    assert [(r["init"], r["fold"]) for r in data["runs"]] == [("random", 0), ("meanvar", 0), ("random", 1),
+                                                              ("meanvar", 1)]  # fold by fold
+    for r in data["runs"]:
+        run = Path(r["run_dir"])
+        assert [c["step"] for c in r["curve"]] == [2, 4]
+        assert r["curve"][0]["dice"] == json.loads((run / "eval-step2" / "results.json").read_text())["dice"]
+        assert r["curve"][1]["dice"] == r["dice"] == json.loads((run / "eval" / "results.json").read_text())["dice"]
+        assert r["curve"][0]["dice"] != r["curve"][1]["dice"]  # two checkpoints, two scores
+        if r["init"] == "meanvar":
+            ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            source = ckpt["fewshot"]["init_report"]["source"]
+            assert source == str(out / "mim" / f"cbr-tiny_fold{r['fold']}_seed0.pt")
+    assert "folds 1-4 mean" in table and "| to 1 | to 99 |" in table and "never (0/2)" in table
+    assert (out / "study.png").is_file()
+
+    calls: list[Path] = []
+    real = study.run_evaluation
+
+    def counting(checkpoint: Path, **kwargs: Any) -> Any:
+        calls.append(Path(checkpoint))
+        return real(checkpoint, **kwargs)
+
+    monkeypatch.setattr(study, "run_evaluation", counting)
+    assert main(cmd) == 0
+    assert calls == [] and json.loads((out / "study.json").read_text())["runs"] == data["runs"]
+    # a changed checkpoint is scored again (here: the same weights saved anew, so the same Dice)
+    step2 = Path(data["runs"][0]["run_dir"]) / "checkpoints" / "step-2.ckpt"
+    torch.save({**torch.load(step2, map_location="cpu", weights_only=False), "note": "re-saved"}, step2)
+    assert main(cmd) == 0
+    assert calls == [step2]
+    assert json.loads((out / "study.json").read_text())["runs"] == data["runs"]
