@@ -17,7 +17,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -327,17 +327,48 @@ def _init_weights(
     return path
 
 
+def _study_cell(spec: StudySpec, base_config: Any, overrides: Mapping[str, Any], out_dir: str) -> None:
+    """One (fold, seed) cell of a study with ``jobs > 1``, in a worker process: its runs, no summary."""
+    run_study(spec, base_config=base_config, overrides=overrides, out_dir=out_dir, summary=False)
+
+
 def run_study(
     spec: StudySpec,
     *,
     base_config: Any = None,
     overrides: Mapping[str, Any] | None = None,
     out_dir: str | Path = "fewshot-study",
+    jobs: int = 1,
+    threads: int | None = None,
+    summary: bool = True,
 ) -> str:
-    """Run the grid; writes ``study.json``, ``study.md``, ``study.png`` in ``out_dir``; returns the table."""
+    """Run the grid; writes ``study.json``, ``study.md``, ``study.png`` in ``out_dir``; returns the table.
+
+    ``jobs > 1``: the (fold, seed) cells run side by side, each in a spawned process with ``threads`` torch threads
+    (default: the cores shared out) and its output in ``out_dir/logs/fold<F>_seed<S>.log``; the summary is then
+    made from their runs, which are not trained or scored again. ``summary=False``: run, write and return nothing
+    else (a worker's cell).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(base_config, dict(overrides or {}))
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cells = list(itertools.product(spec.folds, spec.seeds))
+    if jobs > 1 and len(cells) > 1:
+        from fewshot.recipes.jobs import Job, available_cores, run_jobs
+
+        per_job = threads or max(1, available_cores() // min(jobs, len(cells)))
+        run_jobs(
+            [
+                Job(name=f"fold{f}_seed{s}", fn=_study_cell, log=out / "logs" / f"fold{f}_seed{s}.log",
+                    args=(replace(spec, folds=(f,), seeds=(s,)), base_config, dict(overrides or {}), str(out)),
+                    threads=per_job)
+                for f, s in cells
+            ],
+            parallel=jobs,
+            on_done=lambda i, _: None,
+        )  # fmt: skip
     volumes = load_volumes(base.data)
     rows: list[dict[str, Any]] = []
     for fold, seed, backbone, init, head in itertools.product(  # fold by fold: a stopped study has whole folds
@@ -388,11 +419,13 @@ def run_study(
                 "run_dir": cfg.out_dir,
             }
         )
-    summary = summarize(rows, spec.reach)
-    table = _markdown(summary)
-    payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": summary}
+    if not summary:
+        return ""
+    groups = summarize(rows, spec.reach)
+    table = _markdown(groups)
+    payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": groups}
     atomic_write_json(out / "study.json", payload)
     atomic_write_text(out / "study.md", table)
-    if not _plot(summary, out / "study.png"):
+    if not _plot(groups, out / "study.png"):
         print(NO_MATPLOTLIB)
     return table

@@ -252,11 +252,14 @@ def read_pack(path: str | Path, *, dataset: str | None = None, subjects: Sequenc
             f"{files[0]}: part {parts[0]['index']} of {parts[0]['of']} of a pack, not a data set on its own (the "
             f"folds would move); read all its parts as {whole}"
         )
-    if len(files) > 1 and len({None if p is None else p["id"] for p in parts}) != 1:
-        raise VolumeError(f"{path}: its parts {[f.name for f in files]} were written as different packs")
     have = [s for m in metas for s in (r["subject"] for r in m["volumes"])]
-    if len(files) > 1 and have != parts[0]["subjects"]:
-        raise VolumeError(f"{path}: its parts hold subjects {have}, the pack was written with {parts[0]['subjects']}")
+    if len(files) > 1:
+        ids = {None if p is None else p["id"] for p in parts}
+        first = parts[0]
+        if len(ids) != 1 or first is None:
+            raise VolumeError(f"{path}: its parts {[f.name for f in files]} were not written as one pack")
+        if have != first["subjects"]:
+            raise VolumeError(f"{path}: its parts hold subjects {have}, the pack was written with {first['subjects']}")
     if subjects is not None:
         missing = [s for s in subjects if s not in have]
         if missing:

@@ -548,8 +548,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         overrides["data.dataset"] = args.dataset
     if args.data:
         overrides["data.data_dir"] = args.data
+    _at_least(args, {"jobs": 1, "threads": 1})
     table = run_study(
-        spec, base_config=_config_source(args.config), overrides=overrides, out_dir=Path(args.out)
+        spec, base_config=_config_source(args.config), overrides=overrides, out_dir=Path(args.out), jobs=args.jobs,
+        threads=args.threads,
     )
     print(table)
     return 0

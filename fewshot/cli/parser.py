@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--weights", action="append", default=[], metavar="INIT=FILE",
                     help="weights per init, e.g. imagenet=resnet50.pth; or a pretrainer's name for each fold's file of it, "
                          "e.g. meanvar=mim (Transfusion mean/var of the MIM weights)")
+    st.add_argument("--jobs", type=int, default=1,
+                    help="(fold, seed) cells run side by side, each in its own process (logs in OUT/logs/)")
+    st.add_argument("--threads", type=int, default=None,
+                    help="torch threads per cell with --jobs > 1 (default: the CPU cores shared out)")
     st.add_argument("--out", default="fewshot-study", help="output folder")
     set_opt(st)
     return p

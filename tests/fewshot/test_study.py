@@ -127,3 +127,22 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
     assert main(cmd) == 0
     assert calls == [step2]
     assert json.loads((out / "study.json").read_text())["runs"] == data["runs"]
+
+
+@pytest.mark.slow
+def test_jobs_run_the_cells_side_by_side_then_summarize_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--jobs 2``: each (fold, seed) cell in its own process with its own log; the summary covers every run, and
+    a sequential rerun trains nothing (every run is finished)."""
+    out = tmp_path / "study"
+    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "random", "--seeds", "0,1", "--steps", "2",
+           "--out", str(out), *TINY]  # fmt: skip
+    assert main([*cmd, "--jobs", "2", "--threads", "1"]) == 0
+    assert "| cbr-tiny | random | alpnet | 2 |" in capsys.readouterr().out
+    for seed in (0, 1):
+        log = (out / "logs" / f"fold0_seed{seed}.log").read_text()
+        assert log.startswith(f"== fold0_seed{seed}: 1 torch thread(s)") and "Trainer.fit" in log
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    assert [(r["seed"], r["steps"]) for r in runs] == [(0, 2), (1, 2)]
+    assert main(cmd) == 0
+    assert json.loads((out / "study.json").read_text())["runs"] == runs
+    assert main([*cmd, "--jobs", "0"]) == 2
