@@ -342,7 +342,8 @@ def run_study(
     threads: int | None = None,
     summary: bool = True,
 ) -> str:
-    """Run the grid; writes ``study.json``, ``study.md``, ``study.png`` in ``out_dir``; returns the table.
+    """Run the grid; writes ``study.json`` (spec, overrides, commit, environment, every run and the summary),
+    ``study.md``, ``study.png`` and ``config.yaml`` (the resolved base config) in ``out_dir``; returns the table.
 
     ``jobs > 1``: the (fold, seed) cells run side by side, each in a spawned process with ``threads`` torch threads
     (default: the cores shared out) and its output in ``out_dir/logs/fold<F>_seed<S>.log``; the summary is then
@@ -423,7 +424,19 @@ def run_study(
         return ""
     groups = summarize(rows, spec.reach)
     table = _markdown(groups)
-    payload = {"spec": {**asdict(spec), "weights": dict(spec.weights)}, "runs": rows, "summary": groups}
+    from fewshot.config import save_config
+    from fewshot.provenance import environment, git_commit
+
+    payload = {
+        "spec": {**asdict(spec), "weights": dict(spec.weights)},
+        "base_config": None if base_config is None else str(base_config),
+        "overrides": dict(overrides or {}),
+        "commit": git_commit(),
+        "environment": environment(),
+        "runs": rows,
+        "summary": groups,
+    }
+    save_config(base, out / "config.yaml")  # the base config as resolved (each run's own is in its folder)
     atomic_write_json(out / "study.json", payload)
     atomic_write_text(out / "study.md", table)
     if not _plot(groups, out / "study.png"):

@@ -110,6 +110,10 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
             assert source == str(out / "mim" / f"cbr-tiny_fold{r['fold']}_seed0.pt")
     assert "folds 1-4 mean" in table and "| to 1 | to 99 |" in table and "never (0/2)" in table
     assert (out / "study.png").is_file()
+    assert data["overrides"]["model.backbone.name"] == "cbr-tiny" and data["commit"] and data["environment"]["torch"]
+    from fewshot.config import load_config
+
+    assert load_config(out / "config.yaml").model.backbone.name == "cbr-tiny"
 
     calls: list[Path] = []
     real = study.run_evaluation
