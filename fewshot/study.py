@@ -350,11 +350,11 @@ def run_study(
     made from their runs, which are not trained or scored again. ``summary=False``: run, write and return nothing
     else (a worker's cell).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(base_config, dict(overrides or {}))
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
     cells = list(itertools.product(spec.folds, spec.seeds))
     if jobs > 1 and len(cells) > 1:
         from fewshot.recipes.jobs import Job, available_cores, run_jobs

@@ -32,7 +32,7 @@ from episodes.data.geometry import SourceGeometry
 from episodes.data.labels import LabelMap
 from episodes.data.volumes import Volume, VolumeError
 
-__all__ = ["PACK_FORMAT", "is_pack", "pack_loader_args", "pack_parts", "read_pack", "write_pack"]
+__all__ = ["PACK_FORMAT", "is_pack", "pack_files", "pack_loader_args", "pack_parts", "read_pack", "write_pack"]
 
 #: ``meta["format"]`` of the packs this version writes and reads.
 PACK_FORMAT = "fewshot-data-pack/1"
@@ -135,6 +135,23 @@ def _write_one(volumes: Sequence[Volume], path: Path, meta: dict[str, Any]) -> P
     return path
 
 
+def _parts_beside(path: Path) -> dict[tuple[int, int], Path]:
+    """``{(i, n): file}`` of the files named as parts of ``path`` (``<stem>.<i>-of-<n>.npz``) beside it."""
+    pattern = re.compile(rf"{re.escape(path.stem)}\.(\d+)-of-(\d+)\.npz")
+    found = {}
+    for p in path.parent.glob(f"{path.stem}.*-of-*.npz") if path.parent.is_dir() else ():
+        if m := pattern.fullmatch(p.name):  # not another pack's parts, e.g. <stem>.old.1-of-2.npz
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    return found
+
+
+def pack_files(path: str | Path) -> list[Path]:
+    """Every file there is of the pack ``path``: the file itself and any parts named after it (complete or not),
+    so a new pack written as ``path`` can replace all of them and nothing else."""
+    path = Path(path)
+    return [*([path] if path.is_file() else []), *sorted(_parts_beside(path).values())]
+
+
 def pack_parts(path: str | Path) -> list[Path]:
     """The files of the pack ``path``: ``[path]`` when it is a file, else its parts beside it
     (``<stem>.<i>-of-<n>.npz``, in order), all ``n`` of them.
@@ -146,11 +163,7 @@ def pack_parts(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file():
         return [path]
-    pattern = re.compile(rf"{re.escape(path.stem)}\.(\d+)-of-(\d+)\.npz")
-    found = {}
-    for p in path.parent.glob(f"{path.stem}.*-of-*.npz") if path.parent.is_dir() else ():
-        if m := pattern.fullmatch(p.name):
-            found[(int(m.group(1)), int(m.group(2)))] = p
+    found = _parts_beside(path)
     if not found:
         raise VolumeError(f"{path}: data pack not found (nor its parts {path.stem}.<i>-of-<n>.npz)")
     counts = {n for _, n in found}

@@ -189,13 +189,13 @@ def cmd_superpixels(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from episodes.data.datasets import data_root
-    from episodes.data.pack import write_pack
+    from episodes.data.pack import pack_files, write_pack
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise CLIError(f"--out {out}: a pack's name ends in .npz")
     _at_least(args, {"parts": 1})
-    taken = [p for p in (out, *out.parent.glob(f"{out.stem}.*-of-*.npz")) if p.exists()]
+    taken = pack_files(out)
     if taken and not args.overwrite:
         raise CLIError(f"--out {out}: already there: {', '.join(map(str, taken))}; pass --overwrite to replace")
     volumes = _load_raw(args.dataset, args.data)

@@ -357,9 +357,13 @@ def test_pack_command_and_training_from_a_pack(tmp_path: Path, capsys: pytest.Ca
     assert f"already there: {pack}; pass --overwrite" in capsys.readouterr().err
     assert main(["pack", "--dataset", "phantom-ct", "--out", str(tmp_path / "p.zip")]) == 2
     assert "ends in .npz" in capsys.readouterr().err
-    # in parts: the single file it replaces is removed (it would hide them), and --data PACK reads the parts
+    # in parts: the single file it replaces is removed (it would hide them), and --data PACK reads the parts;
+    # another pack whose name starts alike is not this pack's part and stays
+    other = tmp_path / "phantom.old.1-of-2.npz"
+    other.write_bytes(b"another pack")
     assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack), "--parts", "3", "--overwrite"]) == 0
     assert "in parts: phantom.1-of-3.npz " in capsys.readouterr().out and not pack.exists()
+    assert other.read_bytes() == b"another pack"
     assert [v.subject for v in read_pack(pack, dataset="phantom-ct")] == [str(i) for i in range(8)]
     assert main(["pack", "--dataset", "phantom-ct", "--out", str(pack), "--parts", "0", "--overwrite"]) == 2
     assert "--parts must be >= 1" in capsys.readouterr().err
