@@ -519,6 +519,7 @@ def pretrain_genesis(
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
+    seconds_before = 0.0  # wall time of the calls a resumed run continues
     if partial.is_file():
         state = torch.load(partial, map_location=device, weights_only=True)
         if state.get("settings") != settings:
@@ -532,12 +533,14 @@ def pretrain_genesis(
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         losses = [float(v) for v in state["losses"]]
+        seconds_before = float(state.get("seconds", 0.0))
         logger.info("%s %s: resuming %s at step %d/%d", objective, backbone, partial, len(losses), steps)
     resumed_from = len(losses)
 
     def save_partial() -> None:
         blob = {"settings": settings, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": rng.bit_generator.state, "losses": losses}
+                "rng": rng.bit_generator.state, "losses": losses,
+                "seconds": seconds_before + time.perf_counter() - t_start}
         with atomic_writer(partial, "wb") as fh:
             torch.save(blob, fh)
 
@@ -585,6 +588,7 @@ def pretrain_genesis(
         **({"bf16": True} if bf16 else {}),
         **({"mask_patch": mask_patch, "mask_ratio": mask_ratio} if objective == "mim" else {}),
         "final_loss": losses[-1],
+        "seconds": seconds_before + time.perf_counter() - t_start,  # wall time of the pretraining, all calls
         "version": __version__,
         "data_sha256": data_sha256,
         "record": WeightsRecord(

@@ -164,7 +164,11 @@ def steps_to_reach(curve: list[dict[str, Any]], level: float) -> int | None:
 
 
 #: Keys of a :func:`summarize` entry that are not an organ's (or the mean's) Dice.
-_NOT_DICE = ("backbone", "init", "head", "runs", "folds", "folds_1_4", "reach", "curve")
+_NOT_DICE = ("backbone", "init", "head", "runs", "folds", "folds_1_4", "reach", "curve", "minutes")
+
+
+def _mean_or_none(vals: list[float | None]) -> float | None:
+    return None if not vals or any(v is None for v in vals) else statistics.fmean(v for v in vals if v is not None)
 
 
 def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list[dict[str, Any]]:
@@ -174,7 +178,9 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
     Dice over the runs of folds other than 0, the folds that chose no setting; ``None`` when there are none) and,
     for runs with a ``curve``, ``curve`` (``[{"step", "mean", "std"}]`` over the runs) and ``reach``
     (``{level: {"median": steps or None, "reached": runs that reached it}}``; a run that never reaches a level
-    counts as never, so the median is ``None`` when half or more never did).
+    counts as never, so the median is ``None`` when half or more never did). Runs with ``train_minutes`` also
+    give ``minutes`` (``{"pretrain", "train"}``: mean minutes a run spent pretraining its weights, 0 without
+    any, and training; ``None`` where a run's time is unknown).
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -189,6 +195,8 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
         entry["folds"] = {f: statistics.fmean(r["dice"]["mean"] for r in runs if r["fold"] == f) for f in folds}
         later = [r["dice"]["mean"] for r in runs if r["fold"] != 0]
         entry["folds_1_4"] = _mean_std(later) if later else None
+        if any("train_minutes" in r for r in runs):
+            entry["minutes"] = {k: _mean_or_none([r.get(f"{k}_minutes") for r in runs]) for k in ("pretrain", "train")}
         curves = [r["curve"] for r in runs if r.get("curve")]
         if curves and len(curves) == len(runs):
             steps = sorted(set.intersection(*({c["step"] for c in curve} for curve in curves)))
@@ -209,15 +217,20 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
 def _markdown(summary: list[dict[str, Any]]) -> str:
     organs = [k for k in summary[0] if k not in _NOT_DICE]
     later = any(s["folds_1_4"] is not None for s in summary)
+    timed = any("minutes" in s for s in summary)
     lines = [
-        "| backbone | init | head | runs | " + " | ".join(organs) + (" | folds 1-4 mean |" if later else " |"),
-        "|---|---|---|---:|" + "---:|" * (len(organs) + later),
+        "| backbone | init | head | runs | " + " | ".join(organs) + (" | folds 1-4 mean" if later else "")
+        + (" | minutes a run: pretraining + training" if timed else "") + " |",
+        "|---|---|---|---:|" + "---:|" * (len(organs) + later + timed),
     ]
     for s in summary:
         cells = [f"{100 * s[o][0]:.1f} ± {100 * s[o][1]:.1f}" for o in organs]
         if later:
             f14 = s["folds_1_4"]
             cells.append("-" if f14 is None else f"{100 * f14[0]:.1f} ± {100 * f14[1]:.1f}")
+        if timed:
+            m = s.get("minutes") or {}
+            cells.append(" + ".join("?" if m.get(k) is None else f"{m[k]:.1f}" for k in ("pretrain", "train")))
         lines.append(
             f"| {s['backbone']} | {s['init']} | {s['head']} | {s['runs']} | " + " | ".join(cells) + " |"
         )
@@ -307,6 +320,17 @@ def _scored(checkpoint: Path, volumes: list[Volume], out: Path) -> dict[str, flo
     ev: EvaluationResult = run_evaluation(checkpoint, volumes=volumes, out=out)
     atomic_write_json(record, {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "dice": dict(ev.dice)})
     return dict(ev.dice)
+
+
+def _pretrain_minutes(weights: str | None) -> float | None:
+    """Minutes spent pretraining ``weights``: 0 for none, the file's recorded wall time (``fewshot pretrain`` files
+    record ``seconds``), ``None`` when the file does not say."""
+    if weights is None:
+        return 0.0
+    from fewshot.backbones.inits.files import load_weights_file
+
+    seconds = (load_weights_file(weights)[1] or {}).get("seconds")
+    return None if seconds is None else float(seconds) / 60
 
 
 def _init_weights(
@@ -405,6 +429,8 @@ def run_study(
                 curve.append({"step": step, "dice": _scored(snapshot_path(run_dir, step), volumes,
                                                              run_dir / f"eval-step{step}")})
             curve.append({"step": result.steps, "dice": dice})
+        # the record of the call that trained (a rerun of a finished run trains nothing, at 0 steps/s)
+        steps_per_s = read_json(run_dir / "train_result.json", "training record")["steps_per_s"]
         rows.append(
             {
                 "backbone": backbone,
@@ -415,8 +441,9 @@ def run_study(
                 "dice": dice,
                 "curve": curve,
                 "steps": result.steps,
-                # the record of the call that trained (a rerun of a finished run trains nothing, at 0 steps/s)
-                "steps_per_s": read_json(run_dir / "train_result.json", "training record")["steps_per_s"],
+                "steps_per_s": steps_per_s,
+                "pretrain_minutes": _pretrain_minutes(run_over["model.init.weights"]),
+                "train_minutes": result.steps / steps_per_s / 60 if steps_per_s > 0 else None,
                 "run_dir": cfg.out_dir,
             }
         )

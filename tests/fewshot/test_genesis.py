@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -299,9 +300,15 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path: Path, objec
     assert partial_path(out).is_file() and not out.exists()
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):
         pretrain_genesis(images, lr=5e-3, out=out, **kwargs)
+    state = torch.load(partial_path(out), weights_only=True)
+    assert 0 < state["seconds"] < 600  # the first call's wall time; say it took 1,000 s (an earlier session):
+    torch.save({**state, "seconds": 1000.0}, partial_path(out))
+    t0 = time.perf_counter()
     second = pretrain_genesis(images, lr=1e-3, out=out, checkpoint_every=2, **kwargs)
+    assert 1000.0 < torch.load(out, weights_only=True)["meta"]["seconds"] <= 1000.0 + time.perf_counter() - t0
     assert second.finished and second.resumed_from == 1 and second.losses == whole.losses
     assert not partial_path(out).exists()
     a = torch.load(whole.out, weights_only=True)["state_dict"]
     b = torch.load(out, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 < torch.load(whole.out, weights_only=True)["meta"]["seconds"] < 600  # its wall time

@@ -60,6 +60,23 @@ def test_summarize_fold_means_folds_1_to_4_curves_and_reach() -> None:
     assert "| cbr-small | random | alpnet | 37.5 ± 17.1 | 55.0 ± 12.9 | 2 (3/4) | never (1/4) |" in table
 
 
+def test_minutes_a_run_pretraining_and_training() -> None:
+    """Mean minutes per run; a run whose pretraining time is unknown makes its init's pretraining time unknown."""
+    rows = [
+        {**_row("random", 0, 0, 0.5), "pretrain_minutes": 0.0, "train_minutes": 10.0},
+        {**_row("random", 0, 1, 0.5), "pretrain_minutes": 0.0, "train_minutes": 12.0},
+        {**_row("mim", 0, 0, 0.5), "pretrain_minutes": 16.0, "train_minutes": 11.0},
+        {**_row("mim", 0, 1, 0.5), "pretrain_minutes": None, "train_minutes": 13.0},
+    ]
+    random, mim = summarize(rows)
+    assert random["minutes"] == {"pretrain": 0.0, "train": pytest.approx(11.0)}
+    assert mim["minutes"] == {"pretrain": None, "train": pytest.approx(12.0)}
+    table = _markdown([random, mim])
+    assert "| minutes a run: pretraining + training |" in table
+    assert "| 50.0 ± 0.0 | 0.0 + 11.0 |" in table and "| 50.0 ± 0.0 | ? + 12.0 |" in table
+    assert "minutes a run" not in _markdown(summarize([_row("random", 0, 0, 0.5)]))  # untimed rows: no column
+
+
 def test_fold_0_alone_has_no_folds_1_to_4_column() -> None:
     table = _markdown(summarize([_row("random", 0, 0, 0.5), _row("random", 0, 1, 0.7)]))
     assert "folds 1-4" not in table and "per fold" not in table and "training steps" not in table
@@ -104,10 +121,17 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
         assert r["curve"][0]["dice"] == json.loads((run / "eval-step2" / "results.json").read_text())["dice"]
         assert r["curve"][1]["dice"] == r["dice"] == json.loads((run / "eval" / "results.json").read_text())["dice"]
         assert r["curve"][0]["dice"] != r["curve"][1]["dice"]  # two checkpoints, two scores
+        steps_per_s = json.loads((run / "train_result.json").read_text())["steps_per_s"]
+        assert r["train_minutes"] == pytest.approx(4 / steps_per_s / 60)
         if r["init"] == "meanvar":
             ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
             source = ckpt["fewshot"]["init_report"]["source"]
             assert source == str(out / "mim" / f"cbr-tiny_fold{r['fold']}_seed0.pt")
+            # the pretraining's time counts for the init that needed it, from the file's own record
+            seconds = torch.load(source, weights_only=True)["meta"]["seconds"]
+            assert r["pretrain_minutes"] == pytest.approx(seconds / 60) and seconds > 0
+        else:
+            assert r["pretrain_minutes"] == 0.0
     assert "folds 1-4 mean" in table and "| to 1 | to 99 |" in table and "never (0/2)" in table
     assert (out / "study.png").is_file()
     assert data["overrides"]["model.backbone.name"] == "cbr-tiny" and data["commit"] and data["environment"]["torch"]
