@@ -537,10 +537,14 @@ def pretrain_genesis(
         logger.info("%s %s: resuming %s at step %d/%d", objective, backbone, partial, len(losses), steps)
     resumed_from = len(losses)
 
+    def seconds() -> float:
+        """Wall time of the pretraining so far, over every call that worked on it."""
+        return seconds_before + time.perf_counter() - t_start
+
     def save_partial() -> None:
         blob = {"settings": settings, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "losses": losses,
-                "seconds": seconds_before + time.perf_counter() - t_start}
+                "seconds": seconds()}
         with atomic_writer(partial, "wb") as fh:
             torch.save(blob, fh)
 
@@ -588,7 +592,7 @@ def pretrain_genesis(
         **({"bf16": True} if bf16 else {}),
         **({"mask_patch": mask_patch, "mask_ratio": mask_ratio} if objective == "mim" else {}),
         "final_loss": losses[-1],
-        "seconds": seconds_before + time.perf_counter() - t_start,  # wall time of the pretraining, all calls
+        "seconds": seconds(),
         "version": __version__,
         "data_sha256": data_sha256,
         "record": WeightsRecord(

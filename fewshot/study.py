@@ -396,6 +396,7 @@ def run_study(
         )  # fmt: skip
     volumes = load_volumes(base.data)
     rows: list[dict[str, Any]] = []
+    pretrain_minutes: dict[str | None, float | None] = {}  # by weights file: each file is read once
     for fold, seed, backbone, init, head in itertools.product(  # fold by fold: a stopped study has whole folds
         spec.folds, spec.seeds, spec.backbones, spec.inits, spec.heads
     ):
@@ -415,9 +416,11 @@ def run_study(
             run_over["train.steps"] = spec.steps
         if spec.eval_every is not None:
             run_over["train.keep_every"] = spec.eval_every
-        run_over["model.init.weights"] = _init_weights(
+        weights = run_over["model.init.weights"] = _init_weights(
             spec, init, base_config, run_over, volumes, out, f"{backbone}_fold{fold}_seed{seed}"
         )
+        if weights not in pretrain_minutes:
+            pretrain_minutes[weights] = _pretrain_minutes(weights)
         cfg = load_config(base_config, run_over)
         result = train(cfg, volumes=volumes, resume=True)
         assert result.checkpoint is not None
@@ -442,7 +445,7 @@ def run_study(
                 "curve": curve,
                 "steps": result.steps,
                 "steps_per_s": steps_per_s,
-                "pretrain_minutes": _pretrain_minutes(run_over["model.init.weights"]),
+                "pretrain_minutes": pretrain_minutes[weights],
                 "train_minutes": result.steps / steps_per_s / 60 if steps_per_s > 0 else None,
                 "run_dir": cfg.out_dir,
             }

@@ -103,18 +103,20 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each kept checkpoint is scored by ``run_evaluation`` (its results file is the curve's point); ``meanvar=mim``
-    draws from the fold's MIM file; a rerun trains and scores nothing again, unless a checkpoint changed."""
+    draws from the fold's MIM file, the one the ``mim`` run starts from, and that file is read once for its time;
+    a rerun trains and scores nothing again, unless a checkpoint changed."""
     import fewshot.study as study
 
     out = tmp_path / "study"
-    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "random,meanvar", "--weights", "meanvar=mim",
+    cmd = ["study", "--backbones", "cbr-tiny", "--inits", "random,meanvar,mim", "--weights", "meanvar=mim",
            "--seeds", "0", "--folds", "0,1", "--steps", "4", "--eval-every", "2", "--reach", "0.01,0.99",
            "--genesis-steps", "2", "--out", str(out), *TINY]  # fmt: skip
     assert main(cmd) == 0
     table = capsys.readouterr().out
     data = json.loads((out / "study.json").read_text())
-    assert [(r["init"], r["fold"]) for r in data["runs"]] == [("random", 0), ("meanvar", 0), ("random", 1),
-                                                              ("meanvar", 1)]  # fold by fold
+    assert [(r["init"], r["fold"]) for r in data["runs"]] == [  # fold by fold
+        ("random", 0), ("meanvar", 0), ("mim", 0), ("random", 1), ("meanvar", 1), ("mim", 1)
+    ]  # fmt: skip
     for r in data["runs"]:
         run = Path(r["run_dir"])
         assert [c["step"] for c in r["curve"]] == [2, 4]
@@ -123,7 +125,7 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
         assert r["curve"][0]["dice"] != r["curve"][1]["dice"]  # two checkpoints, two scores
         steps_per_s = json.loads((run / "train_result.json").read_text())["steps_per_s"]
         assert r["train_minutes"] == pytest.approx(4 / steps_per_s / 60)
-        if r["init"] == "meanvar":
+        if r["init"] != "random":
             ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
             source = ckpt["fewshot"]["init_report"]["source"]
             assert source == str(out / "mim" / f"cbr-tiny_fold{r['fold']}_seed0.pt")
@@ -141,14 +143,22 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
 
     calls: list[Path] = []
     real = study.run_evaluation
+    timed: list[str | None] = []
+    real_minutes = study._pretrain_minutes
 
     def counting(checkpoint: Path, **kwargs: Any) -> Any:
         calls.append(Path(checkpoint))
         return real(checkpoint, **kwargs)
 
+    def timing(weights: str | None) -> float | None:
+        timed.append(weights)
+        return real_minutes(weights)
+
     monkeypatch.setattr(study, "run_evaluation", counting)
+    monkeypatch.setattr(study, "_pretrain_minutes", timing)
     assert main(cmd) == 0
     assert calls == [] and json.loads((out / "study.json").read_text())["runs"] == data["runs"]
+    assert timed == [None, str(out / "mim" / "cbr-tiny_fold0_seed0.pt"), str(out / "mim" / "cbr-tiny_fold1_seed0.pt")]
     # a changed checkpoint is scored again (here: the same weights saved anew, so the same Dice)
     step2 = Path(data["runs"][0]["run_dir"]) / "checkpoints" / "step-2.ckpt"
     torch.save({**torch.load(step2, map_location="cpu", weights_only=False), "note": "re-saved"}, step2)
