@@ -16,7 +16,7 @@ import functools
 import itertools
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ from fewshot.genesis import GenesisResult
 from fewshot.pipeline import load_volumes, split_volumes
 from fewshot.training import train
 
-__all__ = ["PRETRAINERS", "StudySpec", "fold_genesis_weights", "run_study", "steps_to_reach", "summarize"]
+__all__ = [
+    "PRETRAINERS", "StudySpec", "fold_genesis_weights", "paired_gains", "run_study", "steps_to_reach", "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,57 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
     return out
 
 
-def _markdown(summary: list[dict[str, Any]]) -> str:
+def paired_gains(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Each other init's gain in mean Dice over the ``baseline`` init, run for run.
+
+    A run pairs with the baseline run of the same backbone, head, fold and seed (the same training seed and
+    evaluation), which removes the fold and seed spread that the summary's std mixes in.
+    One entry per (backbone, init, head) with at least one pair: ``pairs`` (``[{"fold", "seed", "gain"}]`` by fold,
+    then seed), ``gain`` (mean ± std over the pairs), ``above`` (pairs with a positive gain) and ``folds_1_4``
+    (mean ± std over the pairs of folds other than 0; ``None`` when there are none).
+    """
+    base = {(r["backbone"], r["head"], r["fold"], r["seed"]): r["dice"]["mean"] for r in rows if r["init"] == baseline}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["backbone"], r["head"], r["fold"], r["seed"])
+        if r["init"] != baseline and key in base:
+            pair = {"fold": r["fold"], "seed": r["seed"], "gain": r["dice"]["mean"] - base[key]}
+            groups.setdefault((r["backbone"], r["init"], r["head"]), []).append(pair)
+    out = []
+    for (backbone, init, head), pairs in groups.items():
+        pairs.sort(key=lambda p: (p["fold"], p["seed"]))
+        gains = [p["gain"] for p in pairs]
+        later = [p["gain"] for p in pairs if p["fold"] != 0]
+        out.append({
+            "backbone": backbone, "init": init, "head": head, "baseline": baseline, "pairs": pairs,
+            "gain": _mean_std(gains), "above": sum(g > 0 for g in gains),
+            "folds_1_4": _mean_std(later) if later else None,
+        })  # fmt: skip
+    return out
+
+
+def _gains_markdown(gains: Sequence[dict[str, Any]]) -> list[str]:
+    if not gains:
+        return []
+    baseline = gains[0]["baseline"]
+    lines = [
+        "", f"Gain in mean Dice over `{baseline}`, run for run (the same backbone, head, fold and seed):", "",
+        "| backbone | init | head | pairs | gain | folds 1-4 | above | by fold (seeds in order) |", "|---|---|---|---:|---:|---:|---:|---|",
+    ]  # fmt: skip
+    for g in gains:
+        by_fold: dict[int, list[str]] = {}
+        for p in g["pairs"]:
+            by_fold.setdefault(p["fold"], []).append(f"{100 * p['gain']:+.1f}")
+        f14 = "-" if g["folds_1_4"] is None else f"{100 * g['folds_1_4'][0]:+.1f} ± {100 * g['folds_1_4'][1]:.1f}"
+        lines.append(
+            f"| {g['backbone']} | {g['init']} | {g['head']} | {len(g['pairs'])} | {100 * g['gain'][0]:+.1f} ± "
+            f"{100 * g['gain'][1]:.1f} | {f14} | {g['above']} of {len(g['pairs'])} | "
+            + "; ".join(f"{f}: {' / '.join(v)}" for f, v in by_fold.items()) + " |"
+        )
+    return lines
+
+
+def _markdown(summary: list[dict[str, Any]], gains: Sequence[dict[str, Any]] = ()) -> str:
     organs = [k for k in summary[0] if k not in _NOT_DICE]
     later = any(s["folds_1_4"] is not None for s in summary)
     timed = any("minutes" in s for s in summary)
@@ -242,6 +294,7 @@ def _markdown(summary: list[dict[str, Any]]) -> str:
         for s in summary:
             cells = [f"{100 * s['folds'][f]:.1f}" if f in s["folds"] else "-" for f in folds]
             lines.append(f"| {s['backbone']} | {s['init']} | {s['head']} | " + " | ".join(cells) + " |")
+    lines += _gains_markdown(gains)
     if any(s.get("curve") for s in summary):
         steps = [c["step"] for c in summary[0]["curve"]]
         levels = list(summary[0].get("reach") or {})
@@ -453,7 +506,8 @@ def run_study(
     if not summary:
         return ""
     groups = summarize(rows, spec.reach)
-    table = _markdown(groups)
+    gains = paired_gains(rows, spec.inits[0])
+    table = _markdown(groups, gains)
     from fewshot.config import save_config
     from fewshot.provenance import environment, git_commit
 
@@ -465,6 +519,7 @@ def run_study(
         "environment": environment(),
         "runs": rows,
         "summary": groups,
+        "gains": gains,
     }
     save_config(base, out / "config.yaml")  # the base config as resolved (each run's own is in its folder)
     atomic_write_json(out / "study.json", payload)

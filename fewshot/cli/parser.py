@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dataset", default=None, choices=names["dataset"], metavar="DATASET", help=datasets)
     st.add_argument("--data", default=None, help="data folder (default: $FEWSHOT_DATA/<dataset folder>)")
     st.add_argument("--backbones", default="cbr-small", help="comma-separated: " + ", ".join(names["backbone"]))
-    st.add_argument("--inits", default="random,genesis", help="comma-separated: " + ", ".join(names["init"]))
+    st.add_argument("--inits", default="random,genesis",
+                    help="comma-separated (the first is the baseline of the run-for-run gains): " + ", ".join(names["init"]))
     st.add_argument("--heads", default="alpnet", help="comma-separated: " + ", ".join(names["head"]))
     st.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     st.add_argument("--folds", default="0", help="comma-separated folds")

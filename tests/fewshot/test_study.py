@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewshot.cli import main
-from fewshot.study import StudySpec, _markdown, steps_to_reach, summarize
+from fewshot.study import StudySpec, _markdown, paired_gains, steps_to_reach, summarize
 from tests.fewshot.phantom_args import TINY
 
 
@@ -58,6 +58,28 @@ def test_summarize_fold_means_folds_1_to_4_curves_and_reach() -> None:
     assert "| cbr-small | random | alpnet | 60.0 | 60.0 | 40.0 |" in table  # per-fold means
     assert "| cbr-small | mim | alpnet | 80.0 | - | - |" in table
     assert "| cbr-small | random | alpnet | 37.5 ± 17.1 | 55.0 ± 12.9 | 2 (3/4) | never (1/4) |" in table
+
+
+def test_paired_gains_are_run_for_run_over_the_baseline() -> None:
+    """Each run minus the baseline run of its fold and seed; runs without a baseline partner are left out."""
+    rows = [
+        _row("random", 0, 0, 0.60), _row("random", 0, 1, 0.50), _row("random", 1, 0, 0.70),
+        _row("mim", 0, 0, 0.65), _row("mim", 0, 1, 0.45), _row("mim", 1, 0, 0.80),
+        _row("mim", 2, 0, 0.99),  # no random run on fold 2: no pair
+        _row("meanvar", 1, 1, 0.70),  # no random run of seed 1 on fold 1: no pair, no entry
+    ]  # fmt: skip
+    (mim,) = paired_gains(rows, "random")
+    assert (mim["init"], mim["baseline"], mim["above"]) == ("mim", "random", 2)
+    assert [(p["fold"], p["seed"]) for p in mim["pairs"]] == [(0, 0), (0, 1), (1, 0)]
+    assert [p["gain"] for p in mim["pairs"]] == pytest.approx([0.05, -0.05, 0.10])
+    assert mim["gain"] == (pytest.approx(0.1 / 3), pytest.approx(0.07637626, abs=1e-7))
+    assert mim["folds_1_4"] == (pytest.approx(0.10), 0.0)
+    # the baseline is whichever init is named: gains over mim are the negatives
+    assert [p["gain"] for p in paired_gains(rows, "mim")[0]["pairs"]] == pytest.approx([-0.05, 0.05, -0.10])
+    table = _markdown(summarize(rows), [mim])
+    assert "Gain in mean Dice over `random`" in table
+    assert "| cbr-small | mim | alpnet | 3 | +3.3 ± 7.6 | +10.0 ± 0.0 | 2 of 3 | 0: +5.0 / -5.0; 1: +10.0 |" in table
+    assert "Gain in mean Dice" not in _markdown(summarize(rows))
 
 
 def test_minutes_a_run_pretraining_and_training() -> None:
@@ -135,6 +157,7 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
         else:
             assert r["pretrain_minutes"] == 0.0
     assert "folds 1-4 mean" in table and "| to 1 | to 99 |" in table and "never (0/2)" in table
+    assert [(g["init"], len(g["pairs"])) for g in data["gains"]] == [("meanvar", 2), ("mim", 2)]  # over random
     assert (out / "study.png").is_file()
     assert data["overrides"]["model.backbone.name"] == "cbr-tiny" and data["commit"] and data["environment"]["torch"]
     from fewshot.config import load_config
