@@ -35,7 +35,8 @@ from fewshot.pipeline import load_volumes, split_volumes
 from fewshot.training import train
 
 __all__ = [
-    "PRETRAINERS", "StudySpec", "fold_genesis_weights", "paired_gains", "run_study", "steps_to_reach", "summarize",
+    "PRETRAINERS", "StudySpec", "fold_genesis_weights", "paired_gains", "run_study", "sign_test", "steps_to_reach",
+    "summarize",
 ]
 
 
@@ -216,14 +217,22 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
     return out
 
 
+def sign_test(above: int, below: int) -> float:
+    """Two-sided exact sign test: the probability, under a fair coin, of a split of ``above + below`` at least as
+    lopsided as this one (1.0 for no pairs)."""
+    n, k = above + below, min(above, below)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
 def paired_gains(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
     """Each other init's gain in mean Dice over the ``baseline`` init, run for run.
 
     A run pairs with the baseline run of the same backbone, head, fold and seed (the same training seed and
     evaluation), which removes the fold and seed spread that the summary's std mixes in.
     One entry per (backbone, init, head) with at least one pair: ``pairs`` (``[{"fold", "seed", "gain"}]`` by fold,
-    then seed), ``gain`` (mean ± std over the pairs), ``above`` (pairs with a positive gain) and ``folds_1_4``
-    (mean ± std over the pairs of folds other than 0; ``None`` when there are none).
+    then seed), ``gain`` (mean ± std over the pairs), ``above`` (pairs with a positive gain), ``sign_p`` (the
+    two-sided exact sign test of the gains: how likely as lopsided a split of the nonzero gains is if the init made no
+    difference) and ``folds_1_4`` (mean ± std over the pairs of folds other than 0; ``None`` when there are none).
     """
     base = {(r["backbone"], r["head"], r["fold"], r["seed"]): r["dice"]["mean"] for r in rows if r["init"] == baseline}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -240,6 +249,7 @@ def paired_gains(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, An
         out.append({
             "backbone": backbone, "init": init, "head": head, "baseline": baseline, "pairs": pairs,
             "gain": _mean_std(gains), "above": sum(g > 0 for g in gains),
+            "sign_p": sign_test(sum(g > 0 for g in gains), sum(g < 0 for g in gains)),
             "folds_1_4": _mean_std(later) if later else None,
         })  # fmt: skip
     return out
@@ -251,7 +261,8 @@ def _gains_markdown(gains: Sequence[dict[str, Any]]) -> list[str]:
     baseline = gains[0]["baseline"]
     lines = [
         "", f"Gain in mean Dice over `{baseline}`, run for run (the same backbone, head, fold and seed):", "",
-        "| backbone | init | head | pairs | gain | folds 1-4 | above | by fold (seeds in order) |", "|---|---|---|---:|---:|---:|---:|---|",
+        "| backbone | init | head | pairs | gain | folds 1-4 | above | sign test p | by fold (seeds in order) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for g in gains:
         by_fold: dict[int, list[str]] = {}
@@ -260,7 +271,7 @@ def _gains_markdown(gains: Sequence[dict[str, Any]]) -> list[str]:
         f14 = "-" if g["folds_1_4"] is None else f"{100 * g['folds_1_4'][0]:+.1f} ± {100 * g['folds_1_4'][1]:.1f}"
         lines.append(
             f"| {g['backbone']} | {g['init']} | {g['head']} | {len(g['pairs'])} | {100 * g['gain'][0]:+.1f} ± "
-            f"{100 * g['gain'][1]:.1f} | {f14} | {g['above']} of {len(g['pairs'])} | "
+            f"{100 * g['gain'][1]:.1f} | {f14} | {g['above']} of {len(g['pairs'])} | {g['sign_p']:.2f} | "
             + "; ".join(f"{f}: {' / '.join(v)}" for f, v in by_fold.items()) + " |"
         )
     return lines

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewshot.cli import main
-from fewshot.study import StudySpec, _markdown, paired_gains, steps_to_reach, summarize
+from fewshot.study import StudySpec, _markdown, paired_gains, sign_test, steps_to_reach, summarize
 from tests.fewshot.phantom_args import TINY
 
 
@@ -78,8 +78,16 @@ def test_paired_gains_are_run_for_run_over_the_baseline() -> None:
     assert [p["gain"] for p in paired_gains(rows, "mim")[0]["pairs"]] == pytest.approx([-0.05, 0.05, -0.10])
     table = _markdown(summarize(rows), [mim])
     assert "Gain in mean Dice over `random`" in table
-    assert "| cbr-small | mim | alpnet | 3 | +3.3 ± 7.6 | +10.0 ± 0.0 | 2 of 3 | 0: +5.0 / -5.0; 1: +10.0 |" in table
+    assert mim["sign_p"] == 1.0  # 2 up, 1 down: as likely as not
+    assert "| cbr-small | mim | alpnet | 3 | +3.3 ± 7.6 | +10.0 ± 0.0 | 2 of 3 | 1.00 | 0: +5.0 / -5.0; 1: +10.0 |" in table
     assert "Gain in mean Dice" not in _markdown(summarize(rows))
+
+
+def test_sign_test_exact_two_sided() -> None:
+    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(0, 5) == pytest.approx(2 / 32)
+    assert sign_test(6, 4) == pytest.approx(2 * (1 + 10 + 45 + 120 + 210) / 1024)  # 0.754
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
 
 
 def test_minutes_a_run_pretraining_and_training() -> None:
