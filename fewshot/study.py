@@ -233,26 +233,41 @@ def paired_gains(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, An
     then seed), ``gain`` (mean ± std over the pairs), ``above`` (pairs with a positive gain), ``sign_p`` (the
     two-sided exact sign test of the gains: how likely as lopsided a split of the nonzero gains is if the init made no
     difference) and ``folds_1_4`` (mean ± std over the pairs of folds other than 0; ``None`` when there are none).
+    When every paired run has a ``curve``, ``curve`` gives the same at each step they all scored:
+    ``[{"step", "gain", "above", "sign_p"}]``.
     """
-    base = {(r["backbone"], r["head"], r["fold"], r["seed"]): r["dice"]["mean"] for r in rows if r["init"] == baseline}
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    base = {(r["backbone"], r["head"], r["fold"], r["seed"]): r for r in rows if r["init"] == baseline}
+    groups: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for r in rows:
-        key = (r["backbone"], r["head"], r["fold"], r["seed"])
-        if r["init"] != baseline and key in base:
-            pair = {"fold": r["fold"], "seed": r["seed"], "gain": r["dice"]["mean"] - base[key]}
-            groups.setdefault((r["backbone"], r["init"], r["head"]), []).append(pair)
+        partner = base.get((r["backbone"], r["head"], r["fold"], r["seed"]))
+        if r["init"] != baseline and partner is not None:
+            groups.setdefault((r["backbone"], r["init"], r["head"]), []).append((r, partner))
     out = []
-    for (backbone, init, head), pairs in groups.items():
-        pairs.sort(key=lambda p: (p["fold"], p["seed"]))
+    for (backbone, init, head), matched in groups.items():
+        matched.sort(key=lambda m: (m[0]["fold"], m[0]["seed"]))
+        pairs = [{"fold": r["fold"], "seed": r["seed"], "gain": r["dice"]["mean"] - b["dice"]["mean"]} for r, b in matched]
         gains = [p["gain"] for p in pairs]
         later = [p["gain"] for p in pairs if p["fold"] != 0]
-        out.append({
+        entry = {
             "backbone": backbone, "init": init, "head": head, "baseline": baseline, "pairs": pairs,
-            "gain": _mean_std(gains), "above": sum(g > 0 for g in gains),
-            "sign_p": sign_test(sum(g > 0 for g in gains), sum(g < 0 for g in gains)),
-            "folds_1_4": _mean_std(later) if later else None,
-        })  # fmt: skip
+            "gain": _mean_std(gains), **_split(gains), "folds_1_4": _mean_std(later) if later else None,
+        }  # fmt: skip
+        curves = [({c["step"]: c["dice"]["mean"] for c in r.get("curve") or []},
+                   {c["step"]: c["dice"]["mean"] for c in b.get("curve") or []}) for r, b in matched]  # fmt: skip
+        if all(r_at and b_at for r_at, b_at in curves):
+            steps = sorted(set.intersection(*(set(r_at) & set(b_at) for r_at, b_at in curves)))
+            entry["curve"] = []
+            for step in steps:
+                at = [r_at[step] - b_at[step] for r_at, b_at in curves]
+                entry["curve"].append({"step": step, "gain": statistics.fmean(at), **_split(at)})
+        out.append(entry)
     return out
+
+
+def _split(gains: list[float]) -> dict[str, Any]:
+    """``above``: how many gains are positive; ``sign_p``: the sign test of positive against negative."""
+    above, below = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+    return {"above": above, "sign_p": sign_test(above, below)}
 
 
 def _gains_markdown(gains: Sequence[dict[str, Any]]) -> list[str]:
@@ -274,6 +289,17 @@ def _gains_markdown(gains: Sequence[dict[str, Any]]) -> list[str]:
             f"{100 * g['gain'][1]:.1f} | {f14} | {g['above']} of {len(g['pairs'])} | {g['sign_p']:.2f} | "
             + "; ".join(f"{f}: {' / '.join(v)}" for f, v in by_fold.items()) + " |"
         )
+    curved = [g for g in gains if g.get("curve")]
+    if curved:
+        steps = [c["step"] for c in curved[0]["curve"]]
+        lines += ["", f"The same gain over `{baseline}` after each number of training steps (pairs above; sign test p):",
+                  "", "| backbone | init | head | " + " | ".join(f"step {n}" for n in steps) + " |",
+                  "|---|---|---|" + "---:|" * len(steps)]  # fmt: skip
+        for g in curved:
+            at = {c["step"]: c for c in g["curve"]}
+            cells = [f"{100 * at[n]['gain']:+.1f} ({at[n]['above']} of {len(g['pairs'])}; {at[n]['sign_p']:.2g})"
+                     if n in at else "-" for n in steps]  # fmt: skip
+            lines.append(f"| {g['backbone']} | {g['init']} | {g['head']} | " + " | ".join(cells) + " |")
     return lines
 
 

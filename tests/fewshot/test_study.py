@@ -81,6 +81,21 @@ def test_paired_gains_are_run_for_run_over_the_baseline() -> None:
     assert mim["sign_p"] == 1.0  # 2 up, 1 down: as likely as not
     assert "| cbr-small | mim | alpnet | 3 | +3.3 ± 7.6 | +10.0 ± 0.0 | 2 of 3 | 1.00 | 0: +5.0 / -5.0; 1: +10.0 |" in table
     assert "Gain in mean Dice" not in _markdown(summarize(rows))
+    assert "curve" not in mim  # the runs have no curves
+
+
+def test_paired_gains_along_the_learning_curves() -> None:
+    """At each step every pair scored: the mean gain, the pairs above and their sign test."""
+    rows = [
+        _row("random", 0, 0, 0.60, [(1, 0.40), (2, 0.60)]), _row("random", 0, 1, 0.50, [(1, 0.30), (2, 0.50)]),
+        _row("mim", 0, 0, 0.65, [(1, 0.50), (2, 0.65)]), _row("mim", 0, 1, 0.45, [(1, 0.40), (2, 0.45)]),
+    ]  # fmt: skip
+    (mim,) = paired_gains(rows, "random")
+    assert [c["step"] for c in mim["curve"]] == [1, 2]
+    assert mim["curve"][0] == {"step": 1, "gain": pytest.approx(0.10), "above": 2, "sign_p": 0.5}
+    assert mim["curve"][1] == {"step": 2, "gain": pytest.approx(0.0), "above": 1, "sign_p": 1.0}
+    table = _markdown(summarize(rows), [mim])
+    assert "| cbr-small | mim | alpnet | +10.0 (2 of 2; 0.5) | +0.0 (1 of 2; 1) |" in table
 
 
 def test_sign_test_exact_two_sided() -> None:
@@ -166,6 +181,8 @@ def test_learning_curves_meanvar_of_mim_and_scores_reused(
             assert r["pretrain_minutes"] == 0.0
     assert "folds 1-4 mean" in table and "| to 1 | to 99 |" in table and "never (0/2)" in table
     assert [(g["init"], len(g["pairs"])) for g in data["gains"]] == [("meanvar", 2), ("mim", 2)]  # over random
+    assert [[c["step"] for c in g["curve"]] for g in data["gains"]] == [[2, 4], [2, 4]]
+    assert "after each number of training steps (pairs above; sign test p)" in table
     assert (out / "study.png").is_file()
     assert data["overrides"]["model.backbone.name"] == "cbr-tiny" and data["commit"] and data["environment"]["torch"]
     from fewshot.config import load_config
