@@ -2,7 +2,8 @@
 
 Trains and evaluates every (backbone, init, head) combination for several seeds and folds
 under one base config, then reports mean ± std of the 3D Dice over seeds × folds (per organ,
-and the mean of folds 1-4 beside it) as a Markdown table, a JSON file and a plot. ``genesis``
+and the mean of folds 1-4 beside it) as a Markdown table, a JSON file and a plot, with each init's
+gain over the first, run for run (same fold and seed, with a sign test). ``genesis``
 and ``mim`` without a weights file first pretrain the encoder on the fold's training slices
 (no labels), so the comparison needs nothing but the data. With ``eval_every`` each run is also
 scored at its kept checkpoints, which gives learning curves and the steps each init needs to
