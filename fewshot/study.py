@@ -167,6 +167,11 @@ def steps_to_reach(curve: list[dict[str, Any]], level: float) -> int | None:
     return next((c["step"] for c in sorted(curve, key=lambda c: c["step"]) if c["dice"]["mean"] >= level), None)
 
 
+def _curve_means(curve: list[dict[str, Any]] | None) -> dict[int, float]:
+    """A run's learning curve as ``{step: mean Dice}`` (empty for a run without one)."""
+    return {c["step"]: c["dice"]["mean"] for c in curve or []}
+
+
 #: Keys of a :func:`summarize` entry that are not an organ's (or the mean's) Dice.
 _NOT_DICE = ("backbone", "init", "head", "runs", "folds", "folds_1_4", "reach", "curve", "minutes")
 
@@ -203,8 +208,8 @@ def summarize(rows: list[dict[str, Any]], reach: tuple[float, ...] = ()) -> list
             entry["minutes"] = {k: _mean_or_none([r.get(f"{k}_minutes") for r in runs]) for k in ("pretrain", "train")}
         curves = [r["curve"] for r in runs if r.get("curve")]
         if curves and len(curves) == len(runs):
-            steps = sorted(set.intersection(*({c["step"] for c in curve} for curve in curves)))
-            at = [{c["step"]: c["dice"]["mean"] for c in curve} for curve in curves]
+            at = [_curve_means(curve) for curve in curves]
+            steps = sorted(set.intersection(*(set(a) for a in at)))
             entry["curve"] = [{"step": s, **dict(zip(("mean", "std"), _mean_std([a[s] for a in at])))} for s in steps]
             entry["reach"] = {}
             for level in reach:
@@ -253,8 +258,7 @@ def paired_gains(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, An
             "backbone": backbone, "init": init, "head": head, "baseline": baseline, "pairs": pairs,
             "gain": _mean_std(gains), **_split(gains), "folds_1_4": _mean_std(later) if later else None,
         }  # fmt: skip
-        curves = [({c["step"]: c["dice"]["mean"] for c in r.get("curve") or []},
-                   {c["step"]: c["dice"]["mean"] for c in b.get("curve") or []}) for r, b in matched]  # fmt: skip
+        curves = [(_curve_means(r.get("curve")), _curve_means(b.get("curve"))) for r, b in matched]
         if all(r_at and b_at for r_at, b_at in curves):
             steps = sorted(set.intersection(*(set(r_at) & set(b_at) for r_at, b_at in curves)))
             entry["curve"] = []
