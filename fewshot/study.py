@@ -81,6 +81,9 @@ class StudySpec:
             raise ValueError(
                 f"weights given for inits {sorted(unknown)} that are not in the study {self.inits}"
             )
+        for kind, source in self.weights.items():  # a missing file fails now, not after the runs before it
+            if source not in PRETRAINERS and not Path(source).is_file():
+                raise ValueError(f"weights file for {kind} not found: {source} (--weights {kind}=FILE)")
         for init in self.inits:  # validate every init before anything is trained
             scheme = get_init(init)
             parse_init(init)

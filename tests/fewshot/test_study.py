@@ -134,6 +134,9 @@ def test_spec_refuses_reach_without_kept_checkpoints_and_bad_levels() -> None:
         StudySpec(backbones=("cbr-tiny",), inits=("random",), eval_every=2, reach=(60.0,))
     with pytest.raises(ValueError, match="eval_every must be >= 1"):
         StudySpec(backbones=("cbr-tiny",), inits=("random",), eval_every=0)
+    with pytest.raises(ValueError, match=r"weights file for genesis not found: /nonexistent\.pt"):
+        StudySpec(backbones=("cbr-tiny",), inits=("random", "genesis"), weights={"genesis": "/nonexistent.pt"})
+    StudySpec(backbones=("cbr-tiny",), inits=("random", "meanvar"), weights={"meanvar": "mim"})  # a pretrainer's name
 
 
 def test_cli_reach_without_eval_every_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
