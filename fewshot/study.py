@@ -475,8 +475,10 @@ def run_study(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base = load_config(base_config, dict(overrides or {}))
+    for fold in spec.folds:  # a fold the protocol lacks fails here, before any folder is made
+        load_config(base_config, {**dict(overrides or {}), "data.protocol.fold": fold})
+    out.mkdir(parents=True, exist_ok=True)
     cells = list(itertools.product(spec.folds, spec.seeds))
     if jobs > 1 and len(cells) > 1:
         from fewshot.recipes.jobs import Job, available_cores, run_jobs

@@ -140,6 +140,7 @@ def _second_round_cases(f: dict[str, Path], u: dict[str, Path], tmp: Path) -> li
          "label values [-1, 99] (labels must be >= 0) are not in the btcv-ct label map"),
         (["superpixels", "--dataset", "phantom-mr", "--param", "min_size"], "--param expects NAME=VALUE"),
         (["study", "--weights", "foo", "--out", str(tmp / "st")], "--weights expects NAME=VALUE"),
+        (["study", "--dataset", "phantom-mr", "--folds", "9", "--out", str(tmp / "st9")], "fold must be in 0..4"),
         ([*seg, "--query-range", "5-10"], "--query-range expects Z0:Z1"),
         ([*seg, "--query-range", "10:5"], "needs 0 <= Z0 <= Z1"),
         ([*seg, "--shots", "0"], "--shots must be >= 1"),
@@ -168,6 +169,7 @@ def test_second_round_bad_input_fails_at_once_and_touches_nothing(
     assert not failures, "\n".join(failures)
     assert (user_files["mine"] / "notes.txt").read_text() == "my notes"
     assert not (tmp_path / "outs" / "t" / "cache").exists()  # no superpixel was computed
+    assert not (tmp_path / "outs" / "st9").exists()  # a study with a fold the protocol lacks made no folder
 
 
 def test_demo_overwrite_replaces_only_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
