@@ -182,3 +182,46 @@ def test_training_cost_benchmark_refuses_a_bad_variant_in_one_line(
         err = capsys.readouterr().err
         assert "error: argument --variant" in err and err.count("error:") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def _run(init: str, fold: int, seed: int, curve: dict[int, float], minutes: tuple[float, float]) -> dict[str, Any]:
+    last = max(curve)
+    dice = {"liver": curve[last], "mean": curve[last]}
+    return {
+        "backbone": "cbr-small", "init": init, "head": "alpnet", "fold": fold, "seed": seed, "dice": dice,
+        "curve": [{"step": s, "dice": {"liver": d, "mean": d}} for s, d in sorted(curve.items())],
+        "pretrain_minutes": minutes[0], "train_minutes": minutes[1],
+    }  # fmt: skip
+
+
+def test_compute_matched_pairs_each_run_with_the_longer_arm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_compute_matched")
+    study, arm = [], []
+    for fold in range(3):
+        for seed in (0, 1):
+            base = 0.5 + 0.05 * fold + 0.01 * seed
+            study.append(_run("random", fold, seed, {2: base, 4: base + 0.02}, (0.0, 10.0)))
+            study.append(_run("genesis", fold, seed, {2: base + 0.04, 4: base + 0.05}, (15.0, 10.0)))
+            # the arm continues the random run: the same Dice at steps 2 and 4, then 0.04 more at step 8
+            arm.append(_run("random", fold, seed, {2: base, 4: base + 0.02, 8: base + 0.06}, (0.0, 22.0)))
+    study.append(_run("genesis", 4, 0, {2: 0.9, 4: 0.9}, (15.0, 10.0)))  # no arm run to pair with: left out
+    paths = {}
+    for name, runs in (("study", study), ("arm", arm)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "matched"
+    assert bench.main(["--study", str(paths["study"]), "--arm", str(paths["arm"]), "--label", "long", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    gains = {g["init"]: g for g in result["gains"]}
+    assert gains["genesis"]["gain"][0] == pytest.approx(0.05 - 0.06) and gains["genesis"]["above"] == 0
+    assert gains["random"]["gain"][0] == pytest.approx(-0.04) and len(gains["random"]["pairs"]) == 6
+    assert gains["genesis"]["folds_1_4"][0] == pytest.approx(-0.01)
+    assert result["same_start"] == {"pairs": 12, "steps": [2, 4], "max_abs_diff": 0.0}
+    counts = {s["init"]: s["runs"] for s in result["summary"]}
+    assert counts == {"random": 6, "genesis": 6, "long": 6}  # the unpaired fold-4 run is left out
+    table = capsys.readouterr().out
+    assert "| genesis | 6 |" in table and "15.0 + 10.0" in table and "at most 0.00 points (12 comparisons)" in table
+    arm.append(_run("genesis", 0, 0, {2: 0.5}, (1.0, 1.0)))
+    paths["arm"].write_text(json.dumps({"runs": arm}))
+    with pytest.raises(SystemExit, match="only random runs"):
+        bench.main(["--study", str(paths["study"]), "--arm", str(paths["arm"])])
