@@ -16,10 +16,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KIT="${GPU_KIT_DIR:-$ROOT/.gpu-kit}"
-# What the GPU image lacks (its PyTorch, Lightning, scikit-image, OpenCV, SciPy, PyYAML, Pillow, tqdm are used):
-# albumentations with its own needs, and the scan readers. Versions: the ones constraints.txt tests.
+# What the GPU image lacks: albumentations with its own needs, and the scan readers (typing-extensions because this
+# pydantic needs a newer one than the image may have). Versions: the ones constraints.txt tests where it pins them.
 WHEELS=(albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
-        typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2 nibabel==5.4.2 pydicom==3.0.2)
+        typing-inspection==0.4.5 typing-extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2 nibabel==5.4.2
+        pydicom==3.0.2)
+# What the project and those wheels take from the image as it is (KINDS.md of the lent device lists it).
+IMAGE=(torch torchvision numpy scipy scikit-image opencv-python-headless pytorch-lightning pillow pyyaml tqdm packaging)
 
 usage() { echo "usage: $0 prepare DATASET [PARTS] | run FEWSHOT-ARGS..." >&2; exit 2; }
 

@@ -7,21 +7,28 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "tools" / "gpu_kit.sh"
 
 
+def _array(name: str) -> list[str]:
+    """The items of the bash array ``name=(...)`` in the script."""
+    body = re.search(rf"^{name}=\((.*?)\)", KIT.read_text(), re.S | re.M)
+    assert body is not None, name
+    return body.group(1).split()
+
+
 def _wheels() -> dict[str, str]:
-    """The ``WHEELS=(...)`` pins of the script, ``{normalised name: version}``."""
-    body = re.search(r"WHEELS=\((.*?)\)", KIT.read_text(), re.S)
-    assert body is not None
-    pins = dict(item.split("==") for item in body.group(1).split())
-    return {name.lower().replace("_", "-"): version for name, version in pins.items()}
+    """The ``WHEELS`` pins of the script, ``{canonical name: version}``."""
+    return {canonicalize_name(name): version for name, version in (item.split("==") for item in _array("WHEELS"))}
 
 
 def _probe_wheel(folder: Path) -> Path:
@@ -48,7 +55,7 @@ def test_pins_agree_with_the_tested_versions() -> None:
     constraints = dict(
         line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
     )
-    tested = {name.lower().replace("_", "-"): v.strip() for name, v in constraints.items()}
+    tested = {canonicalize_name(name): v.strip() for name, v in constraints.items()}
     shared = sorted(set(pins) & set(tested))
     assert {"albumentations", "nibabel", "pydicom"} <= set(shared)
     assert {n: pins[n] for n in shared} == {n: tested[n] for n in shared}
@@ -56,6 +63,23 @@ def test_pins_agree_with_the_tested_versions() -> None:
     requires = importlib.metadata.requires("albumentations") or []
     albucore = next(r for r in requires if r.lower().startswith("albucore"))
     assert albucore.replace(" ", "").lower() == f"albucore=={pins['albucore']}"
+
+
+def test_the_wheels_and_the_image_hold_everything_the_project_imports() -> None:
+    """Every dependency of the project, and of each wheel (as on CPython 3.12, Linux), is a wheel or in the image."""
+    have = set(_wheels()) | {canonicalize_name(n) for n in _array("IMAGE")}
+    env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+           "platform_system": "Linux", "extra": ""}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = {}
+    for owner, requires in [("fewshot-medseg", project)] + [
+        (name, importlib.metadata.requires(name) or []) for name in _wheels()
+    ]:
+        for text in requires:
+            req = Requirement(text)
+            if (req.marker is None or req.marker.evaluate(env)) and canonicalize_name(req.name) not in have:
+                missing.setdefault(owner, []).append(req.name)
+    assert missing == {}
 
 
 def test_run_installs_the_wheels_aside_and_runs_the_project(tmp_path: Path) -> None:
