@@ -6,7 +6,7 @@
 #       -> .gpu-kit/whl/*.whl (the packages such a machine lacks, for CPython 3.12 on x86-64 Linux)
 #          .gpu-kit/DATASET.npz, or DATASET.1-of-N.npz ... with PARTS=N (`fewshot pack`)
 #   there, in a copy of the repo with .gpu-kit/:  tools/gpu_kit.sh run FEWSHOT-ARGS...
-#       -> installs the wheels into /tmp/site (nothing installed there is replaced), then `python3 -m fewshot ARGS`
+#       -> installs the wheels into /tmp/site (the image's own packages stay as they are), then `python3 -m fewshot ARGS`
 #
 # Example (CHAOS MRI, 26 MiB packed): prepare chaos-mr, carry the repo and .gpu-kit, then there
 #   tools/gpu_kit.sh run cv --recipe mri-gpu --data .gpu-kit/chaos-mr.npz --folds 3,4 --jobs 2 --out /tmp/cv
@@ -32,6 +32,7 @@ case "${1:-}" in
     dataset=$2 parts=${3:-1}
     PY=${PYTHON:-"$ROOT/.venv/bin/python"}
     mkdir -p "$KIT/whl"
+    rm -f "$KIT"/whl/*.whl  # one version of each: an old pin left beside a new one would stop the install there
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_KIT_PYTHON:-3.12}" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
