@@ -11,7 +11,8 @@
 # Example (CHAOS MRI, 26 MiB packed): prepare chaos-mr, carry the repo and .gpu-kit, then there
 #   tools/gpu_kit.sh run cv --recipe mri-gpu --data .gpu-kit/chaos-mr.npz --folds 3,4 --jobs 2 --out /tmp/cv
 # Settings: GPU_KIT_DIR (default .gpu-kit), GPU_KIT_PYTHON (the remote python's version, default 3.12),
-# GPU_KIT_SITE (where run installs the wheels, default /tmp/site).
+# GPU_KIT_SITE (where run installs the wheels, default /tmp/site), PYTHON (the interpreter: .venv/bin/python for
+# prepare, python3 for run).
 # docs/development.md "A GPU machine without network" has the measured sizes and the device command.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
