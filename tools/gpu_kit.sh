@@ -38,11 +38,7 @@ case "${1:-}" in
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
       -d "$KIT/whl" "${WHEELS[@]}"
-    if [ "$parts" -gt 1 ]; then
-      "$PY" -m fewshot pack --dataset "$dataset" --out "$KIT/$dataset.npz" --parts "$parts" --overwrite
-    else
-      "$PY" -m fewshot pack --dataset "$dataset" --out "$KIT/$dataset.npz" --overwrite
-    fi
+    "$PY" -m fewshot pack --dataset "$dataset" --out "$KIT/$dataset.npz" --parts "$parts" --overwrite
     du -sh "$KIT/whl" "$KIT"/*.npz
     ;;
   run)
