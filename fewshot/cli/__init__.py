@@ -45,6 +45,17 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _forget_unhandled_interrupt() -> None:
+    """Clear CPython's record of a ``KeyboardInterrupt`` that left an ``exec`` of a string.
+
+    Ctrl-C that lands while a string is exec'd (``dataclasses`` and ``typing`` build classes that way while modules
+    import) sets a flag that ``python -m`` reads at exit: the process then kills itself with SIGINT (status -2 to
+    a parent process) although the interrupt was handled and 130 returned. Every ``exec`` of a string resets that
+    flag first, so an empty one clears it.
+    """
+    exec("")  # an empty string: nothing runs
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fewshot`` parser (its choices are static lists: building it imports no torch)."""
     from fewshot.cli.parser import build_parser as build
@@ -108,6 +119,7 @@ def run_reporting_user_errors(prog: str, fn: Callable[[], int], verbose: bool = 
         print(f"{prog}: terminated", file=sys.stderr)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
+        _forget_unhandled_interrupt()
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_SIGINT
 

@@ -417,6 +417,34 @@ def test_signal_during_superpixels_and_evaluate(tmp_path: Path, sig: int, status
         kill_leftovers(seen)
 
 
+INTERRUPTED_IN_EXEC = """import os, signal, sys
+from fewshot.cli import run_reporting_user_errors
+
+def job():  # Ctrl-C inside an exec'd string, as when it lands while dataclasses build a class during an import
+    exec("os.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(10 ** 8): pass")
+    return 0
+
+sys.exit(run_reporting_user_errors("job", job))
+"""
+
+
+@LINUX_ONLY
+def test_ctrl_c_inside_an_exec_string_still_exits_130(tmp_path: Path) -> None:
+    """``python -m`` of a command interrupted while a string is exec'd exits 130, not killed by SIGINT (-2).
+
+    CPython records a ``KeyboardInterrupt`` that leaves an ``exec`` of a string and, under ``-m``, re-raises SIGINT
+    at exit even when the interrupt was handled; a signal that landed while ``fewshot evaluate`` imported its
+    modules ended that way. Fails without ``_forget_unhandled_interrupt`` (returncode -2)."""
+    (tmp_path / "interrupted").mkdir()
+    (tmp_path / "interrupted" / "__main__.py").write_text(INTERRUPTED_IN_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "interrupted"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr.strip()) == (130, "job: interrupted"), proc.stderr[-3000:]
+
+
 # ------------------------------------------------------------------ exact resume after SIGKILL (issue 44)
 
 #: 10 steps in bf16-mixed with 2 DataLoader workers, ``last.ckpt`` every 2 steps, the learning rate decayed every 3
