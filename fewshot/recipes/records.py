@@ -154,8 +154,9 @@ def markdown_report(records: Sequence[FoldRecord], *, recipe_line: str = "") -> 
         if len(recs) > 1:
             block(recs, f"folds {','.join(str(r.fold) for r in recs)}: mean ± std")
         later = [r for r in recs if r.fold != 0]
-        if len(recs) == 5 and later:
-            block(later, "folds 1-4 (chose nothing): mean ± std")
+        if later and len(later) < len(recs):  # fold 0 is here and chose: the others are the number no choice saw
+            names = "1-4" if len(recs) == 5 else ",".join(str(r.fold) for r in later)
+            block(later, f"folds {names} (chose nothing): mean ± std")
     if tuple(organs) == ORGANS:
         for label, pub in PUBLISHED.get((first.dataset, first.setting), []):
             lines.append(_row(f"{label}, published 5-fold", [f"{v:.2f}" for v in pub] + ["", ""]))

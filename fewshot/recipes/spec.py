@@ -127,8 +127,8 @@ class Inference:
 class Measured:
     """What the recipe measured on one dataset and setting (Dice in %, scored as ``fewshot cv`` scores).
 
-    ``folds`` holds each fold's mean Dice, fold 0 first; fold 0 chose the recipe's settings, so
-    :attr:`unchosen_mean` (folds 1-4) is the number no choice saw.
+    ``folds`` holds each fold's mean Dice, fold 0 first, in fold order; fold 0 chose the recipe's settings, so
+    :attr:`unchosen_mean` (folds 1-4, or those of them measured so far) is the number no choice saw.
     """
 
     dataset: str
@@ -151,8 +151,8 @@ class Measured:
 
     @property
     def unchosen_mean(self) -> float | None:
-        """Mean over folds 1-4 (``None`` unless all five folds were measured)."""
-        return statistics.fmean(self.folds[1:]) if len(self.folds) == 5 else None
+        """Mean over the folds after fold 0 (1-4 once all five are measured; ``None`` when only fold 0 is)."""
+        return statistics.fmean(self.folds[1:]) if len(self.folds) > 1 else None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,8 @@ def test_packaged_recipes_load_and_name_what_they_measured() -> None:
     assert round(mri.mean, 2) == 71.36  # the published 5-fold table, benchmarks/results/chaos-mr_s1_mri-cpu_5fold.md
     assert round(mri.unchosen_mean or 0, 2) == round((68.78 + 63.64 + 75.26 + 74.95) / 4, 2)
     assert round(load_recipe("ct-cpu").measured[0].mean, 2) == 62.28
+    partial = dataclasses.replace(mri, folds=(70.0, 60.0, 64.0))
+    assert partial.unchosen_mean == 62.0 and dataclasses.replace(mri, folds=(70.0,)).unchosen_mean is None
 
 
 @pytest.mark.parametrize(
@@ -131,3 +135,21 @@ def test_measured_results_files_exist_and_are_the_current_ones() -> None:
             path = root / m.results
             assert path.is_file() and path.with_suffix("").with_suffix(".results.json").is_file(), m.results
             assert path.parent.name == "results" and path.name.startswith(f"{m.dataset}_s{m.setting}_{name}_")
+
+
+def test_recipes_table_names_which_folds_its_unchosen_mean_covers(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fewshot recipes``: the "folds 1-4" column is the mean of folds 1-4 once five are measured, and says which
+    folds it covers while a cross-validation is partial; a fold-0-only entry leaves it empty."""
+    from fewshot.cli import main
+
+    assert main(["recipes"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| mri-cpu |")]
+    measured = load_recipe("mri-cpu").measured
+    assert len(rows) == len(measured)
+    for row, m in zip(rows, measured, strict=True):
+        later = row[6]
+        if len(m.folds) == 1:
+            assert later == ""
+        else:
+            assert later.startswith(f"{statistics.fmean(m.folds[1:]):.2f}")
+            assert ("(fold" in later) == (len(m.folds) < 5), later
