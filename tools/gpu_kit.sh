@@ -8,7 +8,7 @@
 #   there, in a copy of the repo with .gpu-kit/:  tools/gpu_kit.sh run FEWSHOT-ARGS...
 #       -> installs the wheels into /tmp/site (the image's own packages stay as they are), then `python3 -m fewshot ARGS`
 #
-# Example (CHAOS MRI, 26 MiB packed): prepare chaos-mr, carry the repo and .gpu-kit, then there
+# Example (CHAOS MRI, 26 MiB packed): prepare chaos-mr, carry .gpu-kit/whl and .gpu-kit/chaos-mr.npz, then there
 #   tools/gpu_kit.sh run cv --recipe mri-gpu --data .gpu-kit/chaos-mr.npz --folds 3,4 --jobs 2 --out /tmp/cv
 # Settings: GPU_KIT_DIR (default .gpu-kit), GPU_KIT_PYTHON (the remote python's version, default 3.12),
 # GPU_KIT_SITE (where run installs the wheels, default /tmp/site), PYTHON (the interpreter: .venv/bin/python for

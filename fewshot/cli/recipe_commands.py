@@ -89,9 +89,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         if not measured:
             rows.append(f"| {name} | {r.modality} ({r.dataset}) | {members} | | | not measured | | | |")
         for m in measured:
-            later = "" if m.unchosen_mean is None else f"{m.unchosen_mean:.2f}" + (
-                "" if len(m.folds) == 5 else f" (folds 1-{len(m.folds) - 1})" if len(m.folds) > 2 else " (fold 1)"
-            )
+            n = len(m.folds)
+            span = "" if n == 5 else " (fold 1)" if n == 2 else f" (folds 1-{n - 1})"
+            later = "" if m.unchosen_mean is None else f"{m.unchosen_mean:.2f}{span}"
             rows.append(f"| {name} | {r.modality} ({r.dataset}) | {members} | {m.setting} | {len(m.folds)} | "
                         f"{m.mean:.2f} | {later} | {m.minutes_per_fold:g} | {m.hardware} |")
     from fewshot.recipes.records import PUBLISHED

@@ -298,9 +298,15 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(args: list[str], tmp_path: Path, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _child_env() -> dict[str, str]:
+    """The environment of a child Python that imports this checkout (``PYTHONPATH`` starts with the repository)."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _start(args: list[str], tmp_path: Path, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    env = _child_env()
     log_path = tmp_path / log_name
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -437,9 +443,8 @@ def test_ctrl_c_inside_an_exec_string_still_exits_130(tmp_path: Path) -> None:
     modules ended that way. Fails without ``_forget_unhandled_interrupt`` (returncode -2)."""
     (tmp_path / "interrupted").mkdir()
     (tmp_path / "interrupted" / "__main__.py").write_text(INTERRUPTED_IN_EXEC)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(
-        [sys.executable, "-m", "interrupted"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "interrupted"], cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=120,
         preexec_fn=default_sigint,
     )  # fmt: skip
     assert (proc.returncode, proc.stderr.strip()) == (130, "job: interrupted"), proc.stderr[-3000:]
