@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,23 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from fewshot.recipes.records import PUBLISHED
 
     print("\n".join(rows))
-    published = "; ".join(f"{label} {ds} setting {st}: {values[-1]:.2f}"
-                          for (ds, st), entries in PUBLISHED.items() if st == 1 for label, values in entries)
-    print(f"\nPublished 5-fold mean Dice for comparison: {published}.")
-    print("Fold 0 chose every packaged recipe's settings; folds 1-4 chose nothing. "
+    print("\n" + "\n".join(_published_table(PUBLISHED)))
+    print("\nFold 0 chose every packaged recipe's settings; folds 1-4 chose nothing. "
           "`fewshot recipes NAME` shows one recipe in full.")
     return 0
+
+
+def _published_table(published: Mapping[tuple[str, int], Sequence[tuple[str, Sequence[float]]]]) -> list[str]:
+    """The published 5-fold mean Dice as a Markdown table: a row per method, a column per data set and setting."""
+    columns = list(published)
+    methods = list(dict.fromkeys(label for entries in published.values() for label, _ in entries))
+    means = {(label, column): values[-1] for column in columns for label, values in published[column]}
+    lines = ["| published, 5-fold mean Dice % | " + " | ".join(f"{ds} setting {st}" for ds, st in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for label in methods:
+        cells = (f"{means[label, c]:.2f}" if (label, c) in means else "" for c in columns)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _recipe_and_overrides(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:

@@ -153,3 +153,22 @@ def test_recipes_table_names_which_folds_its_unchosen_mean_covers(capsys: pytest
         else:
             assert later.startswith(f"{statistics.fmean(m.folds[1:]):.2f}")
             assert ("(fold" in later) == (len(m.folds) < 5), later
+
+
+def test_recipes_table_ends_with_every_published_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fewshot recipes`` closes with the published 5-fold means of both settings, one column per data set and
+    setting, so a setting-2 row has its comparison too."""
+    from fewshot.cli import main
+    from fewshot.recipes.records import PUBLISHED
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| published"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    assert columns == [f"{ds} setting {st}" for ds, st in PUBLISHED]
+    for (ds, st), entries in PUBLISHED.items():
+        for label, values in entries:
+            row = next(line for line in lines if line.startswith(f"| {label} |"))
+            cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+            assert cells[columns.index(f"{ds} setting {st}")] == f"{values[-1]:.2f}"
+    assert "73.02" in " ".join(lines) and "63.02" in " ".join(lines)
