@@ -372,6 +372,7 @@ def segment_files(
     tta: str | None = None,
     finetune: Any = None,
     intensity_prior: float | None = None,
+    postprocess: str | None = None,
 ) -> dict[str, Any]:
     """Segment ``organ`` in ``query`` from an annotated ``support``; write ``out`` (NIfTI, as the query is stored).
 
@@ -383,10 +384,15 @@ def segment_files(
     several segmenting as one ensemble (the mean of their foreground probabilities;
     :func:`~fewshot.checkpoint.load_model_from_checkpoints` checks they share their data setup).
     ``support_mask`` is binary, or a label volume read with ``label_map`` (``chaos-mr``,
-    ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). Returns a report (slices, voxels, volume in ml).
+    ``btcv-ct``, ``phantom`` or a :class:`LabelMap`). ``postprocess`` (``none``, ``lcc``: the 3D largest connected
+    component) is applied to the prediction on the query's own grid, as evaluation applies it to the scans it
+    scores; ``None``: the bundle's ``inference.postprocess``, ``none`` for checkpoints. Returns a report (slices,
+    voxels, volume in ml).
     """
     from fewshot.checkpoint import load_model_from_checkpoints
     from fewshot.device import default_device
+    from fewshot.evaluation.postprocess import check_postprocess
+    from fewshot.evaluation.postprocess import postprocess as apply_postprocess
     from fewshot.evaluation.scoring import model_finetune, model_intensity_prior, model_threshold, model_tta
 
     t0 = time.perf_counter()
@@ -398,6 +404,9 @@ def segment_files(
     for name, path in (("--support", support), ("--support-mask", support_mask), ("--query", query)):
         _check_nifti_input(name, Path(path))
     organ = check_organ_name(organ)
+    if postprocess is None:
+        postprocess = checkpoint.inference.postprocess if isinstance(checkpoint, Bundle) else "none"
+    check_postprocess(postprocess)
     dev = default_device(device)
     settings = {"fg_threshold": fg_threshold, "tta": tta, "intensity_prior": intensity_prior}
     if isinstance(checkpoint, Bundle):  # a trained model folder: the group holding the organ, its settings
@@ -477,7 +486,7 @@ def segment_files(
         organ=organ,
         intensity_prior=intensity_prior,
     )
-    pred = qry_grid.invert(pred)
+    pred = apply_postprocess(qry_grid.invert(pred), postprocess)
     value = lm.value(organ)
     labels = np.zeros(qry.shape, np.uint8)  # the prediction is on the query's stored grid (qry_grid.invert)
     labels[pred] = value
@@ -509,6 +518,7 @@ def segment_files(
         "tta": model_tta(model, tta),
         "finetune": model_finetune(model, finetune).to_dict(),
         "intensity_prior": model_intensity_prior(model, intensity_prior),
+        "postprocess": postprocess,
         "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }

@@ -450,6 +450,7 @@ def _evaluate(args: argparse.Namespace, out: Path, bundle: Any) -> int:
     changes = {"dataset": dataset, "support_subject": support_subject, "query_subjects": query_subjects,
                **protocol_changes(args)}
     protocol = replace(trained.protocol, **changes)
+    head = args.postprocess or "none"  # checkpoints carry no post-processing setting
     result = run_evaluation(
         loaded,
         protocol=protocol,
@@ -459,7 +460,7 @@ def _evaluate(args: argparse.Namespace, out: Path, bundle: Any) -> int:
         device=args.device,
         overlays=args.overlays,
         allow_train_overlap=args.allow_train_overlap,
-        postprocess=(args.postprocess, *(p for p in POSTPROCESS if p != args.postprocess)),
+        postprocess=(head, *(p for p in POSTPROCESS if p != head)),
         resolution=args.resolution,
         shot_fusion=args.shot_fusion,
         threshold=args.fg_threshold,
@@ -519,6 +520,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         tta=args.tta,
         finetune=finetune_options(args),
         intensity_prior=args.intensity_prior,
+        postprocess=args.postprocess,
     )
     print(json.dumps(report, indent=1))
     return 0

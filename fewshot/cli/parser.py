@@ -55,7 +55,8 @@ def _non_negative(kind: type) -> Any:
 
 
 def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
-    """The inference options: ``--fg-threshold``, ``--tta``, ``--intensity-prior`` and ``--finetune-*``."""
+    """The inference options: ``--fg-threshold``, ``--tta``, ``--intensity-prior``, ``--finetune-*`` and
+    ``--postprocess``."""
     parser.add_argument(
         "--fg-threshold", type=_probability, default=None,
         help="foreground probability above which a pixel is predicted foreground (0.5 = argmax; default: "
@@ -89,6 +90,12 @@ def _add_fg_threshold(parser: argparse.ArgumentParser) -> None:
         "--finetune-bf16", action=argparse.BooleanOptionalAction, default=None,
         help="fine-tune in bfloat16 autocast (CPUs with AMX and GPUs: about 3x faster; --no-finetune-bf16 on other "
         "CPUs; default: model.finetune.bf16)",
+    )
+    parser.add_argument(
+        "--postprocess", default=None, choices=("none", "lcc"),
+        help="post-processing of each scan's prediction (lcc: keep its 3D largest connected component; evaluate "
+        "reports the other variant beside it; default: the model folder's inference.postprocess, none for "
+        "checkpoints)",
     )
 
 
@@ -252,11 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--support-dataset", default=None, help="dataset layout of --support-data (default: --dataset)")
     e.add_argument("--support-subject", default=None, help="explicit support subject id")
     e.add_argument("--query-subjects", default=None, help="comma-separated query subject ids")
-    e.add_argument(
-        "--postprocess", default="none", choices=("none", "lcc"),
-        help="post-processing of each scan's prediction for the headline scores (lcc: 3D largest connected "
-        "component); the other variants are reported beside it",
-    )
     e.add_argument(
         "--resolution", default="native", choices=("native", "model"),
         help="score against the scans' own labels (native; predictions upsampled) or labels resized to data.size",

@@ -234,7 +234,7 @@ def evaluate_model(args: argparse.Namespace, bundle: Any, out: Path) -> Any:
     return evaluate_bundle(
         bundle, protocol=protocol, volumes=volumes, out=out,
         inference={"fg_threshold": args.fg_threshold, "tta": args.tta, "intensity_prior": args.intensity_prior},
-        finetune=finetune_options(args), postprocess=args.postprocess if args.postprocess != "none" else None,
+        finetune=finetune_options(args), postprocess=args.postprocess,
         shot_fusion=args.shot_fusion, device=args.device, batch_size=args.batch_size, overlays=args.overlays,
         allow_train_overlap=args.allow_train_overlap, resolution=args.resolution, alp_window=args.alp_window,
         alp_threshold=args.alp_threshold, progress=True,

@@ -179,6 +179,51 @@ def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path
     assert overlap.sum() > 0  # the prediction lands on the query's liver, not elsewhere
 
 
+@pytest.mark.slow
+def test_segment_postprocess_keeps_the_largest_component_and_follows_the_model(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--postprocess lcc`` writes only the largest 3D component of the prediction; a model folder whose inference
+    settings say ``lcc`` gets it without the flag, and ``--postprocess none`` turns it off again. The network's
+    prediction is replaced by two blobs (a briefly trained phantom model predicts one), the rest is the real path:
+    the query's grid, the NIfTI written back in the file's orientation."""
+    import fewshot.segment
+    from fewshot.evaluation.postprocess import largest_connected_component
+
+    def two_blobs(model: Any, support: Any, mask: Any, query: Any, **kwargs: Any) -> np.ndarray:
+        pred = np.zeros(query.shape, dtype=bool)
+        pred[2:10, 20:60, 20:60] = True  # the larger
+        pred[14:18, 80:90, 80:90] = True  # apart from it in every direction
+        return pred
+
+    monkeypatch.setattr(fewshot.segment, "segment_volume", two_blobs)
+    vols = _volumes()
+    support, query = vols[0], vols[1]
+    for v in (support, query):
+        save_nifti(v.image, v, tmp_path / f"{v.subject}.nii.gz")
+        assert v.label is not None
+        save_nifti((v.label == v.label_map.value("liver")).astype(np.uint8), v, tmp_path / f"{v.subject}_liver.nii.gz")
+    lcc_model = tmp_path / "lcc-model"
+    shutil.copytree(fitted, lcc_model)
+    manifest = json.loads((lcc_model / MANIFEST).read_text())
+    manifest["inference"]["postprocess"] = "lcc"
+    (lcc_model / MANIFEST).write_text(json.dumps(manifest))
+
+    def segment(model: Path, name: str, *extra: str) -> np.ndarray:
+        assert main(["segment", "--model", str(model), "--support", str(tmp_path / f"{support.subject}.nii.gz"),
+                     "--support-mask", str(tmp_path / f"{support.subject}_liver.nii.gz"), "--organ", "liver",
+                     "--query", str(tmp_path / f"{query.subject}.nii.gz"), "--out", str(tmp_path / name),
+                     *extra]) == 0
+        return np.asarray(nib.load(str(tmp_path / name)).dataobj) > 0
+
+    plain = segment(fitted, "plain.nii.gz")
+    assert plain.sum() == 8 * 40 * 40 + 4 * 10 * 10  # the phantom's query is on the model's grid
+    lcc = segment(fitted, "lcc.nii.gz", "--postprocess", "lcc")
+    assert lcc.sum() == 8 * 40 * 40 and np.array_equal(lcc, largest_connected_component(plain))
+    assert np.array_equal(segment(lcc_model, "default.nii.gz"), lcc)
+    assert np.array_equal(segment(lcc_model, "off.nii.gz", "--postprocess", "none"), plain)
+
+
 def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path: Path) -> None:
     """Setting 2 without the trap: one model per label group (each trained without its group's slices), scored
     group by group and joined; a Genesis member pretrains on the training scans first (the other member does not)."""
