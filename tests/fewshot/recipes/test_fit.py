@@ -155,17 +155,23 @@ def test_bad_models_and_recipes_are_one_line_exit_2(fitted: Path, tmp_path: Path
     assert not (tmp_path / "o").exists()
 
 
+def _liver_support_and_query(folder: Path) -> tuple[list[str], Path]:
+    """Two phantom scans and their liver masks as NIfTI in ``folder``: the ``segment`` options naming the support,
+    its mask, the organ and the query, and the query's liver mask."""
+    support, query = _volumes()[:2]
+    for v in (support, query):
+        save_nifti(v.image, v, folder / f"{v.subject}.nii.gz")
+        assert v.label is not None
+        save_nifti((v.label == v.label_map.value("liver")).astype(np.uint8), v, folder / f"{v.subject}_liver.nii.gz")
+    options = ["--support", str(folder / f"{support.subject}.nii.gz"), "--support-mask",
+               str(folder / f"{support.subject}_liver.nii.gz"), "--organ", "liver",
+               "--query", str(folder / f"{query.subject}.nii.gz")]
+    return options, folder / f"{query.subject}_liver.nii.gz"
+
+
 @pytest.mark.slow
 def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path, tmp_path: Path) -> None:
-    vols = _volumes()
-    support, query = vols[0], vols[1]
-    for v in (support, query):
-        save_nifti(v.image, v, tmp_path / f"{v.subject}.nii.gz")
-        assert v.label is not None
-        save_nifti((v.label == v.label_map.value("liver")).astype(np.uint8), v, tmp_path / f"{v.subject}_liver.nii.gz")
-    common = ["--support", str(tmp_path / f"{support.subject}.nii.gz"), "--support-mask",
-              str(tmp_path / f"{support.subject}_liver.nii.gz"), "--organ", "liver",
-              "--query", str(tmp_path / f"{query.subject}.nii.gz")]
+    common, query_liver = _liver_support_and_query(tmp_path)
     bundle = load_bundle(fitted)
     ckpts = [str(fitted / m.checkpoint) for m in bundle.members]
     assert main(["segment", "--model", str(fitted), *common, "--out", str(tmp_path / "a.nii.gz")]) == 0
@@ -174,7 +180,7 @@ def test_segment_with_the_model_equals_segment_with_its_checkpoints(fitted: Path
     a = np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj)
     b = np.asarray(nib.load(str(tmp_path / "b.nii.gz")).dataobj)
     assert a.any() and np.array_equal(a, b)
-    truth = np.asarray(nib.load(str(tmp_path / f"{query.subject}_liver.nii.gz")).dataobj) > 0
+    truth = np.asarray(nib.load(str(query_liver)).dataobj) > 0
     overlap = (a > 0) & truth
     assert overlap.sum() > 0  # the prediction lands on the query's liver, not elsewhere
 
@@ -197,12 +203,7 @@ def test_segment_postprocess_keeps_the_largest_component_and_follows_the_model(
         return pred
 
     monkeypatch.setattr(fewshot.segment, "segment_volume", two_blobs)
-    vols = _volumes()
-    support, query = vols[0], vols[1]
-    for v in (support, query):
-        save_nifti(v.image, v, tmp_path / f"{v.subject}.nii.gz")
-        assert v.label is not None
-        save_nifti((v.label == v.label_map.value("liver")).astype(np.uint8), v, tmp_path / f"{v.subject}_liver.nii.gz")
+    common, _ = _liver_support_and_query(tmp_path)
     lcc_model = tmp_path / "lcc-model"
     shutil.copytree(fitted, lcc_model)
     manifest = json.loads((lcc_model / MANIFEST).read_text())
@@ -210,10 +211,7 @@ def test_segment_postprocess_keeps_the_largest_component_and_follows_the_model(
     (lcc_model / MANIFEST).write_text(json.dumps(manifest))
 
     def segment(model: Path, name: str, *extra: str) -> np.ndarray:
-        assert main(["segment", "--model", str(model), "--support", str(tmp_path / f"{support.subject}.nii.gz"),
-                     "--support-mask", str(tmp_path / f"{support.subject}_liver.nii.gz"), "--organ", "liver",
-                     "--query", str(tmp_path / f"{query.subject}.nii.gz"), "--out", str(tmp_path / name),
-                     *extra]) == 0
+        assert main(["segment", "--model", str(model), *common, "--out", str(tmp_path / name), *extra]) == 0
         return np.asarray(nib.load(str(tmp_path / name)).dataobj) > 0
 
     plain = segment(fitted, "plain.nii.gz")
