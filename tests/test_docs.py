@@ -97,7 +97,7 @@ def test_the_docs_have_commands_of_both_kinds() -> None:
     assert {c[2][0] for c in runnable} >= {"recipes", "fit", "evaluate", "segment", "cv"}
     assert any(c[3] for c in COMMANDS)
     assert {"README.md", "own-scans.md", "recipes.md"} <= {c[0] for c in COMMANDS}
-    assert all(set(c[3]) <= {"real-data", "gpu", "cluster"} for c in COMMANDS), [c[1] for c in COMMANDS if c[3]]
+    assert all(set(c[3]) <= {"real-data", "gpu", "cluster", "weights"} for c in COMMANDS), [c[1] for c in COMMANDS if c[3]]
 
 
 @pytest.mark.parametrize(("doc", "line", "argv", "needs"), [c for c in COMMANDS if c[3]],

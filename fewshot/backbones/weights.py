@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WeightsRecord", "normalise_sha256", "torchvision_imagenet"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMPORT_FORMAT", "WeightsRecord", "normalise_sha256", "torchvision_imagenet"]
 
 #: Per-channel RGB normalisation of the torchvision ImageNet classifiers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``meta["format"]`` of pretrained weights converted from another framework (:mod:`fewshot.backbones.keras_resnet`).
+IMPORT_FORMAT = "fewshot-imported-weights/1"
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -47,6 +49,8 @@ class WeightsRecord:
             (torchvision publishes the first 8 hex digits in the file name); ``None``: unknown.
         mean, std: per-channel input normalisation the weights were trained with (``None``: unknown).
         notes: free text (licence, training data, deviations).
+        make: the command that makes :attr:`file` from :attr:`source` when the file is not published as such
+            (an imported format); ``None``: the file is downloaded as it is.
     """
 
     init: str
@@ -56,6 +60,7 @@ class WeightsRecord:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     notes: str = ""
+    make: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -1,4 +1,4 @@
-"""``fewshot`` command line: demo, superpixels, pretrain (pretrain-genesis), train, evaluate, segment, study.
+"""``fewshot`` command line: demo, superpixels, pack, import-weights, pretrain (pretrain-genesis), train, evaluate, segment, study.
 
 Every command has ``--help`` (with defaults and the registered choices). User errors (bad
 options, missing or corrupt files, invalid configs) print one line and exit with status 2;

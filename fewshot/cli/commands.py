@@ -21,6 +21,7 @@ __all__ = [
     "CLIError",
     "cmd_demo",
     "cmd_evaluate",
+    "cmd_import_weights",
     "cmd_pretrain_genesis",
     "cmd_segment",
     "cmd_study",
@@ -213,6 +214,24 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if len(files) > 1:
         print("in parts: " + ", ".join(f"{f.name} {f.stat().st_size / 2**20:.1f} MiB" for f in files))
     print(f"use it with: --dataset {args.dataset} --data {out}")
+    return 0
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    from fewshot.backbones import keras_resnet
+
+    importers = {keras_resnet.BACKBONE: keras_resnet.import_keras_resnet50}
+    try:
+        path = importers[args.backbone](args.source, args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise CLIError(f"{e}".replace("overwrite=True (--overwrite)", "--overwrite")) from None
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {args.backbone} ImageNet weights")
+    found = path.resolve() == (Path(torch.hub.get_dir()) / "checkpoints" / str(keras_resnet.RECORD.file)).resolve()
+    use = "--init imagenet" if found else f"--init imagenet --weights {path}"
+    print(f"use them with: --backbone {args.backbone} {use} (config: model.backbone.name={args.backbone}, "
+          f"model.init.scheme=imagenet)")
     return 0
 
 

@@ -8,12 +8,17 @@ is added here.
 
 from __future__ import annotations
 
-__all__ = ["BACKBONES", "DATASETS", "HEADS", "INITS", "SUPERPIXEL_METHODS", "TTA_CHOICES", "registry_names"]
+__all__ = ["BACKBONES", "DATASETS", "HEADS", "INITS", "SUPERPIXEL_METHODS", "TTA_CHOICES", "WEIGHT_IMPORTS",
+           "registry_names"]
 
 #: ``episodes.data.datasets.list_datasets()``
 DATASETS = ("btcv-ct", "chaos-dicom", "chaos-mr", "nifti", "phantom-ct", "phantom-mr")
 #: ``fewshot.backbones.list_backbones()``
-BACKBONES = ("cbr-large-t", "cbr-large-w", "cbr-small", "cbr-tiny", "resnet101", "resnet50", "unet", "vgg16")
+BACKBONES = (
+    "cbr-large-t", "cbr-large-w", "cbr-small", "cbr-tiny", "resnet101", "resnet50", "resnet50-msra", "unet", "vgg16"
+)
+#: the backbones ``fewshot import-weights`` converts files for (``fewshot.backbones.keras_resnet.BACKBONE``)
+WEIGHT_IMPORTS = ("resnet50-msra",)
 #: ``fewshot.heads.list_heads()``
 HEADS = ("adnet", "alpnet", "dpcn", "panet", "sgone")
 #: ``fewshot.backbones.inits.list_inits()``

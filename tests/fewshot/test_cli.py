@@ -23,7 +23,7 @@ from tests.fewshot.phantom_args import TINY
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    commands = ["demo", "superpixels", "pack", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study"]
+    commands = ["demo", "superpixels", "pack", "import-weights", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study"]
     for cmd in commands:
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
@@ -36,8 +36,8 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch: pytest.MonkeyP
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {
-        "demo", "superpixels", "pack", "pretrain", "pretrain-genesis", "train", "evaluate", "segment", "study", "recipes", "fit",
-        "cv",
+        "demo", "superpixels", "pack", "import-weights", "pretrain", "pretrain-genesis", "train", "evaluate", "segment",
+        "study", "recipes", "fit", "cv",
     }
     for name, command in [("fewshot", parser), *sub.choices.items()]:
         text = " ".join(command.format_help().split())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from episodes.data.datasets import list_datasets
 from episodes.pseudolabels import METHODS
-from fewshot.backbones import list_backbones
+from fewshot.backbones import keras_resnet, list_backbones
 from fewshot.backbones.inits import list_inits
 from fewshot.cli import names
 from fewshot.config.model import TTA_CHOICES
@@ -25,6 +25,7 @@ def test_static_names_equal_the_registries() -> None:
     assert list(names.INITS) == list_inits()
     assert list(names.SUPERPIXEL_METHODS) == list(METHODS)
     assert tuple(names.TTA_CHOICES) == tuple(TTA_CHOICES)
+    assert names.WEIGHT_IMPORTS == (keras_resnet.BACKBONE,)  # the importers `fewshot import-weights` runs
 
 
 def test_help_imports_no_torch() -> None:
@@ -32,7 +33,7 @@ def test_help_imports_no_torch() -> None:
         "import sys\n"
         "from fewshot.cli import build_parser\n"
         "p = build_parser()\n"
-        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help'], ['segment', '--help']):\n"
+        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help'], ['segment', '--help'], ['import-weights', '--help']):\n"
         "    try:\n"
         "        p.parse_args(argv)\n"
         "    except SystemExit:\n"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from episodes.pseudolabels.cache import file_digest
-from fewshot.backbones.weights import WeightsRecord
+from fewshot.backbones.weights import IMPORT_FORMAT, WeightsRecord
 
 if TYPE_CHECKING:
     from fewshot.backbones.base import InitReport
@@ -64,6 +64,11 @@ def resolve_imagenet_file(
         )
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     path = ckpt_dir / record.file
+    if not path.is_file() and record.make is not None:
+        raise FileNotFoundError(
+            f"ImageNet weights for {backbone_name!r} not found: {str(path)!r} is made by `{record.make}` from "
+            f"{record.source} (set $TORCH_HOME to change the folder), or pass weights=PATH. Nothing is downloaded."
+        )
     if not path.is_file():
         src = f" (from {record.source})" if record.source else ""
         raise FileNotFoundError(
@@ -137,6 +142,8 @@ def _advice(backbone: str, kind: str, path: Path, record: WeightsRecord | None) 
     genesis = f"re-run `fewshot pretrain --objective {objective} --backbone {backbone} --out {path}`"
     if kind in ("genesis", "mim"):
         return genesis
+    if record is not None and record.make is not None:
+        return f"re-create it with `{record.make}` (the package: {record.source})"
     if record is not None and record.file == path.name and record.source:
         return f"re-download {record.source} to {str(path)!r}"
     official = f" (the official file: {record.source})" if record is not None and record.source else ""
@@ -173,6 +180,13 @@ def read_weights(backbone: StagedBackbone, ctx: InitContext, record: WeightsReco
                 f"{str(path)!r} was pretrained with objective {objective!r}: load it with init {objective!r}, "
                 f"not {kind!r} (or {make})"
             )
+    if kind == "imagenet" and record is not None and record.make is not None and (
+        meta is None or meta.get("format") != IMPORT_FORMAT
+    ):
+        raise ValueError(
+            f"{str(path)!r} is not an imported {backbone.name} file (format {IMPORT_FORMAT!r}); make it with "
+            f"`{record.make}`"
+        )
     if meta is not None and meta.get("backbone") not in (None, backbone.name):
         raise ValueError(
             f"{str(path)!r} holds weights for backbone {meta.get('backbone')!r}, not {backbone.name!r}"
