@@ -229,7 +229,10 @@ def convert_keras_resnet50(model: TfjsModel) -> dict[str, torch.Tensor]:
     expected = {2: 3, 3: 4, 4: 6, 5: 3}
 
     def eps_of(layer: str) -> float:
-        return float(model.layers.get(layer, {}).get("config", {}).get("epsilon", 1e-3))
+        try:
+            return float(model.layers[layer]["config"]["epsilon"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"batch-norm layer {layer!r} declares no epsilon in model.json: not Keras's ResNet-50") from None
 
     def pair(conv_key: str, bn_key: str, conv: str, bn: str) -> dict[str, torch.Tensor]:
         try:

@@ -20,28 +20,18 @@ from fewshot.backbones import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# dilated bottleneck ResNets (output stride 8): one table for resnet50, resnet50-msra and resnet101
+RESNET_BOTTLENECK = [
+    ("stem", 64, 2),
+    ("layer1", 256, 4),
+    ("layer2", 512, 8),
+    ("layer3", 1024, 8),
+    ("layer4", 2048, 8),
+]
 EXPECTED = {
-    "resnet50": [
-        ("stem", 64, 2),
-        ("layer1", 256, 4),
-        ("layer2", 512, 8),
-        ("layer3", 1024, 8),
-        ("layer4", 2048, 8),
-    ],
-    "resnet50-msra": [
-        ("stem", 64, 2),
-        ("layer1", 256, 4),
-        ("layer2", 512, 8),
-        ("layer3", 1024, 8),
-        ("layer4", 2048, 8),
-    ],
-    "resnet101": [
-        ("stem", 64, 2),
-        ("layer1", 256, 4),
-        ("layer2", 512, 8),
-        ("layer3", 1024, 8),
-        ("layer4", 2048, 8),
-    ],
+    "resnet50": RESNET_BOTTLENECK,
+    "resnet50-msra": RESNET_BOTTLENECK,
+    "resnet101": RESNET_BOTTLENECK,
     "vgg16": [
         ("block1", 64, 1),
         ("block2", 128, 2),

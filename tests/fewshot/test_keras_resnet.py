@@ -197,6 +197,14 @@ def test_import_runs_as_the_keras_network(tmp_path: Path) -> None:
     assert not (tmp_path / "w3.pth").exists()
     with pytest.raises(FileExistsError, match="already exists"):
         import_keras_resnet50(tgz, out, check_digest=False)
+    # a batch-norm layer without its epsilon is an error, not a guessed 1e-3
+    mj = tmp_path / "pkg" / "model.json"
+    topo = json.loads(mj.read_text())
+    del topo["modelTopology"]["model_config"]["config"]["layers"][0]["config"]["epsilon"]
+    mj.write_text(json.dumps(topo))
+    with pytest.raises(ValueError, match=r"batch-norm layer '\w+' declares no epsilon"):
+        import_keras_resnet50(tmp_path / "pkg", tmp_path / "w4.pth", check_digest=False)
+    assert not (tmp_path / "w4.pth").exists()
 
 
 def test_resnet50_msra_puts_the_stride_in_the_1x1_and_has_its_own_record() -> None:
