@@ -99,6 +99,9 @@ def fold_genesis_weights(
 ) -> tuple[str, GenesisResult | None]:
     """Models Genesis weights pretrained on the fold's training slices (no labels), written to ``out``.
 
+    The slices are those the episodes train on: in setting 2 (``cfg.data.train_exclusions()``) every slice
+    holding a held-out organ is left out.
+
     The encoder is pretrained as ``cfg`` builds it (its ``truncate`` and ``output_stride``); ``bf16``: under
     bfloat16 autocast; ``objective``: ``"genesis"`` or ``"mim"`` (:func:`fewshot.genesis.pretrain_genesis`). An
     interrupted pretraining resumes from ``<out>.partial``.
@@ -110,7 +113,8 @@ def fold_genesis_weights(
     from fewshot.genesis import run_pretrain_genesis, slices_sha256
 
     _, train_raw, _ = split_volumes(cfg.data.protocol, volumes)
-    images = unit_slices(train_raw, cfg.data.size)
+    # setting 2: the slices the episodes drop are dropped here too, so no held-out organ is pretrained on
+    images = unit_slices(train_raw, cfg.data.size, exclude_organs=cfg.data.train_exclusions())
     if out.is_file():
         backbone = cfg.model.backbone
         wanted = {"backbone": backbone.name, "in_channels": backbone.in_channels, "truncate": backbone.truncate,

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,19 +205,32 @@ def preprocess(
     return resize_volume(out, size, spacing=spacing)
 
 
-def unit_slices(volumes: Iterable[Volume], size: int | None = None) -> np.ndarray:
+def unit_slices(
+    volumes: Iterable[Volume], size: int | None = None, *, exclude_organs: Sequence[str] = ()
+) -> np.ndarray:
     """Every non-constant slice of raw ``volumes``, min-max scaled to [0, 1]: ``(N, size, size)`` float32.
 
-    CT in HU is windowed first. This is the unlabeled input of Models Genesis pretraining.
+    CT in HU is windowed first. This is the unlabeled input of Models Genesis pretraining. ``exclude_organs``
+    (setting 2) drops every slice that holds any of these organs, as the episodes drop them
+    (:meth:`Volume.slices_with_any`), so the held-out organs reach no part of training; it needs labels.
     """
     slices = []
     for v in volumes:
         if v.normalized:
             raise VolumeError(f"subject {v.subject}: unit_slices needs raw volumes")
+        if exclude_organs and v.label is None:
+            raise VolumeError(
+                f"subject {v.subject}: excluding the slices of {', '.join(exclude_organs)} needs labels, "
+                "but the volume has none"
+            )
+        excluded = v.slices_with_any(exclude_organs)
         img = window_ct(v.image) if v.intensity == "hu" else v.image
-        slices += [to_unit_range(img[z]) for z in range(v.shape[0]) if img[z].max() > img[z].min()]
+        slices += [
+            to_unit_range(img[z]) for z in range(v.shape[0]) if not excluded[z] and img[z].max() > img[z].min()
+        ]
     if not slices:
-        raise VolumeError("no non-empty slices in the given volumes")
+        what = f" outside the slices of {', '.join(exclude_organs)}" if exclude_organs else ""
+        raise VolumeError(f"no non-empty slices{what} in the given volumes")
     images = np.stack(slices)
     if size is not None and images.shape[-2:] != (size, size):
         t = F.interpolate(

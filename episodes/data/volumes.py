@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -146,6 +147,14 @@ class Volume:
         value = self.label_map.value(organ)
         present = (self._require_label() == value).any(axis=(1, 2))
         return np.flatnonzero(present)
+
+    def slices_with_any(self, organs: Sequence[str]) -> np.ndarray:
+        """``(Z,)`` bool: the slices holding at least one voxel of any of ``organs`` (setting 2 drops them from
+        all training, SSL-ALPNet's rule); all ``False`` for no organs. Raises if the volume has no label."""
+        if not organs:
+            return np.zeros(self.shape[0], dtype=bool)
+        values = [self.label_map.value(o) for o in organs]
+        return np.asarray(np.isin(self._require_label(), values).any(axis=(1, 2)), dtype=bool)
 
     def with_arrays(self, image: np.ndarray, label: np.ndarray | None, **changes: object) -> Volume:
         """A copy with new arrays (and other fields in ``changes``)."""

@@ -202,8 +202,7 @@ class SelfSupervisedEpisodes(Dataset):  # type: ignore[type-arg]
                         f"subject {volume.subject}: exclude_organs={self.exclude_organs} needs labels, "
                         "but the volume has none"
                     )
-                values = [volume.label_map.value(o) for o in self.exclude_organs]
-                excluded = np.asarray(np.isin(volume.label, values).any(axis=(1, 2)), dtype=bool)
+                excluded = volume.slices_with_any(self.exclude_organs)
                 if self.slice_input != "tile":
                     depth = volume.shape[0]
                     excluded = np.asarray(

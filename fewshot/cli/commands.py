@@ -270,7 +270,13 @@ def cmd_pretrain_genesis(args: argparse.Namespace) -> int:
 
         _, raw, _ = split_volumes(Protocol(dataset=args.dataset, fold=args.fold), raw)
         print(f"fold {args.fold}: pretraining on its {len(raw)} training scans", flush=True)
-    images = unit_slices(raw, args.size)
+    exclude = tuple(comma_list(args.exclude_organs, str, option="--exclude-organs")) if args.exclude_organs else ()
+    try:
+        images = unit_slices(raw, args.size, exclude_organs=exclude)
+    except KeyError as e:  # an organ the data set does not label
+        raise CLIError(f"--exclude-organs: {e.args[0]}") from None
+    if exclude:
+        print(f"left out: every slice with {', '.join(exclude)} ({len(images)} slices kept)", flush=True)
     if partial_path(out).is_file():
         print(f"resuming the unfinished run in {partial_path(out)}", flush=True)
     result = run_pretrain_genesis(

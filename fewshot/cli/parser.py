@@ -375,6 +375,11 @@ def _pretrain_arguments(g: argparse.ArgumentParser, names: dict[str, list[str]],
         help="pretrain only on the training scans of this fold (0-4, the setting-1 split that fit and evaluate use), "
         "so its held-out scans stay unseen; default: every scan of the data set",
     )
+    g.add_argument(
+        "--exclude-organs", default=None, metavar="ORGANS",
+        help="comma-separated organs whose slices are left out (setting 2, as fewshot fit --setting 2 pretrains each "
+        "label group's member: e.g. liver,spleen); needs labels",
+    )
     g.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     g.add_argument(
         "--objective", default="genesis", choices=("genesis", "mim"),

@@ -178,6 +178,29 @@ def test_unit_range_and_unit_slices() -> None:
         unit_slices([preprocess(_vol(img), size=None)])
 
 
+def test_unit_slices_leave_out_the_slices_of_excluded_organs() -> None:
+    """Setting 2: the pretraining slices are those the episodes keep, every slice holding any excluded organ gone
+    (SSL-ALPNet's rule), so no held-out organ reaches any part of training."""
+    img = np.stack([np.full((4, 4), z, np.float32) + np.eye(4, dtype=np.float32) for z in range(5)])
+    label = np.zeros((5, 4, 4), np.int16)
+    label[1, 0, 0] = CHAOS_MR.value("liver")
+    label[3, 2, 2] = CHAOS_MR.value("spleen")
+    label[4, 1, 1] = CHAOS_MR.value("left_kidney")
+    vol = _vol(img, label=label)
+    assert vol.slices_with_any(["liver", "spleen"]).tolist() == [False, True, False, True, False]
+    assert vol.slices_with_any([]).tolist() == [False] * 5
+    kept = unit_slices([vol], exclude_organs=("liver", "spleen"))
+    np.testing.assert_array_equal(kept, unit_slices([vol])[[0, 2, 4]])
+    assert unit_slices([vol], exclude_organs=("left_kidney",)).shape[0] == 4
+    with pytest.raises(VolumeError, match="excluding the slices of liver needs labels"):
+        unit_slices([_vol(img)], exclude_organs=("liver",))
+    with pytest.raises(KeyError, match="unknown organ 'lung'"):
+        unit_slices([vol], exclude_organs=("lung",))
+    everywhere = np.full((5, 4, 4), CHAOS_MR.value("liver"), np.int16)
+    with pytest.raises(VolumeError, match="no non-empty slices outside the slices of liver"):
+        unit_slices([_vol(img, label=everywhere)], exclude_organs=("liver",))
+
+
 def test_preprocess_keeps_labels_default_size_and_low_contrast_mr() -> None:
     """Survivors of the full run (2026-12-06): ``preprocess`` dropping the label, its default size, an asymmetric
     statistics window read as ``[rows, rows]``, and the constant-image test at ``std < 1.00000001``."""

@@ -330,6 +330,15 @@ def test_pretrain_on_one_folds_training_scans(tmp_path: Path, capsys: pytest.Cap
     meta = {n: torch.load(tmp_path / f"{n}.pt", weights_only=True)["meta"] for n in ("f1", "all")}
     assert meta["f1"]["data_sha256"] == slices_sha256(unit_slices(train, 48))
     assert meta["all"]["data_sha256"] == slices_sha256(unit_slices(volumes, 48)) != meta["f1"]["data_sha256"]
+    # setting 2 by hand: --exclude-organs leaves out every slice of those organs, as fit --setting 2 does
+    assert main([*cmd, "--fold", "1", "--exclude-organs", "liver,spleen", "--out", str(tmp_path / "s2.pt")]) == 0
+    kept = unit_slices(train, 48, exclude_organs=("liver", "spleen"))
+    assert f"left out: every slice with liver, spleen ({len(kept)} slices kept)" in capsys.readouterr().out
+    s2 = torch.load(tmp_path / "s2.pt", weights_only=True)["meta"]["data_sha256"]
+    assert s2 == slices_sha256(kept) != meta["f1"]["data_sha256"]
+    assert main([*cmd, "--exclude-organs", "lung", "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "--exclude-organs: unknown organ 'lung'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_study_pretrains_mim_on_each_folds_training_scans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

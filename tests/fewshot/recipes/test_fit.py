@@ -246,6 +246,16 @@ def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path
     assert (out / "members" / "a_liver" / "genesis.pt").is_file() and not (out / "members" / "b_liver" / "genesis.pt").exists()
     meta = torch.load(out / "members" / "a_liver" / "genesis.pt", map_location="cpu", weights_only=False)["meta"]
     assert meta["bf16"] is True and meta["steps"] == 3  # the member's genesis_bf16 reached the pretraining
+    from episodes.data.preprocess import unit_slices
+    from fewshot.genesis import slices_sha256
+    from fewshot.pipeline import load_volumes, split_volumes
+
+    for group in bundle.groups:  # and each group's Genesis pretraining never saw those slices either
+        cfg = bundle.load(group).config
+        _, train, _ = split_volumes(cfg.data.protocol, load_volumes(cfg.data))
+        sha = torch.load(out / "members" / f"a_{group[0]}" / "genesis.pt", weights_only=True)["meta"]["data_sha256"]
+        assert sha == slices_sha256(unit_slices(train, cfg.data.size, exclude_organs=tuple(whole_group[group[0]])))
+        assert sha != slices_sha256(unit_slices(train, cfg.data.size))
     assert bundle.load(("liver",)).payload["init_report"] is not None
     result = evaluate_bundle(bundle, out=tmp_path / "ev")
     assert set(result.dice) == {"liver", "left_kidney", "mean"}
