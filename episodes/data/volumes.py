@@ -144,9 +144,7 @@ class Volume:
 
     def slices_with(self, organ: str) -> np.ndarray:
         """Sorted slice indices that contain at least one voxel of ``organ`` (may be empty)."""
-        value = self.label_map.value(organ)
-        present = (self._require_label() == value).any(axis=(1, 2))
-        return np.flatnonzero(present)
+        return np.flatnonzero(self.slices_with_any([organ]))
 
     def slices_with_any(self, organs: Sequence[str]) -> np.ndarray:
         """``(Z,)`` bool: the slices holding at least one voxel of any of ``organs`` (setting 2 drops them from
