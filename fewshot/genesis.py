@@ -25,7 +25,8 @@ recipe is SGD lr 1, momentum 0.9, which needs long schedules. The saved file hol
 encoder state dict (keys of ``create_backbone(name).state_dict()``) plus metadata and loads with
 ``torch.load(..., weights_only=True)``; use it with ``create_backbone(name, init="genesis", weights=FILE)``.
 The metadata carry ``format``, ``backbone``, the training settings, the library ``version``,
-``data_sha256`` (sha256 of the training slices, when given as arrays) and the file's
+``data_sha256`` and ``num_slices`` (sha256 and number of the training slices, when given as
+arrays) and the file's
 :class:`~fewshot.backbones.weights.WeightsRecord` (``record``: inputs in [0, 1], i.e. mean 0 / std 1).
 """
 
@@ -390,8 +391,9 @@ def _check_range(arr: np.ndarray) -> None:
         raise ValueError(f"images must be scaled to [0, 1], got range [{lo}, {hi}]")
 
 
-def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.ndarray], str | None]:
-    """``(draw, data_sha256)``: the image sampler and the sha256 of the float32 slices (``None`` for a callable)."""
+def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.ndarray], str | None, int | None]:
+    """``(draw, data_sha256, num_slices)``: the image sampler, the sha256 of the float32 slices and their number
+    (both ``None`` for a callable)."""
     if callable(source):
         fn = source
 
@@ -400,7 +402,7 @@ def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.nd
             _check_range(img)
             return img
 
-        return draw, None
+        return draw, None, None
     arr = source if isinstance(source, np.ndarray) else None
     if arr is None:
         items = [np.asarray(s) for s in source]
@@ -415,7 +417,7 @@ def _sampler(source: ImageSource) -> tuple[Callable[[np.random.Generator], np.nd
     _check_range(arr)
     data = np.ascontiguousarray(arr, dtype=np.float32)
     digest = slices_sha256(data)
-    return (lambda rng: data[int(rng.integers(len(data)))]), digest
+    return (lambda rng: data[int(rng.integers(len(data)))]), digest, len(data)
 
 
 def slices_sha256(images: np.ndarray) -> str:
@@ -503,7 +505,7 @@ def pretrain_genesis(
     t_start = time.perf_counter()
     out = Path(out)
     partial = partial_path(out)
-    draw, data_sha256 = _sampler(slices)
+    draw, data_sha256, num_slices = _sampler(slices)
     settings = {
         "backbone": backbone, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "in_channels": in_channels, "truncate": truncate, "output_stride": output_stride, "bf16": bf16,
@@ -595,6 +597,7 @@ def pretrain_genesis(
         "seconds": seconds(),
         "version": __version__,
         "data_sha256": data_sha256,
+        "num_slices": num_slices,
         "record": WeightsRecord(
             init=objective,
             source=(

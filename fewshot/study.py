@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ __all__ = [
     "PRETRAINERS", "StudySpec", "fold_genesis_weights", "paired_gains", "run_study", "sign_test", "steps_to_reach",
     "summarize",
 ]
+
+logger = logging.getLogger("fewshot")
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,12 @@ def fold_genesis_weights(
 
     _, train_raw, _ = split_volumes(cfg.data.protocol, volumes)
     # setting 2: the slices the episodes drop are dropped here too, so no held-out organ is pretrained on
-    images = unit_slices(train_raw, cfg.data.size, exclude_organs=cfg.data.train_exclusions())
+    excluded = cfg.data.train_exclusions()
+    images = unit_slices(train_raw, cfg.data.size, exclude_organs=excluded)
+    logger.info(
+        "%s pretraining data: %d slices of %d training scans%s", objective, len(images), len(train_raw),
+        f" (without every slice holding {', '.join(excluded)})" if excluded else "",
+    )
     if out.is_file():
         backbone = cfg.model.backbone
         wanted = {"backbone": backbone.name, "in_channels": backbone.in_channels, "truncate": backbone.truncate,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -253,8 +254,10 @@ def test_setting2_fits_one_model_per_label_group_and_scores_every_organ(tmp_path
     for group in bundle.groups:  # and each group's Genesis pretraining never saw those slices either
         cfg = bundle.load(group).config
         _, train, _ = split_volumes(cfg.data.protocol, load_volumes(cfg.data))
-        sha = torch.load(out / "members" / f"a_{group[0]}" / "genesis.pt", weights_only=True)["meta"]["data_sha256"]
-        assert sha == slices_sha256(unit_slices(train, cfg.data.size, exclude_organs=tuple(whole_group[group[0]])))
+        meta = torch.load(out / "members" / f"a_{group[0]}" / "genesis.pt", weights_only=True)["meta"]
+        kept = unit_slices(train, cfg.data.size, exclude_organs=tuple(whole_group[group[0]]))
+        sha = meta["data_sha256"]
+        assert sha == slices_sha256(kept) and meta["num_slices"] == len(kept)
         assert sha != slices_sha256(unit_slices(train, cfg.data.size))
     assert bundle.load(("liver",)).payload["init_report"] is not None
     result = evaluate_bundle(bundle, out=tmp_path / "ev")
@@ -296,18 +299,32 @@ def test_an_interrupted_fit_resumes_when_run_again(tmp_path: Path) -> None:
     assert [m.steps for m in load_bundle(out).members] == [40, 40]
 
 
-def test_genesis_weights_pretrained_otherwise_are_not_reused(tmp_path: Path) -> None:
+def test_genesis_weights_pretrained_otherwise_are_not_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A fold's ``genesis.pt`` is reused only when its metadata show the run's settings and training slices: the
     same call returns it untouched, while other steps, ``bf16``, seed or scans raise an error naming what differs
     (the file used to be reused whatever it was pretrained with)."""
-    from fewshot.pipeline import load_volumes
+    from episodes.data.preprocess import unit_slices
+    from fewshot.pipeline import load_volumes, split_volumes
     from fewshot.study import fold_genesis_weights
 
     cfg = load_config(config_path("demo_phantom"), {**FAST, "data.loader_args": {"n_subjects": 6, "shape": [12, 48, 48]}, "data.size": 32})
     vols = load_volumes(cfg.data)
     out = tmp_path / "genesis.pt"
-    path, result = fold_genesis_weights(cfg, vols, 2, out)
+    with caplog.at_level(logging.INFO, logger="fewshot"):
+        path, result = fold_genesis_weights(cfg, vols, 2, out)
     assert path == str(out) and result is not None and len(result.losses) == 2
+    n_train = len(split_volumes(cfg.data.protocol, vols)[1])
+    n_slices = torch.load(out, weights_only=True)["meta"]["num_slices"]
+    assert n_slices == len(unit_slices(split_volumes(cfg.data.protocol, vols)[1], 32)) > 0
+    assert f"genesis pretraining data: {n_slices} slices of {n_train} training scans" in caplog.messages
+    no_liver = load_config(config_path("demo_phantom"), {**FAST, "data.loader_args": dict(cfg.data.loader_args),
+                                                         "data.size": 32, "data.exclude_organs": ["liver"]})
+    with caplog.at_level(logging.INFO, logger="fewshot"):
+        fold_genesis_weights(no_liver, vols, 2, tmp_path / "no_liver.pt", objective="mim")
+    n_kept = torch.load(tmp_path / "no_liver.pt", weights_only=True)["meta"]["num_slices"]
+    assert 0 < n_kept < n_slices
+    assert (f"mim pretraining data: {n_kept} slices of {n_train} training scans (without every slice holding liver)"
+            in caplog.messages)
     before = out.read_bytes()
     assert fold_genesis_weights(cfg, vols, 2, out) == (str(out), None) and out.read_bytes() == before
     for steps, bf16, over, needle in (
