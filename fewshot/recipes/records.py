@@ -154,7 +154,8 @@ def markdown_report(records: Sequence[FoldRecord], *, recipe_line: str = "") -> 
         if len(recs) > 1:
             block(recs, f"folds {','.join(str(r.fold) for r in recs)}: mean ± std")
         later = [r for r in recs if r.fold != 0]
-        if later and len(later) < len(recs):  # fold 0 is here and chose: the others are the number no choice saw
+        # fold 0 is here and chose: the others are the number no choice saw (one other fold: its own row is)
+        if len(later) > 1 and len(later) < len(recs):
             names = "1-4" if len(recs) == 5 else ",".join(str(r.fold) for r in later)
             block(later, f"folds {names} (chose nothing): mean ± std")
     if tuple(organs) == ORGANS:

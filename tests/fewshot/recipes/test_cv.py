@@ -50,12 +50,14 @@ def test_report_gives_every_fold_the_means_and_the_folds_that_chose_nothing() ->
 
 def test_report_of_some_folds_gives_the_mean_of_those_that_chose_nothing() -> None:
     """A run of folds 0-2 (a cross-validation still going) already reports folds 1-2 apart from fold 0; a run
-    without fold 0 has no such row (all its folds chose nothing: the mean row is that number)."""
+    without fold 0 has no such row (all its folds chose nothing: the mean row is that number), nor has a run of
+    folds 0-1 (fold 1's row is)."""
     recs = [_record(f, (0.5 + 0.1 * f, 0.8, 0.7, 0.6)) for f in range(3)]
     text = markdown_report(recs)
     assert "**folds 1,2 (chose nothing): mean ± std** | 65.00 ± 7.07 |" in text
     assert "| 68.75 ± 1.77 |" in text  # the mean of fold means 67.50 and 70.00
     assert "chose nothing" not in markdown_report(recs[1:]) and "chose nothing" not in markdown_report(recs[:1])
+    assert "chose nothing" not in markdown_report(recs[:2])  # fold 1's own row is that number: no "folds 1" row
 
 
 def test_the_members_column_names_each_members_pretraining() -> None:
